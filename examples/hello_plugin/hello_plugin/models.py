@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from sqlalchemy import Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kernel import sdk
+
+Base = sdk.declarative_base()
+
+
+class Ping(sdk.TenantScoped, Base):
+    __tablename__ = "hello_pings"
+
+    message: Mapped[str] = mapped_column(Text)

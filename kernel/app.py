@@ -1,0 +1,84 @@
+"""The application factory: load plugins, mount routes, wire the kernel's services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from kernel import __version__
+from kernel.context import module_guard, provide_kernel, provide_tenant
+from kernel.db.models import KernelBase
+from kernel.errors import exception_handlers
+from kernel.health import health, ready
+from kernel.modules import routes as module_routes
+from kernel.plugins.loader import PluginSet, load_plugins, route_keys
+from kernel.runtime import open_kernel
+from kernel.settings import Settings, load_settings
+from kernel.tenants import routes as tenant_routes
+
+__all__ = ["create_app", "kernel_route_handlers", "load_app_plugins"]
+
+log = logging.getLogger("businessos")
+
+# Importing the models registers the kernel's tables on KernelBase.metadata.
+from kernel.modules import models as _module_models  # noqa: E402,F401
+from kernel.tenants import models as _tenant_models  # noqa: E402,F401
+
+
+def kernel_route_handlers() -> list[Any]:
+    return [
+        health,
+        ready,
+        tenant_routes.create_tenant,
+        tenant_routes.get_current_tenant,
+        module_routes.list_modules,
+        module_routes.enable_module,
+        module_routes.disable_module,
+        module_routes.get_module_settings,
+        module_routes.put_module_settings,
+    ]
+
+
+def load_app_plugins(allowlist: frozenset[str] | None) -> PluginSet:
+    """Load the installed plugins, checked against the kernel's own routes and tables."""
+    return load_plugins(
+        allowlist=allowlist,
+        kernel_routes=route_keys(kernel_route_handlers()),
+        kernel_tables=sorted(KernelBase.metadata.tables),
+    )
+
+
+def create_app(settings: Settings | None = None, plugins: PluginSet | None = None) -> Litestar:
+    """Build the Litestar app. Reads the environment when ``settings`` is not given."""
+    settings = settings or load_settings()
+    plugins = plugins or load_app_plugins(settings.plugins_allowlist)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.kernel = await stack.enter_async_context(open_kernel(settings, plugins))
+            for record in plugins.active():
+                if record.lifespan is not None:
+                    await stack.enter_async_context(record.lifespan())
+            yield
+
+    plugin_routers = [
+        Router(path="/", route_handlers=record.routes, guards=[module_guard], opt={"module": record.name})
+        for record in plugins.active()
+        if record.routes
+    ]
+    return Litestar(
+        route_handlers=[*kernel_route_handlers(), *plugin_routers],
+        lifespan=[lifespan],
+        dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
+        exception_handlers=exception_handlers,
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        openapi_config=OpenAPIConfig(title="BusinessOS", version=__version__, path="/schema"),
+    )

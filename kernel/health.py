@@ -1,0 +1,71 @@
+"""Liveness (``/health``) and readiness (``/ready``)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, get
+from sqlalchemy import text
+
+from kernel.context import TENANT_HEADER, Kernel
+from kernel.errors import Problem, ServiceUnavailable
+
+__all__ = ["health", "ready"]
+
+_CHECK_TIMEOUT = 2.0
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    timestamp: datetime
+    tenant: str | None
+
+
+class Ready(msgspec.Struct, frozen=True):
+    status: str
+    checks: dict[str, str]
+
+
+@get("/health", tags=["health"])
+async def health(request: Request[Any, Any, Any], kernel: Kernel) -> Health:
+    """The process is up. ``tenant`` echoes the tenant named by ``X-Tenant-ID``, when it exists."""
+    tenant = None
+    ref = request.headers.get(TENANT_HEADER)
+    if ref:
+        try:
+            found = await kernel.tenants.find(ref)
+        except (Problem, ValueError):
+            found = None
+        tenant = str(found.id) if found else None
+    return Health(status="OK", timestamp=datetime.now(UTC), tenant=tenant)
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe, _CHECK_TIMEOUT)
+    except Exception as exc:
+        return name, f"down: {type(exc).__name__}"
+    return name, "ok"
+
+
+async def _ping_postgres(kernel: Kernel) -> None:
+    async with kernel.db.engine.connect() as conn:
+        await conn.execute(text("select 1"))
+
+
+@get("/ready", tags=["health"])
+async def ready(kernel: Kernel) -> Ready:
+    """PostgreSQL and Redis answer. 503 names the one that does not."""
+    checks = dict(
+        await asyncio.gather(
+            _check("postgres", _ping_postgres(kernel)),
+            _check("redis", kernel.redis.ping()),
+        )
+    )
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        raise ServiceUnavailable(f"{' and '.join(down)} unavailable", extra={"checks": checks})
+    return Ready(status="ready", checks=checks)

@@ -1,0 +1,1 @@
+"""Background jobs on arq: the worker and the jobs the kernel runs."""

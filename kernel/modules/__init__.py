@@ -1,0 +1,1 @@
+"""Per-tenant modules: which installed plugins a tenant has switched on, and their settings."""

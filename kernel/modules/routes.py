@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import get, post, put
+
+from kernel.context import Kernel
+from kernel.errors import NotFound
+from kernel.modules.schemas import Module, ModuleList, ModuleSettings
+from kernel.tenants.schemas import Tenant
+
+__all__ = ["disable_module", "enable_module", "get_module_settings", "list_modules", "put_module_settings"]
+
+
+class ModuleChange(msgspec.Struct, frozen=True):
+    module: Module
+    changed: list[str]
+    """Modules whose state this call changed (on enable: the module and dependencies it pulled in)."""
+
+
+async def _module(kernel: Kernel, tenant: Tenant, name: str) -> Module:
+    for module in await kernel.modules.list(tenant.id):
+        if module.name == name:
+            return module
+    raise NotFound(f"module {name!r} is not installed")
+
+
+@get("/api/modules", tags=["modules"])
+async def list_modules(kernel: Kernel, tenant: Tenant) -> ModuleList:
+    """Every installed plugin, whether it loaded, and whether this tenant enabled it."""
+    return ModuleList(modules=await kernel.modules.list(tenant.id))
+
+
+@post("/api/modules/{name:str}/enable", status_code=200, tags=["modules"])
+async def enable_module(name: str, kernel: Kernel, tenant: Tenant) -> ModuleChange:
+    """Enable a module for this tenant, with the modules it depends on."""
+    changed = await kernel.modules.enable(tenant.id, name)
+    return ModuleChange(module=await _module(kernel, tenant, name), changed=changed)
+
+
+@post("/api/modules/{name:str}/disable", status_code=200, tags=["modules"])
+async def disable_module(name: str, kernel: Kernel, tenant: Tenant) -> ModuleChange:
+    """Disable a module for this tenant; its data is kept. 409 while an enabled module needs it."""
+    changed = await kernel.modules.disable(tenant.id, name)
+    return ModuleChange(module=await _module(kernel, tenant, name), changed=[name] if changed else [])
+
+
+@get("/api/modules/{name:str}/settings", tags=["modules"])
+async def get_module_settings(name: str, kernel: Kernel, tenant: Tenant) -> ModuleSettings:
+    """This tenant's settings for a module, defaults filled in."""
+    return ModuleSettings(module=name, settings=await kernel.modules.get_settings(tenant.id, name))
+
+
+@put("/api/modules/{name:str}/settings", tags=["modules"])
+async def put_module_settings(
+    name: str, data: dict[str, Any], kernel: Kernel, tenant: Tenant
+) -> ModuleSettings:
+    """Replace this tenant's settings for a module; validated against the module's schema."""
+    return ModuleSettings(module=name, settings=await kernel.modules.put_settings(tenant.id, name, data))

@@ -1,0 +1,175 @@
+"""Switching modules on and off per tenant, with dependencies and a coherent cache."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.cache import InvalidationBus, TTLCache
+from kernel.db.engine import Database
+from kernel.db.models import utcnow, uuid7
+from kernel.errors import Conflict, FieldError, NotFound, Unprocessable
+from kernel.modules.models import TenantModuleRow
+from kernel.modules.schemas import Module
+from kernel.plugins.loader import PluginRecord, PluginSet
+
+__all__ = ["ModuleService"]
+
+TOPIC = "modules"
+
+
+class ModuleService:
+    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None, ttl: float = 60.0):
+        self.db = db
+        self.plugins = plugins
+        self.bus = bus
+        self._cache: TTLCache[str, object] = TTLCache(ttl)
+        if bus is not None:
+            bus.register(TOPIC, self._cache)
+
+    def _plugin(self, name: str) -> PluginRecord:
+        record = self.plugins.get(name)
+        if record is None:
+            raise NotFound(f"module {name!r} is not installed")
+        return record
+
+    async def enabled(self, tenant_id: uuid.UUID) -> frozenset[str]:
+        """Names of the modules ``tenant_id`` has enabled (cached per process)."""
+        key = str(tenant_id)
+        cached = self._cache.get(key)
+        if isinstance(cached, frozenset):
+            return cached
+        async with self.db.tenant(tenant_id) as session:
+            names = frozenset(
+                (
+                    await session.execute(
+                        select(TenantModuleRow.plugin).where(TenantModuleRow.enabled.is_(True))
+                    )
+                ).scalars()
+            )
+        self._cache.put(key, names)
+        return names
+
+    async def list(self, tenant_id: uuid.UUID) -> list[Module]:
+        enabled = await self.enabled(tenant_id)
+        return [
+            Module(
+                name=r.name,
+                version=r.version,
+                status="active" if r.active else "disabled",
+                enabled=r.name in enabled,
+                reason=r.reason,
+                title=r.manifest.title if r.manifest else "",
+                description=r.manifest.description if r.manifest else "",
+                depends_on=r.depends_on,
+                distribution=r.distribution,
+            )
+            for r in self.plugins.records.values()
+        ]
+
+    async def _lock(self, session: AsyncSession, tenant_id: uuid.UUID) -> None:
+        # One module change at a time per tenant, so enable/disable races cannot break dependencies.
+        await session.execute(
+            text("select pg_advisory_xact_lock(hashtextextended('modules:' || :t, 0))"), {"t": str(tenant_id)}
+        )
+
+    async def _enabled_in(self, session: AsyncSession) -> set[str]:
+        rows = await session.execute(select(TenantModuleRow.plugin).where(TenantModuleRow.enabled.is_(True)))
+        return set(rows.scalars())
+
+    async def enable(self, tenant_id: uuid.UUID, name: str) -> list[str]:
+        """Enable ``name`` and what it depends on; returns the modules newly enabled."""
+        record = self._plugin(name)
+        if not record.active:
+            raise Conflict(f"module {name!r} cannot be enabled: {record.reason}")
+        wanted = self.plugins.requirements(name)
+        async with self.db.tenant(tenant_id) as session:
+            await self._lock(session, tenant_id)
+            already = await self._enabled_in(session)
+            added = [n for n in wanted if n not in already]
+            for plugin in added:
+                stmt = insert(TenantModuleRow).values(
+                    tenant_id=tenant_id, id=uuid7(), plugin=plugin, enabled=True, settings={}
+                )
+                await session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["tenant_id", "plugin"], set_={"enabled": True, "updated_at": utcnow()}
+                    )
+                )
+        await self._invalidate(tenant_id)
+        return added
+
+    async def disable(self, tenant_id: uuid.UUID, name: str) -> bool:
+        """Disable ``name`` (its data stays); 409 while an enabled module depends on it."""
+        self._plugin(name)
+        async with self.db.tenant(tenant_id) as session:
+            await self._lock(session, tenant_id)
+            enabled = await self._enabled_in(session)
+            if name not in enabled:
+                return False
+            blockers = sorted(
+                n for n in enabled if (r := self.plugins.get(n)) is not None and name in r.depends_on
+            )
+            if blockers:
+                raise Conflict(
+                    f"module {name!r} is needed by enabled module(s): {', '.join(blockers)}",
+                    extra={"dependents": blockers},
+                )
+            row = (
+                await session.execute(select(TenantModuleRow).where(TenantModuleRow.plugin == name))
+            ).scalar_one()
+            row.enabled = False
+            row.updated_at = utcnow()
+        await self._invalidate(tenant_id)
+        return True
+
+    async def get_settings(self, tenant_id: uuid.UUID, name: str) -> dict[str, Any]:
+        record = self._plugin(name)
+        if record.settings_schema is None:
+            raise NotFound(f"module {name!r} has no settings")
+        async with self.db.tenant(tenant_id) as session:
+            stored = (
+                await session.execute(select(TenantModuleRow.settings).where(TenantModuleRow.plugin == name))
+            ).scalar_one_or_none()
+        # Stored values pass through the schema so that new fields show their defaults.
+        value = msgspec.convert(stored or {}, record.settings_schema)
+        return msgspec.to_builtins(value)  # type: ignore[no-any-return]
+
+    async def put_settings(self, tenant_id: uuid.UUID, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        record = self._plugin(name)
+        if record.settings_schema is None:
+            raise NotFound(f"module {name!r} has no settings")
+        try:
+            value = msgspec.convert(body, record.settings_schema)
+        except msgspec.ValidationError as exc:
+            raise Unprocessable(
+                f"invalid settings for module {name!r}: {exc}", errors=[_field_error(str(exc))]
+            ) from None
+        settings = msgspec.to_builtins(value)
+        async with self.db.tenant(tenant_id) as session:
+            stmt = insert(TenantModuleRow).values(
+                tenant_id=tenant_id, id=uuid7(), plugin=name, enabled=False, settings=settings
+            )
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["tenant_id", "plugin"], set_={"settings": settings, "updated_at": utcnow()}
+                )
+            )
+        return settings  # type: ignore[no-any-return]
+
+    async def _invalidate(self, tenant_id: uuid.UUID) -> None:
+        if self.bus is not None:
+            await self.bus.publish(TOPIC, str(tenant_id))
+        else:
+            self._cache.drop(str(tenant_id))
+
+
+def _field_error(message: str) -> FieldError:
+    # msgspec ends its messages with "- at `$.field`"; keep the path as the field name.
+    field = message.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in message else "body"
+    return FieldError(field=field, message=message.split(" - at ")[0])

@@ -1,0 +1,1 @@
+"""The plugin system: hook specifications, the loader and the registry of contributions."""

@@ -1,0 +1,91 @@
+"""The data a plugin declares: its manifest and what its hooks return.
+
+These types are re-exported by ``kernel.sdk``; plugins never import this module directly.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "PLUGIN_NAME",
+    "EventHandler",
+    "EventType",
+    "LifespanFactory",
+    "Manifest",
+    "NodeSpec",
+    "Permission",
+]
+
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a plugin is and what it needs. Exposed as the ``manifest`` attribute of the object the
+    ``businessos.plugins`` entry point names."""
+
+    name: str
+    """Namespace of everything the plugin contributes: ``/api/<name>``, ``<name>_*`` tables,
+    ``<name>.*`` permissions, events and node keys. Must equal the entry point's name."""
+    version: str
+    kernel_api: str
+    """PEP 440 specifier of the kernel API versions it works with, e.g. ``">=1.0,<2"``."""
+    depends_on: tuple[str, ...] = ()
+    title: str = ""
+    description: str = ""
+
+
+class Permission(msgspec.Struct, frozen=True):
+    """A permission a plugin's routes can require: ``<plugin>.<resource>.<verb>``."""
+
+    name: str
+    description: str = ""
+
+
+class EventType(msgspec.Struct, frozen=True):
+    """A domain event a plugin emits: ``<plugin>.<entity>.<verb>``."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What an event handler receives."""
+
+    tenant_id: uuid.UUID
+    event: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EventHandler:
+    """Run ``handler`` for each ``event`` of a tenant that enabled the handler's plugin."""
+
+    event: str
+    handler: Callable[[EventContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A workflow node: an action a workflow can run or a trigger that can start one."""
+
+    key: str
+    """``<plugin>.<node>``."""
+    kind: Literal["action", "trigger"]
+    title: str
+    description: str = ""
+    config: type[msgspec.Struct] | None = None
+    """Schema of the node's configuration; ``None`` when it takes none."""
+    run: Callable[..., Awaitable[Any]] | None = field(default=None, compare=False)
+    """For actions: the coroutine that performs it (the workflow engine calls it)."""
+
+
+LifespanFactory = Callable[[], AbstractAsyncContextManager[None]]

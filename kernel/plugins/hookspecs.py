@@ -1,0 +1,98 @@
+"""Hook specifications: everything a plugin can contribute.
+
+Hooks are synchronous and called once at start-up, one plugin at a time; each returns
+declarative data. Runtime work happens in the async callables that data carries (route handlers,
+event handlers, node runners, the lifespan). Every hook is optional; ``docs/hooks`` in the README
+and ``tests/test_hookspecs.py`` keep this list and its documentation in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import msgspec
+    from litestar.types import ControllerRouterHandler
+    from sqlalchemy import MetaData
+
+    from kernel.plugins.contract import EventHandler, EventType, LifespanFactory, NodeSpec, Permission
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "businessos"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def businessos_routes() -> Sequence[ControllerRouterHandler]:
+    """Return the plugin's HTTP route handlers, controllers or routers.
+
+    Paths should live under ``/api/<plugin>``. The kernel mounts them behind the module guard, so
+    they answer 404 for a tenant that has not enabled the plugin. A method and path already served
+    by the kernel or another plugin stops the boot.
+    """
+
+
+@hookspec
+def businessos_metadata() -> MetaData:
+    """Return the SQLAlchemy ``MetaData`` holding the plugin's tables.
+
+    Table names must start with ``<plugin>_``. Tables are created by the plugin's migrations,
+    not from this metadata; the kernel uses it to check names and to purge a tenant's rows.
+    """
+
+
+@hookspec
+def businessos_migrations() -> Path:
+    """Return the folder of the plugin's Alembic revisions (its own branch).
+
+    The first revision sets ``branch_labels = ("<plugin>",)`` and
+    ``depends_on = kernel.sdk.KERNEL_BASE_REVISION``. ``businessos migrate`` upgrades every head.
+    """
+
+
+@hookspec
+def businessos_permissions() -> Sequence[Permission]:
+    """Return the permissions the plugin's routes require, named ``<plugin>.<resource>.<verb>``."""
+
+
+@hookspec
+def businessos_event_types() -> Sequence[EventType]:
+    """Return the domain events the plugin emits, named ``<plugin>.<entity>.<verb>``."""
+
+
+@hookspec
+def businessos_event_handlers() -> Sequence[EventHandler]:
+    """Return handlers for events (the plugin's own or others'). A handler runs only for tenants
+    that enabled the plugin; it must be idempotent, since jobs are delivered at least once."""
+
+
+@hookspec
+def businessos_workflow_nodes() -> Sequence[NodeSpec]:
+    """Return workflow node specs (actions and triggers), keyed ``<plugin>.<node>``."""
+
+
+@hookspec
+def businessos_settings_schema() -> type[msgspec.Struct]:
+    """Return the msgspec Struct describing the plugin's per-tenant settings.
+
+    Every field needs a default. Tenants read and write these settings through
+    ``GET/PUT /api/modules/<plugin>/settings``; the body is validated against this Struct.
+    """
+
+
+@hookspec
+def businessos_lifespan() -> LifespanFactory:
+    """Return a factory of an async context manager entered when the API process starts and
+    exited when it stops (open clients, start background tasks)."""
+
+
+@hookspec
+def businessos_cli_commands() -> Sequence[click.Command]:
+    """Return click commands added under ``businessos <plugin> ...``."""

@@ -1,0 +1,373 @@
+"""Discover, check and order plugins; collect what each contributes.
+
+The loader walks the ``businessos.plugins`` entry points itself (rather than letting pluggy do
+it) so that each plugin can be judged on its own: a plugin that fails to import, asks for another
+kernel API, lacks a dependency, or raises in a hook is recorded as disabled with the reason, and
+the rest boot. Clashes between plugins (route, table, permission, node key) are different: they
+stop the boot with a message naming both sides, because silently picking one would be worse.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pluggy
+from litestar import Router
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+from sqlalchemy import MetaData
+
+from kernel import KERNEL_API_VERSION
+from kernel.plugins import hookspecs
+from kernel.plugins.contract import (
+    PLUGIN_NAME,
+    EventHandler,
+    EventType,
+    LifespanFactory,
+    Manifest,
+    NodeSpec,
+    Permission,
+)
+
+__all__ = ["ENTRY_POINT_GROUP", "BootError", "PluginRecord", "PluginSet", "load_plugins", "route_keys"]
+
+log = logging.getLogger("businessos.plugins")
+
+ENTRY_POINT_GROUP = "businessos.plugins"
+KERNEL = "kernel"
+
+
+class BootError(RuntimeError):
+    """Plugins cannot be combined (a name is claimed twice); the message names both claimants."""
+
+
+@dataclass
+class PluginRecord:
+    """One installed plugin: its manifest, its state, and what it contributes when active."""
+
+    name: str
+    distribution: str | None
+    manifest: Manifest | None = None
+    reason: str | None = None
+    routes: list[Any] = field(default_factory=list)
+    metadata: MetaData | None = None
+    migrations: Path | None = None
+    permissions: list[Permission] = field(default_factory=list)
+    event_types: list[EventType] = field(default_factory=list)
+    event_handlers: list[EventHandler] = field(default_factory=list)
+    nodes: list[NodeSpec] = field(default_factory=list)
+    settings_schema: type[msgspec.Struct] | None = None
+    lifespan: LifespanFactory | None = None
+    cli_commands: list[Any] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.reason is None
+
+    @property
+    def version(self) -> str:
+        if self.manifest:
+            return self.manifest.version
+        if self.distribution:
+            try:
+                return importlib.metadata.version(self.distribution)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        return "unknown"
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return self.manifest.depends_on if self.manifest else ()
+
+    def disable(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.warning("plugin %s disabled: %s", self.name, reason)
+
+    def table_names(self) -> list[str]:
+        return sorted(self.metadata.tables) if self.metadata is not None else []
+
+
+@dataclass
+class PluginSet:
+    """Every installed plugin, in dependency order, with the pluggy manager of the active ones."""
+
+    records: dict[str, PluginRecord]
+    manager: pluggy.PluginManager
+
+    def active(self) -> list[PluginRecord]:
+        return [r for r in self.records.values() if r.active]
+
+    def get(self, name: str) -> PluginRecord | None:
+        return self.records.get(name)
+
+    def migration_folders(self) -> dict[str, Path]:
+        return {r.name: r.migrations for r in self.active() if r.migrations is not None}
+
+    def requirements(self, name: str) -> list[str]:
+        """``name`` and everything it depends on, transitively, dependencies first."""
+        order: list[str] = []
+
+        def visit(n: str) -> None:
+            record = self.records.get(n)
+            if n in order or record is None:
+                return
+            for dep in record.depends_on:
+                visit(dep)
+            order.append(n)
+
+        visit(name)
+        return order
+
+    def dependents(self, name: str) -> list[str]:
+        """Active plugins that depend on ``name`` directly."""
+        return [r.name for r in self.active() if name in r.depends_on]
+
+
+def _version_ok(spec: str) -> str | None:
+    try:
+        specifier = SpecifierSet(spec)
+    except InvalidSpecifier:
+        return f"manifest.kernel_api {spec!r} is not a version specifier"
+    if Version(KERNEL_API_VERSION) not in specifier:
+        return f"needs kernel API {spec}, this kernel provides {KERNEL_API_VERSION}"
+    return None
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint, record: PluginRecord) -> Any:
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        record.disable(f"import failed: {type(exc).__name__}: {exc}")
+        return None
+    manifest = getattr(obj, "manifest", None)
+    if not isinstance(manifest, Manifest):
+        record.disable("has no `manifest` (a kernel.sdk.Manifest)")
+        return None
+    record.manifest = manifest
+    if manifest.name != ep.name:
+        record.disable(f"manifest name {manifest.name!r} differs from the entry point name {ep.name!r}")
+    elif (problem := _version_ok(manifest.kernel_api)) is not None:
+        record.disable(problem)
+    return obj
+
+
+def _order(records: dict[str, PluginRecord]) -> list[str]:
+    """Dependency order; disables plugins with a missing, disabled or cyclic dependency."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> bool:
+        record = records[name]
+        if state.get(name) == "done":
+            return record.active
+        if state.get(name) == "visiting":
+            record.disable("dependency cycle: " + " -> ".join([*path, name]))
+            return False
+        state[name] = "visiting"
+        for dep in record.depends_on:
+            if dep not in records:
+                record.disable(f"missing dependency: {dep} is not installed")
+            elif not visit(dep, [*path, name]):
+                record.disable(f"dependency {dep} is disabled")
+        state[name] = "done"
+        order.append(name)
+        return record.active
+
+    for name in sorted(records):
+        visit(name, [])
+    return order
+
+
+def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
+    """Call each of the plugin's hook implementations and validate what they return."""
+    prefix = record.name
+    for hook_name in (
+        "businessos_routes",
+        "businessos_metadata",
+        "businessos_migrations",
+        "businessos_permissions",
+        "businessos_event_types",
+        "businessos_event_handlers",
+        "businessos_workflow_nodes",
+        "businessos_settings_schema",
+        "businessos_lifespan",
+        "businessos_cli_commands",
+    ):
+        caller = getattr(manager.hook, hook_name)
+        impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
+        if not impls:
+            continue
+        try:
+            value = impls[0].function()
+        except Exception as exc:
+            record.disable(f"{hook_name} raised {type(exc).__name__}: {exc}")
+            return
+        if value is None:
+            continue
+        match hook_name:
+            case "businessos_routes":
+                record.routes = list(value)
+            case "businessos_metadata":
+                record.metadata = value
+                bad = [t for t in value.tables if not t.startswith(prefix + "_")]
+                if bad:
+                    record.disable(f"table {bad[0]!r} is not namespaced (must start with {prefix}_)")
+            case "businessos_migrations":
+                path = Path(value)
+                if not path.is_dir():
+                    record.disable(f"migrations folder {path} does not exist")
+                record.migrations = path
+            case "businessos_permissions":
+                record.permissions = list(value)
+                _check_names(record, "permission", [p.name for p in record.permissions], 3)
+            case "businessos_event_types":
+                record.event_types = list(value)
+                _check_names(record, "event", [e.name for e in record.event_types], 3)
+            case "businessos_event_handlers":
+                record.event_handlers = list(value)
+            case "businessos_workflow_nodes":
+                record.nodes = list(value)
+                _check_names(record, "node key", [n.key for n in record.nodes], 2)
+            case "businessos_settings_schema":
+                if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
+                    record.disable("businessos_settings_schema must return a msgspec.Struct class")
+                else:
+                    record.settings_schema = value
+                    try:
+                        msgspec.convert({}, value)
+                    except msgspec.ValidationError as exc:
+                        record.disable(f"settings schema needs defaults for every field: {exc}")
+            case "businessos_lifespan":
+                record.lifespan = value
+            case "businessos_cli_commands":
+                record.cli_commands = list(value)
+
+
+_DOTTED = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _check_names(record: PluginRecord, kind: str, names: Sequence[str], parts: int) -> None:
+    for name in names:
+        if not _DOTTED.match(name) or not name.startswith(record.name + ".") or name.count(".") != parts - 1:
+            shape = ".".join([record.name, *(["<entity>", "<verb>"] if parts == 3 else ["<node>"])])
+            record.disable(f"{kind} {name!r} must look like {shape}")
+            return
+
+
+def route_keys(handlers: Sequence[Any]) -> list[tuple[str, str]]:
+    """(method, path) pairs served by ``handlers`` (OPTIONS and HEAD left out)."""
+    router = Router(path="/", route_handlers=list(handlers))
+    keys = []
+    for route in router.routes:
+        for method in sorted(getattr(route, "methods", ())):
+            if method not in ("OPTIONS", "HEAD"):
+                keys.append((method, route.path))
+    return keys
+
+
+def _claim(
+    owners: dict[tuple[str, str], str], kind: str, names: Iterable[str], plugin: str
+) -> None:
+    for name in names:
+        first = owners.setdefault((kind, name), plugin)
+        if first != plugin:
+            raise BootError(f"{kind} {name} is claimed by both {first} and {plugin}")
+
+
+def load_plugins(
+    *,
+    allowlist: frozenset[str] | None,
+    kernel_routes: Sequence[tuple[str, str]] = (),
+    kernel_tables: Sequence[str] = (),
+    kernel_permissions: Sequence[str] = (),
+    entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None,
+) -> PluginSet:
+    """Load every plugin of the ``businessos.plugins`` group; see the module docstring."""
+    eps = list(entry_points() if entry_points else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    spec_names = {name for name in dir(hookspecs) if name.startswith("businessos_")}
+
+    records: dict[str, PluginRecord] = {}
+    objects: dict[str, Any] = {}
+    for ep in sorted(eps, key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist else None
+        if ep.name in records:
+            other = records[ep.name].distribution
+            raise BootError(f"plugin name {ep.name} is claimed by both {other} and {dist}")
+        record = records[ep.name] = PluginRecord(name=ep.name, distribution=dist)
+        if not PLUGIN_NAME.match(ep.name):
+            record.disable("name must be a lower-case identifier of at most 40 characters")
+            continue
+        if allowlist is not None and ep.name not in allowlist:
+            record.disable("not in the BUSINESSOS_PLUGINS allowlist")
+            continue
+        obj = _load_entry_point(ep, record)
+        if obj is not None:
+            objects[ep.name] = obj
+
+    order = _order(records)
+    for name in order:
+        record = records[name]
+        if not record.active:
+            continue
+        obj = objects[name]
+        unknown = [
+            attr
+            for attr in dir(obj)
+            if manager.parse_hookimpl_opts(obj, attr) is not None and attr not in spec_names
+        ]
+        if unknown:
+            record.disable(f"implements unknown hook {unknown[0]}")
+            continue
+        try:
+            manager.register(obj, name=name)
+        except Exception as exc:
+            record.disable(f"hook registration failed: {exc}")
+            continue
+        _collect(record, manager)
+        if not record.active:
+            manager.unregister(name=name)
+
+    # A plugin whose hooks failed takes its dependents down with it.
+    order = _order(records)
+    for record in records.values():
+        if not record.active and manager.has_plugin(record.name):
+            manager.unregister(name=record.name)
+
+    owners: dict[tuple[str, str], str] = {}
+    _claim(owners, "route", (f"{m} {p}" for m, p in kernel_routes), KERNEL)
+    _claim(owners, "table", kernel_tables, KERNEL)
+    _claim(owners, "permission", kernel_permissions, KERNEL)
+    for name in order:
+        record = records[name]
+        if not record.active:
+            continue
+        try:
+            keys = route_keys(record.routes)
+        except Exception as exc:
+            raise BootError(f"plugin {name}: its routes are invalid: {exc}") from exc
+        _claim(owners, "route", (f"{m} {p}" for m, p in keys), name)
+        _claim(owners, "table", record.table_names(), name)
+        _claim(owners, "permission", (p.name for p in record.permissions), name)
+        _claim(owners, "node key", (n.key for n in record.nodes), name)
+        _claim(owners, "event", (e.name for e in record.event_types), name)
+
+    declared = {e.name for r in records.values() if r.active for e in r.event_types}
+    for name in order:
+        record = records[name]
+        for handler in record.event_handlers if record.active else ():
+            if handler.event not in declared:
+                log.warning("plugin %s handles undeclared event %s", name, handler.event)
+
+    ordered = {name: records[name] for name in order}
+    ordered.update({n: r for n, r in records.items() if n not in ordered})
+    return PluginSet(records=ordered, manager=manager)

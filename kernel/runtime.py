@@ -1,0 +1,87 @@
+"""Open the kernel's services for one process: the API, the worker, or a CLI command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from kernel.cache import InvalidationBus
+from kernel.context import Kernel
+from kernel.db import migrate
+from kernel.db.engine import Database
+from kernel.db.urls import runtime_url
+from kernel.embedded import EmbeddedServices
+from kernel.modules.service import ModuleService
+from kernel.plugins.loader import PluginSet
+from kernel.settings import Settings
+from kernel.tenants.service import TenantService
+
+__all__ = ["DatabaseNotReady", "open_kernel", "prepare_database"]
+
+
+class DatabaseNotReady(RuntimeError):
+    """The schema is behind the code, or the runtime role could bypass row-level security."""
+
+
+async def prepare_database(
+    settings: Settings, plugins: PluginSet, database_url: str, *, migrate_now: bool
+) -> None:
+    """Migrate (when ``migrate_now``) or refuse a schema that is behind."""
+    folders = plugins.migration_folders()
+    if migrate_now:
+        await migrate.upgrade(settings, database_url, folders)
+        return
+    pending = await migrate.pending_heads(database_url, folders)
+    if pending:
+        raise DatabaseNotReady(f"the database needs migrating ({', '.join(pending)}): run `businessos migrate`")
+
+
+async def _check_runtime_role(db: Database) -> None:
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(text("select rolsuper, rolbypassrls from pg_roles where rolname = current_user"))
+        ).one()
+    if row.rolsuper or row.rolbypassrls:
+        raise DatabaseNotReady(
+            "the runtime database role is a superuser or has BYPASSRLS: row-level security would not apply"
+        )
+
+
+@asynccontextmanager
+async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[Kernel]:
+    """Start what is embedded, check (or, embedded, apply) migrations, and connect.
+
+    With ``DATABASE_URL`` unset the embedded PostgreSQL is started and migrated; with it set, a
+    schema that is behind stops start-up with the command to run.
+    """
+    async with AsyncExitStack() as stack:
+        embedded = None
+        if settings.embedded_database or settings.embedded_redis:
+            embedded = await asyncio.to_thread(EmbeddedServices(settings).start)
+            stack.callback(embedded.stop)
+        database_url = settings.database_url or (embedded.database_url if embedded else None)
+        redis_url = settings.redis_url or (embedded.redis_url if embedded else None)
+        assert database_url and redis_url
+        await prepare_database(settings, plugins, database_url, migrate_now=settings.embedded_database)
+
+        db = Database(runtime_url(settings, database_url), pool_size=settings.db_pool_size)
+        stack.push_async_callback(db.dispose)
+        await _check_runtime_role(db)
+        redis: Redis = Redis.from_url(redis_url)
+        stack.push_async_callback(redis.aclose)
+        bus = InvalidationBus(redis)
+        bus.start()
+        stack.push_async_callback(bus.stop)
+        yield Kernel(
+            settings=settings,
+            plugins=plugins,
+            db=db,
+            redis=redis,
+            bus=bus,
+            tenants=TenantService(db, bus),
+            modules=ModuleService(db, plugins, bus),
+        )

@@ -1,0 +1,157 @@
+"""One typed settings object, read from the environment.
+
+Every variable is parsed here and nowhere else. A malformed value raises ``SettingsError`` whose
+message names the variable, so start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError", "load_settings", "plugins_allowlist"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Process-wide configuration. Build it with :func:`load_settings`."""
+
+    database_url: str | None
+    """Owner connection (migrations). ``None`` means: start the embedded PostgreSQL."""
+    database_app_url: str | None
+    """Runtime-role connection. ``None`` means: derive it from ``database_url``."""
+    redis_url: str | None
+    """``None`` means: start the embedded Redis."""
+    data_dir: Path
+    secret_key: str
+    plugins_allowlist: frozenset[str] | None
+    cors_origins: tuple[str, ...]
+    db_pool_size: int
+    log_level: str
+    runtime_role: str = "businessos_app"
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    def derived_secret(self, purpose: str) -> str:
+        """A stable secret for one purpose, derived from the master secret key."""
+        return hmac.new(self.secret_key.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{name}: scheme must be one of {', '.join(schemes)}, got {parts.scheme!r}")
+    if parts.scheme.startswith("postgres") and not (parts.hostname or "host=" in parts.query):
+        raise SettingsError(f"{name}: no host in the URL")
+    if parts.scheme.startswith("postgres") and not parts.path.strip("/"):
+        raise SettingsError(f"{name}: no database name in the URL")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _secret_key(env: Mapping[str, str], data_dir: Path, embedded: bool) -> str:
+    raw = env.get("BUSINESSOS_SECRET_KEY", "").strip()
+    if raw:
+        if len(raw) < 32:
+            raise SettingsError("BUSINESSOS_SECRET_KEY: must be at least 32 characters")
+        return raw
+    if not embedded:
+        raise SettingsError(
+            "BUSINESSOS_SECRET_KEY: required when DATABASE_URL is set (every replica must share it)"
+        )
+    # Embedded default: one key per data directory, created on first start and kept private.
+    path = data_dir / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def plugins_allowlist(env: Mapping[str, str] | None = None) -> frozenset[str] | None:
+    """``BUSINESSOS_PLUGINS``: comma-separated plugin names; unset or ``*`` allows every plugin."""
+    env = os.environ if env is None else env
+    raw = env.get("BUSINESSOS_PLUGINS")
+    if raw is None or raw.strip() == "*":
+        return None
+    return frozenset(p.strip() for p in raw.split(",") if p.strip())
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    pg_schemes = ("postgresql", "postgres", "postgresql+asyncpg")
+    database_url = _url(env, "DATABASE_URL", pg_schemes)
+    database_app_url = _url(env, "DATABASE_APP_URL", pg_schemes)
+    if database_app_url and not database_url:
+        raise SettingsError("DATABASE_APP_URL: set DATABASE_URL too (the owner connection for migrations)")
+    redis_url = _url(env, "REDIS_URL", ("redis", "rediss", "unix"))
+
+    data_dir = Path(env.get("BUSINESSOS_DATA_DIR", "").strip() or "./.businessos").expanduser().resolve()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise SettingsError(f"BUSINESSOS_DATA_DIR: {data_dir} exists and is not a directory")
+
+    allowlist = plugins_allowlist(env)
+
+    origins = tuple(o.strip().rstrip("/") for o in env.get("BUSINESSOS_CORS_ORIGINS", "").split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise SettingsError(f"BUSINESSOS_CORS_ORIGINS: {origin!r} is not an http(s) origin")
+
+    log_level = env.get("BUSINESSOS_LOG_LEVEL", "INFO").strip().upper()
+    if log_level not in _LOG_LEVELS:
+        raise SettingsError(f"BUSINESSOS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}")
+
+    runtime_role = env.get("BUSINESSOS_DB_RUNTIME_ROLE", "businessos_app").strip()
+    if not runtime_role.isidentifier() or runtime_role.lower() != runtime_role:
+        raise SettingsError("BUSINESSOS_DB_RUNTIME_ROLE: must be a lower-case SQL identifier")
+
+    return Settings(
+        database_url=database_url,
+        database_app_url=database_app_url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        secret_key=_secret_key(env, data_dir, embedded=database_url is None),
+        plugins_allowlist=allowlist,
+        cors_origins=origins,
+        db_pool_size=_int(env, "BUSINESSOS_DB_POOL_SIZE", 10, 1, 500),
+        log_level=log_level,
+        runtime_role=runtime_role,
+    )

@@ -1,0 +1,1 @@
+"""Tenants: the global table, creation, and resolving the tenant of a request."""

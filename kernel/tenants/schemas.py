@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ["Plan", "Status", "Tenant", "TenantCreate"]
+
+Plan = Literal["free", "pro", "enterprise"]
+Status = Literal["active", "suspended"]
+
+Slug = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=2,
+        max_length=63,
+        pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        description="lower-case letters, digits and inner hyphens",
+    ),
+]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    slug: Slug
+    plan: Plan = "free"
+
+
+class Tenant(msgspec.Struct, frozen=True):
+    id: uuid.UUID
+    name: str
+    slug: str
+    status: Status
+    plan: Plan
+    created_at: datetime

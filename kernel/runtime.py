@@ -14,7 +14,12 @@ from kernel.context import Kernel
 from kernel.db import migrate
 from kernel.db.engine import Database
 from kernel.db.urls import runtime_url
+from kernel.crypto import SecretBox
 from kernel.embedded import EmbeddedServices
+from kernel.http.ratelimit import RateLimiter
+from kernel.identity.access import AccessService
+from kernel.identity.service import IdentityService
+from kernel.identity.tokens import KeySet
 from kernel.modules.service import ModuleService
 from kernel.plugins.loader import PluginSet
 from kernel.settings import Settings
@@ -76,12 +81,22 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
         bus = InvalidationBus(redis)
         bus.start()
         stack.push_async_callback(bus.stop)
+        tenants = TenantService(db, bus)
+        keys = KeySet.from_config(settings.secret_key, settings.jwt_keys)
+        access = AccessService(db, plugins, bus)
         yield Kernel(
             settings=settings,
             plugins=plugins,
             db=db,
             redis=redis,
             bus=bus,
-            tenants=TenantService(db, bus),
+            tenants=tenants,
             modules=ModuleService(db, plugins, bus),
+            keys=keys,
+            box=SecretBox.from_secret(settings.secret_key),
+            access=access,
+            identity=IdentityService(
+                db, redis, keys, tenants, access, refresh_days=settings.refresh_token_days
+            ),
+            limiter=RateLimiter(redis),
         )

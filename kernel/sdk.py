@@ -8,17 +8,21 @@ private and may change without notice; this surface follows ``KERNEL_API_VERSION
 from __future__ import annotations
 
 from kernel import KERNEL_API_VERSION
+from kernel.audit.log import RequestMeta, audit, request_actor, request_meta
+from kernel.audit.log import record as audit_record
 from kernel.context import Kernel, current_tenant, get_kernel
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
+from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
 from kernel.tenants.schemas import Tenant
 
 __all__ = [
+    "AUTHENTICATED",
+    "PUBLIC",
     "KERNEL_API_VERSION",
-    "KERNEL_BASE_REVISION",
     "BadRequest",
     "Conflict",
     "EventContext",
@@ -32,9 +36,12 @@ __all__ = [
     "NotFound",
     "Permission",
     "Problem",
+    "RequestMeta",
     "Tenant",
     "TenantScoped",
     "Unprocessable",
+    "audit",
+    "audit_record",
     "create_tenant_table",
     "current_tenant",
     "declarative_base",
@@ -42,9 +49,8 @@ __all__ = [
     "get_kernel",
     "grant_runtime",
     "hookimpl",
+    "request_actor",
+    "request_meta",
     "utcnow",
     "uuid7",
 ]
-
-# A plugin's first migration depends on this revision (it creates ``tenants``).
-KERNEL_BASE_REVISION = "kernel_0001"

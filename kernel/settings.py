@@ -6,8 +6,10 @@ message names the variable, so start-up can stop with one clear line.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -41,6 +43,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int
     log_level: str
     runtime_role: str = "businessos_app"
+    jwt_keys: tuple[tuple[str, bytes], ...] = ()
+    """(kid, Ed25519 seed) pairs; the first signs. Empty: one key derived from the secret key."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDR) whose X-Forwarded-For is believed for the client address."""
+    max_body_bytes: int = 1_048_576
+    refresh_token_days: int = 30
+    rate_limit_per_minute: int = 600
+    """Requests per minute per tenant and principal (auth endpoints have stricter limits)."""
+    auth_rate_limit_per_minute: int = 10
+    """Requests per minute per client IP to log-in, MFA, registration, refresh and sign-up."""
 
     @property
     def embedded_database(self) -> bool:
@@ -104,6 +116,33 @@ def _secret_key(env: Mapping[str, str], data_dir: Path, embedded: bool) -> str:
     return key
 
 
+def _jwt_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
+    raw = env.get("BUSINESSOS_JWT_KEYS", "").strip()
+    keys = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        kid, _, seed = item.partition(":")
+        try:
+            key = base64.urlsafe_b64decode(seed + "=" * (-len(seed) % 4))
+        except ValueError:
+            key = b""
+        if not kid or len(key) != 32:
+            raise SettingsError("BUSINESSOS_JWT_KEYS: expected kid:base64url(32-byte Ed25519 seed), comma-separated")
+        keys.append((kid, key))
+    if len({kid for kid, _ in keys}) != len(keys):
+        raise SettingsError("BUSINESSOS_JWT_KEYS: a kid appears twice")
+    return tuple(keys)
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def plugins_allowlist(env: Mapping[str, str] | None = None) -> frozenset[str] | None:
     """``BUSINESSOS_PLUGINS``: comma-separated plugin names; unset or ``*`` allows every plugin."""
     env = os.environ if env is None else env
@@ -144,6 +183,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("BUSINESSOS_DB_RUNTIME_ROLE: must be a lower-case SQL identifier")
 
     return Settings(
+        jwt_keys=_jwt_keys(env),
+        trusted_proxies=_networks(env, "BUSINESSOS_TRUSTED_PROXIES"),
+        max_body_bytes=_int(env, "BUSINESSOS_MAX_BODY_BYTES", 1_048_576, 1024, 1 << 30),
+        refresh_token_days=_int(env, "BUSINESSOS_REFRESH_TOKEN_DAYS", 30, 1, 365),
+        rate_limit_per_minute=_int(env, "BUSINESSOS_RATE_LIMIT_PER_MINUTE", 600, 1, 1_000_000),
+        auth_rate_limit_per_minute=_int(env, "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE", 10, 1, 1_000_000),
         database_url=database_url,
         database_app_url=database_app_url,
         redis_url=redis_url,

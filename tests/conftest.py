@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
@@ -81,6 +82,10 @@ def settings_for(database_url: str, redis_url: str, data_dir: Path, **env: str) 
         "BUSINESSOS_SECRET_KEY": SECRET,
         "BUSINESSOS_DATA_DIR": str(data_dir),
         "BUSINESSOS_PLUGINS": "",
+        # Every test request comes from one address ("testclient"): per-IP limits would trip the
+        # suite. Tests of rate limiting pass their own, low, values.
+        "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000",
+        "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
         **env,
     }
     return load_settings(values)
@@ -96,11 +101,26 @@ async def settings(
     return result
 
 
+# Owner tokens of the tenants made by new_tenant(), by slug and by id.
+OWNER_TOKENS: dict[str, str] = {}
+
+
+async def _act_as_owner(request: httpx.Request) -> None:
+    """Requests naming a tenant made by new_tenant() carry its owner's access token, unless they
+    bring credentials of their own. Tests of anonymous or cross-tenant access use explicit headers."""
+    if "authorization" in request.headers or "x-api-key" in request.headers:
+        return
+    token = OWNER_TOKENS.get(request.headers.get("x-tenant-id", "").lower())
+    if token:
+        request.headers["authorization"] = f"Bearer {token}"
+
+
 @asynccontextmanager
 async def open_client(settings: Settings, plugins: PluginSet | None = None) -> AsyncIterator[AsyncTestClient[Any]]:
     """An HTTP client on a freshly built app (lifespan included)."""
     app = create_app(settings, plugins or load_app_plugins(settings.plugins_allowlist))
     async with AsyncTestClient(app, base_url="http://testserver.local") as client:
+        client.event_hooks = {"request": [_act_as_owner], "response": []}
         yield client
 
 
@@ -129,10 +149,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0)
         await asyncio.sleep(0.02)
 
 
-async def new_tenant(client: AsyncTestClient[Any], prefix: str = "t") -> dict[str, Any]:
-    """Create a tenant with a unique slug and return its JSON."""
+async def new_tenant(client: AsyncTestClient[Any], prefix: str = "t", **extra: Any) -> dict[str, Any]:
+    """Create a tenant with a unique slug and an owner; return the tenant's JSON plus the owner's
+    ``access_token``, ``refresh_token``, ``user_id``, ``email`` and ``password``."""
     slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    response = await client.post("/api/tenants", json={"name": f"Tenant {slug}", "slug": slug})
+    owner = {"email": f"owner-{slug}@example.com", "password": f"pw-{uuid.uuid4().hex}", "name": "Owner"}
+    response = await client.post(
+        "/api/tenants", json={"name": f"Tenant {slug}", "slug": slug, "owner": owner, **extra}
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
-    return body
+    OWNER_TOKENS[slug] = OWNER_TOKENS[body["tenant"]["id"]] = body["access_token"]
+    return {
+        **body["tenant"],
+        "access_token": body["access_token"],
+        "refresh_token": body["refresh_token"],
+        "user_id": body["user_id"],
+        "email": owner["email"],
+        "password": owner["password"],
+    }

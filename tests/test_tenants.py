@@ -17,19 +17,28 @@ def _is_problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-async def test_create_tenant_returns_it(client: AsyncTestClient[Any]) -> None:
+OWNER = {"email": "founder@acme.example", "password": "purple-walrus-sings-42"}
+
+
+async def test_create_tenant_returns_it_with_the_owners_tokens(client: AsyncTestClient[Any]) -> None:
     slug = f"acme-{uuid.uuid4().hex[:6]}"
-    response = await client.post("/api/tenants", json={"name": "Acme Inc", "slug": slug, "plan": "pro"})
+    owner = {**OWNER, "email": f"founder@{slug}.example"}
+    response = await client.post("/api/tenants", json={"name": "Acme Inc", "slug": slug, "plan": "pro", "owner": owner})
     assert response.status_code == 201
     body = response.json()
-    assert body["slug"] == slug and body["name"] == "Acme Inc" and body["plan"] == "pro"
-    assert body["status"] == "active"
-    uuid.UUID(body["id"])
+    tenant = body["tenant"]
+    assert tenant["slug"] == slug and tenant["name"] == "Acme Inc" and tenant["plan"] == "pro"
+    assert tenant["status"] == "active"
+    assert body["token_type"] == "bearer" and body["expires_in"] > 0 and body["refresh_token"]
+    me = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200
+    assert me.json()["role"] == "owner" and me.json()["tenant_id"] == tenant["id"]
 
 
 async def test_duplicate_slug_answers_409_and_keeps_the_first(client: AsyncTestClient[Any]) -> None:
     first = await new_tenant(client)
-    response = await client.post("/api/tenants", json={"name": "Other", "slug": first["slug"]})
+    owner = {**OWNER, "email": f"other-{uuid.uuid4().hex[:6]}@example.com"}
+    response = await client.post("/api/tenants", json={"name": "Other", "slug": first["slug"], "owner": owner})
     body = _is_problem(response, 409)
     assert first["slug"] in body["detail"]
     current = await client.get("/api/tenants/current", headers={"X-Tenant-ID": first["slug"]})
@@ -37,12 +46,19 @@ async def test_duplicate_slug_answers_409_and_keeps_the_first(client: AsyncTestC
 
 
 async def test_invalid_body_names_the_field(client: AsyncTestClient[Any]) -> None:
-    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "Not A Slug"}), 422)
+    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "Not A Slug", "owner": OWNER}), 422)
     assert [e["field"] for e in body["errors"]] == ["slug"]
-    body = _is_problem(await client.post("/api/tenants", json={"slug": "fine-slug"}), 422)
+    body = _is_problem(await client.post("/api/tenants", json={"slug": "fine-slug", "owner": OWNER}), 422)
     assert "name" in body["detail"]
-    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "gold"}), 422)
+    body = _is_problem(
+        await client.post("/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "gold", "owner": OWNER}), 422
+    )
     assert body["errors"][0]["field"] == "plan"
+    weak = {"email": "a@b.example", "password": "password1"}
+    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "weak-pw", "owner": weak}), 422)
+    assert body["errors"][0]["field"] == "owner.password"
+    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "no-owner"}), 422)
+    assert body["errors"][0]["field"] == "owner"
     _is_problem(await client.post("/api/tenants", content=b"{not json", headers={"content-type": "application/json"}), 400)
 
 
@@ -55,10 +71,12 @@ async def test_current_tenant_by_id_or_slug(client: AsyncTestClient[Any]) -> Non
 
 
 async def test_unknown_and_missing_tenants(client: AsyncTestClient[Any]) -> None:
-    _is_problem(await client.get("/api/tenants/current", headers={"X-Tenant-ID": "no-such-tenant"}), 404)
-    _is_problem(await client.get("/api/tenants/current", headers={"X-Tenant-ID": str(uuid.uuid4())}), 404)
-    body = _is_problem(await client.get("/api/tenants/current"), 400)
+    signup = {"email": "x@y.example", "password": "purple-walrus-sings-42"}
+    for ref in ("no-such-tenant", str(uuid.uuid4())):
+        _is_problem(await client.post("/api/auth/register", json=signup, headers={"X-Tenant-ID": ref}), 404)
+    body = _is_problem(await client.post("/api/auth/register", json=signup), 400)
     assert "X-Tenant-ID" in body["detail"]
+    _is_problem(await client.get("/api/tenants/current", headers={"X-Tenant-ID": "no-such-tenant"}), 401)
 
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 __all__ = ["Database"]
 
 _SET_TENANT = text("select set_config('app.tenant_id', :tenant, true)")
+_SET_USER = text("select set_config('app.user_id', :user, true)")
 
 
 class Database:
@@ -39,6 +40,16 @@ class Database:
         """A session in one transaction scoped to ``tenant_id``; commits on success."""
         async with self.sessions() as session, session.begin():
             await session.execute(_SET_TENANT, {"tenant": str(tenant_id)})
+            yield session
+
+    @asynccontextmanager
+    async def user(self, user_id: uuid.UUID) -> AsyncIterator[AsyncSession]:
+        """A transaction in which a person's own memberships are readable across tenants.
+
+        Only the identity code uses it (log-in and tenant switching); tenant tables stay closed.
+        """
+        async with self.sessions() as session, session.begin():
+            await session.execute(_SET_USER, {"user": str(user_id)})
             yield session
 
     @asynccontextmanager

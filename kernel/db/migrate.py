@@ -82,7 +82,7 @@ def _applied(conn: Connection, script: ScriptDirectory) -> tuple[set[str], set[s
     return applied & known, applied - known
 
 
-def _upgrade(conn: Connection, cfg: Config, settings: Settings) -> None:
+def _upgrade(conn: Connection, cfg: Config, settings: Settings, plugin_order: list[str]) -> None:
     _ensure_runtime_role(conn, settings)
     conn.commit()
     script = ScriptDirectory.from_config(cfg)
@@ -92,11 +92,18 @@ def _upgrade(conn: Connection, cfg: Config, settings: Settings) -> None:
     for rev in orphans:
         conn.execute(text("delete from alembic_version where version_num = :v"), {"v": rev})
     conn.commit()
+    cfg.attributes["connection"] = conn
     try:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "heads")
-    finally:
+        # The kernel first, then each plugin in dependency order. Branches never point at each
+        # other (no depends_on): with one, Alembic keeps only the dependent's row in the shared
+        # table, and uninstalling the dependent would then hide how far the dependency had got.
+        for target in ["kernel@head", *(f"{plugin}@head" for plugin in plugin_order)]:
+            command.upgrade(cfg, target)
+            conn.commit()
+    except BaseException:
         conn.rollback()
+        raise
+    finally:
         for rev in orphans:
             conn.execute(text("insert into alembic_version (version_num) values (:v)"), {"v": rev})
         conn.commit()
@@ -122,12 +129,12 @@ def _pending(conn: Connection, cfg: Config) -> list[str]:
 
 
 async def upgrade(settings: Settings, database_url: str, plugin_folders: Mapping[str, Path]) -> None:
-    """Bring every branch (kernel and plugins) to its head."""
+    """Bring every branch to its head: the kernel's, then the plugins' in the order given."""
     cfg = alembic_config(plugin_folders)
     engine = create_async_engine(owner_url(database_url))
     try:
         async with engine.connect() as conn:
-            await conn.run_sync(_upgrade, cfg, settings)
+            await conn.run_sync(_upgrade, cfg, settings, list(plugin_folders))
             await conn.commit()
     finally:
         await engine.dispose()

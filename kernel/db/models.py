@@ -50,7 +50,11 @@ def declarative_base() -> type[DeclarativeBase]:
     return Base
 
 
-KernelBase = declarative_base()
+class KernelBase(DeclarativeBase):
+    """The kernel's own tables (a class statement, not ``declarative_base()``, so type checkers
+    accept it as a base class)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class TenantScoped:

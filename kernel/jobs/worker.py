@@ -40,19 +40,21 @@ async def run_event_handlers(ctx: dict[str, Any], tenant_id: str, event: str, pa
             continue
         for handler in record.event_handlers:
             if handler.event == event:
-                await handler.handler(EventContext(tenant_id=tenant, event=event, payload=payload))
+                await handler.handler(EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel))
                 ran += 1
     return ran
 
 
-def build_worker(settings: Settings, plugins: PluginSet, redis_url: str, *, burst: bool = False) -> Worker:
+def build_worker(
+    settings: Settings, plugins: PluginSet, redis_url: str, *, burst: bool = False, queue: str = QUEUE
+) -> Worker:
     """An arq worker bound to ``redis_url``; the kernel's services open on start-up."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
         ctx["stack"] = stack
         ctx["kernel"] = await stack.enter_async_context(open_kernel(settings, plugins))
-        log.info("worker ready on queue %s", QUEUE)
+        log.info("worker ready on queue %s", queue)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         stack: AsyncExitStack | None = ctx.get("stack")
@@ -61,7 +63,7 @@ def build_worker(settings: Settings, plugins: PluginSet, redis_url: str, *, burs
 
     return Worker(
         functions=[func(run_event_handlers, name="kernel.run_event_handlers")],  # type: ignore[arg-type]
-        queue_name=QUEUE,
+        queue_name=queue,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

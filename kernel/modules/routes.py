@@ -3,14 +3,18 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import get, post, put
+from litestar import Request, get, post, put
 
+from kernel.audit.log import request_actor, request_meta
 from kernel.context import Kernel
 from kernel.errors import NotFound
 from kernel.modules.schemas import Module, ModuleList, ModuleSettings
 from kernel.tenants.schemas import Tenant
 
 __all__ = ["disable_module", "enable_module", "get_module_settings", "list_modules", "put_module_settings"]
+
+
+WRITE = "kernel.modules.write"
 
 
 class ModuleChange(msgspec.Struct, frozen=True):
@@ -26,35 +30,46 @@ async def _module(kernel: Kernel, tenant: Tenant, name: str) -> Module:
     raise NotFound(f"module {name!r} is not installed")
 
 
-@get("/api/modules", tags=["modules"])
+@get("/api/modules", tags=["modules"], opt={"permission": "kernel.modules.read"})
 async def list_modules(kernel: Kernel, tenant: Tenant) -> ModuleList:
     """Every installed plugin, whether it loaded, and whether this tenant enabled it."""
     return ModuleList(modules=await kernel.modules.list(tenant.id))
 
 
-@post("/api/modules/{name:str}/enable", status_code=200, tags=["modules"])
-async def enable_module(name: str, kernel: Kernel, tenant: Tenant) -> ModuleChange:
+@post("/api/modules/{name:str}/enable", status_code=200, tags=["modules"], opt={"permission": WRITE})
+async def enable_module(
+    name: str, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
+) -> ModuleChange:
     """Enable a module for this tenant, with the modules it depends on."""
-    changed = await kernel.modules.enable(tenant.id, name)
+    changed = await kernel.modules.enable(
+        tenant.id, name, actor=request_actor(request), meta=request_meta(request)
+    )
     return ModuleChange(module=await _module(kernel, tenant, name), changed=changed)
 
 
-@post("/api/modules/{name:str}/disable", status_code=200, tags=["modules"])
-async def disable_module(name: str, kernel: Kernel, tenant: Tenant) -> ModuleChange:
+@post("/api/modules/{name:str}/disable", status_code=200, tags=["modules"], opt={"permission": WRITE})
+async def disable_module(
+    name: str, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
+) -> ModuleChange:
     """Disable a module for this tenant; its data is kept. 409 while an enabled module needs it."""
-    changed = await kernel.modules.disable(tenant.id, name)
+    changed = await kernel.modules.disable(
+        tenant.id, name, actor=request_actor(request), meta=request_meta(request)
+    )
     return ModuleChange(module=await _module(kernel, tenant, name), changed=[name] if changed else [])
 
 
-@get("/api/modules/{name:str}/settings", tags=["modules"])
+@get("/api/modules/{name:str}/settings", tags=["modules"], opt={"permission": "kernel.modules.read"})
 async def get_module_settings(name: str, kernel: Kernel, tenant: Tenant) -> ModuleSettings:
     """This tenant's settings for a module, defaults filled in."""
     return ModuleSettings(module=name, settings=await kernel.modules.get_settings(tenant.id, name))
 
 
-@put("/api/modules/{name:str}/settings", tags=["modules"])
+@put("/api/modules/{name:str}/settings", tags=["modules"], opt={"permission": WRITE})
 async def put_module_settings(
-    name: str, data: dict[str, Any], kernel: Kernel, tenant: Tenant
+    name: str, data: dict[str, Any], kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> ModuleSettings:
     """Replace this tenant's settings for a module; validated against the module's schema."""
-    return ModuleSettings(module=name, settings=await kernel.modules.put_settings(tenant.id, name, data))
+    settings = await kernel.modules.put_settings(
+        tenant.id, name, data, actor=request_actor(request), meta=request_meta(request)
+    )
+    return ModuleSettings(module=name, settings=settings)

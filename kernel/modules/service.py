@@ -10,6 +10,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.audit import log as audit_log
+from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
@@ -42,6 +44,7 @@ class ModuleService:
         """Names of the modules ``tenant_id`` has enabled (cached per process)."""
         key = str(tenant_id)
         cached = self._cache.get(key)
+        generation = self._cache.generation
         if isinstance(cached, frozenset):
             return cached
         async with self.db.tenant(tenant_id) as session:
@@ -52,7 +55,7 @@ class ModuleService:
                     )
                 ).scalars()
             )
-        self._cache.put(key, names)
+        self._cache.put(key, names, generation)
         return names
 
     async def list(self, tenant_id: uuid.UUID) -> list[Module]:
@@ -82,8 +85,11 @@ class ModuleService:
         rows = await session.execute(select(TenantModuleRow.plugin).where(TenantModuleRow.enabled.is_(True)))
         return set(rows.scalars())
 
-    async def enable(self, tenant_id: uuid.UUID, name: str) -> list[str]:
-        """Enable ``name`` and what it depends on; returns the modules newly enabled."""
+    async def enable(
+        self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> list[str]:
+        """Enable ``name`` and what it depends on; returns the modules newly enabled. Audited as
+        ``module.enabled`` (by ``actor``, from ``meta``) in the same transaction."""
         record = self._plugin(name)
         if not record.active:
             raise Conflict(f"module {name!r} cannot be enabled: {record.reason}")
@@ -101,16 +107,29 @@ class ModuleService:
                         index_elements=["tenant_id", "plugin"], set_={"enabled": True, "updated_at": utcnow()}
                     )
                 )
+            await audit_log.record(
+                session, tenant_id=tenant_id, actor=actor, action="module.enabled", resource_type="module",
+                resource_id=name, meta=meta, before={"enabled": name in already},
+                after={"enabled": True, "changed": added},
+            )
         await self._invalidate(tenant_id)
         return added
 
-    async def disable(self, tenant_id: uuid.UUID, name: str) -> bool:
-        """Disable ``name`` (its data stays); 409 while an enabled module depends on it."""
+    async def disable(
+        self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> bool:
+        """Disable ``name`` (its data stays); 409 while an enabled module depends on it. Audited as
+        ``module.disabled`` in the same transaction."""
         self._plugin(name)
         async with self.db.tenant(tenant_id) as session:
             await self._lock(session, tenant_id)
             enabled = await self._enabled_in(session)
             if name not in enabled:
+                await audit_log.record(
+                    session, tenant_id=tenant_id, actor=actor, action="module.disabled",
+                    resource_type="module", resource_id=name, meta=meta,
+                    before={"enabled": False}, after={"enabled": False},
+                )
                 return False
             blockers = sorted(
                 n for n in enabled if (r := self.plugins.get(n)) is not None and name in r.depends_on
@@ -125,6 +144,11 @@ class ModuleService:
             ).scalar_one()
             row.enabled = False
             row.updated_at = utcnow()
+            await session.flush()
+            await audit_log.record(
+                session, tenant_id=tenant_id, actor=actor, action="module.disabled", resource_type="module",
+                resource_id=name, meta=meta, before={"enabled": True}, after={"enabled": False},
+            )
         await self._invalidate(tenant_id)
         return True
 
@@ -136,11 +160,19 @@ class ModuleService:
             stored = (
                 await session.execute(select(TenantModuleRow.settings).where(TenantModuleRow.plugin == name))
             ).scalar_one_or_none()
-        # Stored values pass through the schema so that new fields show their defaults.
-        value = msgspec.convert(stored or {}, record.settings_schema)
-        return msgspec.to_builtins(value)  # type: ignore[no-any-return]
+        return _current_settings(stored or {}, record.settings_schema)
 
-    async def put_settings(self, tenant_id: uuid.UUID, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def put_settings(
+        self,
+        tenant_id: uuid.UUID,
+        name: str,
+        body: dict[str, Any],
+        *,
+        actor: str | None = None,
+        meta: RequestMeta | None = None,
+    ) -> dict[str, Any]:
+        """Replace ``name``'s settings; audited as ``module.settings.updated`` (secret-looking keys
+        redacted) in the same transaction."""
         record = self._plugin(name)
         if record.settings_schema is None:
             raise NotFound(f"module {name!r} has no settings")
@@ -152,13 +184,22 @@ class ModuleService:
             ) from None
         settings = msgspec.to_builtins(value)
         async with self.db.tenant(tenant_id) as session:
+            previous = (
+                await session.execute(select(TenantModuleRow.settings).where(TenantModuleRow.plugin == name))
+            ).scalar_one_or_none()
             stmt = insert(TenantModuleRow).values(
                 tenant_id=tenant_id, id=uuid7(), plugin=name, enabled=False, settings=settings
             )
             await session.execute(
                 stmt.on_conflict_do_update(
-                    index_elements=["tenant_id", "plugin"], set_={"settings": settings, "updated_at": utcnow()}
+                    index_elements=["tenant_id", "plugin"],
+                    set_={"settings": settings, "updated_at": utcnow()},
                 )
+            )
+            await audit_log.record(
+                session, tenant_id=tenant_id, actor=actor, action="module.settings.updated",
+                resource_type="module", resource_id=name, meta=meta,
+                before={"settings": previous}, after={"settings": settings},
             )
         return settings  # type: ignore[no-any-return]
 
@@ -167,6 +208,19 @@ class ModuleService:
             await self.bus.publish(TOPIC, str(tenant_id))
         else:
             self._cache.drop(str(tenant_id))
+
+
+def _current_settings(stored: dict[str, Any], schema: type[msgspec.Struct]) -> dict[str, Any]:
+    """Stored settings seen through the plugin's current schema: new fields show their defaults,
+    and values an upgraded schema no longer accepts fall back to the default instead of failing."""
+    kept: dict[str, Any] = {}
+    for key, value in stored.items():
+        try:
+            msgspec.convert({**kept, key: value}, schema)
+        except msgspec.ValidationError:
+            continue
+        kept[key] = value
+    return msgspec.to_builtins(msgspec.convert(kept, schema))  # type: ignore[no-any-return]
 
 
 def _field_error(message: str) -> FieldError:

@@ -10,12 +10,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+if TYPE_CHECKING:
+    from kernel.context import Kernel
+
 __all__ = [
     "PLUGIN_NAME",
+    "EventContext",
     "EventHandler",
     "EventType",
     "LifespanFactory",
@@ -58,11 +62,12 @@ class EventType(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class EventContext:
-    """What an event handler receives."""
+    """What an event handler receives: the event and the kernel's service handles."""
 
     tenant_id: uuid.UUID
     event: str
     payload: dict[str, Any]
+    kernel: Kernel = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Hooks are synchronous and called once at start-up, one plugin at a time; each returns
 declarative data. Runtime work happens in the async callables that data carries (route handlers,
-event handlers, node runners, the lifespan). Every hook is optional; ``docs/hooks`` in the README
-and ``tests/test_hookspecs.py`` keep this list and its documentation in step.
+event handlers, node runners, the lifespan). Every hook is optional. Each one has a section in
+``docs/plugins.md``; ``tests/test_hookspecs.py`` fails when one is missing or lacks a docstring.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def businessos_metadata() -> MetaData:
 def businessos_migrations() -> Path:
     """Return the folder of the plugin's Alembic revisions (its own branch).
 
-    The first revision sets ``branch_labels = ("<plugin>",)`` and
-    ``depends_on = kernel.sdk.KERNEL_BASE_REVISION``. ``businessos migrate`` upgrades every head.
+    The first revision sets ``down_revision = None`` and ``branch_labels = ("<plugin>",)``, and
+    no revision points into another branch. ``businessos migrate`` upgrades the kernel first,
+    then each plugin's branch in dependency order, so the kernel's tables always exist.
     """
 
 

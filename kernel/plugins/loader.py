@@ -42,6 +42,8 @@ log = logging.getLogger("businessos.plugins")
 
 ENTRY_POINT_GROUP = "businessos.plugins"
 KERNEL = "kernel"
+# Names whose namespace (routes, permissions, tables) the kernel uses itself.
+RESERVED_NAMES = frozenset({KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1"})
 
 
 class BootError(RuntimeError):
@@ -212,43 +214,74 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
             return
         if value is None:
             continue
-        match hook_name:
-            case "businessos_routes":
-                record.routes = list(value)
-            case "businessos_metadata":
-                record.metadata = value
-                bad = [t for t in value.tables if not t.startswith(prefix + "_")]
-                if bad:
-                    record.disable(f"table {bad[0]!r} is not namespaced (must start with {prefix}_)")
-            case "businessos_migrations":
-                path = Path(value)
-                if not path.is_dir():
-                    record.disable(f"migrations folder {path} does not exist")
-                record.migrations = path
-            case "businessos_permissions":
-                record.permissions = list(value)
-                _check_names(record, "permission", [p.name for p in record.permissions], 3)
-            case "businessos_event_types":
-                record.event_types = list(value)
-                _check_names(record, "event", [e.name for e in record.event_types], 3)
-            case "businessos_event_handlers":
-                record.event_handlers = list(value)
-            case "businessos_workflow_nodes":
-                record.nodes = list(value)
-                _check_names(record, "node key", [n.key for n in record.nodes], 2)
-            case "businessos_settings_schema":
-                if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
-                    record.disable("businessos_settings_schema must return a msgspec.Struct class")
-                else:
-                    record.settings_schema = value
-                    try:
-                        msgspec.convert({}, value)
-                    except msgspec.ValidationError as exc:
-                        record.disable(f"settings schema needs defaults for every field: {exc}")
-            case "businessos_lifespan":
-                record.lifespan = value
-            case "businessos_cli_commands":
-                record.cli_commands = list(value)
+        try:
+            match hook_name:
+                case "businessos_routes":
+                    record.routes = list(value)
+                case "businessos_metadata":
+                    record.metadata = value
+                    bad = [t for t in value.tables if not t.startswith(prefix + "_")]
+                    if bad:
+                        record.disable(f"table {bad[0]!r} is not namespaced (must start with {prefix}_)")
+                case "businessos_migrations":
+                    path = Path(value)
+                    if not path.is_dir():
+                        record.disable(f"migrations folder {path} does not exist")
+                    record.migrations = path
+                case "businessos_permissions":
+                    record.permissions = list(value)
+                    _check_names(record, "permission", [p.name for p in record.permissions], 3)
+                case "businessos_event_types":
+                    record.event_types = list(value)
+                    _check_names(record, "event", [e.name for e in record.event_types], 3)
+                case "businessos_event_handlers":
+                    record.event_handlers = list(value)
+                case "businessos_workflow_nodes":
+                    record.nodes = list(value)
+                    _check_names(record, "node key", [n.key for n in record.nodes], 2)
+                case "businessos_settings_schema":
+                    if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
+                        record.disable("businessos_settings_schema must return a msgspec.Struct class")
+                    else:
+                        record.settings_schema = value
+                        try:
+                            msgspec.convert({}, value)
+                        except msgspec.ValidationError as exc:
+                            record.disable(f"settings schema needs defaults for every field: {exc}")
+                case "businessos_lifespan":
+                    record.lifespan = value
+                case "businessos_cli_commands":
+                    record.cli_commands = list(value)
+        except (TypeError, AttributeError, ValueError) as exc:
+            # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
+            # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
+            record.disable(f"{hook_name} returned an unusable value: {type(exc).__name__}: {exc}")
+            return
+    if record.active and record.routes:
+        _check_route_permissions(record)
+
+
+def _check_route_permissions(record: PluginRecord) -> None:
+    """Deny by default: each route must declare a permission the plugin (or kernel) defines."""
+    from kernel.identity.permissions import AUTHENTICATED, KERNEL_PERMISSIONS, PUBLIC
+
+    allowed = {PUBLIC, AUTHENTICATED, *(p.name for p in record.permissions), *(p.name for p in KERNEL_PERMISSIONS)}
+    try:
+        routes = Router(path="/", route_handlers=list(record.routes)).routes
+    except Exception as exc:
+        record.disable(f"its routes are invalid: {type(exc).__name__}: {exc}")
+        return
+    for route in routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if set(getattr(handler, "http_methods", ())) <= {"OPTIONS", "HEAD"}:
+                continue  # Litestar's own OPTIONS handler
+            permission = handler.opt.get("permission")
+            if permission is None:
+                record.disable(f"route {route.path} declares no permission (opt={{'permission': ...}})")
+                return
+            if permission not in allowed:
+                record.disable(f"route {route.path} requires {permission!r}, which the plugin does not declare")
+                return
 
 
 _DOTTED = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -256,6 +289,9 @@ _DOTTED = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 def _check_names(record: PluginRecord, kind: str, names: Sequence[str], parts: int) -> None:
     for name in names:
+        if names.count(name) > 1:
+            record.disable(f"{kind} {name!r} is declared twice")
+            return
         if not _DOTTED.match(name) or not name.startswith(record.name + ".") or name.count(".") != parts - 1:
             shape = ".".join([record.name, *(["<entity>", "<verb>"] if parts == 3 else ["<node>"])])
             record.disable(f"{kind} {name!r} must look like {shape}")
@@ -271,6 +307,15 @@ def route_keys(handlers: Sequence[Any]) -> list[tuple[str, str]]:
             if method not in ("OPTIONS", "HEAD"):
                 keys.append((method, route.path))
     return keys
+
+
+_PATH_PARAM = re.compile(r"\{[^}]*\}")
+
+
+def _route_shape(path: str) -> str:
+    """``path`` with each parameter reduced to ``{}``: ``/x/{a:int}`` and ``/x/{b:str}`` are the
+    same route to the router, so they must clash here too."""
+    return _PATH_PARAM.sub("{}", path)
 
 
 def _claim(
@@ -306,6 +351,9 @@ def load_plugins(
         record = records[ep.name] = PluginRecord(name=ep.name, distribution=dist)
         if not PLUGIN_NAME.match(ep.name):
             record.disable("name must be a lower-case identifier of at most 40 characters")
+            continue
+        if ep.name in RESERVED_NAMES:
+            record.disable(f"the name {ep.name!r} is reserved for the kernel")
             continue
         if allowlist is not None and ep.name not in allowlist:
             record.disable("not in the BUSINESSOS_PLUGINS allowlist")
@@ -344,7 +392,7 @@ def load_plugins(
             manager.unregister(name=record.name)
 
     owners: dict[tuple[str, str], str] = {}
-    _claim(owners, "route", (f"{m} {p}" for m, p in kernel_routes), KERNEL)
+    _claim(owners, "route", (f"{m} {_route_shape(p)}" for m, p in kernel_routes), KERNEL)
     _claim(owners, "table", kernel_tables, KERNEL)
     _claim(owners, "permission", kernel_permissions, KERNEL)
     for name in order:
@@ -355,7 +403,7 @@ def load_plugins(
             keys = route_keys(record.routes)
         except Exception as exc:
             raise BootError(f"plugin {name}: its routes are invalid: {exc}") from exc
-        _claim(owners, "route", (f"{m} {p}" for m, p in keys), name)
+        _claim(owners, "route", (f"{m} {_route_shape(p)}" for m, p in keys), name)
         _claim(owners, "table", record.table_names(), name)
         _claim(owners, "permission", (p.name for p in record.permissions), name)
         _claim(owners, "node key", (n.key for n in record.nodes), name)

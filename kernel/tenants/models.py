@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, Text, func
+from sqlalchemy import Boolean, DateTime, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db.models import KernelBase, utcnow, uuid7
@@ -21,6 +21,8 @@ class TenantRow(KernelBase):
     slug: Mapped[str] = mapped_column(Text, unique=True)
     status: Mapped[str] = mapped_column(Text, default="active")
     plan: Mapped[str] = mapped_column(Text, default="free")
+    allow_signup: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Whether anyone may register as a member without an invitation."""
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), default=utcnow
     )

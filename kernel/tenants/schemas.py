@@ -36,3 +36,4 @@ class Tenant(msgspec.Struct, frozen=True):
     status: Status
     plan: Plan
     created_at: datetime
+    allow_signup: bool = False

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.audit import log as audit_log
+from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -32,13 +36,20 @@ class TenantService:
         if bus is not None:
             bus.register(TOPIC, self._cache)
 
-    async def create(self, data: TenantCreate) -> Tenant:
+    async def create(
+        self, data: TenantCreate, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> Tenant:
+        """A new tenant; audited as ``tenant.created`` in the same transaction."""
         row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
         try:
             async with self.db.global_() as session:
                 session.add(row)
                 await session.flush()
                 await session.refresh(row)
+                await _audit(
+                    session, row.id, actor, "tenant.created", meta,
+                    after={"name": row.name, "slug": row.slug, "plan": row.plan},
+                )
         except IntegrityError as exc:
             if "uq_tenants_slug" in str(exc.orig):
                 raise Conflict(f"a tenant with slug {data.slug!r} already exists") from None
@@ -54,6 +65,7 @@ class TenantService:
             ident = None
         key = str(ident) if ident else ref.strip().lower()
         cached = self._cache.get(key)
+        generation = self._cache.generation
         if isinstance(cached, Tenant):
             return cached
         query = select(TenantRow).where(TenantRow.id == ident if ident else TenantRow.slug == key)
@@ -62,7 +74,7 @@ class TenantService:
         if row is None:
             return None
         tenant = _to_tenant(row)
-        self._cache.put(key, tenant)
+        self._cache.put(key, tenant, generation)
         return tenant
 
     async def resolve(self, ref: str) -> Tenant:
@@ -81,12 +93,22 @@ class TenantService:
             rows = (await session.execute(select(TenantRow).order_by(TenantRow.created_at))).scalars()
             return [_to_tenant(r) for r in rows]
 
-    async def set_status(self, ref: str, status: Status) -> Tenant:
+    async def set_status(
+        self, ref: str, status: Status, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> Tenant:
+        """Suspend or reactivate a tenant; audited as ``tenant.status.updated``."""
         tenant = await self.find(ref)
         if tenant is None:
             raise NotFound(f"tenant {ref!r} does not exist")
         async with self.db.global_() as session:
+            before = (
+                await session.execute(select(TenantRow.status).where(TenantRow.id == tenant.id))
+            ).scalar_one()
             await session.execute(update(TenantRow).where(TenantRow.id == tenant.id).values(status=status))
+            await _audit(
+                session, tenant.id, actor, "tenant.status.updated", meta,
+                before={"status": before}, after={"status": status},
+            )
         await self._invalidate(str(tenant.id), tenant.slug)
         return msgspec.structs.replace(tenant, status=status)
 
@@ -96,3 +118,22 @@ class TenantService:
                 await self.bus.publish(TOPIC, ref)
             else:
                 self._cache.drop(ref)
+
+
+async def _audit(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    actor: str | None,
+    action: str,
+    meta: RequestMeta | None,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """An audit row for a change to the tenant itself, in the (global) session's transaction."""
+    # The audit table is tenant-scoped: name the tenant for the rest of this transaction only.
+    await session.execute(text("select set_config('app.tenant_id', :t, true)"), {"t": str(tenant_id)})
+    await audit_log.record(
+        session, tenant_id=tenant_id, actor=actor, action=action, resource_type="tenant",
+        resource_id=str(tenant_id), meta=meta, before=before, after=after,
+    )

@@ -12,7 +12,7 @@ from kernel import sdk
 revision = "hello_0001"
 down_revision = None
 branch_labels = ("hello",)
-depends_on = sdk.KERNEL_BASE_REVISION
+depends_on = None
 
 
 def upgrade() -> None:

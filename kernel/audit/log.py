@@ -1,0 +1,249 @@
+"""Writing audit rows, in the caller's transaction, chained per tenant.
+
+Each row carries ``hash = sha256(prev_hash || canonical(row))`` where ``prev_hash`` is the hash of
+the tenant's previous row (by ``seq``; 32 zero bytes for the first) and ``canonical(row)`` is the
+sorted-key, whitespace-free JSON (msgspec) of these fields, so that anyone can recompute it from
+the table alone:
+
+- ``tenant_id``, ``id``: the UUIDs' canonical text;
+- ``seq``: the integer;
+- ``occurred_at``: UTC, ISO 8601 with microseconds (``2025-01-02T03:04:05.000006+00:00``), which
+  round-trips exactly through ``timestamptz``;
+- ``actor``, ``action``, ``resource_type``, ``resource_id``, ``result``, ``request_id``, ``ip``,
+  ``user_agent``: the stored text or ``null``;
+- ``before``, ``after``, ``details``: PostgreSQL's own text of the stored ``jsonb`` value
+  (``column::text``) or ``null``. Hashing the database's normal form, not the caller's JSON, keeps
+  key order, number formats and the like from breaking verification.
+
+A per-tenant advisory lock, held until the caller's transaction ends, keeps the chain linear under
+concurrent writers; the row commits or rolls back with the caller's change.
+
+Secret-looking keys in ``before``/``after``/``details`` are replaced by ``"[redacted]"`` at any
+depth before anything is stored or hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.db.models import uuid7
+
+__all__ = [
+    "GENESIS",
+    "REDACTED",
+    "RequestMeta",
+    "audit",
+    "canonical",
+    "chain_hash",
+    "format_time",
+    "record",
+    "redact",
+    "request_actor",
+    "request_meta",
+]
+
+GENESIS = b"\x00" * 32
+REDACTED = "[redacted]"
+_SECRET_KEYS = re.compile(r"pass|token|secret|code|key|otp|authorization|cookie", re.IGNORECASE)
+
+# Longest stored text per column: an audit row never fails the change it records for being long.
+_LIMITS = {
+    "actor": 200,
+    "action": 200,
+    "resource_type": 200,
+    "resource_id": 500,
+    "result": 100,
+    "request_id": 200,
+    "ip": 100,
+    "user_agent": 500,
+}
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Where an audited action came from."""
+
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+def redact(value: Any) -> Any:
+    """Replace the values of secret-looking keys, at any depth (and drop NUL characters, which
+    PostgreSQL text cannot hold)."""
+    if isinstance(value, dict):
+        return {
+            _text(str(k)): REDACTED if _SECRET_KEYS.search(str(k)) else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return _text(value)
+    return value
+
+
+def format_time(moment: datetime) -> str:
+    """The hashed form of ``occurred_at``: UTC, microseconds always present."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical(row: dict[str, Any]) -> bytes:
+    """The bytes a row's hash covers: every field but the hash, as sorted-key JSON."""
+    fields = {k: v for k, v in row.items() if k not in ("hash", "prev_hash")}
+    return msgspec.json.encode(fields, order="sorted")
+
+
+def chain_hash(prev: bytes, row: dict[str, Any]) -> bytes:
+    return hashlib.sha256(prev + canonical(row)).digest()
+
+
+_LAST_AND_NORMAL = text(
+    """select l.seq, l.hash,
+              cast(cast(:before as text) as jsonb)::text as before,
+              cast(cast(:after as text) as jsonb)::text as after,
+              cast(cast(:details as text) as jsonb)::text as details
+         from (select 1) as one
+         left join lateral (
+              select seq, hash from audit_logs where tenant_id = :t order by seq desc limit 1
+         ) as l on true"""
+)
+
+_INSERT = text(
+    """insert into audit_logs (tenant_id, id, seq, occurred_at, actor, action, resource_type,
+           resource_id, result, request_id, ip, user_agent, before, after, details, prev_hash, hash)
+       values (:tenant_id, :id, :seq, :occurred_at, :actor, :action, :resource_type, :resource_id,
+           :result, :request_id, :ip, :user_agent, cast(cast(:before as text) as jsonb),
+           cast(cast(:after as text) as jsonb), cast(cast(:details as text) as jsonb), :prev_hash, :hash)"""
+)
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    actor: str | None,
+    action: str,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    result: str = "success",
+    meta: RequestMeta | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit row in ``session``'s transaction (which must be scoped to ``tenant_id``)."""
+    meta = meta or RequestMeta()
+    await session.execute(
+        text("select pg_advisory_xact_lock(hashtextextended('audit:' || :t, 0))"), {"t": str(tenant_id)}
+    )
+    # After the lock (a statement of its own, so its snapshot sees the previous holder's commit):
+    # the tenant's last row, and the database's normal form of the JSON fields.
+    found = (
+        await session.execute(
+            _LAST_AND_NORMAL,
+            {"t": tenant_id, "before": _json(before), "after": _json(after), "details": _json(details)},
+        )
+    ).one()
+    seq, prev = (found.seq + 1, bytes(found.hash)) if found.seq is not None else (1, GENESIS)
+    occurred_at = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "tenant_id": str(tenant_id),
+        "id": str(uuid7()),
+        "seq": seq,
+        "occurred_at": format_time(occurred_at),
+        "actor": _limit("actor", actor),
+        "action": _limit("action", action),
+        "resource_type": _limit("resource_type", resource_type),
+        "resource_id": _limit("resource_id", resource_id),
+        "result": _limit("result", result),
+        "request_id": _limit("request_id", meta.request_id),
+        "ip": _limit("ip", meta.ip),
+        "user_agent": _limit("user_agent", meta.user_agent),
+        "before": found.before,
+        "after": found.after,
+        "details": found.details,
+    }
+    digest = chain_hash(prev, row)
+    await session.execute(_INSERT, {**row, "occurred_at": occurred_at, "prev_hash": prev, "hash": digest})
+
+
+async def audit(
+    connection: ASGIConnection[Any, Any, Any, Any],
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    action: str,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    result: str = "success",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """:func:`record` for a route handler: the actor is the request's principal, the request id,
+    IP and user agent come from the request. ``session`` must be ``db.tenant(tenant_id)``'s."""
+    await record(
+        session,
+        tenant_id=tenant_id,
+        actor=request_actor(connection),
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        result=result,
+        meta=request_meta(connection),
+        before=before,
+        after=after,
+        details=details,
+    )
+
+
+def request_actor(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """How the audit log names the request's principal (``user:<id>``, ``api_key:<id>``), if any."""
+    principal = _state(connection).get("principal")
+    actor = getattr(principal, "actor", None)
+    return actor if isinstance(actor, str) else None
+
+
+def request_meta(connection: ASGIConnection[Any, Any, Any, Any]) -> RequestMeta:
+    """The request id, client IP and user agent of ``connection``.
+
+    The request id and IP set by the HTTP middleware win; without them, the ``X-Request-ID``
+    header and the peer address stand in.
+    """
+    state = _state(connection)
+    request_id = state.get("request_id") or connection.headers.get("x-request-id") or None
+    ip = state.get("client_ip") or (connection.client.host if connection.client else None) or None
+    return RequestMeta(
+        request_id=_limit("request_id", str(request_id)) if request_id else None,
+        ip=_limit("ip", str(ip)) if ip else None,
+        user_agent=_limit("user_agent", connection.headers.get("user-agent") or None),
+    )
+
+
+def _state(connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]:
+    state = connection.scope.get("state")
+    return state if isinstance(state, dict) else {}
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "")
+
+
+def _limit(column: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _text(value)[: _LIMITS[column]]
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else msgspec.json.encode(redact(value), enc_hook=str).decode()

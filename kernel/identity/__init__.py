@@ -1,0 +1,1 @@
+"""Identity and access: accounts, tokens, MFA, roles and permissions, API keys."""

@@ -1,0 +1,284 @@
+"""What a role may do in a tenant, and API keys.
+
+Grants start from the built-in defaults (kernel.identity.permissions) and may be edited per
+tenant, except the owner's, which is always everything. Resolved grants are cached per process
+and invalidated across processes on change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from kernel.audit.log import RequestMeta, record
+from kernel.cache import InvalidationBus, TTLCache
+from kernel.db.engine import Database
+from kernel.db.models import utcnow, uuid7
+from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
+from kernel.identity.models import ApiKeyRow, MembershipRow, RoleGrantRow
+from kernel.identity.permissions import KERNEL_PERMISSIONS, ROLES, default_grants
+from kernel.identity.principal import Principal
+from kernel.identity.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyInfo,
+    PermissionInfo,
+    RoleGrants,
+    RoleList,
+)
+from kernel.identity.tokens import OpaqueSecret, TokenError
+from kernel.plugins.contract import Permission
+from kernel.plugins.loader import PluginSet
+
+__all__ = ["API_KEY_KIND", "AccessService"]
+
+API_KEY_KIND = "bos"
+GRANTS_TOPIC = "grants"
+MEMBER_TOPIC = "member"
+KEY_TOPIC = "apikey"
+
+
+class AccessService:
+    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None) -> None:
+        self.db = db
+        self.bus = bus
+        self.catalog: dict[str, tuple[Permission, str]] = {p.name: (p, "kernel") for p in KERNEL_PERMISSIONS}
+        for record in plugins.active():
+            for permission in record.permissions:
+                self.catalog[permission.name] = (permission, record.name)
+        self._grants: TTLCache[str, object] = TTLCache(60)
+        self._members: TTLCache[str, object] = TTLCache(60)
+        self._keys: TTLCache[str, object] = TTLCache(60)
+        if bus is not None:
+            bus.register(GRANTS_TOPIC, self._grants)
+            bus.register(MEMBER_TOPIC, self._members)
+            bus.register(KEY_TOPIC, self._keys)
+
+    async def _publish(self, topic: str, cache: TTLCache[str, object], key: str) -> None:
+        if self.bus is not None:
+            await self.bus.publish(topic, key)
+        else:
+            cache.drop(key)
+
+    # -- grants -----------------------------------------------------------------------------
+
+    async def grants(self, tenant_id: uuid.UUID) -> dict[str, frozenset[str]]:
+        """Every role's permissions in the tenant."""
+        key = str(tenant_id)
+        cached = self._grants.get(key)
+        generation = self._grants.generation
+        if isinstance(cached, dict):
+            return cached
+        async with self.db.tenant(tenant_id) as session:
+            rows = (await session.execute(select(RoleGrantRow.role, RoleGrantRow.permissions))).all()
+        edited = {row.role: frozenset(row.permissions) & self.catalog.keys() for row in rows}
+        result = {role: edited.get(role, default_grants(role, self.catalog)) for role in ROLES}
+        result["owner"] = frozenset(self.catalog)
+        self._grants.put(key, result, generation)
+        return result
+
+    async def role_list(self, tenant_id: uuid.UUID) -> RoleList:
+        grants = await self.grants(tenant_id)
+        defaults = {role: default_grants(role, self.catalog) for role in ROLES}
+        return RoleList(
+            roles=[
+                RoleGrants(
+                    role=role,
+                    permissions=sorted(grants[role]),
+                    customized=grants[role] != defaults[role] and role != "owner",
+                    editable=role != "owner",
+                )
+                for role in ROLES
+            ],
+            permissions=[
+                PermissionInfo(name=name, description=p.description, plugin=plugin)
+                for name, (p, plugin) in sorted(self.catalog.items())
+            ],
+        )
+
+    async def set_role(
+        self, principal: Principal, role: str, permissions: list[str], meta: RequestMeta
+    ) -> RoleGrants:
+        tenant_id = principal.tenant_id
+        if role not in ROLES:
+            raise NotFound(f"role {role!r} does not exist (roles: {', '.join(ROLES)})")
+        if role == "owner":
+            raise Conflict("the owner role always has every permission and cannot be edited")
+        unknown = sorted(set(permissions) - self.catalog.keys())
+        if unknown:
+            raise Unprocessable(
+                f"unknown permission(s): {', '.join(unknown)}",
+                errors=[FieldError(field="permissions", message=f"unknown: {name}") for name in unknown],
+            )
+        before = (await self.grants(tenant_id))[role]
+        # Like an API key, an edit never hands out more than the editor has (the owner has all).
+        beyond = sorted(set(permissions) - before - principal.permissions)
+        if beyond:
+            raise Forbidden(f"you cannot grant what you do not have: {', '.join(beyond)}")
+        async with self.db.tenant(tenant_id) as session:
+            stmt = insert(RoleGrantRow).values(
+                tenant_id=tenant_id, id=uuid7(), role=role, permissions=sorted(set(permissions))
+            )
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["tenant_id", "role"], set_={"permissions": sorted(set(permissions))}
+                )
+            )
+            await record(
+                session, tenant_id=tenant_id, actor=principal.actor, action="role.updated", resource_type="role",
+                resource_id=role, meta=meta, before={"permissions": sorted(before)},
+                after={"permissions": sorted(set(permissions))},
+            )
+        await self._publish(GRANTS_TOPIC, self._grants, str(tenant_id))
+        return RoleGrants(role=role, permissions=sorted(set(permissions)), customized=True, editable=True)
+
+    # -- members ----------------------------------------------------------------------------
+
+    async def role_of(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+        """The user's role in the tenant, or ``None`` when not a member (cached)."""
+        key = f"{tenant_id}/{user_id}"
+        cached = self._members.get(key)
+        generation = self._members.generation
+        if isinstance(cached, str):
+            return cached or None
+        async with self.db.tenant(tenant_id) as session:
+            role = (
+                await session.execute(select(MembershipRow.role).where(MembershipRow.user_id == user_id))
+            ).scalar_one_or_none()
+        self._members.put(key, role or "", generation)
+        return role
+
+    async def forget_member(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        await self._publish(MEMBER_TOPIC, self._members, f"{tenant_id}/{user_id}")
+
+    async def user_principal(self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, mfa: bool) -> Principal | None:
+        role = await self.role_of(tenant_id, user_id)
+        if role is None:
+            return None
+        grants = await self.grants(tenant_id)
+        return Principal(
+            kind="user", id=user_id, tenant_id=tenant_id, role=role, permissions=grants.get(role, frozenset()), mfa=mfa
+        )
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def create_api_key(self, principal: Principal, data: ApiKeyCreate, meta: RequestMeta) -> ApiKeyCreated:
+        if (data.role is None) == (data.scopes is None):
+            raise Unprocessable(
+                "give either a role or scopes",
+                errors=[FieldError(field="role", message="exactly one of role and scopes is required")],
+            )
+        if data.expires_at is not None and data.expires_at.astimezone(UTC) <= datetime.now(UTC):
+            raise Unprocessable(
+                "expires_at is in the past", errors=[FieldError(field="expires_at", message="must be in the future")]
+            )
+        grants = await self.grants(principal.tenant_id)
+        wanted = grants[data.role] if data.role is not None else frozenset(data.scopes or ())
+        unknown = sorted(wanted - self.catalog.keys())
+        if unknown:
+            raise Unprocessable(
+                f"unknown scope(s): {', '.join(unknown)}",
+                errors=[FieldError(field="scopes", message=f"unknown: {name}") for name in unknown],
+            )
+        # A key can never do more than the person who made it.
+        beyond = sorted(wanted - principal.permissions)
+        if beyond:
+            raise Forbidden(f"you cannot grant what you do not have: {', '.join(beyond)}")
+        secret = OpaqueSecret.new(API_KEY_KIND, principal.tenant_id)
+        row = ApiKeyRow(
+            tenant_id=principal.tenant_id,
+            id=uuid7(),
+            name=data.name,
+            prefix=secret.display_prefix,
+            key_hash=secret.hash,
+            role=data.role,
+            scopes=sorted(data.scopes) if data.scopes is not None else None,
+            created_by=principal.user_id,
+            expires_at=data.expires_at,
+        )
+        async with self.db.tenant(principal.tenant_id) as session:
+            session.add(row)
+            await record(
+                session, tenant_id=principal.tenant_id, actor=principal.actor, action="api_key.created",
+                resource_type="api_key", resource_id=str(row.id), meta=meta,
+                after={"name": row.name, "prefix": row.prefix, "role": row.role, "scopes": row.scopes},
+            )
+        return ApiKeyCreated(
+            id=row.id,
+            name=row.name,
+            key=secret.value,
+            prefix=row.prefix,
+            role=row.role,
+            scopes=row.scopes,
+            expires_at=row.expires_at,
+        )
+
+    async def list_api_keys(self, tenant_id: uuid.UUID) -> list[ApiKeyInfo]:
+        async with self.db.tenant(tenant_id) as session:
+            rows = (await session.execute(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).scalars().all()
+        return [
+            ApiKeyInfo(
+                id=r.id,
+                name=r.name,
+                prefix=r.prefix,
+                role=r.role,
+                scopes=r.scopes,
+                created_at=r.created_at,
+                expires_at=r.expires_at,
+                last_used_at=r.last_used_at,
+                revoked_at=r.revoked_at,
+            )
+            for r in rows
+        ]
+
+    async def revoke_api_key(self, principal: Principal, key_id: uuid.UUID, meta: RequestMeta) -> ApiKeyRow:
+        async with self.db.tenant(principal.tenant_id) as session:
+            row = (await session.execute(select(ApiKeyRow).where(ApiKeyRow.id == key_id))).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"API key {key_id} does not exist")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                await record(
+                    session, tenant_id=principal.tenant_id, actor=principal.actor, action="api_key.revoked",
+                    resource_type="api_key", resource_id=str(row.id), meta=meta,
+                )
+            key_hash = row.key_hash
+        await self._publish(KEY_TOPIC, self._keys, key_hash.hex())
+        return row
+
+    async def api_key_principal(self, presented: str) -> Principal:
+        """The principal of an API key, or ``TokenError`` (revoked, expired, unknown)."""
+        secret = OpaqueSecret.parse(API_KEY_KIND, presented)
+        key = secret.hash.hex()
+        cached = self._keys.get(key)
+        generation = self._keys.generation
+        if not isinstance(cached, ApiKeyRow):
+            async with self.db.tenant(secret.tenant_id) as session:
+                row = (
+                    await session.execute(select(ApiKeyRow).where(ApiKeyRow.key_hash == secret.hash))
+                ).scalar_one_or_none()
+                if row is None:
+                    raise TokenError("unknown API key")
+                session.expunge(row)
+            self._keys.put(key, row, generation)
+            cached = row
+        now = datetime.now(UTC)
+        if cached.revoked_at is not None:
+            raise TokenError("API key revoked")
+        if cached.expires_at is not None and cached.expires_at <= now:
+            raise TokenError("API key expired")
+        if cached.last_used_at is None or (now - cached.last_used_at).total_seconds() > 60:
+            # At most one write a minute per key: last use is informative, not exact.
+            cached.last_used_at = now
+            async with self.db.tenant(cached.tenant_id) as session:
+                await session.execute(
+                    update(ApiKeyRow).where(ApiKeyRow.id == cached.id).values(last_used_at=now)
+                )
+        grants = await self.grants(cached.tenant_id)
+        permissions = grants.get(cached.role, frozenset()) if cached.role else frozenset(cached.scopes or ())
+        return Principal(
+            kind="api_key", id=cached.id, tenant_id=cached.tenant_id, role=cached.role, permissions=permissions
+        )

@@ -1,0 +1,104 @@
+"""Authentication (who is calling) and authorization (may they call this route).
+
+``AuthenticationMiddleware`` turns a bearer token or API key into a ``Principal`` in the
+request's state, early, so that everything after it (rate limits, guards, audit) can see it.
+``access_guard`` then applies, in this order: the route's declared permission (a route that
+declares none is refused), authentication, the tenant binding, the module guard, the permission.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from kernel.audit.log import record, request_meta
+from kernel.errors import Forbidden, NotFound
+from kernel.identity.access import API_KEY_KIND
+from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.principal import Principal
+from kernel.identity.service import Unauthorized
+from kernel.identity.tokens import TokenError
+
+__all__ = ["AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
+
+log = logging.getLogger("businessos.auth")
+
+
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    principal: Principal | None = connection.scope.get("state", {}).get("principal")
+    return principal
+
+
+def _credential(headers: dict[str, str]) -> tuple[str, str] | None:
+    """("api_key" | "jwt", value) from ``Authorization: Bearer`` or ``X-API-Key``."""
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return "api_key", api_key.strip()
+    authorization = headers.get("authorization")
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("use Authorization: Bearer <token>")
+    value = value.strip()
+    return ("api_key" if value.startswith(API_KEY_KIND + "_") else "jwt"), value
+
+
+class AuthenticationMiddleware(ASGIMiddleware):
+    scopes = ("http",)  # type: ignore[assignment]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        credential = _credential(headers)
+        if credential is not None:
+            kernel = scope["app"].state.kernel
+            kind, value = credential
+            try:
+                if kind == "api_key":
+                    principal = await kernel.access.api_key_principal(value)
+                else:
+                    claims = kernel.keys.verify(value)
+                    principal = await kernel.access.user_principal(claims.tenant_id, claims.user_id, mfa=claims.mfa)
+                    if principal is None:
+                        raise TokenError("no longer a member of this tenant")
+            except TokenError as exc:
+                raise Unauthorized(str(exc)) from None
+            scope.setdefault("state", {})["principal"] = principal
+        await next_app(scope, receive, send)
+
+
+async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    from kernel.context import current_tenant, get_kernel
+
+    permission = handler.opt.get("permission")
+    if permission is None:
+        if connection.scope["path"].startswith("/schema"):
+            return  # the OpenAPI documents are public
+        log.error("route %s declares no permission: refused", connection.scope["path"])
+        raise Forbidden("this route declares no permission and is refused")
+    principal = principal_of(connection)
+    module = handler.opt.get("module")
+    if principal is None and permission != PUBLIC:
+        raise Unauthorized("authentication required")
+    if module is None and permission == PUBLIC:
+        return
+    # A plugin's route, even a public one, answers only for tenants that enabled the plugin.
+    tenant = await current_tenant(connection)
+    kernel = get_kernel(connection)
+    if module is not None and module not in await kernel.modules.enabled(tenant.id):
+        raise NotFound(f"module {module!r} is not enabled for tenant {tenant.slug!r}", extra={"module": module})
+    if permission in (PUBLIC, AUTHENTICATED) or (principal is not None and permission in principal.permissions):
+        return
+    assert principal is not None
+    async with kernel.db.tenant(tenant.id) as session:
+        await record(
+            session, tenant_id=tenant.id, actor=principal.actor, action="permission.denied",
+            resource_type="route", resource_id=f"{connection.scope['method']} {connection.scope['path']}",
+            result="denied", meta=request_meta(connection), details={"permission": permission},
+        )
+    raise Forbidden(f"missing permission {permission}")

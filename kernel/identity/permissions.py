@@ -1,0 +1,56 @@
+"""Roles, permissions and who gets what by default.
+
+Every route declares what it needs in ``opt["permission"]``: ``PUBLIC`` (anyone),
+``AUTHENTICATED`` (any signed-in principal of the tenant) or a permission name
+``<plugin>.<resource>.<verb>``. A route that declares nothing is refused (deny by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kernel.plugins.contract import Permission
+
+__all__ = [
+    "AUTHENTICATED",
+    "KERNEL_PERMISSIONS",
+    "PUBLIC",
+    "ROLES",
+    "default_grants",
+]
+
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+
+ROLES = ("owner", "admin", "member", "viewer")
+
+KERNEL_PERMISSIONS = [
+    Permission("kernel.tenant.read", "See the tenant's profile"),
+    Permission("kernel.modules.read", "List modules and their settings"),
+    Permission("kernel.modules.write", "Enable and disable modules, change their settings"),
+    Permission("kernel.members.read", "List the tenant's members and invitations"),
+    Permission("kernel.invitations.write", "Invite people to the tenant"),
+    Permission("kernel.roles.read", "See what each role may do"),
+    Permission("kernel.roles.write", "Change what each role may do"),
+    Permission("kernel.api_keys.read", "List API keys"),
+    Permission("kernel.api_keys.write", "Create and revoke API keys"),
+    Permission("kernel.audit.read", "Read and verify the audit log"),
+]
+
+# Kernel permissions a member has; the rest of the kernel's are administrative.
+_MEMBER_KERNEL = {"kernel.tenant.read", "kernel.modules.read", "kernel.members.read"}
+_VIEWER_KERNEL = {"kernel.tenant.read", "kernel.modules.read"}
+
+
+def default_grants(role: str, permissions: Iterable[str]) -> frozenset[str]:
+    """The built-in grants of ``role`` among ``permissions`` (kernel's and plugins')."""
+    names = set(permissions)
+    if role in ("owner", "admin"):
+        return frozenset(names)
+    kernel = {n for n in names if n.startswith("kernel.")}
+    plugin = names - kernel
+    if role == "member":
+        return frozenset((kernel & _MEMBER_KERNEL) | plugin)
+    if role == "viewer":
+        return frozenset((kernel & _VIEWER_KERNEL) | {n for n in plugin if n.endswith(".read")})
+    return frozenset()

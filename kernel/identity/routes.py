@@ -1,0 +1,167 @@
+"""HTTP surface of identity: /api/auth, /api/tenant/invitations, /api/roles, /api/api-keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, delete, get, post, put
+
+from kernel.context import Kernel
+from kernel.errors import Forbidden
+from kernel.identity.auth import principal_of, request_meta
+from kernel.identity.mfa import mfa_handlers
+from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.principal import Principal
+from kernel.identity.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    Invitation,
+    InvitationCreate,
+    Login,
+    LogoutRequest,
+    Me,
+    MfaChallenge,
+    PasswordChange,
+    RefreshRequest,
+    Register,
+    RoleGrants,
+    RoleList,
+    RoleUpdate,
+    SwitchTenant,
+    TokenPair,
+)
+from kernel.tenants.schemas import Tenant
+
+__all__ = ["handlers"]
+
+Req = Request[Any, Any, Any]
+AUTH_LIMIT = {"permission": PUBLIC, "rate_limit": "auth"}
+
+
+def _user(request: Req) -> Principal:
+    principal = principal_of(request)
+    if principal is None or principal.kind != "user":
+        raise Forbidden("this action needs a signed-in user, not an API key")
+    return principal
+
+
+def _principal(request: Req) -> Principal:
+    principal = principal_of(request)
+    assert principal is not None  # the access guard let only authenticated callers through
+    return principal
+
+
+class SessionsEnded(msgspec.Struct, frozen=True):
+    sessions_ended: int
+
+
+@post("/api/auth/register", status_code=201, tags=["auth"], opt=AUTH_LIMIT)
+async def register(data: Register, request: Req, kernel: Kernel) -> TokenPair:
+    """Join the tenant named by X-Tenant-ID, with an invitation or where sign-up is open."""
+    from kernel.context import current_tenant
+
+    tenant = await current_tenant(request)
+    return await kernel.identity.register(tenant, data, request_meta(request))
+
+
+@post("/api/auth/login", status_code=200, tags=["auth"], opt=AUTH_LIMIT)
+async def login(data: Login, request: Req, kernel: Kernel) -> TokenPair | MfaChallenge:
+    """Exchange e-mail and password for tokens (or an MFA challenge). X-Tenant-ID picks the tenant."""
+    return await kernel.identity.login(data, request.headers.get("x-tenant-id"), request_meta(request))
+
+
+@post("/api/auth/refresh", status_code=200, tags=["auth"], opt=AUTH_LIMIT)
+async def refresh(data: RefreshRequest, request: Req, kernel: Kernel) -> TokenPair:
+    """Rotate a refresh token. Presenting one already used ends its whole session family."""
+    return await kernel.identity.refresh(data.refresh_token, request_meta(request))
+
+
+@get("/api/auth/me", tags=["auth"], opt={"permission": AUTHENTICATED})
+async def me(request: Req, kernel: Kernel) -> Me:
+    """The signed-in user, their role and permissions here, and their memberships."""
+    return await kernel.identity.me(_user(request))
+
+
+@post("/api/auth/logout", status_code=200, tags=["auth"], opt={"permission": AUTHENTICATED})
+async def logout(request: Req, kernel: Kernel, data: LogoutRequest | None = None) -> SessionsEnded:
+    """End the session of the given refresh token (without one: all of the caller's sessions here)."""
+    token = data.refresh_token if data else None
+    return SessionsEnded(await kernel.identity.logout(_user(request), token, request_meta(request)))
+
+
+@post("/api/auth/password", status_code=204, tags=["auth"], opt={"permission": AUTHENTICATED})
+async def change_password(data: PasswordChange, request: Req, kernel: Kernel) -> None:
+    """Change the password; every other session of the user ends."""
+    await kernel.identity.change_password(
+        _user(request), data.current_password, data.new_password, data.refresh_token, request_meta(request)
+    )
+
+
+@post("/api/auth/switch-tenant", status_code=200, tags=["auth"], opt={"permission": AUTHENTICATED})
+async def switch_tenant(data: SwitchTenant, request: Req, kernel: Kernel) -> TokenPair:
+    """New tokens for another tenant the user belongs to."""
+    return await kernel.identity.switch_tenant(_user(request), data.tenant, request_meta(request))
+
+
+@get("/.well-known/jwks.json", tags=["auth"], opt={"permission": PUBLIC})
+async def jwks(kernel: Kernel) -> dict[str, list[dict[str, str]]]:
+    """The public keys that verify our access tokens."""
+    return kernel.keys.jwks()
+
+
+@post("/api/tenant/invitations", status_code=201, tags=["tenants"], opt={"permission": "kernel.invitations.write"})
+async def invite(data: InvitationCreate, request: Req, kernel: Kernel) -> Invitation:
+    """Invite someone by e-mail; the token in the answer is shown once."""
+    return await kernel.identity.invite(_user(request), data, request_meta(request))
+
+
+@get("/api/roles", tags=["roles"], opt={"permission": "kernel.roles.read"})
+async def list_roles(tenant: Tenant, kernel: Kernel) -> RoleList:
+    """Every role's permissions in this tenant, and every permission there is."""
+    return await kernel.access.role_list(tenant.id)
+
+
+@put("/api/roles/{role:str}", tags=["roles"], opt={"permission": "kernel.roles.write"})
+async def update_role(role: str, data: RoleUpdate, request: Req, kernel: Kernel) -> RoleGrants:
+    """Replace what a role may do in this tenant (not the owner's)."""
+    return await kernel.access.set_role(_principal(request), role, data.permissions, request_meta(request))
+
+
+@post("/api/api-keys", status_code=201, tags=["api-keys"], opt={"permission": "kernel.api_keys.write"})
+async def create_api_key(data: ApiKeyCreate, request: Req, kernel: Kernel) -> ApiKeyCreated:
+    """A new API key with a role or scopes; its secret appears in this answer only."""
+    return await kernel.access.create_api_key(_principal(request), data, request_meta(request))
+
+
+@get("/api/api-keys", tags=["api-keys"], opt={"permission": "kernel.api_keys.read"})
+async def list_api_keys(tenant: Tenant, kernel: Kernel) -> ApiKeyList:
+    """The tenant's API keys: prefix, role or scopes, last use. Never the secret."""
+    return ApiKeyList(api_keys=await kernel.access.list_api_keys(tenant.id))
+
+
+@delete("/api/api-keys/{key_id:uuid}", status_code=204, tags=["api-keys"], opt={"permission": "kernel.api_keys.write"})
+async def revoke_api_key(key_id: uuid.UUID, request: Req, kernel: Kernel) -> None:
+    """Revoke an API key at once, in every API process."""
+    await kernel.access.revoke_api_key(_principal(request), key_id, request_meta(request))
+
+
+handlers = [
+    register,
+    login,
+    refresh,
+    me,
+    logout,
+    change_password,
+    switch_tenant,
+    jwks,
+    invite,
+    list_roles,
+    update_role,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+    *mfa_handlers,
+]

@@ -1,0 +1,170 @@
+"""What plugins contribute at run time: event handlers in the worker, a lifespan, CLI commands,
+and errors from their routes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import msgspec
+from arq import create_pool
+from arq.connections import RedisSettings
+
+from kernel.app import load_app_plugins
+from kernel.db import migrate
+from kernel.jobs.worker import build_worker
+from kernel.settings import Settings
+
+from tests.conftest import SECRET, new_tenant, open_client, other_process
+from tests.plugin_factory import FakePlugin, installed, plugin_source, tenant_table_migration, unique
+
+
+def _event_plugin(name: str) -> FakePlugin:
+    body = f'''
+    from sqlalchemy import Text
+    from sqlalchemy.orm import Mapped, mapped_column
+
+    Base = sdk.declarative_base()
+
+    class Seen(sdk.TenantScoped, Base):
+        __tablename__ = "{name}_seen"
+        note: Mapped[str] = mapped_column(Text)
+
+    async def remember(ctx: sdk.EventContext) -> None:
+        async with ctx.kernel.db.tenant(ctx.tenant_id) as session:
+            session.add(Seen(tenant_id=ctx.tenant_id, note=ctx.payload["note"]))
+
+    @sdk.hookimpl
+    def businessos_metadata():
+        return Base.metadata
+
+    @sdk.hookimpl
+    def businessos_migrations():
+        return Path(__file__).parent / "migrations"
+
+    @sdk.hookimpl
+    def businessos_event_types():
+        return [sdk.EventType("{name}.thing.happened")]
+
+    @sdk.hookimpl
+    def businessos_event_handlers():
+        return [sdk.EventHandler("{name}.thing.happened", remember)]
+    '''
+    return FakePlugin(
+        name=name,
+        source=plugin_source(name, body),
+        files={
+            "migrations/__init__.py": "",
+            "migrations/first.py": tenant_table_migration(
+                name, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)'
+            ),
+        },
+    )
+
+
+async def test_worker_runs_event_handlers_only_for_tenants_that_enabled_the_plugin(
+    settings: Settings, tmp_path: Path
+) -> None:
+    name = unique("ev")
+    with installed(tmp_path, _event_plugin(name)):
+        plugins = load_app_plugins(frozenset({name}))
+        assert plugins.get(name) and plugins.get(name).active  # type: ignore[union-attr]
+        assert settings.database_url and settings.redis_url
+        await migrate.upgrade(settings, settings.database_url, plugins.migration_folders())
+        scoped = msgspec.structs.replace(settings, plugins_allowlist=frozenset({name}))
+
+        async with open_client(scoped, plugins) as client:
+            on, off = await new_tenant(client, "ev-on"), await new_tenant(client, "ev-off")
+            await client.post(f"/api/modules/{name}/enable", headers={"X-Tenant-ID": on["slug"]})
+
+        queue = f"test-jobs-{uuid.uuid4().hex[:8]}"
+        pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=queue)
+        try:
+            for tenant in (on, off):
+                await pool.enqueue_job(
+                    "kernel.run_event_handlers", tenant["id"], f"{name}.thing.happened", {"note": tenant["slug"]}
+                )
+            worker = build_worker(scoped, plugins, settings.redis_url, burst=True, queue=queue)
+            await worker.main()
+            assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)
+            await worker.close()
+        finally:
+            await pool.aclose()
+
+        async with other_process(scoped) as kernel:
+            from sqlalchemy import text
+
+            for tenant, expected in ((on, [on["slug"]]), (off, [])):
+                async with kernel.db.tenant(uuid.UUID(tenant["id"])) as session:
+                    notes = (await session.execute(text(f"select note from {name}_seen"))).scalars().all()
+                assert list(notes) == expected
+
+
+async def test_plugin_lifespan_runs_with_the_app_and_route_errors_hide_the_trace(
+    settings: Settings, tmp_path: Path
+) -> None:
+    name = unique("life")
+    marker = tmp_path / "lifespan.log"
+    body = f'''
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan():
+        Path({str(marker)!r}).write_text("started")
+        yield
+        Path({str(marker)!r}).write_text("stopped")
+
+    @get("/api/{name}/boom", opt={{"permission": sdk.AUTHENTICATED}})
+    async def boom() -> dict:
+        raise RuntimeError("database password is hunter2")
+
+    @sdk.hookimpl
+    def businessos_lifespan():
+        return lifespan
+
+    @sdk.hookimpl
+    def businessos_routes():
+        return [boom]
+    '''
+    with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))):
+        plugins = load_app_plugins(frozenset({name}))
+        async with open_client(settings, plugins) as client:
+            assert marker.read_text() == "started"
+            tenant = await new_tenant(client)
+            headers = {"X-Tenant-ID": tenant["slug"]}
+            await client.post(f"/api/modules/{name}/enable", headers=headers)
+            response = await client.get(f"/api/{name}/boom", headers=headers)
+            assert response.status_code == 500
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert "hunter2" not in response.text and "Traceback" not in response.text
+            assert response.json()["title"] == "Internal server error"
+        assert marker.read_text() == "stopped"
+
+
+def test_plugin_cli_commands_appear_under_the_plugin_name(tmp_path: Path, settings: Settings) -> None:
+    name = unique("cli")
+    body = '''
+    import click
+
+    @click.command("greet")
+    @click.argument("who")
+    def greet(who: str) -> None:
+        """Greet someone."""
+        click.echo(f"hello {who}")
+
+    @sdk.hookimpl
+    def businessos_cli_commands():
+        return [greet]
+    '''
+    with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))) as site:
+        env = {**os.environ, "PYTHONPATH": str(site), "BUSINESSOS_PLUGINS": name, "BUSINESSOS_SECRET_KEY": SECRET}
+        result = subprocess.run(
+            [sys.executable, "-m", "kernel.cli", name, "greet", "ada"], env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "hello ada"
+        top = subprocess.run([sys.executable, "-m", "kernel.cli", "--help"], env=env, capture_output=True, text=True)
+        assert name in top.stdout

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DBAPIError
 
 __all__ = [
     "BadRequest",
@@ -167,7 +168,7 @@ def _on_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
     )
 
 
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 
 
@@ -235,6 +236,19 @@ def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     )
 
 
+def _on_database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    # Text PostgreSQL cannot store (a NUL character) is the client's mistake, not ours.
+    if type(getattr(exc, "orig", None)).__name__ in _BAD_TEXT or "invalid byte sequence" in str(exc):
+        return problem_response(
+            request, status=422, slug="validation-error", title="Validation failed",
+            detail="text must not contain NUL characters",
+        )
+    return _on_unexpected(request, exc)
+
+
+_BAD_TEXT = {"UntranslatableCharacterError", "CharacterNotInRepertoireError"}
+
+
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     # The traceback goes to the log; the client learns only that it failed.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -247,5 +261,6 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     Problem: _on_problem,
     ValidationException: _on_validation,
     HTTPException: _on_http,
+    DBAPIError: _on_database_error,
     Exception: _on_unexpected,
 }

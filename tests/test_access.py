@@ -60,12 +60,19 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-async def join(api: AsyncTestClient[Any], tenant: dict[str, Any], role: str, email: str | None = None,
-               pw: str | None = None) -> dict[str, Any]:
+async def join(
+    api: AsyncTestClient[Any],
+    tenant: dict[str, Any],
+    role: str,
+    email: str | None = None,
+    pw: str | None = None,
+) -> dict[str, Any]:
     """Invite (as the tenant's owner) and register; an existing account gives its password."""
     email = email or f"{role}-{uuid.uuid4().hex[:10]}@example.com"
     pw = pw or f"pw-{uuid.uuid4().hex}"
-    response = await api.post("/api/tenant/invitations", json={"email": email, "role": role}, headers=owner(tenant))
+    response = await api.post(
+        "/api/tenant/invitations", json={"email": email, "role": role}, headers=owner(tenant)
+    )
     assert response.status_code == 201, response.text
     response = await api.post(
         "/api/auth/register",
@@ -89,7 +96,9 @@ async def grants(api: AsyncTestClient[Any], tenant: dict[str, Any]) -> dict[str,
     return {r["role"]: set(r["permissions"]) for r in response.json()["roles"]}
 
 
-async def set_role(api: AsyncTestClient[Any], headers: dict[str, str], role: str, permissions: set[str]) -> Any:
+async def set_role(
+    api: AsyncTestClient[Any], headers: dict[str, str], role: str, permissions: set[str]
+) -> Any:
     return await api.put(f"/api/roles/{role}", json={"permissions": sorted(permissions)}, headers=headers)
 
 
@@ -135,7 +144,9 @@ async def test_credentials_of_one_tenant_never_reach_another(api: AsyncTestClien
     assert (await api.get("/api/tenants/current", headers=at(None, key=b_key["key"]))).json()["id"] == b["id"]
     assert (await grants(api, b))["member"] == (await grants(api, a))["member"]
     # Without X-Tenant-ID, credentials answer for their own tenant.
-    assert (await api.get("/api/tenants/current", headers=at(None, a["access_token"]))).json()["id"] == a["id"]
+    assert (await api.get("/api/tenants/current", headers=at(None, a["access_token"]))).json()["id"] == a[
+        "id"
+    ]
 
 
 async def test_switching_tenant_needs_a_membership_there(api: AsyncTestClient[Any]) -> None:
@@ -161,14 +172,19 @@ async def test_switching_tenant_needs_a_membership_there(api: AsyncTestClient[An
         problem(await api.post("/api/auth/switch-tenant", json={"tenant": ref}, headers=headers), 403)
     # An API key is not a person: it has no other tenants.
     key = await new_key(api, owner(a), role="member")
-    problem(await api.post("/api/auth/switch-tenant", json={"tenant": b["slug"]}, headers=at(a, key=key["key"])), 403)
+    problem(
+        await api.post("/api/auth/switch-tenant", json={"tenant": b["slug"]}, headers=at(a, key=key["key"])),
+        403,
+    )
     problem(await api.post("/api/auth/switch-tenant", json={"tenant": b["slug"]}, headers=at(a)), 401)
 
 
 # --- API keys ---------------------------------------------------------------------------------------
 
 
-async def test_api_keys_are_shown_once_and_work_as_bearer_or_header(api: AsyncTestClient[Any], database_url: str) -> None:
+async def test_api_keys_are_shown_once_and_work_as_bearer_or_header(
+    api: AsyncTestClient[Any], database_url: str
+) -> None:
     tenant = await new_tenant(api, "keys")
     created = await new_key(api, owner(tenant), role="viewer")
     secret = created["key"]
@@ -181,19 +197,26 @@ async def test_api_keys_are_shown_once_and_work_as_bearer_or_header(api: AsyncTe
         assert response.status_code == 200 and response.json()["id"] == tenant["id"], response.text
     # A viewer key can do what a viewer can, no more.
     problem(await api.get("/api/roles", headers=at(tenant, key=secret)), 403)
-    problem(await api.post("/api/api-keys", json={"name": "x", "role": "viewer"}, headers=at(tenant, key=secret)), 403)
+    problem(
+        await api.post("/api/api-keys", json={"name": "x", "role": "viewer"}, headers=at(tenant, key=secret)),
+        403,
+    )
 
     response = await api.get("/api/api-keys", headers=owner(tenant))
     assert response.status_code == 200
     assert secret not in response.text and secret[len(created["prefix"]) :] not in response.text
     (listed,) = response.json()["api_keys"]
-    assert listed["id"] == created["id"] and listed["prefix"] == created["prefix"] and listed["role"] == "viewer"
+    assert (
+        listed["id"] == created["id"] and listed["prefix"] == created["prefix"] and listed["role"] == "viewer"
+    )
     assert listed["last_used_at"] is not None and listed["revoked_at"] is None
     assert "key" not in listed and "key_hash" not in listed
     # Not stored in clear either.
     conn = await asyncpg.connect(_dsn(database_url))
     try:
-        rows = await conn.fetch("select k::text as row from api_keys k where tenant_id = $1", uuid.UUID(tenant["id"]))
+        rows = await conn.fetch(
+            "select k::text as row from api_keys k where tenant_id = $1", uuid.UUID(tenant["id"])
+        )
     finally:
         await conn.close()
     assert len(rows) == 1 and secret not in rows[0]["row"] and secret[-30:] not in rows[0]["row"]
@@ -222,7 +245,12 @@ async def test_a_revoked_key_is_refused_at_once_and_an_expired_one_too(api: Asyn
 
     # An expiry in the past is refused; a key past its expiry is refused.
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    problem(await api.post("/api/api-keys", json={"name": "x", "role": "member", "expires_at": past}, headers=owner(tenant)), 422)
+    problem(
+        await api.post(
+            "/api/api-keys", json={"name": "x", "role": "member", "expires_at": past}, headers=owner(tenant)
+        ),
+        422,
+    )
     expires = datetime.now(UTC) + timedelta(seconds=1.5)
     short = await new_key(api, owner(tenant), role="member", expires_at=expires.isoformat())
     assert (await api.get("/api/tenants/current", headers=at(tenant, key=short["key"]))).status_code == 200
@@ -230,24 +258,40 @@ async def test_a_revoked_key_is_refused_at_once_and_an_expired_one_too(api: Asyn
     problem(await api.get("/api/tenants/current", headers=at(tenant, key=short["key"])), 401)
 
 
-async def test_a_key_never_exceeds_its_creator_and_a_scoped_key_only_its_scopes(api: AsyncTestClient[Any]) -> None:
+async def test_a_key_never_exceeds_its_creator_and_a_scoped_key_only_its_scopes(
+    api: AsyncTestClient[Any],
+) -> None:
     tenant = await new_tenant(api, "scopes")
     member = await join(api, tenant, "member")
     defaults = await grants(api, tenant)
     # Members may manage keys here, but still have only a member's permissions.
-    response = await set_role(api, owner(tenant), "member", defaults["member"] | {"kernel.api_keys.write", "kernel.api_keys.read"})
+    response = await set_role(
+        api, owner(tenant), "member", defaults["member"] | {"kernel.api_keys.write", "kernel.api_keys.read"}
+    )
     assert response.status_code == 200, response.text
     as_member = at(tenant, member["access_token"])
-    for body in ({"role": "admin"}, {"scopes": ["kernel.roles.write"]}, {"scopes": ["kernel.tenant.read", "kernel.audit.read"]}):
+    for body in (
+        {"role": "admin"},
+        {"scopes": ["kernel.roles.write"]},
+        {"scopes": ["kernel.tenant.read", "kernel.audit.read"]},
+    ):
         body_ = problem(await api.post("/api/api-keys", json={"name": "x", **body}, headers=as_member), 403)
         assert "kernel." in body_["detail"]
     await new_key(api, as_member, role="member")
     await new_key(api, as_member, role="viewer")
 
     # Invalid requests: unknown scopes, both or neither of role and scopes, the owner role.
-    body = problem(await api.post("/api/api-keys", json={"name": "x", "scopes": ["kernel.nope"]}, headers=owner(tenant)), 422)
-    assert body["errors"][0]["field"] == "scopes"
-    problem(await api.post("/api/api-keys", json={"name": "x", "role": "member", "scopes": []}, headers=owner(tenant)), 422)
+    refused = problem(
+        await api.post("/api/api-keys", json={"name": "x", "scopes": ["kernel.nope"]}, headers=owner(tenant)),
+        422,
+    )
+    assert refused["errors"][0]["field"] == "scopes"
+    problem(
+        await api.post(
+            "/api/api-keys", json={"name": "x", "role": "member", "scopes": []}, headers=owner(tenant)
+        ),
+        422,
+    )
     problem(await api.post("/api/api-keys", json={"name": "x"}, headers=owner(tenant)), 422)
     problem(await api.post("/api/api-keys", json={"name": "x", "role": "owner"}, headers=owner(tenant)), 422)
 
@@ -260,7 +304,13 @@ async def test_a_key_never_exceeds_its_creator_and_a_scoped_key_only_its_scopes(
     problem(await set_role(api, headers, "viewer", set()), 403)
     # ... and the keys it makes stay within its scopes.
     problem(await api.post("/api/api-keys", json={"name": "x", "role": "viewer"}, headers=headers), 403)
-    problem(await api.post("/api/api-keys", json={"name": "x", "scopes": ["kernel.roles.read"]}, headers=headers), 403)
+    problem(
+        await api.post("/api/api-keys", json={"name": "x", "scopes": ["kernel.roles.read"]}, headers=headers),
+        403,
+    )
+    listed = {k["id"]: k for k in (await api.get("/api/api-keys", headers=owner(tenant))).json()["api_keys"]}
+    assert listed[scoped["id"]]["scopes"] == ["kernel.api_keys.read", "kernel.api_keys.write"]
+    assert listed[scoped["id"]]["role"] is None and listed[scoped["id"]]["last_used_at"] is not None
     child = await new_key(api, headers, scopes=["kernel.api_keys.read"])
     assert (await api.get("/api/api-keys", headers=at(tenant, key=child["key"]))).status_code == 200
     problem(await api.delete(f"/api/api-keys/{scoped['id']}", headers=at(tenant, key=child["key"])), 403)
@@ -279,13 +329,20 @@ async def test_built_in_roles_and_their_defaults(api: AsyncTestClient[Any]) -> N
     assert list(roles) == ["owner", "admin", "member", "viewer"]
     assert {p["plugin"] for p in body["permissions"]} == {"kernel"}  # this app has no plugins
     assert set(roles["owner"]["permissions"]) == set(roles["admin"]["permissions"]) == catalog
-    assert roles["owner"]["editable"] is False and all(roles[r]["editable"] for r in ("admin", "member", "viewer"))
+    assert roles["owner"]["editable"] is False and all(
+        roles[r]["editable"] for r in ("admin", "member", "viewer")
+    )
     assert not any(r["customized"] for r in roles.values())
     viewer, member = set(roles["viewer"]["permissions"]), set(roles["member"]["permissions"])
     assert {"kernel.tenant.read", "kernel.modules.read"} <= viewer < member < catalog
     administrative = {
-        "kernel.modules.write", "kernel.invitations.write", "kernel.roles.read", "kernel.roles.write",
-        "kernel.api_keys.read", "kernel.api_keys.write", "kernel.audit.read",
+        "kernel.modules.write",
+        "kernel.invitations.write",
+        "kernel.roles.read",
+        "kernel.roles.write",
+        "kernel.api_keys.read",
+        "kernel.api_keys.write",
+        "kernel.audit.read",
     }
     assert not member & administrative and not viewer & administrative
     assert not any(p.endswith((".write", ".manage", ".delete")) for p in viewer)
@@ -320,7 +377,9 @@ async def test_editing_a_role_takes_effect_at_once_within_limits(api: AsyncTestC
     body = problem(await set_role(api, as_admin, "member", {"kernel.nope", "kernel.tenant.read"}), 422)
     assert body["errors"][0]["field"] == "permissions" and "kernel.nope" in body["detail"]
     problem(await set_role(api, as_admin, "superuser", set()), 404)
-    problem(await api.put("/api/roles/member", json={"permissions": "kernel.tenant.read"}, headers=as_admin), 422)
+    problem(
+        await api.put("/api/roles/member", json={"permissions": "kernel.tenant.read"}, headers=as_admin), 422
+    )
     # Only those with kernel.roles.write edit roles.
     problem(await set_role(api, as_member, "member", defaults["admin"]), 403)
     problem(await set_role(api, at(tenant), "member", defaults["admin"]), 401)
@@ -346,6 +405,33 @@ async def test_an_admin_cannot_grant_what_the_admin_lacks(api: AsyncTestClient[A
     assert (await set_role(api, as_admin, "viewer", {"kernel.tenant.read"})).status_code == 200
     assert (await set_role(api, owner(tenant), "admin", defaults["admin"])).status_code == 200
     assert (await api.get("/api/audit/logs", headers=as_admin)).status_code == 200
+
+
+async def test_an_invitation_never_brings_in_more_than_the_inviter_has(api: AsyncTestClient[Any]) -> None:
+    """Who may invite may bring in people with their own permissions at most: a viewer allowed to
+    invite must not make (its own second account) a member."""
+    tenant = await new_tenant(api, "invite-up")
+    viewer = await join(api, tenant, "viewer")
+    member = await join(api, tenant, "member")
+    defaults = await grants(api, tenant)
+    for role in ("viewer", "member"):
+        response = await set_role(api, owner(tenant), role, defaults[role] | {"kernel.invitations.write"})
+        assert response.status_code == 200, response.text
+
+    def invite(who: dict[str, Any], role: str) -> Any:
+        email = f"x-{uuid.uuid4().hex[:8]}@example.com"
+        return api.post(
+            "/api/tenant/invitations",
+            json={"email": email, "role": role},
+            headers=at(tenant, who["access_token"]),
+        )
+
+    for role in ("member", "admin"):
+        problem(await invite(viewer, role), 403)
+    problem(await invite(member, "admin"), 403)
+    assert (await invite(viewer, "viewer")).status_code == 201
+    assert (await invite(member, "member")).status_code == 201
+    assert (await invite(member, "viewer")).status_code == 201
 
 
 # --- every route, every caller ----------------------------------------------------------------------
@@ -438,18 +524,26 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
             assert (await set_role(client, owner(tenant), "member", member_grants)).status_code == 200
             granted = await grants(client, tenant)
             assert granted["member"] == member_grants
-            assert f"{name}.items.purge" not in granted["viewer"] and f"{name}.items.read" in granted["viewer"]
+            assert (
+                f"{name}.items.purge" not in granted["viewer"] and f"{name}.items.read" in granted["viewer"]
+            )
 
             key_scopes = {f"{name}.items.read", "kernel.tenant.read", "kernel.api_keys.read"}
             key = await new_key(client, owner(tenant), scopes=sorted(key_scopes))
             callers: dict[str, dict[str, str]] = {
                 "anonymous": at(tenant),
                 "api_key": at(tenant, key=key["key"]),
-                **{role: at(tenant, (await join(client, tenant, role))["access_token"]) for role in ("viewer", "member", "admin")},
+                **{
+                    role: at(tenant, (await join(client, tenant, role))["access_token"])
+                    for role in ("viewer", "member", "admin")
+                },
                 "owner": owner(tenant),
             }
             permissions_of = {**granted, "api_key": key_scopes, "anonymous": set()}
-            catalog = {p["name"] for p in (await client.get("/api/roles", headers=owner(tenant))).json()["permissions"]}
+            catalog = {
+                p["name"]
+                for p in (await client.get("/api/roles", headers=owner(tenant))).json()["permissions"]
+            }
 
             walked: list[tuple[str, str]] = []
             undeclared: list[str] = []
@@ -465,7 +559,10 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                     if permission is None:
                         undeclared.append(f"{methods} {route.path}")
                         continue
-                    assert permission in (PUBLIC, AUTHENTICATED) or permission in catalog, (route.path, permission)
+                    assert permission in (PUBLIC, AUTHENTICATED) or permission in catalog, (
+                        route.path,
+                        permission,
+                    )
                     for method in methods:
                         if method in ("HEAD", "OPTIONS"):
                             continue
@@ -488,12 +585,20 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                                 ok, expected = status == 403, "403"
                             assert status < 500, (method, url, who, response.text)
                             if not ok:
-                                wrong.append(f"{method} {route.path} as {who} ({permission}): {status}, expected {expected}: {response.text[:200]}")
+                                wrong.append(
+                                    f"{method} {route.path} as {who} ({permission}): {status}, "
+                                    f"expected {expected}: {response.text[:200]}"
+                                )
             assert not undeclared, undeclared
             assert not wrong, "\n".join(wrong)
             # The walk saw the kernel's routes and the plugin's (and adapts to routes added later).
             paths = {p for _, p in walked}
-            assert {"/api/auth/login", "/api/roles", "/api/api-keys/{key_id:uuid}", f"/api/{name}/items"} <= paths
+            assert {
+                "/api/auth/login",
+                "/api/roles",
+                "/api/api-keys/{key_id:uuid}",
+                f"/api/{name}/items",
+            } <= paths
             assert len(walked) >= 25
 
             # Litestar's automatic OPTIONS answers carry no data and no permission is needed to

@@ -71,15 +71,25 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-async def invite(api: AsyncTestClient[Any], tenant: dict[str, Any], email: str, role: str = "member") -> dict[str, Any]:
-    response = await api.post("/api/tenant/invitations", json={"email": email, "role": role}, headers=owner(tenant))
+async def invite(
+    api: AsyncTestClient[Any], tenant: dict[str, Any], email: str, role: str = "member"
+) -> dict[str, Any]:
+    response = await api.post(
+        "/api/tenant/invitations", json={"email": email, "role": role}, headers=owner(tenant)
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
 async def register(
-    api: AsyncTestClient[Any], tenant: dict[str, Any], email: str, pw: str, token: str | None = None, /, **extra: Any
+    api: AsyncTestClient[Any],
+    tenant: dict[str, Any],
+    email: str,
+    pw: str,
+    token: str | None = None,
+    /,
+    **extra: Any,
 ) -> Any:
     body: dict[str, Any] = {"email": email, "password": pw, **extra}
     if token is not None:
@@ -135,12 +145,14 @@ async def test_an_invitation_joins_its_tenant_with_the_invited_role_once(
     email, pw = mail("Viewer"), password()
     invitation = await invite(api, a, email.upper(), "viewer")
     token = invitation["token"]
-    assert token.startswith("inv_") and invitation["role"] == "viewer" and invitation["email"] == email.lower()
+    assert (
+        token.startswith("inv_") and invitation["role"] == "viewer" and invitation["email"] == email.lower()
+    )
 
     # The tenant is the header's, never the body's: extra fields are rejected.
-    for extra in ({"tenant": b["slug"]}, {"tenant_id": b["id"]}, {"role": "admin"}):
-        body = problem(await register(api, a, email, pw, token, **extra), 422)
-        assert list(extra)[0] in str(body), body
+    for field, value in (("tenant", b["slug"]), ("tenant_id", b["id"]), ("role", "admin")):
+        body = problem(await register(api, a, email, pw, token, **{field: value}), 422)
+        assert field in str(body), body
     # The invitation is for tenant A: presented under B's header it is refused.
     problem(await register(api, b, email, pw, token), 403)
     # Another e-mail than the invited one: refused (and the invitation stays usable).
@@ -188,15 +200,24 @@ async def test_only_those_allowed_may_invite(api: AsyncTestClient[Any]) -> None:
     admin = await join(api, tenant, "admin")
     problem(await api.post("/api/tenant/invitations", json={"email": mail()}, headers=at(tenant)), 401)
     problem(
-        await api.post("/api/tenant/invitations", json={"email": mail()}, headers=at(tenant, member["access_token"])),
+        await api.post(
+            "/api/tenant/invitations", json={"email": mail()}, headers=at(tenant, member["access_token"])
+        ),
         403,
     )
     response = await api.post(
-        "/api/tenant/invitations", json={"email": mail(), "role": "admin"}, headers=at(tenant, admin["access_token"])
+        "/api/tenant/invitations",
+        json={"email": mail(), "role": "admin"},
+        headers=at(tenant, admin["access_token"]),
     )
     assert response.status_code == 201, response.text
     # No invitation makes an owner.
-    problem(await api.post("/api/tenant/invitations", json={"email": mail(), "role": "owner"}, headers=owner(tenant)), 422)
+    problem(
+        await api.post(
+            "/api/tenant/invitations", json={"email": mail(), "role": "owner"}, headers=owner(tenant)
+        ),
+        422,
+    )
 
 
 # --- open sign-up -----------------------------------------------------------------------------------
@@ -227,7 +248,17 @@ async def test_open_sign_up_only_where_the_tenant_allows_it(api: AsyncTestClient
 async def test_weak_passwords_are_refused_naming_the_field(api: AsyncTestClient[Any]) -> None:
     tenant = await new_tenant(api, "pwpolicy", allow_signup=True)
     email = mail("weak")
-    weak = ["short1!", "password", "12345678", "qwertyuiop", "P@ssw0rd", "aaaaaaaaaaaa", email, tenant["slug"], "x" * 129]
+    weak = [
+        "short1!",
+        "password",
+        "12345678",
+        "qwertyuiop",
+        "P@ssw0rd",
+        "aaaaaaaaaaaa",
+        email,
+        tenant["slug"],
+        "x" * 129,
+    ]
     for pw in weak:
         body = problem(await register(api, tenant, email, pw), 422)
         assert [e["field"] for e in body["errors"]] == ["password"], (pw, body)
@@ -235,7 +266,11 @@ async def test_weak_passwords_are_refused_naming_the_field(api: AsyncTestClient[
     body = problem(
         await api.post(
             "/api/tenants",
-            json={"name": "Weak", "slug": f"weak-{uuid.uuid4().hex[:8]}", "owner": {"email": mail(), "password": "letmein1"}},
+            json={
+                "name": "Weak",
+                "slug": f"weak-{uuid.uuid4().hex[:8]}",
+                "owner": {"email": mail(), "password": "letmein1"},
+            },
         ),
         422,
     )
@@ -264,7 +299,11 @@ async def test_an_email_is_one_account_whatever_its_case(api: AsyncTestClient[An
     problem(
         await api.post(
             "/api/tenants",
-            json={"name": "Other", "slug": f"mail-c-{uuid.uuid4().hex[:8]}", "owner": {"email": email.swapcase(), "password": password()}},
+            json={
+                "name": "Other",
+                "slug": f"mail-c-{uuid.uuid4().hex[:8]}",
+                "owner": {"email": email.swapcase(), "password": password()},
+            },
         ),
         409,
     )
@@ -289,7 +328,11 @@ async def test_login_answers_a_bearer_token_pair(api: AsyncTestClient[Any]) -> N
     assert response.status_code == 200, response.text
     pair = response.json()
     assert set(pair) == TOKEN_PAIR_KEYS
-    assert pair["token_type"] == "bearer" and isinstance(pair["expires_in"], int) and 0 < pair["expires_in"] <= 3600
+    assert (
+        pair["token_type"] == "bearer"
+        and isinstance(pair["expires_in"], int)
+        and 0 < pair["expires_in"] <= 3600
+    )
     assert pair["access_token"].count(".") == 2 and pair["refresh_token"] != tenant["refresh_token"]
     assert "no-store" in response.headers["cache-control"]
     assert (await me(api, pair["access_token"]))["role"] == "owner"
@@ -416,7 +459,11 @@ async def test_guessing_a_password_through_sign_up_counts_toward_the_lock_out(
     await _retry_after(await register(api, open_, user["email"], user["password"]))
     response = await api.post(
         "/api/tenants",
-        json={"name": "G", "slug": f"guess-{uuid.uuid4().hex[:8]}", "owner": {"email": user["email"], "password": password()}},
+        json={
+            "name": "G",
+            "slug": f"guess-{uuid.uuid4().hex[:8]}",
+            "owner": {"email": user["email"], "password": password()},
+        },
     )
     await _retry_after(response)
     await _retry_after(await login(api, user["email"], user["password"]))
@@ -433,7 +480,9 @@ async def test_a_password_alone_never_opens_an_account_that_has_mfa(api: AsyncTe
     setup = await api.post("/api/auth/mfa/setup", headers=at(home, victim["access_token"]))
     assert setup.status_code == 200, setup.text
     code = pyotp.TOTP(setup.json()["secret"]).now()
-    enabled = await api.post("/api/auth/mfa/enable", json={"code": code}, headers=at(home, victim["access_token"]))
+    enabled = await api.post(
+        "/api/auth/mfa/enable", json={"code": code}, headers=at(home, victim["access_token"])
+    )
     assert enabled.status_code == 200, enabled.text
     challenge = await login(api, victim["email"], victim["password"])
     assert challenge.status_code == 200 and challenge.json()["mfa_required"] is True
@@ -447,7 +496,11 @@ async def test_a_password_alone_never_opens_an_account_that_has_mfa(api: AsyncTe
         await register(api, attacker, victim["email"], victim["password"], invitation["token"]),
         await api.post(
             "/api/tenants",
-            json={"name": "M", "slug": f"mfa-{uuid.uuid4().hex[:8]}", "owner": {"email": victim["email"], "password": victim["password"]}},
+            json={
+                "name": "M",
+                "slug": f"mfa-{uuid.uuid4().hex[:8]}",
+                "owner": {"email": victim["email"], "password": victim["password"]},
+            },
         ),
     ]
     for response in attempts:
@@ -457,3 +510,19 @@ async def test_a_password_alone_never_opens_an_account_that_has_mfa(api: AsyncTe
     # A wrong password still says only that the password is wrong (no hint about MFA).
     body = problem(await register(api, open_, victim["email"], password()), 409)
     assert "two-factor" not in body["detail"]
+
+
+async def test_a_nul_character_in_an_email_or_name_is_refused_not_a_server_error(
+    api: AsyncTestClient[Any],
+) -> None:
+    tenant = await new_tenant(api, "nul", allow_signup=True)
+    attempts = [
+        await login(api, "a\x00b@example.com", password()),
+        await register(api, tenant, "a\x00b@example.com", password()),
+        await api.post(
+            "/api/auth/register",
+            json={"email": mail(), "password": password(), "name": "a\x00b"},
+            headers=at(tenant),
+        ),
+    ]
+    assert [r.status_code for r in attempts] == [422, 422, 422], [r.text for r in attempts]

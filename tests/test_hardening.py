@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,46 +56,72 @@ def businessos_routes():
 """
 
 
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    site: Path
+    """Directory holding the installed plugin (PYTHONPATH for a server process)."""
+    tenant: str
+    """Slug of a tenant that enabled the plugin (its routes, even public ones, need one)."""
+
+
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(plugin name, directory to put on PYTHONPATH) of the installed probe plugin."""
+async def probe(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Probe]:
     name = unique("probe")
-    with installed(
-        tmp_path_factory.mktemp("probe"), FakePlugin(name=name, source=plugin_source(name, _PROBE))
-    ) as site:
-        yield name, site
+    plugin = FakePlugin(name=name, source=plugin_source(name, _PROBE))
+    with installed(tmp_path_factory.mktemp("probe"), plugin) as site:
+        async with client_for(
+            settings, tmp_path_factory.mktemp("probe-data"), Probe(name, site, "")
+        ) as client:
+            tenant = await new_tenant(client, "probe")
+            enabled = await client.post(
+                f"/api/modules/{name}/enable",
+                headers={"X-Tenant-ID": tenant["slug"], "Authorization": f"Bearer {tenant['access_token']}"},
+            )
+            assert enabled.status_code == 200, enabled.text
+        yield Probe(name, site, tenant["slug"])
 
 
 @pytest.fixture(scope="module")
 async def real_servers(
-    settings: Settings, probe: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, probe: Probe, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:
     """Two real API processes: one behind trusted proxies (127.0.0.1 and 10/8), one without."""
-    name, site = probe
-    common = {"PYTHONPATH": str(site), "BUSINESSOS_PLUGINS": name, "BUSINESSOS_MAX_BODY_BYTES": str(MAX_BODY)}
+    common = {
+        "PYTHONPATH": str(probe.site),
+        "BUSINESSOS_PLUGINS": probe.name,
+        "BUSINESSOS_MAX_BODY_BYTES": str(MAX_BODY),
+    }
     trusting_env = {**common, "BUSINESSOS_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8"}
     async with (
         api_servers(settings, tmp_path_factory.mktemp("proxied"), env=trusting_env) as proxied,
         api_servers(settings, tmp_path_factory.mktemp("direct"), env=common) as direct,
     ):
-        yield {"proxied": proxied[0] + f"/api/{name}", "direct": direct[0] + f"/api/{name}"}
+        yield {"proxied": proxied[0] + f"/api/{probe.name}", "direct": direct[0] + f"/api/{probe.name}"}
+
+
+def http_client(probe: Probe) -> httpx.AsyncClient:
+    return httpx.AsyncClient(headers={"X-Tenant-ID": probe.tenant})
 
 
 @asynccontextmanager
 async def client_for(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path], base_url: str = "http://testserver.local"
+    settings: Settings, tmp_path: Path, probe: Probe, base_url: str = "http://testserver.local"
 ) -> AsyncIterator[AsyncTestClient[Any]]:
+    """A test client on an app with the probe plugin, naming the probe's tenant by default."""
     assert settings.database_url and settings.redis_url
     local = settings_for(
         settings.database_url,
         settings.redis_url,
         tmp_path,
-        BUSINESSOS_PLUGINS=probe[0],
+        BUSINESSOS_PLUGINS=probe.name,
         BUSINESSOS_MAX_BODY_BYTES=str(MAX_BODY),
         BUSINESSOS_CORS_ORIGINS=ORIGIN,
     )
     app = create_app(local, load_app_plugins(local.plugins_allowlist))
     async with AsyncTestClient(app, base_url=base_url) as client:
+        if probe.tenant:
+            client.headers["X-Tenant-ID"] = probe.tenant
         yield client
 
 
@@ -114,7 +141,7 @@ def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 async def test_every_response_carries_the_security_headers(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
     async with client_for(settings, tmp_path, probe) as client:
         ok = await client.get("/health")
@@ -135,7 +162,7 @@ async def test_every_response_carries_the_security_headers(
 
 
 async def test_hsts_only_when_the_request_came_over_tls(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path], real_servers: dict[str, str]
+    settings: Settings, tmp_path: Path, probe: Probe, real_servers: dict[str, str]
 ) -> None:
     async with client_for(settings, tmp_path, probe, base_url="https://testserver.local") as client:
         response = await client.get("/health")
@@ -143,7 +170,7 @@ async def test_hsts_only_when_the_request_came_over_tls(
     async with client_for(settings, tmp_path, probe) as client:
         response = await client.get("/health", headers={"X-Forwarded-Proto": "https"})
         assert "strict-transport-security" not in response.headers  # "testclient" is no proxy
-    async with httpx.AsyncClient() as http:
+    async with http_client(probe) as http:
         proxied = await http.get(real_servers["proxied"] + "/probe", headers={"X-Forwarded-Proto": "https"})
         assert proxied.headers["strict-transport-security"].startswith("max-age=")
         plain = await http.get(real_servers["proxied"] + "/probe", headers={"X-Forwarded-Proto": "http"})
@@ -153,7 +180,7 @@ async def test_hsts_only_when_the_request_came_over_tls(
 
 
 async def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
-    real_servers: dict[str, str],
+    real_servers: dict[str, str], probe: Probe
 ) -> None:
     async def client_ip(which: str, *forwarded: str) -> str:
         headers = [("X-Forwarded-For", value) for value in forwarded]
@@ -162,7 +189,7 @@ async def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
         value: str = response.json()["client_ip"]
         return value
 
-    async with httpx.AsyncClient() as http:
+    async with http_client(probe) as http:
         assert await client_ip("direct", "203.0.113.7") == "127.0.0.1"
         assert await client_ip("direct") == "127.0.0.1"
         assert await client_ip("proxied") == "127.0.0.1"
@@ -185,21 +212,21 @@ def test_forwarded_for_parsing() -> None:
 
 
 async def test_forwarded_for_from_an_untrusted_peer_does_not_split_its_bucket(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
     # The test client's peer is "testclient", never a trusted proxy: every X-Forwarded-For is ignored.
     async with client_for(settings, tmp_path, probe) as client:
         for spoofed in ("203.0.113.1", "203.0.113.2"):
-            response = await client.get(f"/api/{probe[0]}/probe", headers={"X-Forwarded-For": spoofed})
+            response = await client.get(f"/api/{probe.name}/probe", headers={"X-Forwarded-For": spoofed})
             assert response.json()["client_ip"] == "testclient"
 
 
 async def test_request_id_is_kept_when_sane_and_made_otherwise(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
     async with client_for(settings, tmp_path, probe) as client:
         sane = "req-7f3a9c:trace=42"
-        kept = await client.get(f"/api/{probe[0]}/probe", headers={"X-Request-ID": sane})
+        kept = await client.get(f"/api/{probe.name}/probe", headers={"X-Request-ID": sane})
         assert kept.headers["x-request-id"] == sane and kept.json()["request_id"] == sane
         for insane in ("x" * 200, "has space", "new\tline", "-leading-dash", ""):
             response = await client.get("/health", headers={"X-Request-ID": insane})
@@ -212,7 +239,7 @@ async def test_request_id_is_kept_when_sane_and_made_otherwise(
 
 
 async def test_auth_responses_and_token_setting_responses_are_not_stored(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
     async with client_for(settings, tmp_path, probe) as client:
         tenant = await new_tenant(client, "hard")
@@ -226,19 +253,23 @@ async def test_auth_responses_and_token_setting_responses_are_not_stored(
             "/api/auth/login", json={"email": tenant["email"], "password": "wrong-password-1"}
         )
         assert refused.status_code >= 400
-        me = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {tenant['access_token']}"})
-        cookie = await client.get(f"/api/{probe[0]}/cookie")
+        me = await client.get(
+            "/api/auth/me",
+            headers={"Authorization": f"Bearer {tenant['access_token']}", "X-Tenant-ID": tenant["slug"]},
+        )
+        assert me.status_code == 200, me.text
+        cookie = await client.get(f"/api/{probe.name}/cookie")
         assert "set-cookie" in cookie.headers
-        secret = await client.get(f"/api/{probe[0]}/secret")
+        secret = await client.get(f"/api/{probe.name}/secret")
         for response in (login, refused, me, cookie, secret):
             assert response.headers.get_list("cache-control") == ["no-store"], response.url
-        assert "cache-control" not in (await client.get(f"/api/{probe[0]}/probe")).headers
+        assert "cache-control" not in (await client.get(f"/api/{probe.name}/probe")).headers
 
 
 async def test_a_body_declared_over_the_limit_answers_413(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
-    echo = f"/api/{probe[0]}/echo"
+    echo = f"/api/{probe.name}/echo"
     async with client_for(settings, tmp_path, probe) as client:
         fits = await client.post(echo, content=b"x" * MAX_BODY)
         assert fits.status_code == 200 and fits.json() == {"size": MAX_BODY}
@@ -249,14 +280,14 @@ async def test_a_body_declared_over_the_limit_answers_413(
 
 
 async def test_a_body_over_the_limit_answers_413_from_a_real_server(
-    real_servers: dict[str, str],
+    real_servers: dict[str, str], probe: Probe
 ) -> None:
     async def chunks(count: int, size: int = 512) -> AsyncIterator[bytes]:
         for _ in range(count):
             yield b"x" * size
 
     # The test client cannot stream a request body; a real server and httpx can (chunked).
-    async with httpx.AsyncClient() as http:
+    async with http_client(probe) as http:
         fits = await http.post(real_servers["direct"] + "/echo", content=chunks(4))
         assert fits.status_code == 200 and fits.json() == {"size": MAX_BODY}
         assert fits.request.headers.get("transfer-encoding") == "chunked"
@@ -269,7 +300,7 @@ async def test_a_body_over_the_limit_answers_413_from_a_real_server(
 
 
 async def test_cors_preflight_answers_only_allowed_origins(
-    settings: Settings, tmp_path: Path, probe: tuple[str, Path]
+    settings: Settings, tmp_path: Path, probe: Probe
 ) -> None:
     async with client_for(settings, tmp_path, probe) as client:
         allowed = await client.options(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from litestar.testing import AsyncTestClient
-from litestar.testing.transport import TestClientTransport
+from litestar.testing import transport as litestar_transport
 
 from kernel.identity.tokens import KeySet
 from kernel.settings import Settings
@@ -80,8 +80,12 @@ def claims(user_id: str, tenant_id: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def sign(payload: dict[str, Any], key: Any = None, *, alg: str = "EdDSA", headers: dict[str, Any] | None = None) -> str:
-    return jwt.encode(payload, key or real_key(), algorithm=alg, headers={"kid": "k1"} if headers is None else headers)
+def sign(
+    payload: dict[str, Any], key: Any = None, *, alg: str = "EdDSA", headers: dict[str, Any] | None = None
+) -> str:
+    return jwt.encode(
+        payload, key or real_key(), algorithm=alg, headers={"kid": "k1"} if headers is None else headers
+    )
 
 
 def raw_token(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
@@ -145,7 +149,9 @@ async def refresh(api: AsyncTestClient[Any], token: str) -> Any:
     return await api.post("/api/auth/refresh", json={"refresh_token": token})
 
 
-async def login(api: AsyncTestClient[Any], email: str, pw: str, tenant: dict[str, Any] | None = None) -> dict[str, Any]:
+async def login(
+    api: AsyncTestClient[Any], email: str, pw: str, tenant: dict[str, Any] | None = None
+) -> dict[str, Any]:
     headers = {"X-Tenant-ID": tenant["slug"]} if tenant else {}
     response = await api.post("/api/auth/login", json={"email": email, "password": pw}, headers=headers)
     assert response.status_code == 200, response.text
@@ -153,13 +159,20 @@ async def login(api: AsyncTestClient[Any], email: str, pw: str, tenant: dict[str
     return body
 
 
-async def join(api: AsyncTestClient[Any], tenant: dict[str, Any], role: str, email: str | None = None,
-               pw: str | None = None) -> dict[str, Any]:
+async def join(
+    api: AsyncTestClient[Any],
+    tenant: dict[str, Any],
+    role: str,
+    email: str | None = None,
+    pw: str | None = None,
+) -> dict[str, Any]:
     """Invite (as the tenant's owner) and register; an existing account gives its password."""
     email = email or f"{role}-{uuid.uuid4().hex[:10]}@example.com"
     pw = pw or f"pw-{uuid.uuid4().hex}"
     response = await api.post(
-        "/api/tenant/invitations", json={"email": email, "role": role}, headers=bearer(tenant, tenant["access_token"])
+        "/api/tenant/invitations",
+        json={"email": email, "role": role},
+        headers=bearer(tenant, tenant["access_token"]),
     )
     assert response.status_code == 201, response.text
     response = await api.post(
@@ -229,7 +242,9 @@ async def test_forged_and_tampered_access_tokens_are_refused(api: AsyncTestClien
         "HS512 header": jwt.encode(good, "secret" * 12, algorithm="HS512", headers={"kid": "k1"}),
         # Other asymmetric algorithms, with our kid.
         "RS256": sign(good, rsa_key, alg="RS256"),
-        "RS256 with an embedded jwk": sign(good, rsa_key, alg="RS256", headers={"kid": "k1", "jwk": {"kty": "RSA"}}),
+        "RS256 with an embedded jwk": sign(
+            good, rsa_key, alg="RS256", headers={"kid": "k1", "jwk": {"kty": "RSA"}}
+        ),
         "ES256": sign(good, ec_key, alg="ES256"),
         "PS256": sign(good, rsa_key, alg="PS256"),
         "eddsa in lower case": raw_token({"alg": "eddsa", "kid": "k1"}, good, b"x" * 64),
@@ -238,7 +253,9 @@ async def test_forged_and_tampered_access_tokens_are_refused(api: AsyncTestClien
         "EdDSA by another key, jwk embedded": sign(
             good, attacker, headers={"kid": "k1", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": attacker_x}}
         ),
-        "EdDSA by another key, jku": sign(good, attacker, headers={"kid": "k1", "jku": "https://evil.example/jwks"}),
+        "EdDSA by another key, jku": sign(
+            good, attacker, headers={"kid": "k1", "jku": "https://evil.example/jwks"}
+        ),
         # Our key, wrong claims.
         "wrong aud": sign(claims(user_id, a["id"], aud="another-api")),
         "aud of the MFA step": sign(claims(user_id, a["id"], aud="businessos-mfa")),
@@ -266,7 +283,9 @@ async def test_forged_and_tampered_access_tokens_are_refused(api: AsyncTestClien
         "a flipped signature byte": flip_signature_byte(real_token),
         "a truncated signature": real_token[:-10],
         "no signature": real_token.rsplit(".", 1)[0] + ".",
-        "signature of another token": ".".join(real_token.split(".")[:2] + [member["access_token"].split(".")[2]]),
+        "signature of another token": ".".join(
+            [*real_token.split(".")[:2], member["access_token"].split(".")[2]]
+        ),
         # Payload edited, signature kept.
         "tid changed": with_payload(real_token, tid=b["id"]),
         "sub changed": with_payload(member["access_token"], sub=user_id),
@@ -295,7 +314,9 @@ async def test_forged_and_tampered_access_tokens_are_refused(api: AsyncTestClien
 
     # Not a bearer token at all.
     for value in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer ", f"Token {real_token}", real_token):
-        unauthorized(await api.get("/api/auth/me", headers={"Authorization": value, "X-Tenant-ID": a["slug"]}))
+        unauthorized(
+            await api.get("/api/auth/me", headers={"Authorization": value, "X-Tenant-ID": a["slug"]})
+        )
     # The real tokens still work after all that (nothing was cached wrongly).
     assert (await me(api, real_token, a)).status_code == 200
     assert (await me(api, member["access_token"], a)).json()["role"] == "member"
@@ -309,7 +330,9 @@ def _seed() -> tuple[bytes, str]:
     return raw, b64(raw)
 
 
-async def test_key_rotation_accepts_the_old_key_and_signs_with_the_new(settings: Settings, tmp_path: Path) -> None:
+async def test_key_rotation_accepts_the_old_key_and_signs_with_the_new(
+    settings: Settings, tmp_path: Path
+) -> None:
     assert settings.database_url and settings.redis_url
     old_raw, old = _seed()
     _, new = _seed()
@@ -339,7 +362,11 @@ async def test_key_rotation_accepts_the_old_key_and_signs_with_the_new(settings:
             assert response.status_code == 200, response.text
         unauthorized(await me(after, default_k1, tenant))
         # The old key's tokens under the new kid are refused: kid picks the key, it is not a hint.
-        unauthorized(await me(after, sign(claims(tenant["user_id"], tenant["id"]), old_key, headers={"kid": "k2"}), tenant))
+        unauthorized(
+            await me(
+                after, sign(claims(tenant["user_id"], tenant["id"]), old_key, headers={"kid": "k2"}), tenant
+            )
+        )
         # New tokens are signed by k2, from log-in and from refresh alike.
         pair = await login(after, tenant["email"], tenant["password"], tenant)
         assert kid_of(pair["access_token"]) == "k2"
@@ -358,7 +385,9 @@ async def test_key_rotation_accepts_the_old_key_and_signs_with_the_new(settings:
 # --- refresh ----------------------------------------------------------------------------------------
 
 
-async def test_refresh_rotates_and_a_replay_revokes_the_family(api: AsyncTestClient[Any], database_url: str) -> None:
+async def test_refresh_rotates_and_a_replay_revokes_the_family(
+    api: AsyncTestClient[Any], database_url: str
+) -> None:
     tenant = await new_tenant(api, "refresh")
     other_session = await login(api, tenant["email"], tenant["password"], tenant)
     t1 = tenant["refresh_token"]
@@ -379,20 +408,29 @@ async def test_refresh_rotates_and_a_replay_revokes_the_family(api: AsyncTestCli
         "select * from audit_logs where tenant_id = $1 and action = 'auth.refresh.reuse_detected'",
         uuid.UUID(tenant["id"]),
     )
-    assert len(rows) == 1 and rows[0]["result"] == "denied" and rows[0]["actor"] == f"user:{tenant['user_id']}"
+    assert (
+        len(rows) == 1 and rows[0]["result"] == "denied" and rows[0]["actor"] == f"user:{tenant['user_id']}"
+    )
     # Another session of the same user is not that family: it still works.
     assert (await refresh(api, other_session["refresh_token"])).status_code == 200
 
     # Made-up and malformed refresh tokens.
-    for bogus in ("rt_" + "A" * 71, t1[:-1] + ("a" if t1[-1] != "a" else "b"), "nonsense", t2.replace("rt_", "bos_")):
+    for bogus in (
+        "rt_" + "A" * 71,
+        t1[:-1] + ("a" if t1[-1] != "a" else "b"),
+        "nonsense",
+        t2.replace("rt_", "bos_"),
+    ):
         unauthorized(await refresh(api, bogus))
 
 
-async def test_concurrent_refreshes_of_one_token_yield_at_most_one_new_pair(api: AsyncTestClient[Any]) -> None:
+async def test_concurrent_refreshes_of_one_token_yield_at_most_one_new_pair(
+    api: AsyncTestClient[Any],
+) -> None:
     """The async test client runs requests one by one; threads with their own (sync) clients on
     the same app make the requests really overlap in the app's event loop."""
     tenant = await new_tenant(api, "race")
-    transport = TestClientTransport(client=api)  # type: ignore[arg-type]
+    transport: Any = litestar_transport.TestClientTransport(client=api)
     # (No close(): the test transport has nothing to release, and no close method.)
     clients = [httpx.Client(transport=transport, base_url="http://testserver.local") for _ in range(4)]
     for _ in range(3):
@@ -413,7 +451,9 @@ async def test_logout_ends_the_session_family(api: AsyncTestClient[Any]) -> None
 
     # Log out the session whose (rotated) refresh token is given: its family ends, not the others.
     response = await api.post(
-        "/api/auth/logout", json={"refresh_token": rotated["refresh_token"]}, headers=bearer(tenant, rotated["access_token"])
+        "/api/auth/logout",
+        json={"refresh_token": rotated["refresh_token"]},
+        headers=bearer(tenant, rotated["access_token"]),
     )
     assert response.status_code == 200 and response.json()["sessions_ended"] == 1, response.text
     unauthorized(await refresh(api, rotated["refresh_token"]))
@@ -424,7 +464,9 @@ async def test_logout_ends_the_session_family(api: AsyncTestClient[Any]) -> None
     # Nobody logs out someone else's session.
     member = await join(api, tenant, "member")
     response = await api.post(
-        "/api/auth/logout", json={"refresh_token": member["refresh_token"]}, headers=bearer(tenant, tenant["access_token"])
+        "/api/auth/logout",
+        json={"refresh_token": member["refresh_token"]},
+        headers=bearer(tenant, tenant["access_token"]),
     )
     assert response.status_code == 200 and response.json()["sessions_ended"] == 0
     assert (await refresh(api, member["refresh_token"])).status_code == 200
@@ -467,7 +509,9 @@ async def test_a_password_change_ends_every_other_session(api: AsyncTestClient[A
         unauthorized(await refresh(api, ended))
     assert (await refresh(api, kept["refresh_token"])).status_code == 200
     # The old password is gone, the new one works.
-    assert (await api.post("/api/auth/login", json={"email": user["email"], "password": user["password"]})).status_code == 401
+    assert (
+        await api.post("/api/auth/login", json={"email": user["email"], "password": user["password"]})
+    ).status_code == 401
     await login(api, user["email"], new_pw, b)
 
 
@@ -499,7 +543,9 @@ async def test_refresh_tokens_are_stored_hashed(api: AsyncTestClient[Any], datab
     issued.append((await login(api, tenant["email"], tenant["password"], tenant))["refresh_token"])
     issued.append((await refresh(api, issued[-1])).json()["refresh_token"])
     rows = await owner_fetch(
-        database_url, "select r::text as row, token_hash from refresh_tokens r where tenant_id = $1", uuid.UUID(tenant["id"])
+        database_url,
+        "select r::text as row, token_hash from refresh_tokens r where tenant_id = $1",
+        uuid.UUID(tenant["id"]),
     )
     assert len(rows) == 3
     stored = " ".join(r["row"] for r in rows)

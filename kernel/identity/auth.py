@@ -75,6 +75,8 @@ class AuthenticationMiddleware(ASGIMiddleware):
 async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     from kernel.context import current_tenant, get_kernel
 
+    if set(getattr(handler, "http_methods", ())) == {"OPTIONS"}:
+        return  # Litestar's automatic OPTIONS answer (CORS preflight): it runs no handler code
     permission = handler.opt.get("permission")
     if permission is None:
         if connection.scope["path"].startswith("/schema"):

@@ -35,8 +35,16 @@ __all__ = [
 ]
 
 Email = Annotated[
-    str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", description="e-mail")
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$",
+        description="e-mail",
+    ),
 ]
+# Free text a person types: anything but control characters.
+PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00-\x1f]*$")]
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Role = Literal["owner", "admin", "member", "viewer"]
 
@@ -44,7 +52,7 @@ Role = Literal["owner", "admin", "member", "viewer"]
 class Owner(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Password
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: PersonName = ""
 
 
 class TenantSignup(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,7 +92,7 @@ class Login(msgspec.Struct, forbid_unknown_fields=True):
 class Register(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
     password: Password
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: PersonName = ""
     invitation_token: str | None = None
 
 
@@ -164,7 +172,7 @@ class RoleUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")]
     role: Literal["admin", "member", "viewer"] | None = None
     scopes: list[Annotated[str, msgspec.Meta(max_length=200)]] | None = None
     expires_at: datetime | None = None

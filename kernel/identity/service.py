@@ -176,7 +176,9 @@ class IdentityService:
             if existing.mfa_enabled:
                 # Tokens from here would skip the second factor that log-in asks for (and, through
                 # switch-tenant, open every tenant of the account).
-                raise Forbidden("this account uses two-factor authentication: a password alone cannot join it")
+                raise Forbidden(
+                    "this account uses two-factor authentication: a password alone cannot join it"
+                )
             return existing
         user = UserRow(id=uuid7(), email=email, name=name.strip(), password_hash=PasswordPolicy.hash(password))
         session.add(user)
@@ -251,6 +253,10 @@ class IdentityService:
     async def invite(self, principal: Principal, data: InvitationCreate, meta: RequestMeta) -> Invitation:
         if data.role == "admin" and principal.role not in ("owner", "admin"):
             raise Forbidden("only owners and admins may invite admins")
+        # Like an API key, an invitation never brings in more than the inviter has.
+        beyond = sorted((await self.access.grants(principal.tenant_id))[data.role] - principal.permissions)
+        if beyond:
+            raise Forbidden(f"you cannot invite a {data.role}: it may do more than you ({', '.join(beyond)})")
         secret = OpaqueSecret.new(INVITE_KIND, principal.tenant_id)
         row = InvitationRow(
             tenant_id=principal.tenant_id, id=uuid7(), email=data.email.strip().lower(), role=data.role,
@@ -487,8 +493,8 @@ class IdentityService:
         await self._check_lock(user.email.strip().lower())
         if not PasswordPolicy.verify(user.password_hash, current):
             await self._audit(principal.tenant_id, user.id, "auth.password.change", "failure", meta)
-            memberships = await self._memberships(user.id)
-            await self._count_failure(user.email.strip().lower(), user.id, [m.tenant_id for m, _ in memberships], meta)
+            tenant_ids = [m.tenant_id for m, _ in await self._memberships(user.id)]
+            await self._count_failure(user.email.strip().lower(), user.id, tenant_ids, meta)
             raise Forbidden("the current password is wrong")
         if current == new:
             raise Unprocessable("the new password must differ from the current one",

@@ -20,7 +20,7 @@ Slug = Annotated[
         description="lower-case letters, digits and inner hyphens",
     ),
 ]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]*$")]
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -67,8 +67,9 @@ class TTLCache(Generic[K, V]):
 class InvalidationBus:
     """Fan-out of cache invalidations to every process that shares the Redis."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, listener: Redis | None = None) -> None:
         self.redis = redis
+        self.listener = listener or redis
         self._caches: dict[str, TTLCache[str, object]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -99,7 +100,7 @@ class InvalidationBus:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     # Whatever happened while we were not listening is unknown: start clean.
                     for cache in self._caches.values():

@@ -76,9 +76,13 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
         db = Database(runtime_url(settings, database_url), pool_size=settings.db_pool_size)
         stack.push_async_callback(db.dispose)
         await _check_runtime_role(db)
-        redis: Redis = Redis.from_url(redis_url)
+        # Requests must not hang on a stuck Redis; the invalidation subscriber waits on its own
+        # connection, which may sit idle for as long as nothing changes.
+        redis: Redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         stack.push_async_callback(redis.aclose)
-        bus = InvalidationBus(redis)
+        listener: Redis = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
+        stack.push_async_callback(listener.aclose)
+        bus = InvalidationBus(redis, listener)
         bus.start()
         stack.push_async_callback(bus.stop)
         tenants = TenantService(db, bus)

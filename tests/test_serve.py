@@ -165,12 +165,12 @@ def workdir() -> Iterator[Path]:
 
 
 def test_serve_runs_the_whole_platform_and_keeps_its_data(workdir: Path) -> None:
-    tmp_path = workdir
-    data_dir = tmp_path / "data"
+    data_dir = workdir / "data"
     slug = f"serve-{uuid.uuid4().hex[:8]}"
+    owner = {"email": f"owner@{slug}.example", "password": f"serve-test {uuid.uuid4()}"}
 
     # First start: empty data directory (initdb, migrations, a new secret key).
-    with serving(tmp_path, data_dir, "first.log") as served:
+    with serving(workdir, data_dir, "first.log") as served:
         health, seconds = served.wait_healthy()
         body = health.json()
         assert set(body) == {"status", "timestamp", "tenant"}
@@ -184,10 +184,10 @@ def test_serve_runs_the_whole_platform_and_keeps_its_data(workdir: Path) -> None
         assert ready.json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
 
         created = httpx.post(
-            f"{served.base}/api/tenants", json={"name": "Serve Co", "slug": slug}, timeout=10
+            f"{served.base}/api/tenants", json={"name": "Serve Co", "slug": slug, "owner": owner}, timeout=10
         )
         assert created.status_code == 201, created.text
-        tenant = created.json()
+        tenant, token = created.json()["tenant"], created.json()["access_token"]
         echoed = httpx.get(f"{served.base}/health", headers={"X-Tenant-ID": slug}, timeout=5).json()
         assert echoed["tenant"] == tenant["id"]
 
@@ -204,13 +204,21 @@ def test_serve_runs_the_whole_platform_and_keeps_its_data(workdir: Path) -> None
     assert (data_dir / "postgres" / "PG_VERSION").is_file()
     assert (data_dir / "secret.key").is_file()
 
-    # Second start: the same data directory, the tenant is still there.
-    with serving(tmp_path, data_dir, "second.log") as served:
+    # Second start: the same data directory. The tenant and its owner are still there, and the
+    # token issued before the restart still verifies (same secret key, from secret.key).
+    with serving(workdir, data_dir, "second.log") as served:
         _, seconds = served.wait_healthy()
         print(f"warm start to first 200 on /health: {seconds:.1f} s")
-        current = httpx.get(f"{served.base}/api/tenants/current", headers={"X-Tenant-ID": slug}, timeout=5)
+        echoed = httpx.get(f"{served.base}/health", headers={"X-Tenant-ID": slug}, timeout=5).json()
+        assert echoed["tenant"] == tenant["id"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        current = httpx.get(f"{served.base}/api/tenants/current", headers=bearer, timeout=5)
         assert current.status_code == 200, current.text
         assert current.json()["id"] == tenant["id"]
+        login = httpx.post(
+            f"{served.base}/api/auth/login", json=owner, headers={"X-Tenant-ID": slug}, timeout=10
+        )
+        assert login.status_code == 200, login.text
         assert httpx.get(f"{served.base}/ready", timeout=5).status_code == 200
 
         # Ctrl+C stops it as cleanly as SIGTERM (130: interrupted).

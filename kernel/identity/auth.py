@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from kernel.audit.log import record, request_meta
 from kernel.errors import Forbidden, NotFound
+from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
@@ -27,6 +28,10 @@ from kernel.identity.tokens import TokenError
 __all__ = ["AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
 
 log = logging.getLogger("businessos.auth")
+
+# Rejected tokens and keys per client address and minute, as a multiple of the strict auth limit
+# (a client whose token just expired must not be locked out by its own retries).
+BAD_CREDENTIALS_FACTOR = 6
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
@@ -67,6 +72,11 @@ class AuthenticationMiddleware(ASGIMiddleware):
                     if principal is None:
                         raise TokenError("no longer a member of this tenant")
             except TokenError as exc:
+                # Guessing keys or tokens costs the guesser: bad credentials are counted per address.
+                await check(
+                    kernel.limiter, ip_bucket("badauth", scope.get("state", {}).get("client_ip")),
+                    kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
+                )
                 raise Unauthorized(str(exc)) from None
             scope.setdefault("state", {})["principal"] = principal
         await next_app(scope, receive, send)

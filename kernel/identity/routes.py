@@ -112,7 +112,12 @@ async def jwks(kernel: Kernel) -> dict[str, list[dict[str, str]]]:
     return kernel.keys.jwks()
 
 
-@post("/api/tenant/invitations", status_code=201, tags=["tenants"], opt={"permission": "kernel.invitations.write"})
+@post(
+    "/api/tenant/invitations",
+    status_code=201,
+    tags=["tenants"],
+    opt={"permission": "kernel.invitations.write", "no_store": True},
+)
 async def invite(data: InvitationCreate, request: Req, kernel: Kernel) -> Invitation:
     """Invite someone by e-mail; the token in the answer is shown once."""
     return await kernel.identity.invite(_user(request), data, request_meta(request))
@@ -130,7 +135,9 @@ async def update_role(role: str, data: RoleUpdate, request: Req, kernel: Kernel)
     return await kernel.access.set_role(_principal(request), role, data.permissions, request_meta(request))
 
 
-@post("/api/api-keys", status_code=201, tags=["api-keys"], opt={"permission": "kernel.api_keys.write"})
+@post(
+    "/api/api-keys", status_code=201, tags=["api-keys"], opt={"permission": "kernel.api_keys.write", "no_store": True}
+)
 async def create_api_key(data: ApiKeyCreate, request: Req, kernel: Kernel) -> ApiKeyCreated:
     """A new API key with a role or scopes; its secret appears in this answer only."""
     return await kernel.access.create_api_key(_principal(request), data, request_meta(request))

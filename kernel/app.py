@@ -14,14 +14,15 @@ from litestar.openapi import OpenAPIConfig
 
 from kernel import __version__
 from kernel.audit import routes as audit_routes
+from kernel.audit.safety_net import audit_unaudited_mutations
 from kernel.context import provide_kernel, provide_tenant
-from kernel.identity import routes as identity_routes
-from kernel.identity.auth import AuthenticationMiddleware, access_guard
-from kernel.identity.permissions import KERNEL_PERMISSIONS
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
 from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
+from kernel.identity import routes as identity_routes
+from kernel.identity.auth import AuthenticationMiddleware, access_guard
+from kernel.identity.permissions import KERNEL_PERMISSIONS
 from kernel.modules import routes as module_routes
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
 from kernel.runtime import open_kernel
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
         route_handlers=[*kernel_route_handlers(), *plugin_routers],
         lifespan=[lifespan],
         dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
+        before_send=[audit_unaudited_mutations],
         guards=[rate_limit_guard, access_guard],
         middleware=[AuthenticationMiddleware()],
         exception_handlers=exception_handlers,

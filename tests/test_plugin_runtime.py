@@ -168,3 +168,41 @@ def test_plugin_cli_commands_appear_under_the_plugin_name(tmp_path: Path, settin
         assert result.stdout.strip() == "hello ada"
         top = subprocess.run([sys.executable, "-m", "kernel.cli", "--help"], env=env, capture_output=True, text=True)
         assert name in top.stdout
+
+
+async def test_a_plugin_mutation_that_audits_nothing_still_leaves_an_audit_row(
+    settings: Settings, tmp_path: Path
+) -> None:
+    name = unique("quiet")
+    body = f'''
+    @post("/api/{name}/things", opt={{"permission": sdk.AUTHENTICATED}})
+    async def make_thing() -> dict:
+        return {{"made": True}}
+
+    @post("/api/{name}/audited", opt={{"permission": sdk.AUTHENTICATED}})
+    async def make_audited(request: Any, tenant: sdk.Tenant, kernel: sdk.Kernel) -> dict:
+        async with kernel.db.tenant(tenant.id) as session:
+            await sdk.audit(request, session, tenant_id=tenant.id, action=NAME + ".thing.made")
+        return {{"made": True}}
+
+    @sdk.hookimpl
+    def businessos_routes():
+        return [make_thing, make_audited]
+    '''
+    source = plugin_source(name, body).replace("from litestar import get, post", "from litestar import Request, get, post")
+    source = source.replace("request: Any", "request: Request")
+    with installed(tmp_path, FakePlugin(name=name, source=source)):
+        plugins = load_app_plugins(frozenset({name}))
+        assert plugins.get(name) and plugins.get(name).active, plugins.get(name)  # type: ignore[union-attr]
+        async with open_client(settings, plugins) as client:
+            tenant = await new_tenant(client)
+            headers = {"X-Tenant-ID": tenant["slug"]}
+            await client.post(f"/api/modules/{name}/enable", headers=headers)
+            assert (await client.post(f"/api/{name}/things", headers=headers)).status_code == 201
+            assert (await client.post(f"/api/{name}/audited", headers=headers)).status_code == 201
+            logs = (await client.get("/api/audit/logs", headers=headers)).json()["items"]
+            actions = [entry["action"] for entry in logs]
+            assert actions.count("http.post") == 1 and actions.count(f"{name}.thing.made") == 1
+            generic = next(entry for entry in logs if entry["action"] == "http.post")
+            assert generic["resource_id"] == f"/api/{name}/things"
+            assert generic["actor"] == f"user:{tenant['user_id']}"

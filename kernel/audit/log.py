@@ -192,6 +192,7 @@ async def audit(
 ) -> None:
     """:func:`record` for a route handler: the actor is the request's principal, the request id,
     IP and user agent come from the request. ``session`` must be ``db.tenant(tenant_id)``'s."""
+    _state(connection)["audited"] = True
     await record(
         session,
         tenant_id=tenant_id,

@@ -182,18 +182,42 @@ def _with_kernel(action: Any) -> Any:
 @click.argument("name")
 @click.option("--slug", required=True, help="Unique, lower-case: letters, digits, hyphens.")
 @click.option("--plan", type=click.Choice(["free", "pro", "enterprise"]), default="free", show_default=True)
-def tenants_create(name: str, slug: str, plan: str) -> None:
-    """Create a tenant."""
+@click.option(
+    "--owner-email",
+    help="Also create the owner account (the password is asked for, or read from standard input).",
+)
+def tenants_create(name: str, slug: str, plan: str, owner_email: str | None) -> None:
+    """Create a tenant, and with --owner-email its owner.
+
+    Without an owner nobody can sign in to the tenant until one is added; an operator's tool.
+    """
     import msgspec
 
+    from kernel.audit.log import RequestMeta
+    from kernel.identity.schemas import TenantSignup
     from kernel.tenants.schemas import TenantCreate
 
+    if owner_email is None:
+        try:
+            data = msgspec.convert({"name": name, "slug": slug, "plan": plan}, TenantCreate)
+        except msgspec.ValidationError as exc:
+            raise click.UsageError(str(exc)) from None
+        tenant = _with_kernel(lambda k: k.tenants.create(data, actor="cli"))
+        click.echo(f"{tenant.id}  {tenant.slug}  {tenant.name}")
+        return
+    if sys.stdin.isatty():
+        password = click.prompt("Owner password", hide_input=True, confirmation_prompt=True)
+    else:  # scripted: the first line of standard input
+        password = sys.stdin.readline().rstrip("\r\n")
     try:
-        data = msgspec.convert({"name": name, "slug": slug, "plan": plan}, TenantCreate)
+        signup = msgspec.convert(
+            {"name": name, "slug": slug, "plan": plan, "owner": {"email": owner_email, "password": password}},
+            TenantSignup,
+        )
     except msgspec.ValidationError as exc:
         raise click.UsageError(str(exc)) from None
-    tenant = _with_kernel(lambda k: k.tenants.create(data))
-    click.echo(f"{tenant.id}  {tenant.slug}  {tenant.name}")
+    made = _with_kernel(lambda k: k.identity.create_tenant(signup, RequestMeta(user_agent="businessos-cli")))
+    click.echo(f"{made.tenant.id}  {made.tenant.slug}  {made.tenant.name}  owner: {owner_email}")
 
 
 @tenants.command("list")

@@ -9,13 +9,13 @@ from litestar.connection import ASGIConnection
 from redis.asyncio import Redis
 
 from kernel.cache import InvalidationBus
+from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.errors import BadRequest, Forbidden
-from kernel.crypto import SecretBox
+from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
 from kernel.identity.service import IdentityService
 from kernel.identity.tokens import KeySet
-from kernel.http.ratelimit import RateLimiter
 from kernel.modules.service import ModuleService
 from kernel.plugins.loader import PluginSet
 from kernel.settings import Settings

@@ -11,10 +11,10 @@ from sqlalchemy import text
 
 from kernel.cache import InvalidationBus
 from kernel.context import Kernel
+from kernel.crypto import SecretBox
 from kernel.db import migrate
 from kernel.db.engine import Database
 from kernel.db.urls import runtime_url
-from kernel.crypto import SecretBox
 from kernel.embedded import EmbeddedServices
 from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
@@ -42,13 +42,17 @@ async def prepare_database(
         return
     pending = await migrate.pending_heads(database_url, folders)
     if pending:
-        raise DatabaseNotReady(f"the database needs migrating ({', '.join(pending)}): run `businessos migrate`")
+        raise DatabaseNotReady(
+            f"the database needs migrating ({', '.join(pending)}): run `businessos migrate`"
+        )
 
 
 async def _check_runtime_role(db: Database) -> None:
     async with db.engine.connect() as conn:
         row = (
-            await conn.execute(text("select rolsuper, rolbypassrls from pg_roles where rolname = current_user"))
+            await conn.execute(
+                text("select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
+            )
         ).one()
     if row.rolsuper or row.rolbypassrls:
         raise DatabaseNotReady(

@@ -21,8 +21,8 @@ from kernel.tenants.schemas import Tenant
 
 __all__ = [
     "AUTHENTICATED",
-    "PUBLIC",
     "KERNEL_API_VERSION",
+    "PUBLIC",
     "BadRequest",
     "Conflict",
     "EventContext",

@@ -126,7 +126,9 @@ def _jwt_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
         except ValueError:
             key = b""
         if not kid or len(key) != 32:
-            raise SettingsError("BUSINESSOS_JWT_KEYS: expected kid:base64url(32-byte Ed25519 seed), comma-separated")
+            raise SettingsError(
+                "BUSINESSOS_JWT_KEYS: expected kid:base64url(32-byte Ed25519 seed), comma-separated"
+            )
         keys.append((kid, key))
     if len({kid for kid, _ in keys}) != len(keys):
         raise SettingsError("BUSINESSOS_JWT_KEYS: a kid appears twice")
@@ -168,7 +170,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     allowlist = plugins_allowlist(env)
 
-    origins = tuple(o.strip().rstrip("/") for o in env.get("BUSINESSOS_CORS_ORIGINS", "").split(",") if o.strip())
+    origins = tuple(
+        o.strip().rstrip("/") for o in env.get("BUSINESSOS_CORS_ORIGINS", "").split(",") if o.strip()
+    )
     for origin in origins:
         parts = urlsplit(origin)
         if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc):

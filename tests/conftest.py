@@ -116,7 +116,9 @@ async def _act_as_owner(request: httpx.Request) -> None:
 
 
 @asynccontextmanager
-async def open_client(settings: Settings, plugins: PluginSet | None = None) -> AsyncIterator[AsyncTestClient[Any]]:
+async def open_client(
+    settings: Settings, plugins: PluginSet | None = None
+) -> AsyncIterator[AsyncTestClient[Any]]:
     """An HTTP client on a freshly built app (lifespan included)."""
     app = create_app(settings, plugins or load_app_plugins(settings.plugins_allowlist))
     async with AsyncTestClient(app, base_url="http://testserver.local") as client:
@@ -140,7 +142,7 @@ async def other_process(settings: Settings) -> AsyncIterator[Kernel]:
         yield kernel
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:  # noqa: ASYNC109
     """Wait until ``check()`` is true (for effects that cross processes), failing after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():

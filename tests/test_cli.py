@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from kernel.settings import Settings
-from tests.conftest import SECRET
+from tests.conftest import SECRET, open_client
 
 TIMEOUT = 120
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m kernel.cli ARGS`` with a clean BusinessOS environment plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("BUSINESSOS_", "DATABASE_", "REDIS_"))}
@@ -26,6 +26,7 @@ def run_cli(
         [sys.executable, "-m", "kernel.cli", *args],
         env=base,
         cwd=cwd,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -199,3 +200,24 @@ def test_suspend_and_activate(cli_env: dict[str, str]) -> None:
 def test_plugins_list_with_none_allowed(cli_env: dict[str, str]) -> None:
     result = run_cli("plugins", "list", env=cli_env)
     assert result.returncode == 0, result.stderr
+
+
+async def test_tenants_create_with_an_owner_who_can_then_log_in(cli_env: dict[str, str], settings: Settings) -> None:
+    slug = f"cli-{uuid.uuid4().hex[:8]}"
+    email, password = f"boss@{slug}.example", f"pw-{uuid.uuid4().hex}"
+    created = run_cli(
+        "tenants", "create", "Owned Co", "--slug", slug, "--owner-email", email, env=cli_env, stdin=password + "\n"
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().endswith(f"owner: {email}") and password not in created.stdout
+
+    weak = run_cli(
+        "tenants", "create", "Weak", "--slug", slug + "-w", "--owner-email", email, env=cli_env, stdin="password\n"
+    )
+    assert weak.returncode == 1 and "password" in error_line(weak)
+
+    async with open_client(settings) as client:
+        login = await client.post("/api/auth/login", json={"email": email, "password": password})
+        assert login.status_code == 200, login.text
+        me = await client.get("/api/auth/me", headers={"Authorization": f"Bearer {login.json()['access_token']}"})
+        assert me.json()["role"] == "owner"

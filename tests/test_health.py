@@ -9,7 +9,6 @@ from litestar.testing import AsyncTestClient
 from kernel.db import migrate
 from kernel.embedded import EmbeddedServices
 from kernel.settings import Settings, load_settings
-
 from tests.conftest import SECRET, new_tenant, open_client, settings_for
 
 
@@ -34,7 +33,9 @@ async def test_ready_checks_postgres_and_redis(client: AsyncTestClient[Any]) -> 
     assert response.json()["checks"] == {"postgres": "ok", "redis": "ok"}
 
 
-async def test_ready_names_redis_when_it_is_down(settings: Settings, database_url: str, tmp_path: Path) -> None:
+async def test_ready_names_redis_when_it_is_down(
+    settings: Settings, database_url: str, tmp_path: Path
+) -> None:
     # Nothing listens on port 1: the API starts (Redis is not needed to boot) and reports it.
     down = settings_for(database_url, "redis://127.0.0.1:1/0", tmp_path)
     async with open_client(down) as client:
@@ -49,7 +50,9 @@ async def test_ready_names_redis_when_it_is_down(settings: Settings, database_ur
 async def test_ready_names_postgres_when_it_is_down(servers: tuple[str, str], tmp_path: Path) -> None:
     # A PostgreSQL of our own, so that stopping it disturbs no other test.
     own = EmbeddedServices(
-        load_settings({"BUSINESSOS_DATA_DIR": str(tmp_path), "BUSINESSOS_SECRET_KEY": SECRET, "REDIS_URL": servers[1]})
+        load_settings(
+            {"BUSINESSOS_DATA_DIR": str(tmp_path), "BUSINESSOS_SECRET_KEY": SECRET, "REDIS_URL": servers[1]}
+        )
     ).start()
     try:
         assert own.database_url

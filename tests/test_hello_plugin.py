@@ -14,7 +14,6 @@ import pytest
 
 from kernel.app import load_app_plugins
 from kernel.settings import Settings
-
 from tests.conftest import SECRET, new_tenant, open_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +25,21 @@ def hello_installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     target = tmp_path_factory.mktemp("site")
     # Build from a copy: pip builds in the source tree and would leave build/ in the repository.
     source = tmp_path_factory.mktemp("src") / "hello_plugin"
-    shutil.copytree(ROOT / "examples" / "hello_plugin", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "examples" / "hello_plugin", source, ignore=shutil.ignore_patterns("build", "*.egg-info")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(source),
+        ],
         check=True,
         capture_output=True,
     )

@@ -17,7 +17,6 @@ from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
-
 from tests.conftest import SECRET, new_tenant, open_client, other_process
 from tests.plugin_factory import FakePlugin, installed, plugin_source, tenant_table_migration, unique
 
@@ -85,7 +84,10 @@ async def test_worker_runs_event_handlers_only_for_tenants_that_enabled_the_plug
         try:
             for tenant in (on, off):
                 await pool.enqueue_job(
-                    "kernel.run_event_handlers", tenant["id"], f"{name}.thing.happened", {"note": tenant["slug"]}
+                    "kernel.run_event_handlers",
+                    tenant["id"],
+                    f"{name}.thing.happened",
+                    {"note": tenant["slug"]},
                 )
             worker = build_worker(scoped, plugins, settings.redis_url, burst=True, queue=queue)
             await worker.main()
@@ -160,13 +162,23 @@ def test_plugin_cli_commands_appear_under_the_plugin_name(tmp_path: Path, settin
         return [greet]
     '''
     with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))) as site:
-        env = {**os.environ, "PYTHONPATH": str(site), "BUSINESSOS_PLUGINS": name, "BUSINESSOS_SECRET_KEY": SECRET}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "BUSINESSOS_PLUGINS": name,
+            "BUSINESSOS_SECRET_KEY": SECRET,
+        }
         result = subprocess.run(
-            [sys.executable, "-m", "kernel.cli", name, "greet", "ada"], env=env, capture_output=True, text=True
+            [sys.executable, "-m", "kernel.cli", name, "greet", "ada"],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "hello ada"
-        top = subprocess.run([sys.executable, "-m", "kernel.cli", "--help"], env=env, capture_output=True, text=True)
+        top = subprocess.run(
+            [sys.executable, "-m", "kernel.cli", "--help"], env=env, capture_output=True, text=True
+        )
         assert name in top.stdout
 
 
@@ -189,7 +201,9 @@ async def test_a_plugin_mutation_that_audits_nothing_still_leaves_an_audit_row(
     def businessos_routes():
         return [make_thing, make_audited]
     '''
-    source = plugin_source(name, body).replace("from litestar import get, post", "from litestar import Request, get, post")
+    source = plugin_source(name, body).replace(
+        "from litestar import get, post", "from litestar import Request, get, post"
+    )
     source = source.replace("request: Any", "request: Request")
     with installed(tmp_path, FakePlugin(name=name, source=source)):
         plugins = load_app_plugins(frozenset({name}))

@@ -10,7 +10,6 @@ import pytest
 
 from kernel.db.urls import runtime_url
 from kernel.settings import Settings
-
 from tests.conftest import _dsn
 
 
@@ -50,7 +49,8 @@ async def _two_tenants_with_modules(runtime: asyncpg.Connection) -> tuple[uuid.U
 
 async def test_runtime_role_cannot_bypass_rls_and_owns_nothing(runtime: asyncpg.Connection) -> None:
     role = await runtime.fetchrow(
-        "select rolname, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user"
+        "select rolname, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb"
+        " from pg_roles where rolname = current_user"
     )
     assert role is not None
     assert not role["rolsuper"] and not role["rolbypassrls"]
@@ -106,7 +106,10 @@ async def test_one_connection_alternating_tenants_never_sees_the_other(runtime: 
                 rows = await runtime.fetch("select tenant_id from tenant_modules")
                 assert rows and {r["tenant_id"] for r in rows} == {tenant}
                 # Filtering explicitly for the other tenant still finds nothing.
-                assert await runtime.fetchval("select count(*) from tenant_modules where tenant_id = $1", other) == 0
+                assert (
+                    await runtime.fetchval("select count(*) from tenant_modules where tenant_id = $1", other)
+                    == 0
+                )
             # The setting ends with the transaction: the next user of the connection sees nothing.
             assert await runtime.fetchval("select count(*) from tenant_modules") == 0
 
@@ -135,8 +138,9 @@ async def test_writes_into_another_tenant_are_refused(runtime: asyncpg.Connectio
 
 async def test_pool_of_one_connection_keeps_tenants_apart(settings: Settings, database_url: str) -> None:
     """Through the kernel's own Database helper, on a pool that has a single connection."""
-    from kernel.db.engine import Database
     from sqlalchemy import text
+
+    from kernel.db.engine import Database
 
     db = Database(runtime_url(settings, database_url), pool_size=1)
     try:
@@ -150,13 +154,18 @@ async def test_pool_of_one_connection_keeps_tenants_apart(settings: Settings, da
         for t in ids:
             async with db.tenant(t) as session:
                 await session.execute(
-                    text("insert into tenant_modules (tenant_id, id, plugin, enabled) values (:t, :i, 'p', true)"),
+                    text(
+                        "insert into tenant_modules (tenant_id, id, plugin, enabled)"
+                        " values (:t, :i, 'p', true)"
+                    ),
                     {"t": t, "i": uuid.uuid4()},
                 )
         for _ in range(10):
             for t in ids:
                 async with db.tenant(t) as session:
-                    seen = set((await session.execute(text("select tenant_id from tenant_modules"))).scalars())
+                    seen = set(
+                        (await session.execute(text("select tenant_id from tenant_modules"))).scalars()
+                    )
                     assert seen == {t}
             async with db.global_() as session:
                 assert (await session.execute(text("select count(*) from tenant_modules"))).scalar_one() == 0

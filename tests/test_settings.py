@@ -36,7 +36,7 @@ def test_a_malformed_value_is_refused_naming_the_variable(tmp_path: Path, name: 
 
 
 def test_an_external_database_needs_an_explicit_secret_key(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="^BUSINESSOS_SECRET_KEY"):
+    with pytest.raises(SettingsError, match=r"^BUSINESSOS_SECRET_KEY"):
         load_settings(_env(tmp_path, DATABASE_URL="postgresql://u@db.example/app"))
 
 

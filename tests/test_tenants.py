@@ -23,7 +23,9 @@ OWNER = {"email": "founder@acme.example", "password": "purple-walrus-sings-42"}
 async def test_create_tenant_returns_it_with_the_owners_tokens(client: AsyncTestClient[Any]) -> None:
     slug = f"acme-{uuid.uuid4().hex[:6]}"
     owner = {**OWNER, "email": f"founder@{slug}.example"}
-    response = await client.post("/api/tenants", json={"name": "Acme Inc", "slug": slug, "plan": "pro", "owner": owner})
+    response = await client.post(
+        "/api/tenants", json={"name": "Acme Inc", "slug": slug, "plan": "pro", "owner": owner}
+    )
     assert response.status_code == 201
     body = response.json()
     tenant = body["tenant"]
@@ -38,7 +40,9 @@ async def test_create_tenant_returns_it_with_the_owners_tokens(client: AsyncTest
 async def test_duplicate_slug_answers_409_and_keeps_the_first(client: AsyncTestClient[Any]) -> None:
     first = await new_tenant(client)
     owner = {**OWNER, "email": f"other-{uuid.uuid4().hex[:6]}@example.com"}
-    response = await client.post("/api/tenants", json={"name": "Other", "slug": first["slug"], "owner": owner})
+    response = await client.post(
+        "/api/tenants", json={"name": "Other", "slug": first["slug"], "owner": owner}
+    )
     body = _is_problem(response, 409)
     assert first["slug"] in body["detail"]
     current = await client.get("/api/tenants/current", headers={"X-Tenant-ID": first["slug"]})
@@ -46,20 +50,30 @@ async def test_duplicate_slug_answers_409_and_keeps_the_first(client: AsyncTestC
 
 
 async def test_invalid_body_names_the_field(client: AsyncTestClient[Any]) -> None:
-    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "Not A Slug", "owner": OWNER}), 422)
+    body = _is_problem(
+        await client.post("/api/tenants", json={"name": "x", "slug": "Not A Slug", "owner": OWNER}), 422
+    )
     assert [e["field"] for e in body["errors"]] == ["slug"]
     body = _is_problem(await client.post("/api/tenants", json={"slug": "fine-slug", "owner": OWNER}), 422)
     assert "name" in body["detail"]
     body = _is_problem(
-        await client.post("/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "gold", "owner": OWNER}), 422
+        await client.post(
+            "/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "gold", "owner": OWNER}
+        ),
+        422,
     )
     assert body["errors"][0]["field"] == "plan"
     weak = {"email": "a@b.example", "password": "password1"}
-    body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "weak-pw", "owner": weak}), 422)
+    body = _is_problem(
+        await client.post("/api/tenants", json={"name": "x", "slug": "weak-pw", "owner": weak}), 422
+    )
     assert body["errors"][0]["field"] == "owner.password"
     body = _is_problem(await client.post("/api/tenants", json={"name": "x", "slug": "no-owner"}), 422)
     assert body["errors"][0]["field"] == "owner"
-    _is_problem(await client.post("/api/tenants", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _is_problem(
+        await client.post("/api/tenants", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+    )
 
 
 async def test_current_tenant_by_id_or_slug(client: AsyncTestClient[Any]) -> None:
@@ -95,7 +109,9 @@ async def test_suspension_from_another_process_answers_403(
         await kernel.tenants.set_status(tenant["slug"], "suspended")
         for ref in (tenant["id"], tenant["slug"]):
             await eventually(lambda ref=ref: _equals(status(ref), 403))  # type: ignore[misc]
-        body = _is_problem(await client.get("/api/tenants/current", headers={"X-Tenant-ID": tenant["id"]}), 403)
+        body = _is_problem(
+            await client.get("/api/tenants/current", headers={"X-Tenant-ID": tenant["id"]}), 403
+        )
         assert "suspended" in body["detail"]
         await kernel.tenants.set_status(tenant["id"], "active")
         await eventually(lambda: _equals(status(tenant["slug"]), 200))

@@ -21,7 +21,8 @@ _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 async def audit_unaudited_mutations(message: Message, scope: Scope) -> None:
-    if message["type"] != "http.response.start" or scope.get("method") not in _MUTATING:
+    method = str(scope.get("method", ""))
+    if message["type"] != "http.response.start" or method not in _MUTATING:
         return
     status = int(message["status"])
     handler: Any = scope.get("route_handler")
@@ -38,7 +39,7 @@ async def audit_unaudited_mutations(message: Message, scope: Scope) -> None:
             session,
             tenant_id=tenant.id,
             actor=getattr(principal, "actor", None),
-            action=f"http.{str(scope['method']).lower()}",
+            action=f"http.{method.lower()}",
             resource_type=module,
             resource_id=scope.get("path"),
             meta=RequestMeta(

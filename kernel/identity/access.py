@@ -46,9 +46,9 @@ class AccessService:
         self.db = db
         self.bus = bus
         self.catalog: dict[str, tuple[Permission, str]] = {p.name: (p, "kernel") for p in KERNEL_PERMISSIONS}
-        for record in plugins.active():
-            for permission in record.permissions:
-                self.catalog[permission.name] = (permission, record.name)
+        for plugin in plugins.active():
+            for permission in plugin.permissions:
+                self.catalog[permission.name] = (permission, plugin.name)
         self._grants: TTLCache[str, object] = TTLCache(60)
         self._members: TTLCache[str, object] = TTLCache(60)
         self._keys: TTLCache[str, object] = TTLCache(60)
@@ -128,8 +128,14 @@ class AccessService:
                 )
             )
             await record(
-                session, tenant_id=tenant_id, actor=principal.actor, action="role.updated", resource_type="role",
-                resource_id=role, meta=meta, before={"permissions": sorted(before)},
+                session,
+                tenant_id=tenant_id,
+                actor=principal.actor,
+                action="role.updated",
+                resource_type="role",
+                resource_id=role,
+                meta=meta,
+                before={"permissions": sorted(before)},
                 after={"permissions": sorted(set(permissions))},
             )
         await self._publish(GRANTS_TOPIC, self._grants, str(tenant_id))
@@ -154,18 +160,27 @@ class AccessService:
     async def forget_member(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
         await self._publish(MEMBER_TOPIC, self._members, f"{tenant_id}/{user_id}")
 
-    async def user_principal(self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, mfa: bool) -> Principal | None:
+    async def user_principal(
+        self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, mfa: bool
+    ) -> Principal | None:
         role = await self.role_of(tenant_id, user_id)
         if role is None:
             return None
         grants = await self.grants(tenant_id)
         return Principal(
-            kind="user", id=user_id, tenant_id=tenant_id, role=role, permissions=grants.get(role, frozenset()), mfa=mfa
+            kind="user",
+            id=user_id,
+            tenant_id=tenant_id,
+            role=role,
+            permissions=grants.get(role, frozenset()),
+            mfa=mfa,
         )
 
     # -- API keys ---------------------------------------------------------------------------
 
-    async def create_api_key(self, principal: Principal, data: ApiKeyCreate, meta: RequestMeta) -> ApiKeyCreated:
+    async def create_api_key(
+        self, principal: Principal, data: ApiKeyCreate, meta: RequestMeta
+    ) -> ApiKeyCreated:
         if (data.role is None) == (data.scopes is None):
             raise Unprocessable(
                 "give either a role or scopes",
@@ -173,7 +188,8 @@ class AccessService:
             )
         if data.expires_at is not None and data.expires_at.astimezone(UTC) <= datetime.now(UTC):
             raise Unprocessable(
-                "expires_at is in the past", errors=[FieldError(field="expires_at", message="must be in the future")]
+                "expires_at is in the past",
+                errors=[FieldError(field="expires_at", message="must be in the future")],
             )
         grants = await self.grants(principal.tenant_id)
         wanted = grants[data.role] if data.role is not None else frozenset(data.scopes or ())
@@ -236,7 +252,9 @@ class AccessService:
 
     async def revoke_api_key(self, principal: Principal, key_id: uuid.UUID, meta: RequestMeta) -> ApiKeyRow:
         async with self.db.tenant(principal.tenant_id) as session:
-            row = (await session.execute(select(ApiKeyRow).where(ApiKeyRow.id == key_id))).scalar_one_or_none()
+            row = (
+                await session.execute(select(ApiKeyRow).where(ApiKeyRow.id == key_id))
+            ).scalar_one_or_none()
             if row is None:
                 raise NotFound(f"API key {key_id} does not exist")
             if row.revoked_at is None:
@@ -280,5 +298,9 @@ class AccessService:
         grants = await self.grants(cached.tenant_id)
         permissions = grants.get(cached.role, frozenset()) if cached.role else frozenset(cached.scopes or ())
         return Principal(
-            kind="api_key", id=cached.id, tenant_id=cached.tenant_id, role=cached.role, permissions=permissions
+            kind="api_key",
+            id=cached.id,
+            tenant_id=cached.tenant_id,
+            role=cached.role,
+            permissions=permissions,
         )

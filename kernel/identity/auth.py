@@ -68,7 +68,9 @@ class AuthenticationMiddleware(ASGIMiddleware):
                     principal = await kernel.access.api_key_principal(value)
                 else:
                     claims = kernel.keys.verify(value)
-                    principal = await kernel.access.user_principal(claims.tenant_id, claims.user_id, mfa=claims.mfa)
+                    principal = await kernel.access.user_principal(
+                        claims.tenant_id, claims.user_id, mfa=claims.mfa
+                    )
                     if principal is None:
                         raise TokenError("no longer a member of this tenant")
             except TokenError as exc:
@@ -103,14 +105,18 @@ async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     tenant = await current_tenant(connection)
     kernel = get_kernel(connection)
     if module is not None and module not in await kernel.modules.enabled(tenant.id):
-        raise NotFound(f"module {module!r} is not enabled for tenant {tenant.slug!r}", extra={"module": module})
-    if permission in (PUBLIC, AUTHENTICATED) or (principal is not None and permission in principal.permissions):
+        raise NotFound(
+            f"module {module!r} is not enabled for tenant {tenant.slug!r}", extra={"module": module}
+        )
+    if permission in (PUBLIC, AUTHENTICATED) or (
+        principal is not None and permission in principal.permissions
+    ):
         return
     assert principal is not None
     async with kernel.db.tenant(tenant.id) as session:
         await record(
             session, tenant_id=tenant.id, actor=principal.actor, action="permission.denied",
-            resource_type="route", resource_id=f"{connection.scope['method']} {connection.scope['path']}",
+            resource_type="route", resource_id=f"{connection.scope['method']} {connection.scope['path']}",  # type: ignore[typeddict-item]
             result="denied", meta=request_meta(connection), details={"permission": permission},
         )
     raise Forbidden(f"missing permission {permission}")

@@ -136,7 +136,10 @@ async def update_role(role: str, data: RoleUpdate, request: Req, kernel: Kernel)
 
 
 @post(
-    "/api/api-keys", status_code=201, tags=["api-keys"], opt={"permission": "kernel.api_keys.write", "no_store": True}
+    "/api/api-keys",
+    status_code=201,
+    tags=["api-keys"],
+    opt={"permission": "kernel.api_keys.write", "no_store": True},
 )
 async def create_api_key(data: ApiKeyCreate, request: Req, kernel: Kernel) -> ApiKeyCreated:
     """A new API key with a role or scopes; its secret appears in this answer only."""
@@ -149,7 +152,12 @@ async def list_api_keys(tenant: Tenant, kernel: Kernel) -> ApiKeyList:
     return ApiKeyList(api_keys=await kernel.access.list_api_keys(tenant.id))
 
 
-@delete("/api/api-keys/{key_id:uuid}", status_code=204, tags=["api-keys"], opt={"permission": "kernel.api_keys.write"})
+@delete(
+    "/api/api-keys/{key_id:uuid}",
+    status_code=204,
+    tags=["api-keys"],
+    opt={"permission": "kernel.api_keys.write"},
+)
 async def revoke_api_key(key_id: uuid.UUID, request: Req, kernel: Kernel) -> None:
     """Revoke an API key at once, in every API process."""
     await kernel.access.revoke_api_key(_principal(request), key_id, request_meta(request))

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.audit.log import RequestMeta, record
 from kernel.db.engine import Database
-from kernel.db.models import utcnow, uuid7
+from kernel.db.models import uuid7
 from kernel.errors import Conflict, FieldError, Forbidden, Problem, Unprocessable
 from kernel.identity.access import AccessService
 from kernel.identity.models import InvitationRow, MembershipRow, RefreshTokenRow, UserRow
@@ -129,7 +129,9 @@ class IdentityService:
     async def create_tenant(self, data: TenantSignup, meta: RequestMeta) -> TenantWithOwner:
         """A tenant and its owner, in one transaction; answers with the owner's tokens."""
         email = data.owner.email.strip().lower()
-        check_password_strength(data.owner.password, field="owner.password", context=[email, data.name, data.slug])
+        check_password_strength(
+            data.owner.password, field="owner.password", context=[email, data.name, data.slug]
+        )
         await self._check_lock(email)
         tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
         try:
@@ -180,7 +182,9 @@ class IdentityService:
                     "this account uses two-factor authentication: a password alone cannot join it"
                 )
             return existing
-        user = UserRow(id=uuid7(), email=email, name=name.strip(), password_hash=PasswordPolicy.hash(password))
+        user = UserRow(
+            id=uuid7(), email=email, name=name.strip(), password_hash=PasswordPolicy.hash(password)
+        )
         session.add(user)
         await session.flush()
         return user
@@ -207,7 +211,9 @@ class IdentityService:
         else:
             async with self.db.global_() as session:
                 allowed = (
-                    await session.execute(text("select allow_signup from tenants where id = :t"), {"t": tenant.id})
+                    await session.execute(
+                        text("select allow_signup from tenants where id = :t"), {"t": tenant.id}
+                    )
                 ).scalar_one()
             if not allowed:
                 raise Forbidden(f"tenant {tenant.slug!r} accepts new members by invitation only")
@@ -270,7 +276,9 @@ class IdentityService:
                 resource_type="invitation", resource_id=str(row.id), meta=meta,
                 after={"email": row.email, "role": row.role},
             )
-        return Invitation(id=row.id, email=row.email, role=row.role, expires_at=row.expires_at, token=secret.value)
+        return Invitation(
+            id=row.id, email=row.email, role=row.role, expires_at=row.expires_at, token=secret.value
+        )
 
     # -- log-in -------------------------------------------------------------------------------
 
@@ -297,9 +305,15 @@ class IdentityService:
         for tenant_id in tenant_ids:
             async with self.db.tenant(tenant_id) as session:
                 await record(
-                    session, tenant_id=tenant_id, actor=f"user:{user_id}" if user_id else None,
-                    action="auth.lockout", resource_type="user", resource_id=str(user_id) if user_id else None,
-                    result="denied", meta=meta, details={"failures": failures, "locked_seconds": seconds},
+                    session,
+                    tenant_id=tenant_id,
+                    actor=f"user:{user_id}" if user_id else None,
+                    action="auth.lockout",
+                    resource_type="user",
+                    resource_id=str(user_id) if user_id else None,
+                    result="denied",
+                    meta=meta,
+                    details={"failures": failures, "locked_seconds": seconds},
                 )
 
     async def _memberships(self, user_id: uuid.UUID) -> list[tuple[MembershipRow, TenantRow]]:
@@ -325,7 +339,9 @@ class IdentityService:
         memberships = await self._memberships(user.id) if user else []
         chosen = self._choose(memberships, tenant_ref)
         if user is None or not ok or chosen is None:
-            await self._count_failure(email, user.id if user else None, [m.tenant_id for m, _ in memberships], meta)
+            await self._count_failure(
+                email, user.id if user else None, [m.tenant_id for m, _ in memberships], meta
+            )
             if user is not None and chosen is not None:
                 await self._audit(chosen[0].tenant_id, user.id, "auth.login", "failure", meta,
                                   {"reason": "wrong password"})
@@ -337,7 +353,9 @@ class IdentityService:
         if PasswordPolicy.needs_rehash(user.password_hash):
             async with self.db.global_() as session:
                 await session.execute(
-                    update(UserRow).where(UserRow.id == user.id).values(password_hash=PasswordPolicy.hash(data.password))
+                    update(UserRow)
+                    .where(UserRow.id == user.id)
+                    .values(password_hash=PasswordPolicy.hash(data.password))
                 )
         if user.mfa_enabled:
             token = self.keys.sign(
@@ -346,7 +364,9 @@ class IdentityService:
             )
             await self._audit(tenant.id, user.id, "auth.login", "mfa_required", meta)
             return MfaChallenge(mfa_token=token)
-        return await self.start_session(_Session(user.id, tenant.id, membership.role, mfa=False), meta, "auth.login")
+        return await self.start_session(
+            _Session(user.id, tenant.id, membership.role, mfa=False), meta, "auth.login"
+        )
 
     @staticmethod
     def _choose(
@@ -365,7 +385,9 @@ class IdentityService:
     async def start_session(self, s: _Session, meta: RequestMeta, action: str) -> TokenPair:
         async with self.db.tenant(s.tenant_id) as session:
             await session.execute(
-                update(MembershipRow).where(MembershipRow.user_id == s.user_id).values(last_login_at=func.now())
+                update(MembershipRow)
+                .where(MembershipRow.user_id == s.user_id)
+                .values(last_login_at=func.now())
             )
             pair = await self._issue(session, s)
             await record(session, tenant_id=s.tenant_id, actor=f"user:{s.user_id}", action=action,
@@ -376,7 +398,9 @@ class IdentityService:
     def read_mfa_token(self, token: str) -> tuple[uuid.UUID, uuid.UUID, str]:
         """(user id, tenant id, token id) of a log-in waiting for its second factor."""
         try:
-            claims = self.keys.decode(token, audience=MFA_AUDIENCE, required=["sub", "tid", "exp", "aud", "jti"])
+            claims = self.keys.decode(
+                token, audience=MFA_AUDIENCE, required=["sub", "tid", "exp", "aud", "jti"]
+            )
             return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])), str(claims["jti"])
         except (TokenError, ValueError):
             raise Unauthorized("the MFA token is invalid or expired") from None
@@ -384,9 +408,17 @@ class IdentityService:
     async def _audit(self, tenant_id: uuid.UUID, user_id: uuid.UUID | None, action: str, result: str,
                      meta: RequestMeta, details: dict[str, object] | None = None) -> None:
         async with self.db.tenant(tenant_id) as session:
-            await record(session, tenant_id=tenant_id, actor=f"user:{user_id}" if user_id else None, action=action,
-                         resource_type="user", resource_id=str(user_id) if user_id else None, result=result,
-                         meta=meta, details=details)
+            await record(
+                session,
+                tenant_id=tenant_id,
+                actor=f"user:{user_id}" if user_id else None,
+                action=action,
+                resource_type="user",
+                resource_id=str(user_id) if user_id else None,
+                result=result,
+                meta=meta,
+                details=details,
+            )
 
     # -- refresh, log-out, password -----------------------------------------------------------
 
@@ -417,14 +449,26 @@ class IdentityService:
             ).first()
             if row is not None:
                 role = (
-                    await session.execute(select(MembershipRow.role).where(MembershipRow.user_id == row.user_id))
+                    await session.execute(
+                        select(MembershipRow.role).where(MembershipRow.user_id == row.user_id)
+                    )
                 ).scalar_one_or_none()
                 if role is not None:
-                    pair = await self._issue(session, _Session(row.user_id, secret.tenant_id, role, mfa=False),
-                                             family=row.family_id, expires_at=row.expires_at)
-                    await record(session, tenant_id=secret.tenant_id, actor=f"user:{row.user_id}",
-                                 action="auth.refresh", resource_type="session", resource_id=str(row.family_id),
-                                 meta=meta)
+                    pair = await self._issue(
+                        session,
+                        _Session(row.user_id, secret.tenant_id, role, mfa=False),
+                        family=row.family_id,
+                        expires_at=row.expires_at,
+                    )
+                    await record(
+                        session,
+                        tenant_id=secret.tenant_id,
+                        actor=f"user:{row.user_id}",
+                        action="auth.refresh",
+                        resource_type="session",
+                        resource_id=str(row.family_id),
+                        meta=meta,
+                    )
                     return pair
         if row is not None:
             raise Unauthorized("the session's user is no longer a member of this tenant")
@@ -475,10 +519,17 @@ class IdentityService:
                     return 0
                 query = query.where(RefreshTokenRow.family_id == family)
             # A session is a family of rotated tokens: count families, not rows.
-            ended = len(set(
-                (await session.execute(query.values(revoked_at=func.now()).returning(RefreshTokenRow.family_id)))
-                .scalars().all()
-            ))
+            ended = len(
+                set(
+                    (
+                        await session.execute(
+                            query.values(revoked_at=func.now()).returning(RefreshTokenRow.family_id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            )
             await record(session, tenant_id=principal.tenant_id, actor=principal.actor, action="auth.logout",
                          resource_type="user", resource_id=str(principal.user_id), meta=meta)
         return int(ended)
@@ -488,7 +539,9 @@ class IdentityService:
         """Change the caller's password and end every other session, in every tenant."""
         assert principal.user_id is not None
         async with self.db.global_() as session:
-            user = (await session.execute(select(UserRow).where(UserRow.id == principal.user_id))).scalar_one()
+            user = (
+                await session.execute(select(UserRow).where(UserRow.id == principal.user_id))
+            ).scalar_one()
         # Checking the current password is a log-in attempt: the same lock-out applies.
         await self._check_lock(user.email.strip().lower())
         if not PasswordPolicy.verify(user.password_hash, current):
@@ -526,21 +579,36 @@ class IdentityService:
                     query = query.where(RefreshTokenRow.family_id != keep_family)
                 await session.execute(query.values(revoked_at=func.now()))
                 if membership.tenant_id == principal.tenant_id:
-                    await record(session, tenant_id=principal.tenant_id, actor=principal.actor,
-                                 action="auth.password.change", resource_type="user", resource_id=str(user.id),
-                                 meta=meta)
+                    await record(
+                        session,
+                        tenant_id=principal.tenant_id,
+                        actor=principal.actor,
+                        action="auth.password.change",
+                        resource_type="user",
+                        resource_id=str(user.id),
+                        meta=meta,
+                    )
 
     # -- who am I, switching ------------------------------------------------------------------
 
     async def me(self, principal: Principal) -> Me:
         assert principal.user_id is not None
         async with self.db.global_() as session:
-            user = (await session.execute(select(UserRow).where(UserRow.id == principal.user_id))).scalar_one()
+            user = (
+                await session.execute(select(UserRow).where(UserRow.id == principal.user_id))
+            ).scalar_one()
         memberships = await self._memberships(user.id)
         return Me(
-            id=user.id, email=user.email, name=user.name, mfa_enabled=user.mfa_enabled,
-            tenant_id=principal.tenant_id, role=principal.role, permissions=sorted(principal.permissions),
-            memberships=[Membership(tenant_id=t.id, slug=t.slug, name=t.name, role=m.role) for m, t in memberships],
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            mfa_enabled=user.mfa_enabled,
+            tenant_id=principal.tenant_id,
+            role=principal.role,
+            permissions=sorted(principal.permissions),
+            memberships=[
+                Membership(tenant_id=t.id, slug=t.slug, name=t.name, role=m.role) for m, t in memberships
+            ],
         )
 
     async def switch_tenant(self, principal: Principal, tenant_ref: str, meta: RequestMeta) -> TokenPair:
@@ -552,5 +620,7 @@ class IdentityService:
         if tenant.status != "active":
             raise Forbidden(f"tenant {tenant.slug!r} is {tenant.status}")
         return await self.start_session(
-            _Session(principal.user_id, tenant.id, membership.role, mfa=principal.mfa), meta, "auth.switch_tenant"
+            _Session(principal.user_id, tenant.id, membership.role, mfa=principal.mfa),
+            meta,
+            "auth.switch_tenant",
         )

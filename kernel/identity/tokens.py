@@ -99,7 +99,9 @@ class KeySet:
             raise TokenError("invalid token") from None
         return claims
 
-    def issue(self, *, user_id: uuid.UUID, tenant_id: uuid.UUID, role: str, mfa: bool, ttl: int = ACCESS_TTL) -> str:
+    def issue(
+        self, *, user_id: uuid.UUID, tenant_id: uuid.UUID, role: str, mfa: bool, ttl: int = ACCESS_TTL
+    ) -> str:
         now = int(time.time())
         claims = {
             "iss": ISSUER,

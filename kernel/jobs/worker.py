@@ -40,7 +40,9 @@ async def run_event_handlers(ctx: dict[str, Any], tenant_id: str, event: str, pa
             continue
         for handler in record.event_handlers:
             if handler.event == event:
-                await handler.handler(EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel))
+                await handler.handler(
+                    EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel)
+                )
                 ran += 1
     return ran
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from typing import Any
 
@@ -87,7 +88,7 @@ class ModuleService:
 
     async def enable(
         self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
-    ) -> list[str]:
+    ) -> builtins.list[str]:  # in this class, plain `list` names the method ModuleService.list
         """Enable ``name`` and what it depends on; returns the modules newly enabled. Audited as
         ``module.enabled`` (by ``actor``, from ``meta``) in the same transaction."""
         record = self._plugin(name)

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (a hook specification has a signature and a docstring, never a body)
 """Hook specifications: everything a plugin can contribute.
 
 Hooks are synchronous and called once at start-up, one plugin at a time; each returns

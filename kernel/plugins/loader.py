@@ -265,7 +265,12 @@ def _check_route_permissions(record: PluginRecord) -> None:
     """Deny by default: each route must declare a permission the plugin (or kernel) defines."""
     from kernel.identity.permissions import AUTHENTICATED, KERNEL_PERMISSIONS, PUBLIC
 
-    allowed = {PUBLIC, AUTHENTICATED, *(p.name for p in record.permissions), *(p.name for p in KERNEL_PERMISSIONS)}
+    allowed = {
+        PUBLIC,
+        AUTHENTICATED,
+        *(p.name for p in record.permissions),
+        *(p.name for p in KERNEL_PERMISSIONS),
+    }
     try:
         routes = Router(path="/", route_handlers=list(record.routes)).routes
     except Exception as exc:
@@ -280,7 +285,9 @@ def _check_route_permissions(record: PluginRecord) -> None:
                 record.disable(f"route {route.path} declares no permission (opt={{'permission': ...}})")
                 return
             if permission not in allowed:
-                record.disable(f"route {route.path} requires {permission!r}, which the plugin does not declare")
+                record.disable(
+                    f"route {route.path} requires {permission!r}, which the plugin does not declare"
+                )
                 return
 
 

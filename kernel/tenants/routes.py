@@ -13,8 +13,15 @@ from kernel.tenants.schemas import Tenant
 __all__ = ["create_tenant", "get_current_tenant"]
 
 
-@post("/api/tenants", status_code=201, tags=["tenants"], opt={"permission": PUBLIC, "rate_limit": "auth", "no_store": True})
-async def create_tenant(data: TenantSignup, kernel: Kernel, request: Request[Any, Any, Any]) -> TenantWithOwner:
+@post(
+    "/api/tenants",
+    status_code=201,
+    tags=["tenants"],
+    opt={"permission": PUBLIC, "rate_limit": "auth", "no_store": True},
+)
+async def create_tenant(
+    data: TenantSignup, kernel: Kernel, request: Request[Any, Any, Any]
+) -> TenantWithOwner:
     """Create a tenant and its owner account; answers with the owner's tokens. A slug in use: 409."""
     return await kernel.identity.create_tenant(data, request_meta(request))
 

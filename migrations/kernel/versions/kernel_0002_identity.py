@@ -22,7 +22,9 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    op.add_column("tenants", sa.Column("allow_signup", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column(
+        "tenants", sa.Column("allow_signup", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
 
     op.create_table(
         "users",
@@ -110,6 +112,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("role_grants", "invitations", "api_keys", "refresh_tokens", "memberships", "user_recovery_codes", "users"):
+    for table in (
+        "role_grants",
+        "invitations",
+        "api_keys",
+        "refresh_tokens",
+        "memberships",
+        "user_recovery_codes",
+        "users",
+    ):
         op.drop_table(table)
     op.drop_column("tenants", "allow_signup")

@@ -14,6 +14,7 @@ from kernel.context import Kernel, current_tenant, get_kernel
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
+from kernel.events.outbox import emit
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
@@ -45,6 +46,7 @@ __all__ = [
     "create_tenant_table",
     "current_tenant",
     "declarative_base",
+    "emit",
     "enable_tenant_rls",
     "get_kernel",
     "grant_runtime",

@@ -220,3 +220,106 @@ async def test_a_plugin_mutation_that_audits_nothing_still_leaves_an_audit_row(
             generic = next(entry for entry in logs if entry["action"] == "http.post")
             assert generic["resource_id"] == f"/api/{name}/things"
             assert generic["actor"] == f"user:{tenant['user_id']}"
+
+
+def _outbox_plugin(name: str) -> FakePlugin:
+    body = f'''
+    from litestar import Request
+    from sqlalchemy import Text, select
+    from sqlalchemy.orm import Mapped, mapped_column
+
+    Base = sdk.declarative_base()
+
+    class Seen(sdk.TenantScoped, Base):
+        __tablename__ = "{name}_seen"
+        note: Mapped[str] = mapped_column(Text)
+
+    async def remember(ctx: sdk.EventContext) -> None:
+        async with ctx.kernel.db.tenant(ctx.tenant_id) as session:
+            # Idempotent: one row per event, however often it is delivered.
+            if (await session.execute(select(Seen).where(Seen.id == ctx.event_id))).first() is None:
+                session.add(Seen(tenant_id=ctx.tenant_id, id=ctx.event_id, note=ctx.payload["note"]))
+
+    @post("/api/{name}/things/{{note:str}}", opt={{"permission": sdk.AUTHENTICATED}})
+    async def make(note: str, tenant: sdk.Tenant, kernel: sdk.Kernel, request: Request) -> dict:
+        async with kernel.db.tenant(tenant.id) as session:
+            await sdk.emit(session, tenant_id=tenant.id, event="{name}.thing.made", payload={{"note": note}})
+            await sdk.audit(request, session, tenant_id=tenant.id, action="{name}.thing.made")
+            if note == "rollback":
+                raise sdk.Conflict("the change fails after emitting")
+        return {{"note": note}}
+
+    @sdk.hookimpl
+    def businessos_routes():
+        return [make]
+
+    @sdk.hookimpl
+    def businessos_metadata():
+        return Base.metadata
+
+    @sdk.hookimpl
+    def businessos_migrations():
+        return Path(__file__).parent / "migrations"
+
+    @sdk.hookimpl
+    def businessos_event_types():
+        return [sdk.EventType("{name}.thing.made")]
+
+    @sdk.hookimpl
+    def businessos_event_handlers():
+        return [sdk.EventHandler("{name}.thing.made", remember)]
+    '''
+    return FakePlugin(
+        name=name,
+        source=plugin_source(name, body),
+        files={
+            "migrations/__init__.py": "",
+            "migrations/first.py": tenant_table_migration(
+                name, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)'
+            ),
+        },
+    )
+
+
+async def test_events_commit_with_their_change_and_reach_handlers_through_the_outbox(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    name = unique("box")
+    with installed(tmp_path, _outbox_plugin(name)):
+        plugins = load_app_plugins(frozenset({name}))
+        assert plugins.get(name) and plugins.get(name).active, plugins.get(name)  # type: ignore[union-attr]
+        assert settings.database_url and settings.redis_url
+        await migrate.upgrade(settings, settings.database_url, plugins.migration_folders())
+        scoped = msgspec.structs.replace(settings, plugins_allowlist=frozenset({name}))
+        async with open_client(scoped, plugins) as client:
+            tenant = await new_tenant(client, "box")
+            headers = {"X-Tenant-ID": tenant["slug"]}
+            await client.post(f"/api/modules/{name}/enable", headers=headers)
+            assert (await client.post(f"/api/{name}/things/kept", headers=headers)).status_code == 201
+            assert (await client.post(f"/api/{name}/things/rollback", headers=headers)).status_code == 409
+
+        queue = f"test-jobs-{uuid.uuid4().hex[:8]}"
+        worker = build_worker(scoped, plugins, settings.redis_url, queue=queue)
+        running = asyncio.create_task(worker.main())
+        try:
+            async with other_process(scoped) as kernel:
+
+                async def notes() -> list[str]:
+                    async with kernel.db.tenant(uuid.UUID(tenant["id"])) as session:
+                        return list((await session.execute(text(f"select note from {name}_seen"))).scalars())
+
+                deadline = asyncio.get_running_loop().time() + 10
+                while await notes() != ["kept"]:
+                    assert asyncio.get_running_loop().time() < deadline, await notes()
+                    await asyncio.sleep(0.05)
+                # The rolled-back change left no event behind, and the kept one is marked dispatched.
+                async with kernel.db.tenant(uuid.UUID(tenant["id"])) as session:
+                    rows = (await session.execute(text("select event, status from events_outbox"))).all()
+                assert [(r.event, r.status) for r in rows] == [(f"{name}.thing.made", "dispatched")]
+        finally:
+            await worker.close()
+            running.cancel()

@@ -15,6 +15,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from kernel.context import Kernel
+from kernel.events.outbox import JOB, OutboxDispatcher
 from kernel.plugins.contract import EventContext
 from kernel.plugins.loader import PluginSet
 from kernel.runtime import open_kernel
@@ -29,10 +30,13 @@ QUEUE = "businessos:jobs"
 POLL_DELAY = 0.05
 
 
-async def run_event_handlers(ctx: dict[str, Any], tenant_id: str, event: str, payload: dict[str, Any]) -> int:
+async def run_event_handlers(
+    ctx: dict[str, Any], tenant_id: str, event: str, payload: dict[str, Any], event_id: str | None = None
+) -> int:
     """Run every handler of ``event`` whose plugin the tenant has enabled; returns how many ran."""
     kernel: Kernel = ctx["kernel"]
     tenant = uuid.UUID(tenant_id)
+    ident = uuid.UUID(event_id) if event_id else None
     enabled = await kernel.modules.enabled(tenant)
     ran = 0
     for record in kernel.plugins.active():
@@ -41,21 +45,31 @@ async def run_event_handlers(ctx: dict[str, Any], tenant_id: str, event: str, pa
         for handler in record.event_handlers:
             if handler.event == event:
                 await handler.handler(
-                    EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel)
+                    EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel, event_id=ident)
                 )
                 ran += 1
     return ran
 
 
 def build_worker(
-    settings: Settings, plugins: PluginSet, redis_url: str, *, burst: bool = False, queue: str = QUEUE
+    settings: Settings,
+    plugins: PluginSet,
+    redis_url: str,
+    *,
+    burst: bool = False,
+    queue: str = QUEUE,
+    dispatch: bool = True,
 ) -> Worker:
     """An arq worker bound to ``redis_url``; the kernel's services open on start-up."""
 
     async def startup(ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
         ctx["stack"] = stack
-        ctx["kernel"] = await stack.enter_async_context(open_kernel(settings, plugins))
+        kernel = ctx["kernel"] = await stack.enter_async_context(open_kernel(settings, plugins))
+        if dispatch:
+            dispatcher = OutboxDispatcher(kernel.db, ctx["redis"], queue)
+            dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
         log.info("worker ready on queue %s", queue)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -64,7 +78,7 @@ def build_worker(
             await stack.aclose()
 
     return Worker(
-        functions=[func(run_event_handlers, name="kernel.run_event_handlers")],  # type: ignore[arg-type]
+        functions=[func(run_event_handlers, name=JOB)],  # type: ignore[arg-type]
         queue_name=queue,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,

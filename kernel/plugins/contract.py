@@ -68,6 +68,8 @@ class EventContext:
     event: str
     payload: dict[str, Any]
     kernel: Kernel = field(repr=False)
+    event_id: uuid.UUID | None = None
+    """The outbox row's id: the same on every delivery of one event, for idempotent handlers."""
 
 
 @dataclass(frozen=True)

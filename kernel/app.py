@@ -51,6 +51,7 @@ def kernel_route_handlers() -> list[Any]:
         module_routes.disable_module,
         module_routes.get_module_settings,
         module_routes.put_module_settings,
+        module_routes.purge_module_data,
         audit_routes.list_audit_logs,
         audit_routes.verify_audit_chain,
         *identity_routes.handlers,

@@ -396,3 +396,30 @@ async def test_an_uninstalled_plugin_is_set_aside_and_a_reinstall_resumes_with_i
             response = await client.get(f"/api/{name}/notes", headers=headers)
             assert response.status_code == 200, response.text
             assert response.json() == ["kept"]
+
+
+async def test_purging_a_module_deletes_only_this_tenants_data_and_is_audited(
+    settings: Settings, tmp_path: Path
+) -> None:
+    name = unique("notes")
+    with installed(tmp_path, notes_plugin(name)):
+        s = scoped(settings, tmp_path, name)
+        async with open_client(s, await migrated(s)) as client:
+            mine = {"X-Tenant-ID": (await new_tenant(client, "mine"))["slug"]}
+            theirs = {"X-Tenant-ID": (await new_tenant(client, "theirs"))["slug"]}
+            for headers, text in ((mine, "mine"), (theirs, "theirs")):
+                await client.post(f"/api/modules/{name}/enable", headers=headers)
+                await client.post(f"/api/{name}/notes", json={"body": text}, headers=headers)
+
+            # Purging an enabled module is refused: disable first.
+            problem(await client.delete(f"/api/modules/{name}/data", headers=mine), 409)
+            await client.post(f"/api/modules/{name}/disable", headers=mine)
+            purged = await client.delete(f"/api/modules/{name}/data", headers=mine)
+            assert purged.status_code == 200, purged.text
+            assert purged.json() == {"module": name, "deleted": {f"{name}_notes": 1}}
+
+            await client.post(f"/api/modules/{name}/enable", headers=mine)
+            assert (await client.get(f"/api/{name}/notes", headers=mine)).json() == []
+            assert (await client.get(f"/api/{name}/notes", headers=theirs)).json() == ["theirs"]
+            logs = (await client.get("/api/audit/logs?action=module.purged", headers=mine)).json()["items"]
+            assert [entry["resource_id"] for entry in logs] == [name]

@@ -28,6 +28,7 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.tenant.read", "See the tenant's profile"),
     Permission("kernel.modules.read", "List modules and their settings"),
     Permission("kernel.modules.write", "Enable and disable modules, change their settings"),
+    Permission("kernel.modules.purge", "Delete all of the tenant's data of a disabled module"),
     Permission("kernel.members.read", "List the tenant's members and invitations"),
     Permission("kernel.invitations.write", "Invite people to the tenant"),
     Permission("kernel.roles.read", "See what each role may do"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post, put
+from litestar import Request, delete, get, post, put
 
 from kernel.audit.log import request_actor, request_meta
 from kernel.context import Kernel
@@ -11,10 +11,18 @@ from kernel.errors import NotFound
 from kernel.modules.schemas import Module, ModuleList, ModuleSettings
 from kernel.tenants.schemas import Tenant
 
-__all__ = ["disable_module", "enable_module", "get_module_settings", "list_modules", "put_module_settings"]
+__all__ = [
+    "disable_module",
+    "enable_module",
+    "get_module_settings",
+    "list_modules",
+    "purge_module_data",
+    "put_module_settings",
+]
 
 
 WRITE = "kernel.modules.write"
+PURGE = "kernel.modules.purge"
 
 
 class ModuleChange(msgspec.Struct, frozen=True):
@@ -56,6 +64,19 @@ async def disable_module(
         tenant.id, name, actor=request_actor(request), meta=request_meta(request)
     )
     return ModuleChange(module=await _module(kernel, tenant, name), changed=[name] if changed else [])
+
+
+class Purged(msgspec.Struct, frozen=True):
+    module: str
+    deleted: dict[str, int]
+    """Rows deleted, per table."""
+
+
+@delete("/api/modules/{name:str}/data", status_code=200, tags=["modules"], opt={"permission": PURGE})
+async def purge_module_data(name: str, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]) -> Purged:
+    """Delete this tenant's data of a disabled module (its rows and settings). Other tenants keep theirs."""
+    deleted = await kernel.modules.purge(tenant.id, name, actor=request_actor(request), meta=request_meta(request))
+    return Purged(module=name, deleted=deleted)
 
 
 @get("/api/modules/{name:str}/settings", tags=["modules"], opt={"permission": "kernel.modules.read"})

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -152,6 +152,32 @@ class ModuleService:
             )
         await self._invalidate(tenant_id)
         return True
+
+    async def purge(
+        self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> dict[str, int]:
+        """Delete this tenant's rows in every table of module ``name`` and its settings; other
+        tenants' rows are untouched (row-level security and an explicit filter). The module must be
+        disabled first. Returns the rows deleted per table; audited as ``module.purged``."""
+        record = self._plugin(name)
+        deleted: dict[str, int] = {}
+        async with self.db.tenant(tenant_id) as session:
+            await self._lock(session, tenant_id)
+            if name in await self._enabled_in(session):
+                raise Conflict(f"disable module {name!r} before purging its data")
+            # Children before parents: the reverse of the order the tables were declared to depend in.
+            for table in reversed(record.metadata.sorted_tables if record.metadata is not None else []):
+                result = await session.execute(table.delete().where(table.c.tenant_id == tenant_id))
+                deleted[table.name] = int(result.rowcount)  # type: ignore[attr-defined]
+            settings = await session.execute(
+                update(TenantModuleRow).where(TenantModuleRow.plugin == name).values(settings={}, updated_at=utcnow())
+            )
+            await audit_log.record(
+                session, tenant_id=tenant_id, actor=actor, action="module.purged", resource_type="module",
+                resource_id=name, meta=meta,
+                details={"deleted": deleted, "settings_reset": bool(settings.rowcount)},  # type: ignore[attr-defined]
+            )
+        return deleted
 
     async def get_settings(self, tenant_id: uuid.UUID, name: str) -> dict[str, Any]:
         record = self._plugin(name)

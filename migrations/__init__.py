@@ -1,0 +1,1 @@
+"""The Alembic environment and the kernel's revisions (shipped as a package so wheels carry them)."""

@@ -25,7 +25,7 @@ from kernel.plugins.loader import PluginSet
 from kernel.settings import Settings
 from kernel.tenants.service import TenantService
 
-__all__ = ["DatabaseNotReady", "open_kernel", "prepare_database"]
+__all__ = ["DatabaseNotReady", "open_kernel", "open_kernel_from_environment", "prepare_database"]
 
 
 class DatabaseNotReady(RuntimeError):
@@ -58,6 +58,20 @@ async def _check_runtime_role(db: Database) -> None:
         raise DatabaseNotReady(
             "the runtime database role is a superuser or has BYPASSRLS: row-level security would not apply"
         )
+
+
+@asynccontextmanager
+async def open_kernel_from_environment() -> AsyncIterator[Kernel]:
+    """The kernel's services as configured by the environment: for plugin CLI commands and scripts.
+
+    Like ``businessos serve``, it starts the embedded servers when no URLs are set.
+    """
+    from kernel.app import load_app_plugins
+    from kernel.settings import load_settings
+
+    settings = load_settings()
+    async with open_kernel(settings, load_app_plugins(settings.plugins_allowlist)) as kernel:
+        yield kernel
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from kernel.events.outbox import emit
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
+from kernel.runtime import open_kernel_from_environment as open_kernel
 from kernel.tenants.schemas import Tenant
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "get_kernel",
     "grant_runtime",
     "hookimpl",
+    "open_kernel",
     "request_actor",
     "request_meta",
     "utcnow",

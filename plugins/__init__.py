@@ -1,0 +1,1 @@
+"""BusinessOS's own business modules, each a plugin registered in pyproject.toml."""

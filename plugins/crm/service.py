@@ -1,0 +1,878 @@
+"""The CRM's rules: listing, optimistic concurrency, same-tenant references, audit and events.
+
+Every function takes the caller's tenant session (``kernel.db.tenant(...)``), so the change, its
+audit row and its events commit or roll back together. Handlers stay thin and call these.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel import sdk
+from plugins.crm import schemas as s
+from plugins.crm.models import Activity, Company, Contact, Deal, DealStageHistory, Pipeline, PipelineStage
+
+__all__ = [
+    "MAX_LIMIT",
+    "Actor",
+    "PreconditionFailed",
+    "PreconditionRequired",
+    "emit",
+]
+
+MAX_LIMIT = 100
+MAX_PAGE = 1_000_000
+DEFAULT_LIMIT = 25
+
+
+class PreconditionFailed(sdk.Problem):
+    """412: the ``If-Match`` version is not the current one."""
+
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PreconditionRequired(sdk.Problem):
+    """428: a change without ``If-Match`` or a ``version`` could overwrite someone else's."""
+
+    status, slug, title = 428, "precondition-required", "Precondition required"
+
+
+# Who makes a change and how it is audited: a route passes ``sdk.audit`` bound to its request,
+# the CLI ``sdk.audit_record`` with its own actor.
+AuditFn = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Actor:
+    tenant_id: uuid.UUID
+    audit: AuditFn
+    """``audit(session, tenant_id=..., action=..., resource_type=..., resource_id=..., before=, after=)``."""
+    name: str | None = None
+
+
+async def emit(session: AsyncSession, *, tenant_id: uuid.UUID, event: str, payload: dict[str, Any]) -> None:
+    """Write a domain event to the outbox in ``session``'s transaction, when the kernel has one.
+
+    ``sdk.emit`` is being added to the kernel; until it exists events are not recorded.
+    """
+    emitter = getattr(sdk, "emit", None)
+    if emitter is not None:
+        await emitter(session, tenant_id=tenant_id, event=event, payload=payload)
+
+
+def _jsonable(value: Any) -> Any:
+    return msgspec.to_builtins(value, enc_hook=str)
+
+
+# ---- listing -----------------------------------------------------------------------------------
+
+
+def check_paging(page: int, limit: int) -> None:
+    errors = []
+    if page < 1 or page > MAX_PAGE:
+        errors.append(sdk.FieldError("page", f"must be between 1 and {MAX_PAGE} (use a cursor for deep lists)"))
+    if limit < 1 or limit > MAX_LIMIT:
+        errors.append(sdk.FieldError("limit", f"must be between 1 and {MAX_LIMIT}"))
+    if errors:
+        raise sdk.Unprocessable("invalid paging", errors=errors)
+
+
+def _encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = msgspec.json.encode([created_at.isoformat(), str(row_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
+    except (binascii.Error, msgspec.ValidationError, msgspec.DecodeError, ValueError):
+        raise sdk.Unprocessable(
+            "invalid cursor", errors=[sdk.FieldError("cursor", "not a cursor this API gave out")]
+        ) from None
+    return created, row_id
+
+
+async def list_rows(
+    session: AsyncSession,
+    model: Any,
+    *,
+    sorts: Mapping[str, list[ColumnElement[Any]]],
+    page: int,
+    limit: int,
+    sort: str,
+    cursor: str | None,
+    where: list[ColumnElement[bool]],
+) -> tuple[list[Any], int | None, str | None]:
+    """Rows of ``model`` matching ``where``: (rows, total or None in cursor mode, next cursor).
+
+    Offset mode (no ``cursor``) counts the matches. Cursor mode (``cursor`` given; empty starts
+    at the beginning) walks ``(created_at, id)`` in the ``sort`` direction without OFFSET, so
+    rows inserted meanwhile cause neither gaps nor duplicates.
+    """
+    check_paging(page, limit)
+    if sort not in sorts:
+        raise sdk.Unprocessable("unknown sort", errors=[sdk.FieldError("sort", f"one of {', '.join(sorts)}")])
+    stmt: Select[Any] = select(model).where(*where)
+    if cursor is not None:
+        if sort not in ("created_at", "-created_at"):
+            raise sdk.Unprocessable(
+                "cursor paging needs a created_at sort",
+                errors=[sdk.FieldError("sort", "created_at or -created_at with a cursor")],
+            )
+        descending = sort.startswith("-")
+        if cursor:
+            created, row_id = _decode_cursor(cursor)
+            key = (model.created_at, model.id)
+            after = (
+                or_(key[0] < created, and_(key[0] == created, key[1] < row_id))
+                if descending
+                else or_(key[0] > created, and_(key[0] == created, key[1] > row_id))
+            )
+            stmt = stmt.where(after)
+        rows = list((await session.execute(stmt.order_by(*sorts[sort]).limit(limit + 1))).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+        return rows, None, next_cursor
+    total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+    stmt = stmt.order_by(*sorts[sort]).offset((page - 1) * limit).limit(limit)
+    return list((await session.execute(stmt)).scalars()), total, None
+
+
+def pagination(page: int, limit: int, total: int) -> s.Pagination:
+    return s.Pagination(page=page, limit=limit, total=total, pages=math.ceil(total / limit) if total else 0)
+
+
+def _search(model: Any, q: str | None) -> list[ColumnElement[bool]]:
+    if q is None or not q.strip():
+        return []
+    return [model.search.op("@@")(func.websearch_to_tsquery("simple", q))]
+
+
+def _created(model: Any, after: datetime | None, before: datetime | None) -> list[ColumnElement[bool]]:
+    where = []
+    if after is not None:
+        where.append(model.created_at >= after)
+    if before is not None:
+        where.append(model.created_at < before)
+    return where
+
+
+def _by_created(model: Any) -> dict[str, list[ColumnElement[Any]]]:
+    return {
+        "created_at": [model.created_at.asc(), model.id.asc()],
+        "-created_at": [model.created_at.desc(), model.id.desc()],
+    }
+
+
+CONTACT_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    **_by_created(Contact),
+    "last_name": [Contact.last_name.asc(), Contact.first_name.asc(), Contact.id.asc()],
+    "email": [Contact.email.asc().nulls_last(), Contact.id.asc()],
+}
+COMPANY_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    **_by_created(Company),
+    "name": [Company.name.asc(), Company.id.asc()],
+}
+DEAL_SORTS: dict[str, list[ColumnElement[Any]]] = {**_by_created(Deal), "amount": [Deal.amount.asc(), Deal.id.asc()]}
+ACTIVITY_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    **_by_created(Activity),
+    "due_at": [Activity.due_at.asc().nulls_last(), Activity.id.asc()],
+}
+
+
+# ---- concurrency -------------------------------------------------------------------------------
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The version an ``If-Match`` header names (``"3"`` or ``W/"3"``); 412 for anything else."""
+    if header is None:
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise PreconditionFailed('If-Match must be the ETag this API gave out, such as "3"')
+    return int(value)
+
+
+def check_version(current: int, if_match: int | None, body_version: int | None, *, required: bool = True) -> None:
+    """Refuse a change made against another version than ``current``.
+
+    ``If-Match`` wins (stale: 412); otherwise a ``version`` in the body (stale: 409); with
+    neither, 428 when ``required``.
+    """
+    if if_match is not None:
+        if if_match != current:
+            raise PreconditionFailed(
+                f"the record changed: it is at version {current}, If-Match names {if_match}",
+                extra={"current_version": current},
+            )
+        return
+    if body_version is not None:
+        if body_version != current:
+            raise sdk.Conflict(
+                f"the record changed: it is at version {current}, the change was made against {body_version}",
+                extra={"current_version": current},
+            )
+        return
+    if required:
+        raise PreconditionRequired("send If-Match with the record's ETag, or its version in the body")
+
+
+async def _get(session: AsyncSession, model: Any, row_id: uuid.UUID, what: str, *, lock: bool = False) -> Any:
+    stmt = select(model).where(model.id == row_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise sdk.NotFound(f"no {what} {row_id}")
+    return row
+
+
+async def _exists(session: AsyncSession, model: Any, row_id: uuid.UUID | None, field: str, what: str) -> Any:
+    """The referenced row, or 422 naming ``field`` (another tenant's rows are invisible here)."""
+    if row_id is None:
+        return None
+    row = (await session.execute(select(model).where(model.id == row_id))).scalar_one_or_none()
+    if row is None:
+        raise sdk.Unprocessable(f"no {what} {row_id}", errors=[sdk.FieldError(field, f"no such {what}")])
+    return row
+
+
+def _changes(patch: msgspec.Struct) -> tuple[dict[str, Any], int | None]:
+    values = {f: getattr(patch, f) for f in patch.__struct_fields__ if getattr(patch, f) is not msgspec.UNSET}
+    version = values.pop("version", None)
+    return values, version
+
+
+# ---- companies ---------------------------------------------------------------------------------
+
+
+def company_out(c: Company) -> s.CompanyOut:
+    return s.CompanyOut(
+        id=c.id,
+        name=c.name,
+        domain=c.domain,
+        industry=c.industry,
+        owner_id=c.owner_id,
+        version=c.version,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
+
+
+async def list_companies(
+    session: AsyncSession,
+    *,
+    page: int,
+    limit: int,
+    sort: str,
+    cursor: str | None,
+    q: str | None,
+    owner_id: uuid.UUID | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> tuple[list[s.CompanyOut], int | None, str | None]:
+    where = [*_search(Company, q), *_created(Company, created_after, created_before)]
+    if owner_id is not None:
+        where.append(Company.owner_id == owner_id)
+    rows, total, nxt = await list_rows(
+        session, Company, sorts=COMPANY_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
+    )
+    return [company_out(r) for r in rows], total, nxt
+
+
+async def get_company(session: AsyncSession, company_id: uuid.UUID) -> s.CompanyOut:
+    return company_out(await _get(session, Company, company_id, "company"))
+
+
+async def create_company(session: AsyncSession, actor: Actor, data: s.CompanyCreate) -> s.CompanyOut:
+    row = Company(tenant_id=actor.tenant_id, **msgspec.structs.asdict(data))
+    session.add(row)
+    await session.flush()
+    out = company_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.company.created",
+        resource_type="crm.company",
+        resource_id=str(row.id),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.company.created", payload=_jsonable(out))
+    return out
+
+
+async def update_company(
+    session: AsyncSession, actor: Actor, company_id: uuid.UUID, patch: s.CompanyPatch, if_match: int | None
+) -> s.CompanyOut:
+    row = await _get(session, Company, company_id, "company", lock=True)
+    values, version = _changes(patch)
+    check_version(row.version, if_match, version)
+    before = company_out(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.version += 1
+    row.updated_at = sdk.utcnow()
+    await session.flush()
+    if "name" in values and values["name"] != before.name:
+        # Keep the contacts' copy (searched by company name) in step.
+        await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=row.name))
+    out = company_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.company.updated",
+        resource_type="crm.company",
+        resource_id=str(row.id),
+        before=_jsonable(before),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.company.updated", payload=_jsonable(out))
+    return out
+
+
+async def delete_company(session: AsyncSession, actor: Actor, company_id: uuid.UUID, if_match: int | None) -> None:
+    row = await _get(session, Company, company_id, "company", lock=True)
+    check_version(row.version, if_match, None, required=False)
+    before = company_out(row)
+    await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=None))
+    await session.delete(row)
+    await session.flush()
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.company.deleted",
+        resource_type="crm.company",
+        resource_id=str(company_id),
+        before=_jsonable(before),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.company.deleted", payload={"id": str(company_id)})
+
+
+# ---- contacts ----------------------------------------------------------------------------------
+
+
+def contact_out(c: Contact) -> s.ContactOut:
+    return s.ContactOut(
+        id=c.id,
+        first_name=c.first_name,
+        last_name=c.last_name,
+        email=c.email,
+        phone=c.phone,
+        company_id=c.company_id,
+        company_name=c.company_name,
+        owner_id=c.owner_id,
+        tags=list(c.tags or []),
+        version=c.version,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
+
+
+async def _flush_contact(session: AsyncSession, email: str | None) -> None:
+    """Flush a contact's insert or update; a used e-mail (any case) is 409 naming ``email``."""
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if "uq_crm_contacts_email" not in str(exc.orig):
+            raise
+        raise sdk.Conflict(
+            f"a contact with the e-mail {email} already exists",
+            errors=[sdk.FieldError("email", "already used by another contact")],
+        ) from None
+
+
+async def list_contacts(
+    session: AsyncSession,
+    *,
+    page: int,
+    limit: int,
+    sort: str,
+    cursor: str | None,
+    q: str | None,
+    company_id: uuid.UUID | None,
+    owner_id: uuid.UUID | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> tuple[list[s.ContactOut], int | None, str | None]:
+    where = [*_search(Contact, q), *_created(Contact, created_after, created_before)]
+    if company_id is not None:
+        where.append(Contact.company_id == company_id)
+    if owner_id is not None:
+        where.append(Contact.owner_id == owner_id)
+    rows, total, nxt = await list_rows(
+        session, Contact, sorts=CONTACT_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
+    )
+    return [contact_out(r) for r in rows], total, nxt
+
+
+async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> s.ContactOut:
+    return contact_out(await _get(session, Contact, contact_id, "contact"))
+
+
+async def create_contact(session: AsyncSession, actor: Actor, data: s.ContactCreate) -> s.ContactOut:
+    company = await _exists(session, Company, data.company_id, "company_id", "company")
+    row = Contact(
+        tenant_id=actor.tenant_id,
+        **msgspec.structs.asdict(data),
+        company_name=company.name if company else None,
+    )
+    session.add(row)
+    await _flush_contact(session, data.email)
+    out = contact_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.contact.created",
+        resource_type="crm.contact",
+        resource_id=str(row.id),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.created", payload=_jsonable(out))
+    return out
+
+
+async def update_contact(
+    session: AsyncSession, actor: Actor, contact_id: uuid.UUID, patch: s.ContactPatch, if_match: int | None
+) -> s.ContactOut:
+    row = await _get(session, Contact, contact_id, "contact", lock=True)
+    values, version = _changes(patch)
+    check_version(row.version, if_match, version)
+    before = contact_out(row)
+    if "company_id" in values:
+        company = await _exists(session, Company, values["company_id"], "company_id", "company")
+        values["company_name"] = company.name if company else None
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.version += 1
+    row.updated_at = sdk.utcnow()
+    await _flush_contact(session, values.get("email"))
+    out = contact_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.contact.updated",
+        resource_type="crm.contact",
+        resource_id=str(row.id),
+        before=_jsonable(before),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.updated", payload=_jsonable(out))
+    return out
+
+
+async def delete_contact(session: AsyncSession, actor: Actor, contact_id: uuid.UUID, if_match: int | None) -> None:
+    row = await _get(session, Contact, contact_id, "contact", lock=True)
+    check_version(row.version, if_match, None, required=False)
+    before = contact_out(row)
+    await session.delete(row)
+    await session.flush()
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.contact.deleted",
+        resource_type="crm.contact",
+        resource_id=str(contact_id),
+        before=_jsonable(before),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.deleted", payload={"id": str(contact_id)})
+
+
+# ---- pipelines ---------------------------------------------------------------------------------
+
+
+def _stage_out(st: PipelineStage) -> s.StageOut:
+    return s.StageOut(id=st.id, name=st.name, position=st.position, kind=st.kind)  # type: ignore[arg-type]
+
+
+async def _pipeline_out(session: AsyncSession, p: Pipeline) -> s.PipelineOut:
+    stages = (
+        await session.execute(
+            select(PipelineStage).where(PipelineStage.pipeline_id == p.id).order_by(PipelineStage.position)
+        )
+    ).scalars()
+    return s.PipelineOut(id=p.id, name=p.name, stages=[_stage_out(st) for st in stages], created_at=p.created_at)
+
+
+async def list_pipelines(session: AsyncSession) -> list[s.PipelineOut]:
+    rows = (await session.execute(select(Pipeline).order_by(Pipeline.created_at, Pipeline.id))).scalars().all()
+    return [await _pipeline_out(session, p) for p in rows]
+
+
+async def get_pipeline(session: AsyncSession, pipeline_id: uuid.UUID) -> s.PipelineOut:
+    return await _pipeline_out(session, await _get(session, Pipeline, pipeline_id, "pipeline"))
+
+
+async def create_pipeline(session: AsyncSession, actor: Actor, data: s.PipelineCreate) -> s.PipelineOut:
+    row = Pipeline(tenant_id=actor.tenant_id, name=data.name)
+    session.add(row)
+    await session.flush()
+    for position, stage in enumerate(data.stages):
+        session.add(
+            PipelineStage(
+                tenant_id=actor.tenant_id, pipeline_id=row.id, name=stage.name, position=position, kind=stage.kind
+            )
+        )
+    await session.flush()
+    out = await _pipeline_out(session, row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.pipeline.created",
+        resource_type="crm.pipeline",
+        resource_id=str(row.id),
+        after=_jsonable(out),
+    )
+    return out
+
+
+# ---- deals -------------------------------------------------------------------------------------
+
+_MAX_AMOUNT = Decimal("1e16")
+
+
+def _check_amount(amount: Decimal) -> None:
+    exponent = amount.as_tuple().exponent
+    if not amount.is_finite() or abs(amount) >= _MAX_AMOUNT or (isinstance(exponent, int) and exponent < -2):
+        raise sdk.Unprocessable("invalid amount", errors=[sdk.FieldError("amount", "at most 16 digits and 2 decimals")])
+
+
+def deal_out(d: Deal) -> s.DealOut:
+    return s.DealOut(
+        id=d.id,
+        title=d.title,
+        amount=d.amount,
+        currency=d.currency,
+        pipeline_id=d.pipeline_id,
+        stage_id=d.stage_id,
+        company_id=d.company_id,
+        contact_id=d.contact_id,
+        owner_id=d.owner_id,
+        version=d.version,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
+    )
+
+
+async def list_deals(
+    session: AsyncSession,
+    *,
+    page: int,
+    limit: int,
+    sort: str,
+    pipeline_id: uuid.UUID | None,
+    stage_id: uuid.UUID | None,
+    company_id: uuid.UUID | None,
+    contact_id: uuid.UUID | None,
+) -> tuple[list[s.DealOut], int]:
+    where: list[ColumnElement[bool]] = []
+    for column, value in (
+        (Deal.pipeline_id, pipeline_id),
+        (Deal.stage_id, stage_id),
+        (Deal.company_id, company_id),
+        (Deal.contact_id, contact_id),
+    ):
+        if value is not None:
+            where.append(column == value)
+    rows, total, _ = await list_rows(
+        session, Deal, sorts=DEAL_SORTS, page=page, limit=limit, sort=sort, cursor=None, where=where
+    )
+    return [deal_out(r) for r in rows], total or 0
+
+
+async def get_deal(session: AsyncSession, deal_id: uuid.UUID) -> s.DealOut:
+    return deal_out(await _get(session, Deal, deal_id, "deal"))
+
+
+async def _stage_of(session: AsyncSession, pipeline_id: uuid.UUID, stage_id: uuid.UUID | None) -> PipelineStage:
+    stmt = select(PipelineStage).where(PipelineStage.pipeline_id == pipeline_id)
+    stmt = stmt.where(PipelineStage.id == stage_id) if stage_id else stmt.order_by(PipelineStage.position).limit(1)
+    stage = (await session.execute(stmt)).scalar_one_or_none()
+    if stage is None:
+        raise sdk.Unprocessable(
+            "no such stage in the deal's pipeline", errors=[sdk.FieldError("stage_id", "not a stage of the pipeline")]
+        )
+    return stage
+
+
+async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -> s.DealOut:
+    _check_amount(data.amount)
+    await _exists(session, Pipeline, data.pipeline_id, "pipeline_id", "pipeline")
+    stage = await _stage_of(session, data.pipeline_id, data.stage_id)
+    await _exists(session, Company, data.company_id, "company_id", "company")
+    await _exists(session, Contact, data.contact_id, "contact_id", "contact")
+    values = msgspec.structs.asdict(data)
+    values["stage_id"] = stage.id
+    row = Deal(tenant_id=actor.tenant_id, **values)
+    session.add(row)
+    await session.flush()
+    session.add(
+        DealStageHistory(
+            tenant_id=actor.tenant_id, deal_id=row.id, from_stage_id=None, to_stage_id=stage.id, actor=actor.name
+        )
+    )
+    await session.flush()
+    out = deal_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.deal.created",
+        resource_type="crm.deal",
+        resource_id=str(row.id),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.created", payload=_jsonable(out))
+    return out
+
+
+async def update_deal(
+    session: AsyncSession, actor: Actor, deal_id: uuid.UUID, patch: s.DealPatch, if_match: int | None
+) -> s.DealOut:
+    row = await _get(session, Deal, deal_id, "deal", lock=True)
+    values, version = _changes(patch)
+    check_version(row.version, if_match, version)
+    if "amount" in values:
+        _check_amount(values["amount"])
+    if "company_id" in values:
+        await _exists(session, Company, values["company_id"], "company_id", "company")
+    if "contact_id" in values:
+        await _exists(session, Contact, values["contact_id"], "contact_id", "contact")
+    before = deal_out(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.version += 1
+    row.updated_at = sdk.utcnow()
+    await session.flush()
+    out = deal_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.deal.updated",
+        resource_type="crm.deal",
+        resource_id=str(row.id),
+        before=_jsonable(before),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.updated", payload=_jsonable(out))
+    return out
+
+
+async def move_deal(
+    session: AsyncSession, actor: Actor, deal_id: uuid.UUID, stage_id: uuid.UUID, if_match: int | None = None
+) -> s.DealOut:
+    """Put a deal in another stage of its pipeline: history, audit, ``crm.deal.stage_changed`` and,
+    for a won or lost stage, ``crm.deal.won`` / ``crm.deal.lost``. Moving to the current stage is a no-op."""
+    row = await _get(session, Deal, deal_id, "deal", lock=True)
+    check_version(row.version, if_match, None, required=False)
+    stage = await _stage_of(session, row.pipeline_id, stage_id)
+    if stage.id == row.stage_id:
+        return deal_out(row)
+    before = deal_out(row)
+    previous = row.stage_id
+    row.stage_id = stage.id
+    row.version += 1
+    row.updated_at = sdk.utcnow()
+    session.add(
+        DealStageHistory(
+            tenant_id=actor.tenant_id, deal_id=row.id, from_stage_id=previous, to_stage_id=stage.id, actor=actor.name
+        )
+    )
+    await session.flush()
+    out = deal_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.deal.stage_changed",
+        resource_type="crm.deal",
+        resource_id=str(row.id),
+        before=_jsonable(before),
+        after=_jsonable(out),
+    )
+    payload = {
+        "deal_id": str(row.id),
+        "pipeline_id": str(row.pipeline_id),
+        "from_stage_id": str(previous),
+        "to_stage_id": str(stage.id),
+        "stage_name": stage.name,
+        "stage_kind": stage.kind,
+        "amount": str(row.amount),
+        "currency": row.currency,
+    }
+    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.stage_changed", payload=payload)
+    if stage.kind in ("won", "lost"):
+        await emit(session, tenant_id=actor.tenant_id, event=f"crm.deal.{stage.kind}", payload=payload)
+    return out
+
+
+async def deal_history(session: AsyncSession, deal_id: uuid.UUID) -> list[s.StageHistoryEntry]:
+    await _get(session, Deal, deal_id, "deal")
+    rows = (
+        await session.execute(
+            select(DealStageHistory)
+            .where(DealStageHistory.deal_id == deal_id)
+            .order_by(DealStageHistory.created_at, DealStageHistory.id)
+        )
+    ).scalars()
+    return [
+        s.StageHistoryEntry(
+            from_stage_id=h.from_stage_id, to_stage_id=h.to_stage_id, actor=h.actor, moved_at=h.created_at
+        )
+        for h in rows
+    ]
+
+
+async def delete_deal(session: AsyncSession, actor: Actor, deal_id: uuid.UUID, if_match: int | None) -> None:
+    row = await _get(session, Deal, deal_id, "deal", lock=True)
+    check_version(row.version, if_match, None, required=False)
+    before = deal_out(row)
+    await session.delete(row)
+    await session.flush()
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.deal.deleted",
+        resource_type="crm.deal",
+        resource_id=str(deal_id),
+        before=_jsonable(before),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.deleted", payload={"id": str(deal_id)})
+
+
+# ---- activities --------------------------------------------------------------------------------
+
+
+def activity_out(a: Activity) -> s.ActivityOut:
+    return s.ActivityOut(
+        id=a.id,
+        kind=a.kind,
+        subject=a.subject,
+        body=a.body,
+        due_at=a.due_at,
+        done=a.done,
+        contact_id=a.contact_id,
+        company_id=a.company_id,
+        deal_id=a.deal_id,
+        version=a.version,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+    )
+
+
+async def list_activities(
+    session: AsyncSession,
+    *,
+    page: int,
+    limit: int,
+    sort: str,
+    contact_id: uuid.UUID | None,
+    company_id: uuid.UUID | None,
+    deal_id: uuid.UUID | None,
+    done: bool | None,
+) -> tuple[list[s.ActivityOut], int]:
+    where: list[ColumnElement[bool]] = []
+    for column, value in (
+        (Activity.contact_id, contact_id),
+        (Activity.company_id, company_id),
+        (Activity.deal_id, deal_id),
+        (Activity.done, done),
+    ):
+        if value is not None:
+            where.append(column == value)
+    rows, total, _ = await list_rows(
+        session, Activity, sorts=ACTIVITY_SORTS, page=page, limit=limit, sort=sort, cursor=None, where=where
+    )
+    return [activity_out(r) for r in rows], total or 0
+
+
+async def get_activity(session: AsyncSession, activity_id: uuid.UUID) -> s.ActivityOut:
+    return activity_out(await _get(session, Activity, activity_id, "activity"))
+
+
+async def create_activity(session: AsyncSession, actor: Actor, data: s.ActivityCreate) -> s.ActivityOut:
+    if data.contact_id is None and data.company_id is None and data.deal_id is None:
+        raise sdk.Unprocessable(
+            "an activity is about a contact, a company or a deal",
+            errors=[
+                sdk.FieldError(f, "give at least one of contact_id, company_id, deal_id")
+                for f in ("contact_id", "company_id", "deal_id")
+            ],
+        )
+    await _exists(session, Contact, data.contact_id, "contact_id", "contact")
+    await _exists(session, Company, data.company_id, "company_id", "company")
+    await _exists(session, Deal, data.deal_id, "deal_id", "deal")
+    row = Activity(tenant_id=actor.tenant_id, **msgspec.structs.asdict(data))
+    session.add(row)
+    await session.flush()
+    out = activity_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.activity.created",
+        resource_type="crm.activity",
+        resource_id=str(row.id),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.created", payload=_jsonable(out))
+    return out
+
+
+async def update_activity(
+    session: AsyncSession, actor: Actor, activity_id: uuid.UUID, patch: s.ActivityPatch, if_match: int | None
+) -> s.ActivityOut:
+    row = await _get(session, Activity, activity_id, "activity", lock=True)
+    values, version = _changes(patch)
+    check_version(row.version, if_match, version)
+    before = activity_out(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.version += 1
+    row.updated_at = sdk.utcnow()
+    await session.flush()
+    out = activity_out(row)
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.activity.updated",
+        resource_type="crm.activity",
+        resource_id=str(row.id),
+        before=_jsonable(before),
+        after=_jsonable(out),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.updated", payload=_jsonable(out))
+    return out
+
+
+async def delete_activity(session: AsyncSession, actor: Actor, activity_id: uuid.UUID, if_match: int | None) -> None:
+    row = await _get(session, Activity, activity_id, "activity", lock=True)
+    check_version(row.version, if_match, None, required=False)
+    before = activity_out(row)
+    await session.delete(row)
+    await session.flush()
+    await actor.audit(
+        session,
+        tenant_id=actor.tenant_id,
+        action="crm.activity.deleted",
+        resource_type="crm.activity",
+        resource_id=str(activity_id),
+        before=_jsonable(before),
+    )
+    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.deleted", payload={"id": str(activity_id)})

@@ -13,6 +13,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from kernel import __version__
+from kernel.ai import openai_compat as ai_openai_routes
+from kernel.ai import routes as ai_routes
 from kernel.audit import routes as audit_routes
 from kernel.audit.safety_net import audit_unaudited_mutations
 from kernel.context import provide_kernel, provide_tenant
@@ -34,6 +36,7 @@ __all__ = ["create_app", "kernel_route_handlers", "load_app_plugins"]
 log = logging.getLogger("businessos")
 
 # Importing the models registers the kernel's tables on KernelBase.metadata.
+from kernel.ai import models as _ai_models  # noqa: E402,F401
 from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
@@ -55,6 +58,8 @@ def kernel_route_handlers() -> list[Any]:
         audit_routes.list_audit_logs,
         audit_routes.verify_audit_chain,
         *identity_routes.handlers,
+        *ai_routes.handlers,
+        *ai_openai_routes.handlers,
     ]
 
 

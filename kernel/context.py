@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from redis.asyncio import Redis
 
+from kernel.ai.proxy import AIProxy
 from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
@@ -41,6 +42,10 @@ class Kernel:
     access: AccessService
     identity: IdentityService
     limiter: RateLimiter
+    ai: AIProxy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ai = AIProxy(self.db, self.box, self.settings)
 
 
 def get_kernel(connection: ASGIConnection[Any, Any, Any, Any]) -> Kernel:

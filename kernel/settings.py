@@ -53,6 +53,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Requests per minute per tenant and principal (auth endpoints have stricter limits)."""
     auth_rate_limit_per_minute: int = 10
     """Requests per minute per client IP to log-in, MFA, registration, refresh and sign-up."""
+    ai_allow_private_bases: bool = False
+    """Let a tenant's AI ``api_base`` point at loopback and private addresses (development and tests)."""
+    ai_timeout_seconds: int = 60
+    """How long one AI provider call may take."""
 
     @property
     def embedded_database(self) -> bool:
@@ -193,6 +197,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         refresh_token_days=_int(env, "BUSINESSOS_REFRESH_TOKEN_DAYS", 30, 1, 365),
         rate_limit_per_minute=_int(env, "BUSINESSOS_RATE_LIMIT_PER_MINUTE", 600, 1, 1_000_000),
         auth_rate_limit_per_minute=_int(env, "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE", 10, 1, 1_000_000),
+        ai_allow_private_bases=env.get("BUSINESSOS_AI_ALLOW_PRIVATE_BASES", "").strip().lower() in ("1", "true", "yes"),
+        ai_timeout_seconds=_int(env, "BUSINESSOS_AI_TIMEOUT_SECONDS", 60, 1, 3600),
         database_url=database_url,
         database_app_url=database_app_url,
         redis_url=redis_url,

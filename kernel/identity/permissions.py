@@ -36,10 +36,15 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.api_keys.read", "List API keys"),
     Permission("kernel.api_keys.write", "Create and revoke API keys"),
     Permission("kernel.audit.read", "Read and verify the audit log"),
+    Permission("kernel.ai.use", "Call AI models through the tenant's provider keys and budgets"),
+    Permission("kernel.ai.keys.read", "See which AI provider keys are configured (never the keys)"),
+    Permission("kernel.ai.keys.write", "Store and remove AI provider keys"),
+    Permission("kernel.ai.usage.read", "Read AI usage, costs and budgets"),
+    Permission("kernel.ai.budgets.write", "Set the tenant's AI budgets"),
 ]
 
 # Kernel permissions a member has; the rest of the kernel's are administrative.
-_MEMBER_KERNEL = {"kernel.tenant.read", "kernel.modules.read", "kernel.members.read"}
+_MEMBER_KERNEL = {"kernel.tenant.read", "kernel.modules.read", "kernel.members.read", "kernel.ai.use"}
 _VIEWER_KERNEL = {"kernel.tenant.read", "kernel.modules.read"}
 
 

@@ -1,0 +1,140 @@
+"""What the AI proxy adds to a model call: ``POST /v1/chat/completions`` through ``businessos
+serve`` against a direct ``litellm.completion`` to the same local OpenAI-compatible server.
+
+Starts the local provider (``tests/fake_openai.py``) and ``businessos serve`` on the embedded
+servers in a temporary directory, then measures sequentially, with one client: the direct litellm
+call, the proxied call (API key auth, tenant key unsealed, price, ledger row, audit row and event
+in one transaction), and the proxied call under a budget (plus the reservation). Added latency is
+the difference of medians.
+
+    python bench/ai_proxy.py [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from tests.fake_openai import fake_openai
+
+PROVIDER_KEY = "sk-bench-" + uuid.uuid4().hex
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _time(call: Callable[[], object], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def _p(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200)
+    n = parser.parse_args().requests
+    import litellm
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-ai-"))
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        "BUSINESSOS_DATA_DIR": str(data_dir),
+        "BUSINESSOS_PLUGINS": "",
+        "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000",
+        "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
+        "BUSINESSOS_LOG_LEVEL": "WARNING",
+        "BUSINESSOS_AI_ALLOW_PRIVATE_BASES": "1",
+    }
+    with fake_openai({PROVIDER_KEY}) as provider:
+        provider.chunk_delay = 0.0
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kernel.cli", "serve", "--port", str(port), "--no-jobs"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        if client.get("/health").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise SystemExit("serve did not become healthy")
+                    time.sleep(0.2)
+                slug = f"bench-{uuid.uuid4().hex[:8]}"
+                owner = {"email": f"owner@{slug}.example", "password": f"pw-{uuid.uuid4().hex}"}
+                made = client.post("/api/tenants", json={"name": "Bench", "slug": slug, "owner": owner}).json()
+                auth = {"Authorization": f"Bearer {made['access_token']}"}
+                client.put(
+                    "/api/ai/keys/openai", json={"api_key": PROVIDER_KEY, "api_base": provider.base}, headers=auth
+                ).raise_for_status()
+                key = client.post("/api/api-keys", json={"name": "bench", "role": "member"}, headers=auth).json()["key"]
+                bearer = {"Authorization": f"Bearer {key}"}
+                body = {"model": "openai/gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
+
+                def direct() -> None:
+                    litellm.completion(
+                        model="openai/gpt-4o-mini", messages=MESSAGES, api_key=PROVIDER_KEY,
+                        api_base=provider.base, max_tokens=16,
+                    )
+
+                def proxied() -> None:
+                    client.post("/v1/chat/completions", json=body, headers=bearer).raise_for_status()
+
+                for _ in range(20):
+                    direct()
+                    proxied()
+                direct_ms = _time(direct, n)
+                proxy_ms = _time(proxied, n)
+                client.put("/api/ai/budgets", json={"monthly_cost_limit": 1000}, headers=auth).raise_for_status()
+                budget_ms = _time(proxied, n)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    base50, base99 = _p(direct_ms)
+    header = f"{'chat completion (ms), one client, sequential':<46} {'p50':>8} {'p99':>8}"
+    print(f"{header} {'added p50':>10} {'added p99':>10}")
+    for name, samples in (
+        ("direct litellm.completion (baseline)", direct_ms),
+        ("proxy /v1/chat/completions", proxy_ms),
+        ("proxy /v1/chat/completions with a budget", budget_ms),
+    ):
+        p50, p99 = _p(samples)
+        print(f"{name:<46} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

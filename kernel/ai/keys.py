@@ -1,0 +1,183 @@
+"""Tenants' own provider keys (BYOK): sealed at rest, never shown, checked before use.
+
+A key is sealed with AES-GCM by the kernel's secret box with ``tenant:<id>`` as associated data,
+so a sealed value copied into another tenant's row does not open. Responses, audit rows and errors
+carry the provider, the last four characters and dates only.
+
+``api_base`` must be http(s) and must not resolve to a loopback, private, link-local or otherwise
+non-public address (server-side request forgery), unless ``BUSINESSOS_AI_ALLOW_PRIVATE_BASES`` is
+on (development and tests), which allows loopback and private networks but never link-local
+(cloud metadata). The address is checked when the key is stored and again before every call; a DNS
+answer that changes between that check and litellm's own connection is not covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.ai.models import ProviderKeyRow
+from kernel.ai.pricing import PROVIDERS
+from kernel.ai.schemas import KeyInfo, KeyUpdate
+from kernel.audit.log import RequestMeta, record
+from kernel.crypto import SecretBox
+from kernel.db.engine import Database
+from kernel.db.models import utcnow, uuid7
+from kernel.errors import FieldError, NotFound, Problem, Unprocessable
+
+__all__ = ["Credentials", "KeyService", "MissingProviderKey", "check_api_base"]
+
+
+class MissingProviderKey(Problem):
+    status, slug, title = 409, "ai-provider-key-missing", "No provider key"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    api_key: str
+    api_base: str | None
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Credentials(api_key='…', api_base={self.api_base!r})"
+
+
+def _context(tenant_id: uuid.UUID) -> str:
+    return f"tenant:{tenant_id}"
+
+
+def _invalid_base(message: str) -> Unprocessable:
+    return Unprocessable(f"api_base {message}", errors=[FieldError(field="api_base", message=message)])
+
+
+async def check_api_base(api_base: str, *, allow_private: bool) -> str:
+    """The normalised ``api_base``, or 422 when it is not a public http(s) URL."""
+    try:
+        parts = urlsplit(api_base.strip())
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _invalid_base("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise _invalid_base("must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise _invalid_base("must not carry credentials")
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise _invalid_base("names a host that does not resolve") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if address.is_link_local or address.is_multicast or address.is_unspecified:
+            raise _invalid_base("must not point at a link-local, multicast or unspecified address")
+        if not address.is_global and not (allow_private and (address.is_loopback or address.is_private)):
+            raise _invalid_base("must not point at a loopback or private address")
+    return api_base.strip().rstrip("/")
+
+
+class KeyService:
+    def __init__(self, db: Database, box: SecretBox, *, allow_private_bases: bool) -> None:
+        self.db = db
+        self.box = box
+        self.allow_private_bases = allow_private_bases
+
+    @staticmethod
+    def _provider(provider: str) -> str:
+        if provider not in PROVIDERS:
+            raise NotFound(f"unknown AI provider {provider!r} (providers: {', '.join(PROVIDERS)})")
+        return provider
+
+    async def put(
+        self, tenant_id: uuid.UUID, provider: str, data: KeyUpdate, *, actor: str | None, meta: RequestMeta
+    ) -> KeyInfo:
+        self._provider(provider)
+        api_key = data.api_key.strip()
+        if not api_key or any(c.isspace() or ord(c) < 32 for c in api_key):
+            raise Unprocessable(
+                "api_key must not contain spaces or control characters",
+                errors=[FieldError(field="api_key", message="invalid characters")],
+            )
+        api_base = None
+        if data.api_base:
+            api_base = await check_api_base(data.api_base, allow_private=self.allow_private_bases)
+        elif PROVIDERS[provider].needs_api_base:
+            raise _invalid_base(f"is required for {provider}")
+        now = utcnow()
+        values = {
+            "sealed_key": self.box.seal(api_key, _context(tenant_id)),
+            "last_four": api_key[-4:],
+            "api_base": api_base,
+            "updated_at": now,
+        }
+        async with self.db.tenant(tenant_id) as session:
+            stmt = insert(ProviderKeyRow).values(tenant_id=tenant_id, id=uuid7(), provider=provider, **values)
+            row = (
+                await session.execute(
+                    stmt.on_conflict_do_update(index_elements=["tenant_id", "provider"], set_=values).returning(
+                        ProviderKeyRow.created_at
+                    )
+                )
+            ).one()
+            await record(
+                session, tenant_id=tenant_id, actor=actor, action="ai.provider_key.stored",
+                resource_type="ai_provider_key", resource_id=provider, meta=meta,
+                details={"provider": provider, "api_base": api_base},
+            )
+        return KeyInfo(
+            provider=provider, last_four=api_key[-4:], api_base=api_base, created_at=row.created_at, updated_at=now
+        )
+
+    async def list(self, tenant_id: uuid.UUID) -> list[KeyInfo]:
+        async with self.db.tenant(tenant_id) as session:
+            rows = (await session.execute(select(ProviderKeyRow).order_by(ProviderKeyRow.provider))).scalars()
+            return [
+                KeyInfo(
+                    provider=r.provider, last_four=r.last_four, api_base=r.api_base,
+                    created_at=r.created_at, updated_at=r.updated_at,
+                )
+                for r in rows
+            ]
+
+    async def delete(self, tenant_id: uuid.UUID, provider: str, *, actor: str | None, meta: RequestMeta) -> None:
+        self._provider(provider)
+        async with self.db.tenant(tenant_id) as session:
+            deleted = (
+                await session.execute(
+                    delete(ProviderKeyRow).where(ProviderKeyRow.provider == provider).returning(ProviderKeyRow.id)
+                )
+            ).first()
+            if deleted is None:
+                raise NotFound(f"no {provider} key is configured")
+            await record(
+                session, tenant_id=tenant_id, actor=actor, action="ai.provider_key.deleted",
+                resource_type="ai_provider_key", resource_id=provider, meta=meta,
+            )
+
+    async def credentials(
+        self, tenant_id: uuid.UUID, provider: str, session: AsyncSession | None = None
+    ) -> Credentials:
+        """The tenant's opened key for ``provider``; 409 when none is stored (no environment keys).
+        Reads in ``session`` (a ``db.tenant(tenant_id)`` one) when given, else in its own."""
+        query = select(ProviderKeyRow).where(ProviderKeyRow.provider == provider)
+        if session is not None:
+            row = (await session.execute(query)).scalar_one_or_none()
+        else:
+            async with self.db.tenant(tenant_id) as own:
+                row = (await own.execute(query)).scalar_one_or_none()
+        if row is None:
+            raise MissingProviderKey(
+                f"this tenant has no {provider} key: store one with PUT /api/ai/keys/{provider}",
+                extra={"provider": provider},
+            )
+        api_base = row.api_base
+        if api_base:
+            # Checked again: the name may resolve elsewhere now than when the key was stored.
+            api_base = await check_api_base(api_base, allow_private=self.allow_private_bases)
+        return Credentials(api_key=self.box.open(row.sealed_key, _context(tenant_id)), api_base=api_base)

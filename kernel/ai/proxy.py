@@ -1,0 +1,431 @@
+"""Calls to AI providers through litellm, with the tenant's key, metered and budgeted.
+
+Every call: resolve the model to a provider, open the tenant's key for it (none -> 409: litellm
+would otherwise fall back to environment keys), price it, reserve an upper bound in the budget,
+call ``litellm.acompletion`` with ``api_key`` and ``api_base`` passed explicitly, then in one
+transaction write the ledger row, settle the budget, audit (metadata only) and emit
+``ai.call.completed``. A failed or cancelled call is recorded too and its reservation released.
+
+The upper bound: the prompt's UTF-8 size in bytes (a byte-level BPE token covers at least one
+byte) plus a per-message allowance, and ``max_tokens`` of completion. ``max_tokens`` is always
+sent to the provider (the request's, or at most ``DEFAULT_MAX_TOKENS``), so the provider cannot
+bill more completion than was reserved.
+
+Provider failures map to problem+json (see :func:`provider_problem`); a key the provider rejects
+answers 502 ``ai-provider-rejected-key`` with ``provider_status: 401``: the platform's caller is
+authenticated, it is the upstream dependency that refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from kernel.ai.budgets import BudgetService, Reservation
+from kernel.ai.keys import Credentials, KeyService
+from kernel.ai.models import UsageRow
+from kernel.ai.pricing import PROVIDERS, Price, Target, litellm_async, price_for, resolve_model
+from kernel.audit.log import RequestMeta, record
+from kernel.crypto import SecretBox
+from kernel.db.engine import Database
+from kernel.db.models import uuid7
+from kernel.errors import Problem
+from kernel.events.outbox import emit
+from kernel.identity.principal import Principal
+from kernel.settings import Settings
+
+__all__ = [
+    "CALL_EVENT",
+    "AIProxy",
+    "Caller",
+    "ChatParams",
+    "Completion",
+    "PreparedCall",
+    "StreamDelta",
+    "provider_problem",
+]
+
+log = logging.getLogger("businessos.ai")
+
+CALL_EVENT = "ai.call.completed"
+DEFAULT_MAX_TOKENS = 4096
+_PER_MESSAGE_TOKENS = 8
+
+# Where each provider's calls go when the tenant gave no api_base: explicit, so that environment
+# variables (OPENAI_BASE_URL and the like) cannot redirect a tenant's key.
+_DEFAULT_BASES = {
+    "openai": "https://api.openai.com/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+
+
+class ProviderRejectedKey(Problem):
+    status, slug, title = 502, "ai-provider-rejected-key", "Provider rejected the key"
+
+
+class ProviderRateLimited(Problem):
+    status, slug, title = 429, "ai-provider-rate-limited", "Provider rate limit"
+
+
+class ProviderTimeout(Problem):
+    status, slug, title = 504, "ai-provider-timeout", "Provider timed out"
+
+
+class ProviderBadRequest(Problem):
+    status, slug, title = 400, "ai-provider-bad-request", "Provider refused the request"
+
+
+class ProviderFailed(Problem):
+    status, slug, title = 502, "ai-provider-error", "Provider error"
+
+
+_SECRETISH = re.compile(r"(sk-|bos_|Bearer\s+)[A-Za-z0-9_\-\*\.]{4,}")
+
+
+def _scrub(message: str, secret: str) -> str:
+    if secret:
+        message = message.replace(secret, "[redacted]")
+    return _SECRETISH.sub(r"\1[redacted]", message)[:500]
+
+
+def provider_problem(exc: Exception, provider: str, secret: str) -> Problem:
+    """The problem a provider failure answers with: the provider's reason, never the key."""
+    status = getattr(exc, "status_code", None)
+    kind = type(exc).__name__
+    reason = _scrub(str(getattr(exc, "message", None) or exc), secret)
+    extra = {"provider": provider, "provider_status": status if isinstance(status, int) else None}
+    if kind in ("AuthenticationError", "PermissionDeniedError") or status in (401, 403):
+        return ProviderRejectedKey(f"{provider} rejected the key", extra=extra)
+    if kind == "RateLimitError" or status == 429:
+        return ProviderRateLimited(reason, extra=extra)
+    if kind in ("Timeout", "APITimeoutError") or status == 408:
+        return ProviderTimeout(reason, extra=extra)
+    if isinstance(status, int) and 400 <= status < 500:
+        return ProviderBadRequest(reason, extra=extra)
+    return ProviderFailed(reason, extra=extra)
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: uuid.UUID
+    principal: Principal | None
+    meta: RequestMeta
+    surface: str = "api"
+    """``api`` (/api/ai) or ``openai`` (/v1)."""
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | str | None = None
+    conversation_id: uuid.UUID | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+
+
+@dataclass
+class PreparedCall:
+    caller: Caller
+    params: ChatParams
+    target: Target
+    credentials: Credentials
+    price: Price
+    max_tokens: int
+    prompt_estimate: int
+    reservation: Reservation | None
+    started: float = field(default_factory=time.perf_counter)
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    id: str
+    created: int
+    model: str
+    message: dict[str, Any]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """One piece of a streamed answer: text, a finish reason, or (last) the metered totals."""
+
+    id: str
+    created: int
+    content: str | None = None
+    role: str | None = None
+    finish_reason: str | None = None
+    final: Completion | None = None
+
+
+def _prompt_estimate(messages: list[dict[str, Any]]) -> int:
+    return len(msgspec.json.encode(messages)) + _PER_MESSAGE_TOKENS * len(messages) + 16
+
+
+def _actor(caller: Caller) -> str | None:
+    return caller.principal.actor if caller.principal else None
+
+
+def _usage_numbers(usage: Any) -> tuple[int, int, int]:
+    if usage is None:
+        return 0, 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), int(cached or 0)
+
+
+class AIProxy:
+    def __init__(self, db: Database, box: SecretBox, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.keys = KeyService(db, box, allow_private_bases=settings.ai_allow_private_bases)
+        self.budgets = BudgetService(db)
+
+    async def prepare(self, caller: Caller, params: ChatParams) -> PreparedCall:
+        """Everything before the provider is called: key, price, budget reservation (402)."""
+        await litellm_async()  # the model map, for resolve_model
+        target = resolve_model(params.model)
+        async with self.db.tenant(caller.tenant_id) as session:
+            credentials = await self.keys.credentials(caller.tenant_id, target.provider, session)
+            price = await price_for(session, target)
+        model_cap = int(target.info.get("max_output_tokens") or DEFAULT_MAX_TOKENS)
+        max_tokens = params.max_tokens or min(model_cap, DEFAULT_MAX_TOKENS)
+        prompt_estimate = _prompt_estimate(params.messages)
+        reservation = await self.budgets.reserve(
+            caller.tenant_id, _actor(caller), price.cost(prompt_estimate, max_tokens), prompt_estimate + max_tokens
+        )
+        return PreparedCall(
+            caller=caller, params=params, target=target, credentials=credentials, price=price,
+            max_tokens=max_tokens, prompt_estimate=prompt_estimate, reservation=reservation,
+        )
+
+    def _arguments(self, call: PreparedCall) -> dict[str, Any]:
+        params = call.params
+        arguments: dict[str, Any] = {
+            "model": call.target.litellm_model,
+            "messages": params.messages,
+            "api_key": call.credentials.api_key,
+            "api_base": call.credentials.api_base or _DEFAULT_BASES.get(call.target.provider),
+            "max_tokens": call.max_tokens,
+            "timeout": self.settings.ai_timeout_seconds,
+            "num_retries": 0,
+            "max_retries": 0,
+        }
+        for name in ("temperature", "top_p", "stop"):
+            value = getattr(params, name)
+            if value is not None:
+                arguments[name] = value
+        if params.stream:
+            arguments["stream"] = True
+            arguments["stream_options"] = {"include_usage": True}
+        return arguments
+
+    async def complete(self, call: PreparedCall) -> Completion:
+        """A non-streamed call, metered and settled."""
+        litellm = await litellm_async()
+        try:
+            response = await litellm.acompletion(**self._arguments(call))
+        except asyncio.CancelledError:
+            await self._finish_shielded(call, status="cancelled")
+            raise
+        except Exception as exc:
+            problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
+            await self._finish_shielded(call, status="error", error=problem)
+            raise problem from None
+        prompt, completion, cached = _usage_numbers(getattr(response, "usage", None))
+        choice = response.choices[0]
+        message = {"role": choice.message.role or "assistant", "content": choice.message.content}
+        cost = await self._finish_shielded(
+            call, status="ok", prompt=prompt, completion=completion, cached=cached
+        )
+        return Completion(
+            id=str(response.id), created=int(response.created or time.time()), model=call.target.model,
+            message=message, finish_reason=choice.finish_reason, prompt_tokens=prompt,
+            completion_tokens=completion, cached_tokens=cached, cost=cost,
+        )
+
+    async def embed(self, caller: Caller, model: str, inputs: list[str]) -> tuple[list[list[float]], Completion]:
+        """Embeddings of ``inputs`` with the tenant's key, metered and budgeted like a chat call
+        (the reservation is the inputs' size in bytes, an upper bound of their tokens)."""
+        litellm = await litellm_async()
+        target = resolve_model(model)
+        async with self.db.tenant(caller.tenant_id) as session:
+            credentials = await self.keys.credentials(caller.tenant_id, target.provider, session)
+            price = await price_for(session, target)
+        estimate = sum(len(text.encode()) + _PER_MESSAGE_TOKENS for text in inputs)
+        reservation = await self.budgets.reserve(caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate)
+        call = PreparedCall(
+            caller=caller, params=ChatParams(model=model, messages=[]), target=target, credentials=credentials,
+            price=price, max_tokens=0, prompt_estimate=estimate, reservation=reservation,
+        )
+        try:
+            response = await litellm.aembedding(
+                model=target.litellm_model, input=inputs, api_key=credentials.api_key,
+                api_base=credentials.api_base or _DEFAULT_BASES.get(target.provider),
+                timeout=self.settings.ai_timeout_seconds, max_retries=0,
+            )
+        except asyncio.CancelledError:
+            await self._finish_shielded(call, status="cancelled")
+            raise
+        except Exception as exc:
+            problem = provider_problem(exc, target.provider, credentials.api_key)
+            await self._finish_shielded(call, status="error", error=problem)
+            raise problem from None
+        prompt = int(getattr(response.usage, "prompt_tokens", 0) or 0) if response.usage else 0
+        cost = await self._finish_shielded(call, status="ok", prompt=prompt)
+        vectors = [list(item["embedding"] if isinstance(item, dict) else item.embedding) for item in response.data]
+        return vectors, Completion(
+            id="", created=int(time.time()), model=target.model, message={}, finish_reason=None,
+            prompt_tokens=prompt, completion_tokens=0, cached_tokens=0, cost=cost,
+        )
+
+    async def open_stream(self, call: PreparedCall) -> AsyncIterator[StreamDelta]:
+        """Start a streamed call (provider errors raise here, before any byte is sent) and return
+        its pieces; the call is settled when the iterator ends, fails or is closed."""
+        litellm = await litellm_async()
+        try:
+            stream = await litellm.acompletion(**self._arguments(call))
+        except asyncio.CancelledError:
+            await self._finish_shielded(call, status="cancelled")
+            raise
+        except Exception as exc:
+            problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
+            await self._finish_shielded(call, status="error", error=problem)
+            raise problem from None
+        return self._pieces(call, stream)
+
+    async def _pieces(self, call: PreparedCall, stream: Any) -> AsyncIterator[StreamDelta]:
+        call_id = f"chatcmpl-{uuid7().hex}"
+        created = int(time.time())
+        usage: Any = None
+        text_bytes = 0
+        status, error = "cancelled", None
+        try:
+            async for chunk in stream:
+                if getattr(chunk, "usage", None) is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    content = getattr(delta, "content", None)
+                    if content:
+                        text_bytes += len(content.encode())
+                    if content or choice.finish_reason:
+                        yield StreamDelta(
+                            id=call_id, created=created, content=content or None,
+                            role=getattr(delta, "role", None), finish_reason=choice.finish_reason,
+                        )
+            status = "ok"
+        except Exception as exc:
+            problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
+            status, error = "error", problem
+            raise problem from None
+        finally:
+            prompt, completion, cached = _usage_numbers(usage)
+            estimated = usage is None or (prompt == 0 and completion == 0)
+            if estimated:
+                # The provider sent no usage: charge the prompt's upper bound and the streamed size.
+                prompt, completion, cached = call.prompt_estimate, min(text_bytes, call.max_tokens), 0
+            cost = await self._finish_shielded(
+                call, status=status, error=error, prompt=prompt, completion=completion, cached=cached,
+                estimated=estimated,
+            )
+        yield StreamDelta(
+            id=call_id, created=created,
+            final=Completion(
+                id=call_id, created=created, model=call.target.model, message={}, finish_reason=None,
+                prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached, cost=cost,
+            ),
+        )
+
+    async def _finish_shielded(self, call: PreparedCall, **kwargs: Any) -> Decimal:
+        # Settlement must survive the request being cancelled (client gone): run it as its own task.
+        task = asyncio.ensure_future(self._finish(call, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            raise
+
+    async def _finish(
+        self,
+        call: PreparedCall,
+        *,
+        status: str,
+        error: Problem | None = None,
+        prompt: int = 0,
+        completion: int = 0,
+        cached: int = 0,
+        estimated: bool = False,
+    ) -> Decimal:
+        """Ledger row, budget settlement, audit row and event: one transaction, once per call."""
+        if call.finished:
+            return Decimal(0)
+        call.finished = True
+        caller = call.caller
+        cost = call.price.cost(prompt, completion, cached)
+        latency_ms = int((time.perf_counter() - call.started) * 1000)
+        principal = caller.principal
+        row = UsageRow(
+            tenant_id=caller.tenant_id, id=uuid7(),
+            principal_kind=principal.kind if principal else None,
+            principal_id=principal.id if principal else None,
+            provider=call.target.provider, model=call.target.model,
+            prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+            latency_ms=latency_ms, cost=cost,
+            price_version=call.price.version + ("+estimated" if estimated else ""),
+            status=status, error=(f"{error.slug}: {error.detail}"[:500] if error else None),
+            surface=caller.surface, stream=call.params.stream,
+            conversation_id=call.params.conversation_id,
+            object_type=call.params.object_type, object_id=call.params.object_id,
+        )
+        async with self.db.tenant(caller.tenant_id) as session:
+            session.add(row)
+            await session.flush()
+            if prompt or completion:  # the provider billed something
+                await self.budgets.settle(
+                    session, caller.tenant_id, _actor(caller), call.reservation, cost, prompt + completion
+                )
+            else:
+                await self.budgets.release(session, call.reservation)
+            # Audit keys naming tokens would be redacted by the audit log: counts go under "usage".
+            details = {
+                "provider": call.target.provider, "model": call.target.model, "status": status,
+                "usage": {"prompt": prompt, "completion": completion, "cached": cached},
+                "cost": str(cost), "latency_ms": latency_ms, "stream": call.params.stream,
+                "surface": caller.surface,
+            }
+            if error is not None:
+                details["error"] = error.slug
+            await record(
+                session, tenant_id=caller.tenant_id, actor=principal.actor if principal else None,
+                action="ai.call", resource_type="ai_usage", resource_id=str(row.id),
+                result="success" if status == "ok" else status, meta=caller.meta, details=details,
+            )
+            await emit(
+                session, tenant_id=caller.tenant_id, event=CALL_EVENT,
+                payload={"usage_id": str(row.id), **details, "principal": principal.actor if principal else None},
+            )
+        return cost
+
+
+def provider_ids() -> list[str]:
+    return list(PROVIDERS)

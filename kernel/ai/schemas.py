@@ -1,0 +1,128 @@
+"""Request and response bodies of the AI routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+__all__ = [
+    "Budget",
+    "BudgetUpdate",
+    "ChatAnswer",
+    "ChatRequest",
+    "KeyInfo",
+    "KeyList",
+    "KeyUpdate",
+    "ProviderInfo",
+    "ProviderList",
+    "Usage",
+    "UsageReport",
+    "UsageRow",
+]
+
+
+class ProviderInfo(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    models: list[str]
+    configured: bool
+    requiresApiBase: bool
+
+
+class ProviderList(msgspec.Struct, frozen=True):
+    providers: list[ProviderInfo]
+    tenantConfig: dict[str, Any]
+
+
+class KeyUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    api_key: Annotated[str, msgspec.Meta(min_length=8, max_length=500)]
+    api_base: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class KeyInfo(msgspec.Struct, frozen=True):
+    provider: str
+    last_four: str
+    api_base: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyList(msgspec.Struct, frozen=True):
+    keys: list[KeyInfo]
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: str
+    content: Any = None
+    name: str | None = None
+
+
+class ChatRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=500)]
+    stream: bool = False
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    conversation_id: uuid.UUID | None = None
+    object_type: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    object_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = 0
+
+
+class ChatAnswer(msgspec.Struct, frozen=True):
+    id: str
+    model: str
+    message: dict[str, Any]
+    usage: Usage
+    cost: str
+    """Decimal, as a string (money never goes through a float)."""
+    finish_reason: str | None = None
+
+
+class BudgetUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    monthly_cost_limit: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
+    monthly_token_limit: Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None = None
+    soft_limit_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    principal: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    """``user:<id>`` or ``api_key:<id>`` for that principal's own budget; absent: the tenant's."""
+
+
+class Budget(msgspec.Struct, frozen=True):
+    scope: str
+    monthly_cost_limit: str | None
+    monthly_token_limit: int | None
+    soft_limit_ratio: str
+    month: date
+    spent_cost: str
+    spent_tokens: int
+    reserved_cost: str
+    reserved_tokens: int
+    remaining_cost: str | None
+    remaining_tokens: int | None
+
+
+class UsageRow(msgspec.Struct, frozen=True):
+    day: date
+    model: str
+    principal: str | None
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: str
+
+
+class UsageReport(msgspec.Struct, frozen=True):
+    since: datetime
+    until: datetime
+    rows: list[UsageRow]
+    totals: dict[str, Any]

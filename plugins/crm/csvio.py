@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm.models import Company, Contact
-from plugins.crm.service import Actor, emit
+from plugins.crm.service import Actor
 
 __all__ = [
     "COMPANY_COLUMNS",
@@ -266,7 +266,7 @@ async def _write_rows(
             # The record as the API shows it, so handlers of imported and created records agree.
             payload = {k: v for k, v in row.items() if k != "tenant_id"}
             payload["imported"] = True
-            await emit(session, tenant_id=actor.tenant_id, event=event, payload=msgspec.to_builtins(payload))
+            await sdk.emit(session, tenant_id=actor.tenant_id, event=event, payload=msgspec.to_builtins(payload))
         imported += len(written)
         if progress is not None:
             progress(len(batch))

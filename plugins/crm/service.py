@@ -30,7 +30,6 @@ __all__ = [
     "Actor",
     "PreconditionFailed",
     "PreconditionRequired",
-    "emit",
 ]
 
 MAX_LIMIT = 100
@@ -62,15 +61,22 @@ class Actor:
     """``audit(session, tenant_id=..., action=..., resource_type=..., resource_id=..., before=, after=)``."""
     name: str | None = None
 
-
-async def emit(session: AsyncSession, *, tenant_id: uuid.UUID, event: str, payload: dict[str, Any]) -> None:
-    """Write a domain event to the outbox in ``session``'s transaction, when the kernel has one.
-
-    ``sdk.emit`` is being added to the kernel; until it exists events are not recorded.
-    """
-    emitter = getattr(sdk, "emit", None)
-    if emitter is not None:
-        await emitter(session, tenant_id=tenant_id, event=event, payload=payload)
+    async def changed(
+        self, session: AsyncSession, event: str, resource_id: uuid.UUID, *, before: Any = None, after: Any = None
+    ) -> None:
+        """Record a change in the caller's transaction: the audit row (``event`` as the action, with
+        before/after) and the domain event (the new state, or just the id once deleted)."""
+        await self.audit(
+            session,
+            tenant_id=self.tenant_id,
+            action=event,
+            resource_type=event.rsplit(".", 1)[0],
+            resource_id=str(resource_id),
+            before=_jsonable(before) if before is not None else None,
+            after=_jsonable(after) if after is not None else None,
+        )
+        payload = _jsonable(after) if after is not None else {"id": str(resource_id)}
+        await sdk.emit(session, tenant_id=self.tenant_id, event=event, payload=payload)
 
 
 def _jsonable(value: Any) -> Any:
@@ -308,15 +314,7 @@ async def create_company(session: AsyncSession, actor: Actor, data: s.CompanyCre
     session.add(row)
     await session.flush()
     out = company_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.company.created",
-        resource_type="crm.company",
-        resource_id=str(row.id),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.company.created", payload=_jsonable(out))
+    await actor.changed(session, "crm.company.created", row.id, after=out)
     return out
 
 
@@ -336,16 +334,7 @@ async def update_company(
         # Keep the contacts' copy (searched by company name) in step.
         await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=row.name))
     out = company_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.company.updated",
-        resource_type="crm.company",
-        resource_id=str(row.id),
-        before=_jsonable(before),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.company.updated", payload=_jsonable(out))
+    await actor.changed(session, "crm.company.updated", row.id, before=before, after=out)
     return out
 
 
@@ -356,15 +345,7 @@ async def delete_company(session: AsyncSession, actor: Actor, company_id: uuid.U
     await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=None))
     await session.delete(row)
     await session.flush()
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.company.deleted",
-        resource_type="crm.company",
-        resource_id=str(company_id),
-        before=_jsonable(before),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.company.deleted", payload={"id": str(company_id)})
+    await actor.changed(session, "crm.company.deleted", company_id, before=before)
 
 
 # ---- contacts ----------------------------------------------------------------------------------
@@ -439,15 +420,7 @@ async def create_contact(session: AsyncSession, actor: Actor, data: s.ContactCre
     session.add(row)
     await _flush_contact(session, data.email)
     out = contact_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.contact.created",
-        resource_type="crm.contact",
-        resource_id=str(row.id),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.created", payload=_jsonable(out))
+    await actor.changed(session, "crm.contact.created", row.id, after=out)
     return out
 
 
@@ -467,16 +440,7 @@ async def update_contact(
     row.updated_at = sdk.utcnow()
     await _flush_contact(session, values.get("email"))
     out = contact_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.contact.updated",
-        resource_type="crm.contact",
-        resource_id=str(row.id),
-        before=_jsonable(before),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.updated", payload=_jsonable(out))
+    await actor.changed(session, "crm.contact.updated", row.id, before=before, after=out)
     return out
 
 
@@ -486,15 +450,7 @@ async def delete_contact(session: AsyncSession, actor: Actor, contact_id: uuid.U
     before = contact_out(row)
     await session.delete(row)
     await session.flush()
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.contact.deleted",
-        resource_type="crm.contact",
-        resource_id=str(contact_id),
-        before=_jsonable(before),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.contact.deleted", payload={"id": str(contact_id)})
+    await actor.changed(session, "crm.contact.deleted", contact_id, before=before)
 
 
 # ---- pipelines ---------------------------------------------------------------------------------
@@ -632,15 +588,7 @@ async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -
     )
     await session.flush()
     out = deal_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.deal.created",
-        resource_type="crm.deal",
-        resource_id=str(row.id),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.created", payload=_jsonable(out))
+    await actor.changed(session, "crm.deal.created", row.id, after=out)
     return out
 
 
@@ -663,16 +611,7 @@ async def update_deal(
     row.updated_at = sdk.utcnow()
     await session.flush()
     out = deal_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.deal.updated",
-        resource_type="crm.deal",
-        resource_id=str(row.id),
-        before=_jsonable(before),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.updated", payload=_jsonable(out))
+    await actor.changed(session, "crm.deal.updated", row.id, before=before, after=out)
     return out
 
 
@@ -717,9 +656,9 @@ async def move_deal(
         "amount": str(row.amount),
         "currency": row.currency,
     }
-    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.stage_changed", payload=payload)
+    await sdk.emit(session, tenant_id=actor.tenant_id, event="crm.deal.stage_changed", payload=payload)
     if stage.kind in ("won", "lost"):
-        await emit(session, tenant_id=actor.tenant_id, event=f"crm.deal.{stage.kind}", payload=payload)
+        await sdk.emit(session, tenant_id=actor.tenant_id, event=f"crm.deal.{stage.kind}", payload=payload)
     return out
 
 
@@ -746,15 +685,7 @@ async def delete_deal(session: AsyncSession, actor: Actor, deal_id: uuid.UUID, i
     before = deal_out(row)
     await session.delete(row)
     await session.flush()
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.deal.deleted",
-        resource_type="crm.deal",
-        resource_id=str(deal_id),
-        before=_jsonable(before),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.deal.deleted", payload={"id": str(deal_id)})
+    await actor.changed(session, "crm.deal.deleted", deal_id, before=before)
 
 
 # ---- activities --------------------------------------------------------------------------------
@@ -823,15 +754,7 @@ async def create_activity(session: AsyncSession, actor: Actor, data: s.ActivityC
     session.add(row)
     await session.flush()
     out = activity_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.activity.created",
-        resource_type="crm.activity",
-        resource_id=str(row.id),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.created", payload=_jsonable(out))
+    await actor.changed(session, "crm.activity.created", row.id, after=out)
     return out
 
 
@@ -848,16 +771,7 @@ async def update_activity(
     row.updated_at = sdk.utcnow()
     await session.flush()
     out = activity_out(row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.activity.updated",
-        resource_type="crm.activity",
-        resource_id=str(row.id),
-        before=_jsonable(before),
-        after=_jsonable(out),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.updated", payload=_jsonable(out))
+    await actor.changed(session, "crm.activity.updated", row.id, before=before, after=out)
     return out
 
 
@@ -867,12 +781,4 @@ async def delete_activity(session: AsyncSession, actor: Actor, activity_id: uuid
     before = activity_out(row)
     await session.delete(row)
     await session.flush()
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.activity.deleted",
-        resource_type="crm.activity",
-        resource_id=str(activity_id),
-        before=_jsonable(before),
-    )
-    await emit(session, tenant_id=actor.tenant_id, event="crm.activity.deleted", payload={"id": str(activity_id)})
+    await actor.changed(session, "crm.activity.deleted", activity_id, before=before)

@@ -162,6 +162,31 @@ def plugins_list() -> None:
 
 
 @cli.group()
+def secrets() -> None:
+    """Manage the encryption of stored secrets."""
+
+
+@secrets.command("rotate")
+def secrets_rotate() -> None:
+    """Re-seal every stored secret (TOTP seeds, AI provider keys) under the newest master key.
+
+    Add the new key to BUSINESSOS_MASTER_KEYS (version:base64url key) on every process first;
+    keep the old ones until this command reports no failures.
+    """
+    from kernel.rotation import rotate_secrets
+
+    report = _with_kernel(rotate_secrets)
+    click.echo(
+        f"master key v{report.version}: {report.resealed} re-sealed, {report.current} already current, "
+        f"{len(report.failures)} failed"
+    )
+    for failure in report.failures:
+        click.echo(f"  {failure}", err=True)
+    if report.failures:
+        sys.exit(1)
+
+
+@cli.group()
 def tenants() -> None:
     """Create and manage tenants."""
 

@@ -37,8 +37,9 @@ class SecretBox:
         self.current = max(keys)
 
     @classmethod
-    def from_secret(cls, secret: str) -> SecretBox:
-        return cls({1: derive_key(secret, "businessos secret box v1")})
+    def from_secret(cls, secret: str, extra: tuple[tuple[int, bytes], ...] = ()) -> SecretBox:
+        """Version 1 derived from the secret key, plus configured later versions."""
+        return cls({1: derive_key(secret, "businessos secret box v1"), **dict(extra)})
 
     def seal(self, plaintext: str, context: str) -> str:
         nonce = os.urandom(12)

@@ -115,7 +115,7 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
             tenants=tenants,
             modules=ModuleService(db, plugins, bus),
             keys=keys,
-            box=SecretBox.from_secret(settings.secret_key),
+            box=SecretBox.from_secret(settings.secret_key, settings.master_keys),
             access=access,
             identity=IdentityService(
                 db, redis, keys, tenants, access, refresh_days=settings.refresh_token_days

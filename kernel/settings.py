@@ -43,6 +43,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int
     log_level: str
     runtime_role: str = "businessos_app"
+    master_keys: tuple[tuple[int, bytes], ...] = ()
+    """(version, 32-byte AES key) pairs beyond version 1 (which is derived from the secret key);
+    the highest version seals, every version opens. ``businessos secrets rotate`` re-seals."""
     jwt_keys: tuple[tuple[str, bytes], ...] = ()
     """(kid, Ed25519 seed) pairs; the first signs. Empty: one key derived from the secret key."""
     trusted_proxies: tuple[str, ...] = ()
@@ -139,6 +142,26 @@ def _jwt_keys(env: Mapping[str, str]) -> tuple[tuple[str, bytes], ...]:
     return tuple(keys)
 
 
+def _master_keys(env: Mapping[str, str]) -> tuple[tuple[int, bytes], ...]:
+    name = "BUSINESSOS_MASTER_KEYS"
+    keys = []
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        version, _, encoded = item.partition(":")
+        try:
+            key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            number = int(version)
+        except ValueError:
+            number, key = 0, b""
+        if number < 2 or len(key) != 32:
+            raise SettingsError(
+                f"{name}: expected version:base64url(32-byte key) with versions from 2, comma-separated"
+            )
+        keys.append((number, key))
+    if len({v for v, _ in keys}) != len(keys):
+        raise SettingsError(f"{name}: a version appears twice")
+    return tuple(sorted(keys))
+
+
 def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     networks = []
     for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
@@ -191,6 +214,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("BUSINESSOS_DB_RUNTIME_ROLE: must be a lower-case SQL identifier")
 
     return Settings(
+        master_keys=_master_keys(env),
         jwt_keys=_jwt_keys(env),
         trusted_proxies=_networks(env, "BUSINESSOS_TRUSTED_PROXIES"),
         max_body_bytes=_int(env, "BUSINESSOS_MAX_BODY_BYTES", 1_048_576, 1024, 1 << 30),

@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from kernel.app import load_app_plugins
-from kernel.audit import log as audit_log
 from kernel.audit.log import GENESIS, RequestMeta, chain_hash, record
 from kernel.audit.service import AuditService, _canonical_row
 from kernel.db.urls import runtime_url
@@ -274,24 +274,29 @@ async def test_enabling_a_module_writes_one_row_with_the_request_metadata(
 
 
 async def test_a_change_that_rolls_back_leaves_no_row(
-    plugged: tuple[Settings, str], owner: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    plugged: tuple[Settings, str], owner: asyncpg.Connection
 ) -> None:
     s, name = plugged
     async with open_client(s, load_app_plugins(s.plugins_allowlist)) as client:
         tenant = await new_tenant(client)
     tenant_id = uuid.UUID(tenant["id"])
 
-    async def record_then_fail(*args: Any, **kwargs: Any) -> None:
-        await record(*args, **kwargs)
-        raise RuntimeError("the change fails after its audit row was written")
-
     async with other_process(s) as kernel:
-        monkeypatch.setattr(audit_log, "record", record_then_fail)
+        # A change and its audit row in one tenant transaction, which then fails: both go.
         with pytest.raises(RuntimeError, match="after its audit row"):
-            await kernel.modules.enable(
-                tenant_id, name, actor="user:someone", meta=RequestMeta(request_id="r1")
-            )
-        monkeypatch.undo()
+            async with kernel.db.tenant(tenant_id) as session:
+                await session.execute(
+                    text(
+                        "insert into tenant_modules (tenant_id, id, plugin, enabled) "
+                        "values (:t, gen_random_uuid(), :p, true)"
+                    ),
+                    {"t": tenant_id, "p": name},
+                )
+                await record(
+                    session, tenant_id=tenant_id, actor="user:someone", action="module.enabled",
+                    resource_type="module", resource_id=name, meta=RequestMeta(request_id="r1"),
+                )
+                raise RuntimeError("the change fails after its audit row was written")
 
         async def counts() -> tuple[int, int]:
             async with owner.transaction():

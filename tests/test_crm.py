@@ -358,3 +358,25 @@ async def test_two_concurrent_writes_on_one_version_cannot_both_win(api: AsyncTe
     winner = next(a.json() for a in answers if a.status_code == 200)
     assert (await api.get(url, headers=t["h"])).json() == winner
     problem(await api.get("/api/crm/contacts", params={"page": 10**12}, headers=t["h"]), 422)
+
+
+async def test_an_owner_must_be_a_member_of_the_tenant(api: AsyncTestClient[Any]) -> None:
+    t, other = await crm_tenant(api), await crm_tenant(api, "crm-other")
+    for stranger in (str(uuid.uuid4()), other["user_id"]):  # nobody, and a member of another tenant
+        for what, body in (("contacts", {"first_name": "X"}), ("companies", {"name": "X Co"})):
+            body = problem(await api.post(f"/api/crm/{what}", json={**body, "owner_id": stranger}, headers=t["h"]), 422)
+            assert [e["field"] for e in body["errors"]] == ["owner_id"]
+    contact = await make(api, t, "contacts", first_name="Y")
+    patch = await api.patch(
+        f"/api/crm/contacts/{contact['id']}",
+        json={"owner_id": other["user_id"], "version": contact["version"]},
+        headers=t["h"],
+    )
+    problem(patch, 422)
+    owned = await api.patch(
+        f"/api/crm/contacts/{contact['id']}",
+        json={"owner_id": t["user_id"], "version": contact["version"]},
+        headers=t["h"],
+    )
+    assert owned.status_code == 200, owned.text
+    assert owned.json()["owner_id"] == t["user_id"]

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.audit.log import RequestMeta, record
 from kernel.cache import InvalidationBus, TTLCache
@@ -33,12 +34,19 @@ from kernel.identity.tokens import OpaqueSecret, TokenError
 from kernel.plugins.contract import Permission
 from kernel.plugins.loader import PluginSet
 
-__all__ = ["API_KEY_KIND", "AccessService"]
+__all__ = ["API_KEY_KIND", "AccessService", "is_member"]
 
 API_KEY_KIND = "bos"
 GRANTS_TOPIC = "grants"
 MEMBER_TOPIC = "member"
 KEY_TOPIC = "apikey"
+
+
+async def is_member(session: AsyncSession, user_id: uuid.UUID) -> bool:
+    """Whether ``user_id`` belongs to the tenant of ``session`` (a ``db.tenant()`` session: row-level
+    security limits memberships to that tenant)."""
+    found = await session.execute(select(MembershipRow.id).where(MembershipRow.user_id == user_id).limit(1))
+    return found.first() is not None
 
 
 class AccessService:

@@ -79,6 +79,15 @@ class Actor:
         await sdk.emit(session, tenant_id=self.tenant_id, event=event, payload=payload)
 
 
+async def _check_owner(session: AsyncSession, owner_id: uuid.UUID | None) -> None:
+    """An owner must be a member of the tenant (else 422 naming ``owner_id``)."""
+    if owner_id is not None and not await sdk.is_member(session, owner_id):
+        raise sdk.Unprocessable(
+            "owner_id is not a member of this tenant",
+            errors=[sdk.FieldError("owner_id", "not a member of this tenant")],
+        )
+
+
 def _jsonable(value: Any) -> Any:
     return msgspec.to_builtins(value, enc_hook=str)
 
@@ -310,6 +319,7 @@ async def get_company(session: AsyncSession, company_id: uuid.UUID) -> s.Company
 
 
 async def create_company(session: AsyncSession, actor: Actor, data: s.CompanyCreate) -> s.CompanyOut:
+    await _check_owner(session, data.owner_id)
     row = Company(tenant_id=actor.tenant_id, **msgspec.structs.asdict(data))
     session.add(row)
     await session.flush()
@@ -324,6 +334,8 @@ async def update_company(
     row = await _get(session, Company, company_id, "company", lock=True)
     values, version = _changes(patch)
     check_version(row.version, if_match, version)
+    if values.get("owner_id") is not None:
+        await _check_owner(session, values["owner_id"])
     before = company_out(row)
     for name, value in values.items():
         setattr(row, name, value)
@@ -411,6 +423,7 @@ async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> s.Contact
 
 
 async def create_contact(session: AsyncSession, actor: Actor, data: s.ContactCreate) -> s.ContactOut:
+    await _check_owner(session, data.owner_id)
     company = await _exists(session, Company, data.company_id, "company_id", "company")
     row = Contact(
         tenant_id=actor.tenant_id,
@@ -430,6 +443,8 @@ async def update_contact(
     row = await _get(session, Contact, contact_id, "contact", lock=True)
     values, version = _changes(patch)
     check_version(row.version, if_match, version)
+    if values.get("owner_id") is not None:
+        await _check_owner(session, values["owner_id"])
     before = contact_out(row)
     if "company_id" in values:
         company = await _exists(session, Company, values["company_id"], "company_id", "company")
@@ -571,6 +586,7 @@ async def _stage_of(session: AsyncSession, pipeline_id: uuid.UUID, stage_id: uui
 
 
 async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -> s.DealOut:
+    await _check_owner(session, data.owner_id)
     _check_amount(data.amount)
     await _exists(session, Pipeline, data.pipeline_id, "pipeline_id", "pipeline")
     stage = await _stage_of(session, data.pipeline_id, data.stage_id)
@@ -598,6 +614,8 @@ async def update_deal(
     row = await _get(session, Deal, deal_id, "deal", lock=True)
     values, version = _changes(patch)
     check_version(row.version, if_match, version)
+    if values.get("owner_id") is not None:
+        await _check_owner(session, values["owner_id"])
     if "amount" in values:
         _check_amount(values["amount"])
     if "company_id" in values:

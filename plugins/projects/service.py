@@ -43,7 +43,6 @@ EVENTS = {
 }
 
 _BOARD_LOCK = text("select pg_advisory_xact_lock(hashtextextended('projects:board:' || :t || ':' || :p, 0))")
-_IS_MEMBER = text("select 1 from memberships where user_id = :u")
 _RENUMBER = text(
     """update projects_tasks as t set position = r.rn - 1
          from (select id, row_number() over (partition by column_id order by position, id) as rn
@@ -304,8 +303,7 @@ class Board:
         return task
 
     async def _check_member(self, user_id: uuid.UUID) -> None:
-        # memberships is the kernel's tenant table: row-level security limits it to this tenant.
-        if (await self.session.execute(_IS_MEMBER, {"u": user_id})).first() is None:
+        if not await sdk.is_member(self.session, user_id):
             raise _invalid("assignee_id", "not a member of this tenant")
 
     async def _count(self, column_id: uuid.UUID) -> int:

@@ -23,7 +23,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -242,15 +242,7 @@ class AIProxy:
     async def complete(self, call: PreparedCall) -> Completion:
         """A non-streamed call, metered and settled."""
         litellm = await litellm_async()
-        try:
-            response = await litellm.acompletion(**self._arguments(call))
-        except asyncio.CancelledError:
-            await self._finish_shielded(call, status="cancelled")
-            raise
-        except Exception as exc:
-            problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
-            await self._finish_shielded(call, status="error", error=problem)
-            raise problem from None
+        response = await self._call_provider(call, litellm.acompletion(**self._arguments(call)))
         prompt, completion, cached = _usage_numbers(getattr(response, "usage", None))
         choice = response.choices[0]
         message = {"role": choice.message.role or "assistant", "content": choice.message.content}
@@ -277,19 +269,14 @@ class AIProxy:
             caller=caller, params=ChatParams(model=model, messages=[]), target=target, credentials=credentials,
             price=price, max_tokens=0, prompt_estimate=estimate, reservation=reservation,
         )
-        try:
-            response = await litellm.aembedding(
+        response = await self._call_provider(
+            call,
+            litellm.aembedding(
                 model=target.litellm_model, input=inputs, api_key=credentials.api_key,
                 api_base=credentials.api_base or _DEFAULT_BASES.get(target.provider),
                 timeout=self.settings.ai_timeout_seconds, max_retries=0,
-            )
-        except asyncio.CancelledError:
-            await self._finish_shielded(call, status="cancelled")
-            raise
-        except Exception as exc:
-            problem = provider_problem(exc, target.provider, credentials.api_key)
-            await self._finish_shielded(call, status="error", error=problem)
-            raise problem from None
+            ),
+        )
         prompt = int(getattr(response.usage, "prompt_tokens", 0) or 0) if response.usage else 0
         cost = await self._finish_shielded(call, status="ok", prompt=prompt)
         vectors = [list(item["embedding"] if isinstance(item, dict) else item.embedding) for item in response.data]
@@ -302,8 +289,14 @@ class AIProxy:
         """Start a streamed call (provider errors raise here, before any byte is sent) and return
         its pieces; the call is settled when the iterator ends, fails or is closed."""
         litellm = await litellm_async()
+        stream = await self._call_provider(call, litellm.acompletion(**self._arguments(call)))
+        return self._pieces(call, stream)
+
+    async def _call_provider(self, call: PreparedCall, request: Awaitable[Any]) -> Any:
+        """Await the provider. On failure or cancellation the call is settled (its reservation
+        released, the ledger row written) and the failure raised as a problem without secrets."""
         try:
-            stream = await litellm.acompletion(**self._arguments(call))
+            return await request
         except asyncio.CancelledError:
             await self._finish_shielded(call, status="cancelled")
             raise
@@ -311,7 +304,6 @@ class AIProxy:
             problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
             await self._finish_shielded(call, status="error", error=problem)
             raise problem from None
-        return self._pieces(call, stream)
 
     async def _pieces(self, call: PreparedCall, stream: Any) -> AsyncIterator[StreamDelta]:
         call_id = f"chatcmpl-{uuid7().hex}"

@@ -17,6 +17,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from kernel.audit.log import record, request_meta
+from kernel.context import current_tenant, get_kernel
 from kernel.errors import Forbidden, NotFound
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
@@ -85,8 +86,6 @@ class AuthenticationMiddleware(ASGIMiddleware):
 
 
 async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    from kernel.context import current_tenant, get_kernel
-
     if set(getattr(handler, "http_methods", ())) == {"OPTIONS"}:
         return  # Litestar's automatic OPTIONS answer (CORS preflight): it runs no handler code
     permission = handler.opt.get("permission")

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, delete, get, post, put
 
-from kernel.context import Kernel
+from kernel.context import Kernel, current_tenant
 from kernel.errors import Forbidden
 from kernel.identity.auth import principal_of, request_meta
 from kernel.identity.mfa import mfa_handlers
@@ -61,8 +61,6 @@ class SessionsEnded(msgspec.Struct, frozen=True):
 @post("/api/auth/register", status_code=201, tags=["auth"], opt=AUTH_LIMIT)
 async def register(data: Register, request: Req, kernel: Kernel) -> TokenPair:
     """Join the tenant named by X-Tenant-ID, with an invitation or where sign-up is open."""
-    from kernel.context import current_tenant
-
     tenant = await current_tenant(request)
     return await kernel.identity.register(tenant, data, request_meta(request))
 

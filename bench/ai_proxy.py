@@ -3,9 +3,10 @@ serve`` against a direct ``litellm.completion`` to the same local OpenAI-compati
 
 Starts the local provider (``tests/fake_openai.py``) and ``businessos serve`` on the embedded
 servers in a temporary directory, then measures sequentially, with one client: the direct litellm
-call, the proxied call (API key auth, tenant key unsealed, price, ledger row, audit row and event
-in one transaction), and the proxied call under a budget (plus the reservation). Added latency is
-the difference of medians.
+calls (``litellm.acompletion``, which the proxy wraps, is the baseline; the synchronous
+``litellm.completion`` is shown too), the proxied call (API key auth, tenant key unsealed, price,
+ledger row, audit row and event in one transaction), and the proxied call under a budget (plus
+the reservation). Added latency is the difference of medians.
 
     python bench/ai_proxy.py [--requests 200]
 """
@@ -13,6 +14,7 @@ the difference of medians.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -102,19 +104,27 @@ def main() -> None:
                 bearer = {"Authorization": f"Bearer {key}"}
                 body = {"model": "openai/gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
 
+                call = {
+                    "model": "openai/gpt-4o-mini", "messages": MESSAGES, "api_key": PROVIDER_KEY,
+                    "api_base": provider.base, "max_tokens": 16,
+                }
+                loop = asyncio.new_event_loop()
+
                 def direct() -> None:
-                    litellm.completion(
-                        model="openai/gpt-4o-mini", messages=MESSAGES, api_key=PROVIDER_KEY,
-                        api_base=provider.base, max_tokens=16,
-                    )
+                    loop.run_until_complete(litellm.acompletion(**call))
+
+                def direct_sync() -> None:
+                    litellm.completion(**call)
 
                 def proxied() -> None:
                     client.post("/v1/chat/completions", json=body, headers=bearer).raise_for_status()
 
                 for _ in range(20):
                     direct()
+                    direct_sync()
                     proxied()
                 direct_ms = _time(direct, n)
+                sync_ms = _time(direct_sync, n)
                 proxy_ms = _time(proxied, n)
                 client.put("/api/ai/budgets", json={"monthly_cost_limit": 1000}, headers=auth).raise_for_status()
                 budget_ms = _time(proxied, n)
@@ -128,7 +138,8 @@ def main() -> None:
     header = f"{'chat completion (ms), one client, sequential':<46} {'p50':>8} {'p99':>8}"
     print(f"{header} {'added p50':>10} {'added p99':>10}")
     for name, samples in (
-        ("direct litellm.completion (baseline)", direct_ms),
+        ("direct litellm.acompletion (baseline)", direct_ms),
+        ("direct litellm.completion (synchronous)", sync_ms),
         ("proxy /v1/chat/completions", proxy_ms),
         ("proxy /v1/chat/completions with a budget", budget_ms),
     ):

@@ -9,12 +9,16 @@ from typing import Any
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from kernel import __version__
+from kernel.ai import library_routes as ai_library_routes
 from kernel.ai import openai_compat as ai_openai_routes
 from kernel.ai import routes as ai_routes
+from kernel.ai.retrieval import routes as ai_retrieval_routes
 from kernel.audit import routes as audit_routes
 from kernel.audit.safety_net import audit_unaudited_mutations
 from kernel.context import provide_kernel, provide_tenant
@@ -37,6 +41,7 @@ log = logging.getLogger("businessos")
 
 # Importing the models registers the kernel's tables on KernelBase.metadata.
 from kernel.ai import models as _ai_models  # noqa: E402,F401
+from kernel.ai import tables as _ai_tables  # noqa: E402,F401
 from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
@@ -59,8 +64,17 @@ def kernel_route_handlers() -> list[Any]:
         audit_routes.verify_audit_chain,
         *identity_routes.handlers,
         *ai_routes.handlers,
+        *ai_library_routes.handlers,
+        *ai_retrieval_routes.handlers,
         *ai_openai_routes.handlers,
     ]
+
+
+async def kernel_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The rate limit, then access control, as one guard: Litestar copies the route handler for
+    every guard it runs, on every request."""
+    await rate_limit_guard(connection, handler)
+    await access_guard(connection, handler)
 
 
 def load_app_plugins(allowlist: frozenset[str] | None) -> PluginSet:
@@ -97,7 +111,7 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
         lifespan=[lifespan],
         dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
         before_send=[audit_unaudited_mutations],
-        guards=[rate_limit_guard, access_guard],
+        guards=[kernel_guard],
         middleware=[AuthenticationMiddleware()],
         exception_handlers=exception_handlers,
         cors_config=(

@@ -106,7 +106,7 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
         tenants = TenantService(db, bus)
         keys = KeySet.from_config(settings.secret_key, settings.jwt_keys)
         access = AccessService(db, plugins, bus)
-        yield Kernel(
+        kernel = Kernel(
             settings=settings,
             plugins=plugins,
             db=db,
@@ -122,3 +122,7 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
             ),
             limiter=RateLimiter(redis),
         )
+        try:
+            yield kernel
+        finally:
+            await kernel.ai.drain()  # AI calls answered but not yet settled

@@ -4,11 +4,18 @@ when ``stream_options.include_usage``), ``/v1/embeddings`` and OpenAI-style erro
 
 Behaviour by model name: ``rate-limited`` -> 429, ``broken`` -> 500, ``bad-request`` -> 400;
 any other model answers. A key not in ``valid_keys`` -> 401. Every key received is recorded.
+``failures[model] = n`` makes the next ``n`` chat calls for that model answer 503 (then it answers).
+Embedding models named ``bow-<n>`` answer a hashed bag of words of ``n`` dimensions (unit
+length), so that texts sharing words are near each other; other embedding models answer four
+numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
+import re
 import socket
 import threading
 import time
@@ -22,7 +29,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, post
 from litestar.response import Stream
 
-__all__ = ["FakeOpenAI", "fake_openai"]
+__all__ = ["FakeOpenAI", "bag_of_words", "fake_openai"]
 
 REPLY = ["Hello", " from", " the", " local", " model", "."]
 PROMPT_TOKENS = 11
@@ -36,6 +43,7 @@ class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0
     chunk_delay: float = 0.005
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -70,6 +78,9 @@ def _app(state: FakeOpenAI) -> Litestar:
             return _error(500, "The server had an error while processing your request.", "server_error", None)
         if model == "bad-request":
             return _error(400, "This model's maximum context length is 8 tokens.", "invalid_request_error", None)
+        if state.failures.get(model, 0) > 0:
+            state.failures[model] -= 1
+            return _error(503, "The engine is currently overloaded.", "server_error", None)
         if state.delay:
             await asyncio.sleep(state.delay)
         words = REPLY[: max(1, min(len(REPLY), int(body.get("max_tokens") or len(REPLY))))]
@@ -112,23 +123,47 @@ def _app(state: FakeOpenAI) -> Litestar:
     @post("/v1/embeddings", status_code=200)
     async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
         body = msgspec.json.decode(await request.body())
+        state.requests.append(body)
         refused = check(request)
         if refused is not None:
             return refused
+        if body["model"] == "broken":
+            return _error(500, "The server had an error while processing your request.", "server_error", None)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        bow = re.fullmatch(r"bow-(\d+)", body["model"])
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(str(text)) % 7), 0.5, 0.25, 1.0]}
+            {
+                "object": "embedding", "index": i,
+                "embedding": (
+                    bag_of_words(str(text), int(bow.group(1))) if bow
+                    else [float(len(str(text)) % 7), 0.5, 0.25, 1.0]
+                ),
+            }
             for i, text in enumerate(inputs)
         ]
+        # Bag-of-words models bill a token per byte (the proxy's own upper bound), others one per input.
+        tokens = sum(len(str(text).encode()) for text in inputs) if bow else len(inputs)
         answer = {
             "object": "list",
             "data": data,
             "model": body["model"],
-            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return Response(msgspec.json.encode(answer), media_type="application/json")
 
     return Litestar([chat, embeddings])
+
+
+def bag_of_words(text: str, dimensions: int) -> list[float]:
+    """A unit vector with one signed count per hashed lower-case word: cosine similarity grows
+    with the words two texts share."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % dimensions
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector] if any(vector) else [1.0] + [0.0] * (dimensions - 1)
 
 
 @contextmanager

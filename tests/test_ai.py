@@ -16,9 +16,11 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from kernel.ai.schemas import BudgetUpdate, KeyUpdate
+from kernel.audit.log import RequestMeta
 from kernel.crypto import SecretBox
 from kernel.settings import Settings
-from tests.conftest import SECRET, eventually, new_tenant, open_client, settings_for
+from tests.conftest import SECRET, eventually, new_tenant, open_client, other_process, settings_for
 from tests.fake_openai import PROMPT_TOKENS, REPLY, FakeOpenAI, fake_openai
 from tests.servers import api_servers
 
@@ -262,6 +264,41 @@ async def test_a_call_without_a_tenant_key_is_refused_even_with_environment_keys
     )
 
 
+async def test_a_key_replaced_or_deleted_elsewhere_stops_being_used_at_once(
+    api: AsyncTestClient[Any], provider: FakeOpenAI, ai_settings: Settings
+) -> None:
+    """Calls keep the opened key and the budgets per process; a change made by another process
+    reaches this one through the invalidation bus, not after the cache's minute."""
+    tenant = await _tenant_with_key(api, provider)
+    tenant_id = uuid.UUID(tenant["id"])
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert (await api.post("/api/ai/chat", json=chat, headers=_headers(tenant))).status_code == 200
+    async with other_process(ai_settings) as elsewhere:
+        await elsewhere.ai.keys.put(
+            tenant_id, "openai", KeyUpdate(api_key=BAD_KEY, api_base=provider.base), actor=None, meta=RequestMeta()
+        )
+
+        async def rejected() -> bool:
+            return (await api.post("/api/ai/chat", json=chat, headers=_headers(tenant))).status_code == 502
+
+        await eventually(rejected)
+        assert provider.received_keys[-1] == BAD_KEY
+        await elsewhere.ai.keys.delete(tenant_id, "openai", actor=None, meta=RequestMeta())
+
+        async def missing() -> bool:
+            return (await api.post("/api/ai/chat", json=chat, headers=_headers(tenant))).status_code == 409
+
+        await eventually(missing)
+        await elsewhere.ai.budgets.put(tenant_id, BudgetUpdate(monthly_token_limit=1), actor=None, meta=RequestMeta())
+    restored = {"api_key": GOOD_KEY, "api_base": provider.base}
+    await api.put("/api/ai/keys/openai", json=restored, headers=_headers(tenant))
+
+    async def over_budget() -> bool:
+        return (await api.post("/api/ai/chat", json=chat, headers=_headers(tenant))).status_code == 402
+
+    await eventually(over_budget)
+
+
 @pytest.mark.parametrize(
     ("model", "status", "slug"),
     [
@@ -455,8 +492,14 @@ async def test_concurrent_calls_never_spend_past_the_budget(
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 402}, [r.text for r in responses if r.status_code not in (200, 402)]
     assert statuses.count(402) >= 1 and statuses.count(200) >= 1, statuses
-    budget = (await api.get("/api/ai/budgets", headers=_headers(tenant))).json()
-    assert Decimal(budget["spent_cost"]) <= limit and Decimal(budget["reserved_cost"]) == 0
+    budget: dict[str, Any] = {}
+
+    async def settled() -> bool:  # answers go out before their ledger rows are written
+        budget.update((await api.get("/api/ai/budgets", headers=_headers(tenant))).json())
+        return Decimal(budget["reserved_cost"]) == 0
+
+    await eventually(settled, timeout=10)
+    assert Decimal(budget["spent_cost"]) <= limit
     ledger = await _owner_rows(
         ai_settings, tenant["id"], "select sum(cost) as total, count(*) as n from ai_usage where status = 'ok'"
     )
@@ -464,7 +507,9 @@ async def test_concurrent_calls_never_spend_past_the_budget(
     events = await _owner_rows(
         ai_settings, tenant["id"], "select event from events_outbox where event = 'ai.budget.soft_limit'"
     )
-    assert len(events) == 1
+    # Reservations are upper bounds, so how many calls got in (and whether the spend reached the
+    # soft limit at half the budget) depends on timing; crossing it emits the event exactly once.
+    assert len(events) == (1 if Decimal(budget["spent_cost"]) >= limit / 2 else 0)
     print(f"budget {limit}: {statuses.count(200)} of 20 admitted, spent {budget['spent_cost']}")
 
 

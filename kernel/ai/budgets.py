@@ -12,14 +12,22 @@ row. Nothing is counted in a process: any number of API replicas share it.
 
 Crossing ``soft_limit_ratio`` of a limit emits ``ai.budget.soft_limit`` in the settling
 transaction; exactly one settlement crosses it, because each sees its own before and after.
+
+Each reservation is also a row of ``ai_reservations`` with an expiry (the longest the call can
+take, plus a margin). Settling or releasing deletes that row and gives the reservation back only
+if the delete found it, so a reservation is returned at most once. A process killed mid-call
+never settles: :meth:`BudgetService.sweep_expired` (an arq cron job in the worker) releases the
+reservations whose expiry passed, with the same delete, so sweeping twice, or a late settlement
+after a sweep, returns nothing twice.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.ai.call_cache import CallCache
 from kernel.ai.models import BudgetRow
 from kernel.ai.schemas import Budget, BudgetUpdate
 from kernel.audit.log import RequestMeta, record
@@ -35,9 +44,20 @@ from kernel.db.models import utcnow, uuid7
 from kernel.errors import FieldError, Problem, Unprocessable
 from kernel.events.outbox import emit
 
-__all__ = ["TENANT_SCOPE", "BudgetExceeded", "BudgetService", "Reservation", "check_scope", "current_month"]
+__all__ = [
+    "DEFAULT_RESERVATION_TTL",
+    "TENANT_SCOPE",
+    "BudgetExceeded",
+    "BudgetService",
+    "Reservation",
+    "check_scope",
+    "current_month",
+]
 
 SOFT_LIMIT_EVENT = "ai.budget.soft_limit"
+# How long a reservation is held when the caller names no expiry.
+DEFAULT_RESERVATION_TTL = 600.0
+_SWEEP_BATCH = 500
 TENANT_SCOPE = "tenant"
 _PRINCIPAL_SCOPE = re.compile(r"^(user|api_key):[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -71,6 +91,8 @@ class Reservation:
     tokens: int
     scopes: tuple[str, ...]
     """The budgets this reservation holds (those of the call's scopes that have a limit)."""
+    id: uuid.UUID | None = None
+    """Its ``ai_reservations`` row."""
 
 
 _ENSURE_MONTH = text(
@@ -98,14 +120,33 @@ _STATE = text(
          left join ai_budget_months m on m.month = :m and m.scope = :s"""
 )
 _SETTLE = text(
-    """insert into ai_budget_months (tenant_id, id, scope, month, spent_cost, spent_tokens)
-       values (:t, :i, :s, :m, :c, :k)
-       on conflict (tenant_id, scope, month) do update
-          set spent_cost = ai_budget_months.spent_cost + excluded.spent_cost,
-              spent_tokens = ai_budget_months.spent_tokens + excluded.spent_tokens,
-              reserved_cost = greatest(ai_budget_months.reserved_cost - :rc, 0),
-              reserved_tokens = greatest(ai_budget_months.reserved_tokens - :rk, 0)
-    returning spent_cost, spent_tokens"""
+    """with settled as (
+           insert into ai_budget_months (tenant_id, id, scope, month, spent_cost, spent_tokens)
+           select :t, u.id, u.scope, :m, cast(:c as numeric), cast(:k as bigint)
+             from unnest(cast(:ids as uuid[]), cast(:s as text[])) as u(id, scope)
+           on conflict (tenant_id, scope, month) do update
+              set spent_cost = ai_budget_months.spent_cost + excluded.spent_cost,
+                  spent_tokens = ai_budget_months.spent_tokens + excluded.spent_tokens,
+                  reserved_cost = greatest(ai_budget_months.reserved_cost - case
+                      when excluded.scope = any(cast(:held as text[])) then cast(:rc as numeric) else 0 end, 0),
+                  reserved_tokens = greatest(ai_budget_months.reserved_tokens - case
+                      when excluded.scope = any(cast(:held as text[])) then cast(:rk as bigint) else 0 end, 0)
+           returning scope, spent_cost, spent_tokens
+       )
+       select s.scope, s.spent_cost, s.spent_tokens,
+              b.monthly_cost_limit, b.monthly_token_limit, b.soft_limit_ratio, b.scope is not null as budgeted
+         from settled s left join ai_budgets b on b.scope = s.scope"""
+)
+_HOLD = text(
+    "insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at) "
+    "values (:t, :i, :m, :s, :c, :k, :e)"
+)
+_TAKE = text("delete from ai_reservations where id = :i returning id")
+_EXPIRED = text(
+    "select tenant_id, id from ai_reservations where expires_at < now() order by expires_at limit :n"
+)
+_TAKE_EXPIRED = text(
+    "delete from ai_reservations where id = any(:ids) and expires_at < now() returning month, scopes, cost, tokens"
 )
 _RELEASE = text(
     """update ai_budget_months
@@ -123,8 +164,18 @@ def _scopes(principal: str | None) -> list[str]:
 
 
 class BudgetService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: CallCache) -> None:
         self.db = db
+        self.cache = cache
+
+    async def _budgeted(self, tenant_id: uuid.UUID) -> frozenset[str]:
+        """The scopes of the tenant that have a budget (cached; dropped when one is set)."""
+
+        async def read() -> frozenset[str]:
+            async with self.db.tenant(tenant_id) as session:
+                return frozenset((await session.execute(text("select scope from ai_budgets"))).scalars())
+
+        return await self.cache.get(CallCache.key(tenant_id, "budgets"), read)
 
     async def get(self, tenant_id: uuid.UUID, scope: str = TENANT_SCOPE) -> Budget:
         month = current_month()
@@ -170,14 +221,23 @@ class BudgetService:
                     "soft_limit_ratio": data.soft_limit_ratio,
                 },
             )
+        await self.cache.forget(CallCache.key(tenant_id, "budgets"))
         return await self.get(tenant_id, scope)
 
     async def reserve(
-        self, tenant_id: uuid.UUID, principal: str | None, cost: Decimal, tokens: int
+        self,
+        tenant_id: uuid.UUID,
+        principal: str | None,
+        cost: Decimal,
+        tokens: int,
+        ttl_seconds: float = DEFAULT_RESERVATION_TTL,
     ) -> Reservation | None:
         """Reserve ``cost`` and ``tokens`` in every budget of the tenant and of ``principal``
-        (``user:<id>`` / ``api_key:<id>``); ``None`` when none applies; 402 with what remains in
-        the budget that refused, reserving nothing, when the call does not fit."""
+        (``user:<id>`` / ``api_key:<id>``) for at most ``ttl_seconds`` (then the sweeper releases
+        it); ``None`` when none applies; 402 with what remains in the budget that refused,
+        reserving nothing, when the call does not fit."""
+        if not self._budgeted_scopes_apply(await self._budgeted(tenant_id), principal):
+            return None  # the common case: no budget, no transaction
         month = current_month()
         async with self.db.tenant(tenant_id) as session:
             budgeted = sorted(
@@ -201,7 +261,15 @@ class BudgetService:
                 ).scalars()
             )
             if admitted == set(budgeted):
-                return Reservation(month=month, cost=cost, tokens=tokens, scopes=tuple(budgeted))
+                held = uuid7()
+                await session.execute(
+                    _HOLD,
+                    {
+                        "t": tenant_id, "i": held, "m": month, "s": budgeted, "c": cost, "k": tokens,
+                        "e": datetime.now(UTC) + timedelta(seconds=ttl_seconds),
+                    },
+                )
+                return Reservation(month=month, cost=cost, tokens=tokens, scopes=tuple(budgeted), id=held)
             refused = next(scope for scope in budgeted if scope not in admitted)
             state = (await session.execute(_STATE, {"m": month, "s": refused})).one()
             remaining_cost = _remaining(state.monthly_cost_limit, state.spent_cost, state.reserved_cost)
@@ -220,6 +288,10 @@ class BudgetService:
                 },
             )
 
+    @staticmethod
+    def _budgeted_scopes_apply(budgeted: frozenset[str], principal: str | None) -> bool:
+        return any(scope in budgeted for scope in _scopes(principal))
+
     async def settle(
         self,
         session: AsyncSession,
@@ -232,30 +304,24 @@ class BudgetService:
         """Charge the real ``cost`` and ``tokens`` to the tenant's and the principal's month and
         drop the reservation, in ``session``'s transaction; emit the soft-limit event for each
         budget this call crossed."""
+        if not await self._take(session, reservation):
+            reservation = None  # already given back by the sweeper: charge, release nothing
         month = reservation.month if reservation else current_month()
-        held = set(reservation.scopes) if reservation else set()
-        for scope in _scopes(principal):
-            row = (
-                await session.execute(
-                    _SETTLE,
-                    {
-                        "t": tenant_id, "i": uuid7(), "s": scope, "m": month, "c": cost, "k": tokens,
-                        "rc": reservation.cost if scope in held and reservation else 0,
-                        "rk": reservation.tokens if scope in held and reservation else 0,
-                    },
-                )
-            ).one()
-            budget = (
-                await session.execute(
-                    text(
-                        "select monthly_cost_limit, monthly_token_limit, soft_limit_ratio from ai_budgets "
-                        "where scope = :s"
-                    ),
-                    {"s": scope},
-                )
-            ).first()
-            if budget is not None:
-                await self._soft_limit(session, tenant_id, scope, month, budget, row, cost, tokens)
+        scopes = _scopes(principal)
+        # Every scope's month in one statement, with the budgets that apply (for the soft limits).
+        rows = (
+            await session.execute(
+                _SETTLE,
+                {
+                    "t": tenant_id, "m": month, "c": cost, "k": tokens, "s": scopes,
+                    "ids": [uuid7() for _ in scopes], "held": list(reservation.scopes) if reservation else [],
+                    "rc": reservation.cost if reservation else 0, "rk": reservation.tokens if reservation else 0,
+                },
+            )
+        ).all()
+        for row in rows:
+            if row.budgeted:
+                await self._soft_limit(session, tenant_id, row.scope, month, row, row, cost, tokens)
 
     async def _soft_limit(
         self, session: AsyncSession, tenant_id: uuid.UUID, scope: str, month: date,
@@ -282,8 +348,16 @@ class BudgetService:
                 },
             )
 
+    async def _take(self, session: AsyncSession, reservation: Reservation | None) -> bool:
+        """Delete ``reservation``'s row; whether it was still held (and so is this caller's to give back)."""
+        if reservation is None:
+            return False
+        if reservation.id is None:
+            return True
+        return (await session.execute(_TAKE, {"i": reservation.id})).first() is not None
+
     async def release(self, session: AsyncSession, reservation: Reservation | None) -> None:
-        if reservation is not None:
+        if await self._take(session, reservation) and reservation is not None:
             await session.execute(
                 _RELEASE,
                 {
@@ -291,3 +365,24 @@ class BudgetService:
                     "rc": reservation.cost, "rk": reservation.tokens,
                 },
             )
+
+    async def sweep_expired(self) -> int:
+        """Release every reservation whose expiry has passed (its call's process died); returns
+        how many. Safe to run concurrently and repeatedly: each is released by whoever deletes it."""
+        released = 0
+        while True:
+            async with self.db.global_() as session:
+                await session.execute(text("select set_config('app.ai_sweep', 'on', true)"))
+                rows = (await session.execute(_EXPIRED, {"n": _SWEEP_BATCH})).all()
+            by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+            for row in rows:
+                by_tenant[row.tenant_id].append(row.id)
+            for tenant_id, ids in by_tenant.items():
+                async with self.db.tenant(tenant_id) as session:
+                    for held in (await session.execute(_TAKE_EXPIRED, {"ids": ids})).all():
+                        await session.execute(
+                            _RELEASE, {"m": held.month, "s": list(held.scopes), "rc": held.cost, "rk": held.tokens}
+                        )
+                        released += 1
+            if len(rows) < _SWEEP_BATCH:
+                return released

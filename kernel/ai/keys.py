@@ -24,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.ai.call_cache import CallCache
 from kernel.ai.models import ProviderKeyRow
 from kernel.ai.pricing import PROVIDERS
 from kernel.ai.schemas import KeyInfo, KeyUpdate
@@ -83,10 +84,18 @@ async def check_api_base(api_base: str, *, allow_private: bool) -> str:
 
 
 class KeyService:
-    def __init__(self, db: Database, box: SecretBox, *, allow_private_bases: bool) -> None:
+    def __init__(self, db: Database, box: SecretBox, cache: CallCache, *, allow_private_bases: bool) -> None:
         self.db = db
         self.box = box
+        self.cache = cache
         self.allow_private_bases = allow_private_bases
+
+    async def for_call(self, tenant_id: uuid.UUID, provider: str) -> Credentials:
+        """:meth:`credentials` as calls use them: opened (and the base checked) at most once a
+        minute per process, dropped at once when the key is replaced or deleted."""
+        return await self.cache.get(
+            CallCache.key(tenant_id, f"key/{provider}"), lambda: self.credentials(tenant_id, provider)
+        )
 
     @staticmethod
     def _provider(provider: str) -> str:
@@ -130,6 +139,7 @@ class KeyService:
                 resource_type="ai_provider_key", resource_id=provider, meta=meta,
                 details={"provider": provider, "api_base": api_base},
             )
+        await self.cache.forget(CallCache.key(tenant_id, f"key/{provider}"))
         return KeyInfo(
             provider=provider, last_four=api_key[-4:], api_base=api_base, created_at=row.created_at, updated_at=now
         )
@@ -159,6 +169,7 @@ class KeyService:
                 session, tenant_id=tenant_id, actor=actor, action="ai.provider_key.deleted",
                 resource_type="ai_provider_key", resource_id=provider, meta=meta,
             )
+        await self.cache.forget(CallCache.key(tenant_id, f"key/{provider}"))
 
     async def credentials(
         self, tenant_id: uuid.UUID, provider: str, session: AsyncSession | None = None

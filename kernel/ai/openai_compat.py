@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from kernel.ai.pricing import PROVIDERS, litellm_async, provider_models
@@ -84,7 +85,7 @@ async def chat_completions(
             "model": result.model,
             "choices": [{"index": 0, "message": result.message, "finish_reason": result.finish_reason}],
             "usage": _usage(result),
-        })
+        }, background=BackgroundTask(kernel.ai.settled, result))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
     pieces = await kernel.ai.open_stream(call)
     model = call.target.model

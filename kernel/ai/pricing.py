@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -54,12 +55,17 @@ PROVIDERS: dict[str, Provider] = {
 }
 
 
+@functools.cache
 def litellm() -> ModuleType:
     """The litellm module, imported on first use without network access."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     module = importlib.import_module("litellm")
     # No "Give Feedback" banners on stdout for provider errors.
     setattr(module, "suppress_debug_info", True)  # noqa: B010
+    # litellm logs every call's model and parameters at INFO: costly per call, and not ours to
+    # keep (prompt logging is the tenant's choice, in the audit log).
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return module
 
 

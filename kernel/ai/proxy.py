@@ -14,16 +14,23 @@ bill more completion than was reserved.
 Provider failures map to problem+json (see :func:`provider_problem`); a key the provider rejects
 answers 502 ``ai-provider-rejected-key`` with ``provider_status: 401``: the platform's caller is
 authenticated, it is the upstream dependency that refused.
+
+The tenant's AI settings (read in the transaction that opens the key) give the default model,
+the timeout, retries and fallback models: a call the provider answers with 429, 5xx, a timeout
+or a connection error is retried, then tried on each fallback model in turn; every failed
+attempt is its own ledger row, and the answer names the model that answered. With
+``log_prompts`` on, the audit row of a call also holds its messages and the answer's text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -31,10 +38,15 @@ from typing import Any
 import msgspec
 
 from kernel.ai.budgets import BudgetService, Reservation
+from kernel.ai.call_cache import CallCache
+from kernel.ai.compose import compose, needs_session
+from kernel.ai.conversations import ConversationPlan, store_exchange
 from kernel.ai.keys import Credentials, KeyService
 from kernel.ai.models import UsageRow
 from kernel.ai.pricing import PROVIDERS, Price, Target, litellm_async, price_for, resolve_model
+from kernel.ai.tenant_settings import DEFAULTS, TenantAISettings, TenantSettingsService
 from kernel.audit.log import RequestMeta, record
+from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
@@ -59,6 +71,9 @@ log = logging.getLogger("businessos.ai")
 CALL_EVENT = "ai.call.completed"
 DEFAULT_MAX_TOKENS = 4096
 _PER_MESSAGE_TOKENS = 8
+# A reservation outlives its call's longest possible run by this much before the sweeper frees it.
+_RESERVATION_MARGIN_SECONDS = 60
+_LOGGED_TEXT = 20_000
 
 # Where each provider's calls go when the tenant gave no api_base: explicit, so that environment
 # variables (OPENAI_BASE_URL and the like) cannot redirect a tenant's key.
@@ -126,7 +141,8 @@ class Caller:
 
 @dataclass(frozen=True)
 class ChatParams:
-    model: str
+    model: str | None
+    """``None``: the template's default model, else the tenant's (422 when neither exists)."""
     messages: list[dict[str, Any]]
     stream: bool = False
     max_tokens: int | None = None
@@ -136,6 +152,21 @@ class ChatParams:
     conversation_id: uuid.UUID | None = None
     object_type: str | None = None
     object_id: str | None = None
+    template: str | None = None
+    """A prompt template's id or name, rendered with ``variables`` into the messages."""
+    variables: dict[str, Any] | None = None
+    template_version: int | None = None
+    save: bool = False
+    """Without ``conversation_id``: store the exchange as a new conversation."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One model a call can be sent to, with the key and price that go with it."""
+
+    target: Target
+    credentials: Credentials
+    price: Price
 
 
 @dataclass
@@ -150,6 +181,14 @@ class PreparedCall:
     reservation: Reservation | None
     started: float = field(default_factory=time.perf_counter)
     finished: bool = False
+    settings: TenantAISettings = DEFAULTS
+    fallbacks: list[Route] = field(default_factory=list)
+    """Models to try, in order, when the current one fails with a rate limit, 5xx or timeout."""
+    requested_model: str | None = None
+    template_id: uuid.UUID | None = None
+    template_version: int | None = None
+    conversation: ConversationPlan | None = None
+    answer_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +202,9 @@ class Completion:
     completion_tokens: int
     cached_tokens: int
     cost: Decimal
+    conversation_id: uuid.UUID | None = None
+    settlement: asyncio.Future[Decimal] | None = None
+    """The ledger, audit and budget writes still running after the answer (see ``complete``)."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +227,25 @@ def _actor(caller: Caller) -> str | None:
     return caller.principal.actor if caller.principal else None
 
 
+def _retriable(problem: Problem) -> bool:
+    """Worth another attempt (same model or a fallback): the provider was busy, failed or slow."""
+    return isinstance(problem, (ProviderRateLimited, ProviderTimeout, ProviderFailed))
+
+
+def _logged(value: Any, secret: str) -> Any:
+    """A prompt or answer as the audit log keeps it: cut to length, key-like strings scrubbed."""
+    if isinstance(value, str):
+        cut = value if len(value) <= _LOGGED_TEXT else value[:_LOGGED_TEXT] + "…"
+        if secret:
+            cut = cut.replace(secret, "[redacted]")
+        return _SECRETISH.sub(r"\1[redacted]", cut)
+    if isinstance(value, list):
+        return [_logged(v, secret) for v in value]
+    if isinstance(value, dict):
+        return {k: _logged(v, secret) for k, v in value.items()}
+    return value
+
+
 def _usage_numbers(usage: Any) -> tuple[int, int, int]:
     if usage is None:
         return 0, 0, 0
@@ -193,30 +254,88 @@ def _usage_numbers(usage: Any) -> tuple[int, int, int]:
     return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), int(cached or 0)
 
 
+Augment = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+"""Adds to a call's composed messages before it is priced and sent (``prepare``)."""
+
+_MAX_UNSETTLED = 64
+"""Settlements a process lets run behind its answers before it makes answers wait for them."""
+
+
 class AIProxy:
-    def __init__(self, db: Database, box: SecretBox, settings: Settings) -> None:
+    def __init__(self, db: Database, box: SecretBox, settings: Settings, bus: InvalidationBus | None = None) -> None:
         self.db = db
         self.settings = settings
-        self.keys = KeyService(db, box, allow_private_bases=settings.ai_allow_private_bases)
-        self.budgets = BudgetService(db)
+        self.cache = CallCache(bus)
+        self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
+        self.budgets = BudgetService(db, self.cache)
+        self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
+        self._settling: set[asyncio.Future[Decimal]] = set()
 
-    async def prepare(self, caller: Caller, params: ChatParams) -> PreparedCall:
-        """Everything before the provider is called: key, price, budget reservation (402)."""
+    async def _price(self, target: Target) -> Price:
+        """The model's price (an operator's override, else litellm's map), cached for a minute."""
+
+        async def read() -> Price:
+            async with self.db.global_() as session:
+                return await price_for(session, target)
+
+        return await self.cache.get(CallCache.key(None, f"price/{target.model}"), read)
+
+    async def prepare(
+        self, caller: Caller, params: ChatParams, augment: Augment | None = None
+    ) -> PreparedCall:
+        """Everything before the provider is called: the tenant's settings, template and
+        conversation, key, price, budget reservation (402). ``augment`` gets the messages to send
+        once composed (template rendered, history first) and may add to them (retrieval)."""
         await litellm_async()  # the model map, for resolve_model
+        settings = await self.tenant_settings.current(caller.tenant_id)
+        if needs_session(params):
+            async with self.db.tenant(caller.tenant_id) as session:
+                plan = await compose(session, _actor(caller), params, settings)
+        else:
+            plan = await compose(None, _actor(caller), params, settings)
+        params = plan.params
+        if augment is not None:
+            params = dataclasses.replace(params, messages=await augment(params.messages))
+        assert params.model is not None  # compose chose one or refused
         target = resolve_model(params.model)
-        async with self.db.tenant(caller.tenant_id) as session:
-            credentials = await self.keys.credentials(caller.tenant_id, target.provider, session)
-            price = await price_for(session, target)
+        credentials = await self.keys.for_call(caller.tenant_id, target.provider)
+        price = await self._price(target)
+        fallbacks = await self._fallbacks(caller, target, settings) if settings.fallback_models else []
         model_cap = int(target.info.get("max_output_tokens") or DEFAULT_MAX_TOKENS)
         max_tokens = params.max_tokens or min(model_cap, DEFAULT_MAX_TOKENS)
         prompt_estimate = _prompt_estimate(params.messages)
+        # Enough for the dearest model the call may end on.
+        cost = max(r.price.cost(prompt_estimate, max_tokens) for r in [Route(target, credentials, price), *fallbacks])
+        attempts = (settings.retries + 1) * (1 + len(fallbacks))
         reservation = await self.budgets.reserve(
-            caller.tenant_id, _actor(caller), price.cost(prompt_estimate, max_tokens), prompt_estimate + max_tokens
+            caller.tenant_id, _actor(caller), cost, prompt_estimate + max_tokens,
+            ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS,
         )
         return PreparedCall(
             caller=caller, params=params, target=target, credentials=credentials, price=price,
             max_tokens=max_tokens, prompt_estimate=prompt_estimate, reservation=reservation,
+            settings=settings, fallbacks=fallbacks, requested_model=target.model,
+            template_id=plan.template_id, template_version=plan.template_version, conversation=plan.conversation,
         )
+
+    async def _fallbacks(self, caller: Caller, primary: Target, settings: TenantAISettings) -> list[Route]:
+        """The tenant's fallback models other than ``primary``, skipping those whose provider has
+        no key (a fallback must never turn into a 409)."""
+        routes = []
+        for model in settings.fallback_models:
+            target = resolve_model(model)
+            if target.model == primary.model:
+                continue
+            try:
+                credentials = await self.keys.for_call(caller.tenant_id, target.provider)
+            except Problem:
+                log.warning("fallback model %s skipped: no usable %s key", target.model, target.provider)
+                continue
+            routes.append(Route(target, credentials, await self._price(target)))
+        return routes
+
+    def _timeout(self, settings: TenantAISettings) -> int:
+        return settings.timeout_seconds or self.settings.ai_timeout_seconds
 
     def _arguments(self, call: PreparedCall) -> dict[str, Any]:
         params = call.params
@@ -226,7 +345,7 @@ class AIProxy:
             "api_key": call.credentials.api_key,
             "api_base": call.credentials.api_base or _DEFAULT_BASES.get(call.target.provider),
             "max_tokens": call.max_tokens,
-            "timeout": self.settings.ai_timeout_seconds,
+            "timeout": self._timeout(call.settings),
             "num_retries": 0,
             "max_retries": 0,
         }
@@ -242,27 +361,66 @@ class AIProxy:
     async def complete(self, call: PreparedCall) -> Completion:
         """A non-streamed call, metered and settled."""
         litellm = await litellm_async()
-        response = await self._call_provider(call, litellm.acompletion(**self._arguments(call)))
+        response = await self._attempts(call, lambda: litellm.acompletion(**self._arguments(call)))
         prompt, completion, cached = _usage_numbers(getattr(response, "usage", None))
         choice = response.choices[0]
         message = {"role": choice.message.role or "assistant", "content": choice.message.content}
-        cost = await self._finish_shielded(
-            call, status="ok", prompt=prompt, completion=completion, cached=cached
+        call.answer_text = choice.message.content
+        cost = call.price.cost(prompt, completion, cached)
+        running = self._settle_in_background(
+            self._finish(call, status="ok", prompt=prompt, completion=completion, cached=cached)
         )
+        settlement: asyncio.Future[Decimal] | None = running
+        if call.conversation is not None:
+            # The next turn reads the stored exchange: it must be there before the answer is.
+            await asyncio.shield(running)
+            settlement = None
+        elif len(self._settling) > _MAX_UNSETTLED:
+            # Settlements fall behind (they queue on each tenant's audit chain): answer no faster
+            # than they finish rather than let them pile up.
+            await asyncio.wait([running])
         return Completion(
             id=str(response.id), created=int(response.created or time.time()), model=call.target.model,
             message=message, finish_reason=choice.finish_reason, prompt_tokens=prompt,
             completion_tokens=completion, cached_tokens=cached, cost=cost,
+            conversation_id=call.conversation.id if call.conversation else None, settlement=settlement,
         )
+
+    def _settle_in_background(self, settlement: Awaitable[Decimal]) -> asyncio.Future[Decimal]:
+        """Run a successful call's settlement on its own, so the answer need not wait for it.
+
+        The budget cannot be overspent meanwhile: the call's reservation (an upper bound of its
+        cost) stays held until the settlement replaces it with the real cost. The handler awaits
+        it after the response is sent (``settled``); ``drain`` awaits the rest at shutdown.
+        """
+        task = asyncio.ensure_future(settlement)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Future[Decimal]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settling an AI call failed", exc_info=task.exception())
+
+    async def settled(self, completion: Completion) -> None:
+        """Wait until ``completion``'s ledger, audit and budget writes are done (never raises:
+        a failure was logged when it happened)."""
+        if completion.settlement is not None:
+            await asyncio.wait([completion.settlement])
+
+    async def drain(self) -> None:
+        """Wait for every settlement still running (at shutdown)."""
+        while self._settling:
+            await asyncio.wait(list(self._settling))
 
     async def embed(self, caller: Caller, model: str, inputs: list[str]) -> tuple[list[list[float]], Completion]:
         """Embeddings of ``inputs`` with the tenant's key, metered and budgeted like a chat call
         (the reservation is the inputs' size in bytes, an upper bound of their tokens)."""
         litellm = await litellm_async()
         target = resolve_model(model)
-        async with self.db.tenant(caller.tenant_id) as session:
-            credentials = await self.keys.credentials(caller.tenant_id, target.provider, session)
-            price = await price_for(session, target)
+        credentials = await self.keys.for_call(caller.tenant_id, target.provider)
+        price = await self._price(target)
         estimate = sum(len(text.encode()) + _PER_MESSAGE_TOKENS for text in inputs)
         reservation = await self.budgets.reserve(caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate)
         call = PreparedCall(
@@ -289,8 +447,33 @@ class AIProxy:
         """Start a streamed call (provider errors raise here, before any byte is sent) and return
         its pieces; the call is settled when the iterator ends, fails or is closed."""
         litellm = await litellm_async()
-        stream = await self._call_provider(call, litellm.acompletion(**self._arguments(call)))
+        stream = await self._attempts(call, lambda: litellm.acompletion(**self._arguments(call)))
         return self._pieces(call, stream)
+
+    async def _attempts(self, call: PreparedCall, start: Callable[[], Awaitable[Any]]) -> Any:
+        """Await the provider, retrying the model ``settings.retries`` times and then each
+        fallback on a rate limit, 5xx or timeout. Each failed attempt is a ledger row; the last
+        failure (or any other kind) settles the call and is raised."""
+        routes = [Route(call.target, call.credentials, call.price), *call.fallbacks]
+        retries = call.settings.retries
+        for index, route in enumerate(routes):
+            call.target, call.credentials, call.price = route.target, route.credentials, route.price
+            for attempt in range(retries + 1):
+                try:
+                    if attempt:
+                        await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 1.0))
+                    return await start()
+                except asyncio.CancelledError:
+                    await self._finish_shielded(call, status="cancelled")
+                    raise
+                except Exception as exc:
+                    problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
+                    last = index == len(routes) - 1 and attempt == retries
+                    if last or not _retriable(problem):
+                        await self._finish_shielded(call, status="error", error=problem)
+                        raise problem from None
+                    await self._finish_shielded(call, status="error", error=problem, final=False)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call_provider(self, call: PreparedCall, request: Awaitable[Any]) -> Any:
         """Await the provider. On failure or cancellation the call is settled (its reservation
@@ -310,6 +493,7 @@ class AIProxy:
         created = int(time.time())
         usage: Any = None
         text_bytes = 0
+        parts: list[str] = []
         status, error = "cancelled", None
         try:
             async for chunk in stream:
@@ -320,12 +504,14 @@ class AIProxy:
                     content = getattr(delta, "content", None)
                     if content:
                         text_bytes += len(content.encode())
+                        parts.append(content)
                     if content or choice.finish_reason:
                         yield StreamDelta(
                             id=call_id, created=created, content=content or None,
                             role=getattr(delta, "role", None), finish_reason=choice.finish_reason,
                         )
             status = "ok"
+            call.answer_text = "".join(parts)
         except Exception as exc:
             problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
             status, error = "error", problem
@@ -345,6 +531,7 @@ class AIProxy:
             final=Completion(
                 id=call_id, created=created, model=call.target.model, message={}, finish_reason=None,
                 prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached, cost=cost,
+                conversation_id=call.conversation.id if call.conversation else None,
             ),
         )
 
@@ -367,11 +554,14 @@ class AIProxy:
         completion: int = 0,
         cached: int = 0,
         estimated: bool = False,
+        final: bool = True,
     ) -> Decimal:
-        """Ledger row, budget settlement, audit row and event: one transaction, once per call."""
+        """Ledger row, budget settlement, audit row and event: one transaction, once per call.
+        ``final=False`` records a failed attempt that a retry or fallback follows: ledger, audit
+        and event, with the reservation kept for the next attempt."""
         if call.finished:
             return Decimal(0)
-        call.finished = True
+        call.finished = final
         caller = call.caller
         cost = call.price.cost(prompt, completion, cached)
         latency_ms = int((time.perf_counter() - call.started) * 1000)
@@ -387,16 +577,28 @@ class AIProxy:
             status=status, error=(f"{error.slug}: {error.detail}"[:500] if error else None),
             surface=caller.surface, stream=call.params.stream,
             conversation_id=call.params.conversation_id,
+            template_id=call.template_id,
             object_type=call.params.object_type, object_id=call.params.object_id,
         )
+        plan = call.conversation
+        store = plan is not None and final and status == "ok"
+        if store and plan is not None and plan.new:
+            row.conversation_id = plan.id
         async with self.db.tenant(caller.tenant_id) as session:
             session.add(row)
             await session.flush()
-            if prompt or completion:  # the provider billed something
+            if store and plan is not None:
+                await store_exchange(
+                    session, caller.tenant_id, plan, model=call.target.model,
+                    answer={"role": "assistant", "content": call.answer_text}, prompt_tokens=prompt,
+                    completion_tokens=completion, cost=cost, usage_id=row.id,
+                )
+            # A failed attempt that another follows keeps the reservation for it.
+            if final and (prompt or completion):  # the provider billed something
                 await self.budgets.settle(
                     session, caller.tenant_id, _actor(caller), call.reservation, cost, prompt + completion
                 )
-            else:
+            elif final:
                 await self.budgets.release(session, call.reservation)
             # Audit keys naming tokens would be redacted by the audit log: counts go under "usage".
             details = {
@@ -407,10 +609,22 @@ class AIProxy:
             }
             if error is not None:
                 details["error"] = error.slug
+            if call.requested_model and call.requested_model != call.target.model:
+                details["fallback_for"] = call.requested_model
+            if call.template_id is not None:
+                details["template"] = {"id": str(call.template_id), "version": call.template_version}
+            if row.conversation_id is not None:
+                details["conversation_id"] = str(row.conversation_id)
+            logged = {}
+            if call.settings.log_prompts and call.params.messages:
+                secret = call.credentials.api_key
+                logged["prompt"] = _logged(call.params.messages, secret)
+                if status == "ok" and final:
+                    logged["answer"] = _logged(call.answer_text, secret)
             await record(
                 session, tenant_id=caller.tenant_id, actor=principal.actor if principal else None,
                 action="ai.call", resource_type="ai_usage", resource_id=str(row.id),
-                result="success" if status == "ok" else status, meta=caller.meta, details=details,
+                result="success" if status == "ok" else status, meta=caller.meta, details={**details, **logged},
             )
             await emit(
                 session, tenant_id=caller.tenant_id, event=CALL_EVENT,

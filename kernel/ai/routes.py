@@ -7,12 +7,16 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post, put
+from litestar.background_tasks import BackgroundTask
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from kernel.ai.budgets import check_scope
+from kernel.ai.compose import one_source
 from kernel.ai.pricing import PROVIDERS, litellm_async, provider_models
 from kernel.ai.proxy import ChatParams, Completion
+from kernel.ai.retrieval.chat import augment
+from kernel.ai.retrieval.schemas import ChatSource
 from kernel.ai.schemas import (
     Budget,
     BudgetUpdate,
@@ -30,6 +34,7 @@ from kernel.ai.service import caller_of, usage_report
 from kernel.audit.log import request_actor, request_meta
 from kernel.context import Kernel
 from kernel.errors import Problem
+from kernel.identity.auth import principal_of
 from kernel.tenants.schemas import Tenant
 
 __all__ = ["handlers"]
@@ -84,8 +89,10 @@ async def delete_key(provider: str, kernel: Kernel, tenant: Tenant, request: Req
     await kernel.ai.keys.delete(tenant.id, provider, actor=request_actor(request), meta=request_meta(request))
 
 
-def _answer(result: Completion) -> ChatAnswer:
+def _answer(result: Completion, sources: list[ChatSource] | None = None) -> ChatAnswer:
     return ChatAnswer(
+        sources=msgspec.UNSET if sources is None else sources,
+        conversation_id=result.conversation_id,
         id=result.id, model=result.model, message=result.message, finish_reason=result.finish_reason,
         usage=Usage(
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
@@ -104,21 +111,35 @@ async def chat(data: ChatRequest, kernel: Kernel, tenant: Tenant, request: Reque
     """A chat completion with the tenant's key. With ``stream: true``: server-sent events
     ``delta`` (``{"content"}``), then ``done`` (id, model, usage, cost) or ``error`` (a problem)."""
     params = ChatParams(
-        model=data.model, messages=data.messages, stream=data.stream, max_tokens=data.max_tokens,
-        temperature=data.temperature, conversation_id=data.conversation_id,
+        model=data.model, messages=one_source(data.messages, data.template), stream=data.stream,
+        max_tokens=data.max_tokens, temperature=data.temperature, conversation_id=data.conversation_id,
         object_type=data.object_type, object_id=data.object_id,
+        template=data.template, variables=data.variables, template_version=data.template_version, save=data.save,
     )
-    call = await kernel.ai.prepare(caller_of(request, tenant.id, "api"), params)
+    caller = caller_of(request, tenant.id, "api")
+    sources: list[ChatSource] | None = None
+
+    async def with_sources(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # The tenant's nearest chunks go first, as numbered sources; the search uses the last user
+        # message of what is sent (a rendered template's, after a conversation's history).
+        nonlocal sources
+        augmented, sources = await augment(
+            kernel.retrieval, caller, principal_of(request), messages, data.retrieval_k, data.retrieval_filters
+        )
+        return augmented
+
+    call = await kernel.ai.prepare(caller, params, with_sources if data.retrieval else None)
     if not data.stream:
         # A Response (not the Struct) so that the stream branch keeps its own media type.
-        return Response(_answer(await kernel.ai.complete(call)))
+        result = await kernel.ai.complete(call)
+        return Response(_answer(result, sources), background=BackgroundTask(kernel.ai.settled, result))
     pieces = await kernel.ai.open_stream(call)
 
     async def events() -> AsyncIterator[bytes]:
         try:
             async for piece in pieces:
                 if piece.final is not None:
-                    yield _event("done", _answer(piece.final))
+                    yield _event("done", _answer(piece.final, sources))
                 elif piece.content:
                     yield _event("delta", {"content": piece.content})
         except Problem as problem:

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from kernel.ai.retrieval.schemas import ChatSource, SearchFilters
+
 __all__ = [
     "Budget",
     "BudgetUpdate",
@@ -61,14 +63,26 @@ class Message(msgspec.Struct, frozen=True):
 
 
 class ChatRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=500)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    """Absent: the template's default model, else the tenant's (``PUT /api/ai/settings``)."""
+    messages: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=500)] | None = None
+    """Exactly one of ``messages`` and ``template``."""
     stream: bool = False
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     conversation_id: uuid.UUID | None = None
     object_type: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     object_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    retrieval: bool = False
+    """Search the tenant's documents with the last user message; the hits go first as numbered sources."""
+    retrieval_k: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
+    retrieval_filters: SearchFilters | None = None
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    """A prompt template's id or name, rendered with ``variables`` into the messages."""
+    variables: dict[str, Any] | None = None
+    template_version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    save: bool = False
+    """Without ``conversation_id``: store this exchange as a new conversation (its id is answered)."""
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -86,6 +100,10 @@ class ChatAnswer(msgspec.Struct, frozen=True):
     cost: str
     """Decimal, as a string (money never goes through a float)."""
     finish_reason: str | None = None
+    sources: list[ChatSource] | msgspec.UnsetType = msgspec.UNSET
+    """With ``retrieval``: the chunks the system message numbered (absent without retrieval)."""
+    conversation_id: uuid.UUID | None = None
+    """The conversation this exchange was stored in (``conversation_id`` or ``save: true``)."""
 
 
 class BudgetUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

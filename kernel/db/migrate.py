@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from kernel.ai.retrieval import schema as retrieval_schema
 from kernel.db.ddl import RUNTIME_GROUP
 from kernel.db.urls import owner_url, runtime_password
 from kernel.settings import Settings
@@ -100,6 +101,9 @@ def _upgrade(conn: Connection, cfg: Config, settings: Settings, plugin_order: li
         for target in ["kernel@head", *(f"{plugin}@head" for plugin in plugin_order)]:
             command.upgrade(cfg, target)
             conn.commit()
+        # Retrieval tables skipped for want of pgvector are created once it is there.
+        retrieval_schema.catch_up(conn)
+        conn.commit()
     except BaseException:
         conn.rollback()
         raise

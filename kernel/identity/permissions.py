@@ -41,10 +41,18 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.ai.keys.write", "Store and remove AI provider keys"),
     Permission("kernel.ai.usage.read", "Read AI usage, costs and budgets"),
     Permission("kernel.ai.budgets.write", "Set the tenant's AI budgets"),
+    Permission("kernel.ai.prompts.read", "List, read and preview the tenant's prompt templates"),
+    Permission("kernel.ai.prompts.write", "Create, version and delete prompt templates"),
+    Permission("kernel.ai.settings.write", "Change the tenant's AI settings (models, fallbacks, prompt logging)"),
+    Permission("kernel.ai.documents.read", "List AI documents and search them (embedding the query is metered)"),
+    Permission("kernel.ai.documents.write", "Add AI documents (embedding them is metered) and delete them"),
 ]
 
 # Kernel permissions a member has; the rest of the kernel's are administrative.
-_MEMBER_KERNEL = {"kernel.tenant.read", "kernel.modules.read", "kernel.members.read", "kernel.ai.use"}
+_MEMBER_KERNEL = {
+    "kernel.tenant.read", "kernel.modules.read", "kernel.members.read", "kernel.ai.use",
+    "kernel.ai.documents.read", "kernel.ai.documents.write", "kernel.ai.prompts.read",
+}
 _VIEWER_KERNEL = {"kernel.tenant.read", "kernel.modules.read"}
 
 

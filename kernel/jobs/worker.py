@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from kernel.context import Kernel
@@ -21,7 +22,7 @@ from kernel.plugins.loader import PluginSet
 from kernel.runtime import open_kernel
 from kernel.settings import Settings
 
-__all__ = ["QUEUE", "build_worker", "run_event_handlers"]
+__all__ = ["QUEUE", "build_worker", "run_event_handlers", "sweep_ai_reservations"]
 
 log = logging.getLogger("businessos.worker")
 
@@ -49,6 +50,16 @@ async def run_event_handlers(
                 )
                 ran += 1
     return ran
+
+
+async def sweep_ai_reservations(ctx: dict[str, Any]) -> int:
+    """Release AI budget reservations whose call outlived its expiry (its process died mid-call);
+    idempotent. Returns how many were released."""
+    kernel: Kernel = ctx["kernel"]
+    released = await kernel.ai.budgets.sweep_expired()
+    if released:
+        log.warning("released %d expired AI budget reservation(s)", released)
+    return released
 
 
 def build_worker(
@@ -79,6 +90,8 @@ def build_worker(
 
     return Worker(
         functions=[func(run_event_handlers, name=JOB)],  # type: ignore[arg-type]
+        # Every minute; arq runs a cron job once per tick across all workers (unique job id).
+        cron_jobs=[cron(sweep_ai_reservations, name="kernel.sweep_ai_reservations", second=17)],  # type: ignore[arg-type]
         queue_name=queue,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,

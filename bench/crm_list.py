@@ -69,6 +69,13 @@ async def load(
     return len(ordered) / elapsed, statistics.median(ordered), ordered[int(len(ordered) * 0.99)]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux), to report CPU per request: a figure
+    that, unlike req/s, hardly moves when other work shares the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_healthy(url: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -151,8 +158,8 @@ def main() -> None:
         _wait_healthy(f"http://127.0.0.1:{thin_port}/contacts")
 
         targets = {
-            "platform GET /api/crm/contacts?limit=20": (platform_port, "/api/crm/contacts?limit=20", auth),
-            "thin Litestar + asyncpg": (thin_port, "/contacts", {}),
+            "platform GET /api/crm/contacts?limit=20": (platform_port, "/api/crm/contacts?limit=20", auth, servers[0]),
+            "thin Litestar + asyncpg": (thin_port, "/contacts", {}, servers[1]),
         }
         if os.environ.get("BENCH_PROFILE"):  # py-spy the platform while it is under load
             profile = subprocess.Popen(
@@ -161,25 +168,32 @@ def main() -> None:
             )
             asyncio.run(load(platform_port, "/api/crm/contacts?limit=20", auth, args.seconds, args.concurrency))
             profile.wait()
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in targets}
-        for port, path, headers in targets.values():  # warm-up
+        results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in targets}
+        for port, path, headers, _server in targets.values():  # warm-up
             asyncio.run(load(port, path, headers, 2, args.concurrency))
         for _ in range(args.rounds):
-            for name, (port, path, headers) in targets.items():
-                results[name].append(asyncio.run(load(port, path, headers, args.seconds, args.concurrency)))
+            for name, (port, path, headers, server) in targets.items():
+                cpu = _cpu_seconds(server.pid)
+                rps, p50, p99 = asyncio.run(load(port, path, headers, args.seconds, args.concurrency))
+                cpu_ms = (_cpu_seconds(server.pid) - cpu) * 1000 / (rps * args.seconds)
+                results[name].append((rps, p50, p99, cpu_ms))
 
         print(
             f"{args.contacts} contacts, concurrency {args.concurrency}, "
             f"{args.rounds} rounds x {args.seconds:.0f} s each (medians)"
         )
-        print(f"{'':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
         medians = {}
         for name, runs in results.items():
-            medians[name] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
-            rps, p50, p99 = medians[name]
-            print(f"{name:<42} {rps:9.0f} {p50:8.2f} {p99:8.2f}")
-        (prps, pp50, pp99), (trps, tp50, tp99) = medians.values()
-        print(f"{'platform / thin':<42} {prps / trps:8.2f}x {pp50 / tp50:7.2f}x {pp99 / tp99:7.2f}x")
+            medians[name] = tuple(statistics.median(r[i] for r in runs) for i in range(4))
+            rps, p50, p99, cpu_ms = medians[name]
+            print(f"{name:<42} {rps:9.0f} {p50:8.2f} {p99:8.2f} {cpu_ms:11.3f}")
+        (prps, pp50, pp99, pcpu), (trps, tp50, tp99, tcpu) = medians.values()
+        print(
+            f"{'platform / thin':<42} {prps / trps:8.2f}x {pp50 / tp50:7.2f}x {pp99 / tp99:7.2f}x"
+            f" {pcpu / tcpu:10.2f}x"
+        )
+        print(f"throughput ratio implied by CPU per request (thin / platform): {tcpu / pcpu:.2f}x")
     finally:
         for server in servers:
             server.terminate()

@@ -13,10 +13,13 @@ from kernel.audit.log import record as audit_record
 from kernel.context import Kernel, current_tenant, get_kernel
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
+from kernel.db.reader import Query, Reader
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
+from kernel.identity.auth import principal_of
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.principal import Principal
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
 from kernel.runtime import open_kernel_from_environment as open_kernel
@@ -38,7 +41,10 @@ __all__ = [
     "NodeSpec",
     "NotFound",
     "Permission",
+    "Principal",
     "Problem",
+    "Query",
+    "Reader",
     "RequestMeta",
     "Tenant",
     "TenantScoped",
@@ -55,6 +61,7 @@ __all__ = [
     "hookimpl",
     "is_member",
     "open_kernel",
+    "principal_of",
     "request_actor",
     "request_meta",
     "utcnow",

@@ -95,7 +95,7 @@ async def new_task(
 
 
 async def tasks_of(api: AsyncTestClient[Any], tenant: dict[str, Any], project: dict[str, Any]) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = ok(await api.get(f"/api/projects/{project['id']}/tasks", headers=at(tenant)))["items"]
+    items: list[dict[str, Any]] = ok(await api.get(f"/api/projects/{project['id']}/tasks", headers=at(tenant)))["tasks"]
     return items
 
 
@@ -125,7 +125,7 @@ async def test_project_crud_with_default_board(api: AsyncTestClient[Any]) -> Non
     ]
     other = await new_project(api, a, "Hiring")
 
-    listed = ok(await api.get("/api/projects", headers=at(a)))["items"]
+    listed = ok(await api.get("/api/projects", headers=at(a)))["projects"]
     assert [p["id"] for p in listed] == [created["id"], other["id"]]
     assert ok(await api.get(f"/api/projects/{created['id']}", headers=at(a))) == created
 
@@ -138,7 +138,7 @@ async def test_project_crud_with_default_board(api: AsyncTestClient[Any]) -> Non
     assert (await api.delete(f"/api/projects/{created['id']}", headers=at(a))).status_code == 204
     problem(await api.get(f"/api/projects/{created['id']}", headers=at(a)), 404)
     problem(await api.get(f"/api/projects/{created['id']}/tasks", headers=at(a)), 404)
-    assert [p["id"] for p in ok(await api.get("/api/projects", headers=at(a)))["items"]] == [other["id"]]
+    assert [p["id"] for p in ok(await api.get("/api/projects", headers=at(a)))["projects"]] == [other["id"]]
 
 
 # --- tasks ----------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ async def test_subtasks_belong_to_their_parent_and_go_with_it(api: AsyncTestClie
     assert got["subtask_ids"] == [s["id"] for s in subs]
     listed = ok(
         await api.get(f"/api/projects/{project['id']}/tasks", params={"parent_task_id": parent["id"]}, headers=at(a))
-    )["items"]
+    )["tasks"]
     assert [t["id"] for t in listed] == [s["id"] for s in subs]
     assert all(t["parent_task_id"] == parent["id"] for t in listed)
 
@@ -381,7 +381,7 @@ async def test_comments_carry_their_author(api: AsyncTestClient[Any]) -> None:
     second = ok(await api.post(url, json={"body": "Agreed"}, headers=at(a, member["access_token"])), 201)
     assert (first["author_id"], first["author"]) == (a["user_id"], f"user:{a['user_id']}")
     assert second["author_id"] == member["user_id"]
-    listed = ok(await api.get(url, headers=at(a)))["items"]
+    listed = ok(await api.get(url, headers=at(a)))["comments"]
     assert [(c["body"], c["author_id"]) for c in listed] == [
         ("Looks good", a["user_id"]),
         ("Agreed", member["user_id"]),
@@ -426,7 +426,7 @@ async def test_another_tenants_ids_answer_404(api: AsyncTestClient[Any]) -> None
         problem(response, 404)
         assert "Secret" not in response.text
     assert ok(await api.get(f"/api/projects/{p}/tasks/{t}", headers=at(a)))["title"] == "Secret"
-    assert [x["id"] for x in ok(await api.get("/api/projects", headers=at(b)))["items"]] == [b_project["id"]]
+    assert [x["id"] for x in ok(await api.get("/api/projects", headers=at(b)))["projects"]] == [b_project["id"]]
 
 
 async def test_viewer_reads_but_cannot_write(api: AsyncTestClient[Any]) -> None:
@@ -438,7 +438,7 @@ async def test_viewer_reads_but_cannot_write(api: AsyncTestClient[Any]) -> None:
     p, t = project["id"], task["id"]
 
     assert ok(await api.get(f"/api/projects/{p}", headers=as_viewer))["id"] == p
-    assert ok(await api.get(f"/api/projects/{p}/tasks/{t}/comments", headers=as_viewer))["items"] == []
+    assert ok(await api.get(f"/api/projects/{p}/tasks/{t}/comments", headers=as_viewer))["comments"] == []
     for method, path, body in (
         ("POST", "/api/projects", {"name": "x"}),
         ("PATCH", f"/api/projects/{p}", {"name": "x"}),
@@ -471,7 +471,7 @@ async def test_disabled_module_answers_404_naming_it_and_keeps_data(api: AsyncTe
 
     ok(await api.post("/api/modules/projects/enable", headers=at(a)))
     assert ok(await api.get(f"/api/projects/{project['id']}/tasks/{task['id']}", headers=at(a))) == task
-    assert [p["id"] for p in ok(await api.get("/api/projects", headers=at(a)))["items"]] == [project["id"]]
+    assert [p["id"] for p in ok(await api.get("/api/projects", headers=at(a)))["projects"]] == [project["id"]]
 
 
 # --- audit, events, workflow nodes ----------------------------------------------------------------
@@ -579,8 +579,8 @@ async def test_purge_deletes_only_this_tenants_project_rows(api: AsyncTestClient
         "projects_projects": 1,
     }
     ok(await api.post("/api/modules/projects/enable", headers=at(a)))
-    assert ok(await api.get("/api/projects", headers=at(a)))["items"] == []
-    assert len(ok(await api.get("/api/projects", headers=at(b)))["items"]) == 1
+    assert ok(await api.get("/api/projects", headers=at(a)))["projects"] == []
+    assert len(ok(await api.get("/api/projects", headers=at(b)))["projects"]) == 1
 
 
 async def test_create_task_node_and_completed_trigger_are_declared_and_run(
@@ -599,6 +599,11 @@ async def test_create_task_node_and_completed_trigger_are_declared_and_run(
         "projects.task.assigned",
         "projects.task.completed",
         "projects.comment.created",
+        "projects.comment.updated",
+        "projects.comment.deleted",
+        "projects.column.created",
+        "projects.column.updated",
+        "projects.column.deleted",
     }
 
     a = await tenant_with_projects(api)

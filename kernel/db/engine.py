@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from kernel.db.reader import Reader, begin_statement, end, open_read_pool
 
 __all__ = ["Database"]
 
@@ -25,6 +29,10 @@ class Database:
     """
 
     def __init__(self, url: URL, *, pool_size: int = 10) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._read_pool: asyncpg.Pool | None = None
+        self._read_pool_lock = asyncio.Lock()
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -43,6 +51,29 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def read(self, tenant_id: uuid.UUID) -> AsyncIterator[Reader]:
+        """A read-only transaction scoped to ``tenant_id`` for hot list endpoints (see
+        ``kernel.db.reader``): same role and row-level security, fewer round trips."""
+        pool = self._read_pool or await self._open_read_pool()
+        async with pool.acquire() as connection:
+            await connection.execute(begin_statement(tenant_id))
+            error: BaseException | None = None
+            try:
+                yield Reader(connection)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if not await end(connection, error):
+                    connection.terminate()  # the pool opens a fresh one in its place
+
+    async def _open_read_pool(self) -> asyncpg.Pool:
+        async with self._read_pool_lock:
+            if self._read_pool is None:
+                self._read_pool = await open_read_pool(self._url, self._pool_size)
+        return self._read_pool
+
+    @asynccontextmanager
     async def user(self, user_id: uuid.UUID) -> AsyncIterator[AsyncSession]:
         """A transaction in which a person's own memberships are readable across tenants.
 
@@ -59,4 +90,7 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        if self._read_pool is not None:
+            await self._read_pool.close()
+            self._read_pool = None
         await self.engine.dispose()

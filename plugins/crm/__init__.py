@@ -33,20 +33,28 @@ PERMISSIONS = [
     sdk.Permission("crm.deals.read", "See deals and their stage history"),
     sdk.Permission("crm.deals.write", "Create, change, move and delete deals"),
     sdk.Permission("crm.pipelines.read", "See pipelines and their stages"),
-    sdk.Permission("crm.pipelines.write", "Create pipelines"),
+    sdk.Permission("crm.pipelines.write", "Create, change and delete pipelines and their stages"),
     sdk.Permission("crm.activities.read", "See notes, calls, meetings and tasks"),
     sdk.Permission("crm.activities.write", "Log and change notes, calls, meetings and tasks"),
 ]
 
-EVENT_TYPES = [
-    sdk.EventType(f"crm.{entity}.{verb}", f"A {entity.replace('_', ' ')} was {verb}")
-    for entity in ("contact", "company", "deal", "activity")
-    for verb in ("created", "updated", "deleted")
-] + [
-    sdk.EventType("crm.deal.stage_changed", "A deal moved to another stage"),
-    sdk.EventType("crm.deal.won", "A deal moved to a won stage"),
-    sdk.EventType("crm.deal.lost", "A deal moved to a lost stage"),
-]
+EVENT_TYPES = (
+    [
+        sdk.EventType(f"crm.{entity}.{verb}", f"A {entity.replace('_', ' ')} was {verb}")
+        for entity in ("contact", "company", "deal", "activity")
+        for verb in ("created", "updated", "deleted")
+    ]
+    + [
+        sdk.EventType(f"crm.{entity}.{verb}", f"A {entity} was {verb}")
+        for entity in ("pipeline", "stage")
+        for verb in ("created", "updated", "deleted")
+    ]
+    + [
+        sdk.EventType("crm.deal.stage_changed", "A deal moved to another stage"),
+        sdk.EventType("crm.deal.won", "A deal moved to a won stage"),
+        sdk.EventType("crm.deal.lost", "A deal moved to a lost stage"),
+    ]
+)
 
 
 @sdk.hookimpl

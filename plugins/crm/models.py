@@ -36,6 +36,10 @@ COMPANY_SEARCH = (
     "to_tsvector('simple'::regconfig, coalesce(name, '') || ' ' || coalesce(domain, '') || ' ' || "
     "coalesce(translate(domain, '.', ' '), ''))"
 )
+DEAL_SEARCH = (
+    "to_tsvector('simple'::regconfig, coalesce(title, '') || ' ' || coalesce(company_name, '') || ' ' || "
+    "coalesce(contact_name, ''))"
+)
 
 
 class _Versioned:
@@ -72,6 +76,8 @@ class Pipeline(sdk.TenantScoped, Base):
     __tablename__ = "crm_pipelines"
 
     name: Mapped[str] = mapped_column(Text)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The pipeline a deal goes to when none is named; at most one per tenant."""
 
 
 class PipelineStage(sdk.TenantScoped, Base):
@@ -95,6 +101,10 @@ class Deal(sdk.TenantScoped, _Versioned, Base):
     company_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     owner_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    company_name: Mapped[str | None] = mapped_column(Text)
+    contact_name: Mapped[str | None] = mapped_column(Text)
+    """Both denormalised (like a contact's company name) so the search column can cover them."""
+    search: Mapped[Any] = mapped_column(TSVECTOR, Computed(DEAL_SEARCH, persisted=True), deferred=True)
 
 
 class DealStageHistory(sdk.TenantScoped, Base):

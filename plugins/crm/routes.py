@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from litestar import Request, Response, delete, get, patch, post
 
 from kernel import sdk
-from plugins.crm import csvio, service
+from plugins.crm import contact_list, csvio, pipelines, service
 from plugins.crm import schemas as s
 from plugins.crm.service import Actor
 
@@ -55,9 +56,9 @@ async def list_contacts(
 ) -> s.ContactPage | s.ContactCursorPage:
     """Contacts, newest first by default; ``sort`` is ``created_at``, ``-created_at``, ``last_name``
     or ``email``; ``q`` searches names, e-mail and company name (web search syntax)."""
-    async with kernel.db.tenant(tenant.id) as session:
-        rows, total, nxt = await service.list_contacts(
-            session,
+    async with kernel.db.read(tenant.id) as reader:
+        rows, total, nxt = await contact_list.list_contacts(
+            reader,
             page=page,
             limit=limit,
             sort=sort,
@@ -211,6 +212,73 @@ async def get_pipeline(tenant: sdk.Tenant, kernel: sdk.Kernel, pipeline_id: uuid
         return await service.get_pipeline(session, pipeline_id)
 
 
+@patch("/api/crm/pipelines/{pipeline_id:uuid}", opt={"permission": "crm.pipelines.write"}, tags=["crm"])
+async def update_pipeline(
+    request: Request[Any, Any, Any],
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    pipeline_id: uuid.UUID,
+    data: s.PipelinePatch,
+) -> s.PipelineOut:
+    """Rename a pipeline; ``is_default: true`` makes it the tenant's default (and no other)."""
+    async with kernel.db.tenant(tenant.id) as session:
+        return await pipelines.update_pipeline(session, _actor(request, tenant), pipeline_id, data)
+
+
+@delete("/api/crm/pipelines/{pipeline_id:uuid}", opt={"permission": "crm.pipelines.write"}, tags=["crm"])
+async def delete_pipeline(
+    request: Request[Any, Any, Any], tenant: sdk.Tenant, kernel: sdk.Kernel, pipeline_id: uuid.UUID
+) -> None:
+    """Delete a pipeline and its stages; 409 (with ``deals``, how many) while deals use it."""
+    async with kernel.db.tenant(tenant.id) as session:
+        await pipelines.delete_pipeline(session, _actor(request, tenant), pipeline_id)
+
+
+STAGES = "/api/crm/pipelines/{pipeline_id:uuid}/stages"
+
+
+@post(STAGES, opt={"permission": "crm.pipelines.write"}, tags=["crm"])
+async def add_stage(
+    request: Request[Any, Any, Any],
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    pipeline_id: uuid.UUID,
+    data: s.StageCreate,
+) -> s.PipelineOut:
+    """Add a stage at ``position`` (default last); answers the pipeline with its stages renumbered."""
+    async with kernel.db.tenant(tenant.id) as session:
+        return await pipelines.add_stage(session, _actor(request, tenant), pipeline_id, data)
+
+
+@patch(STAGES + "/{stage_id:uuid}", opt={"permission": "crm.pipelines.write"}, tags=["crm"])
+async def update_stage(
+    request: Request[Any, Any, Any],
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    pipeline_id: uuid.UUID,
+    stage_id: uuid.UUID,
+    data: s.StagePatch,
+) -> s.PipelineOut:
+    """Rename a stage, set its ``kind`` (open, won, lost) or move it to ``position``; answers the pipeline."""
+    async with kernel.db.tenant(tenant.id) as session:
+        return await pipelines.update_stage(session, _actor(request, tenant), pipeline_id, stage_id, data)
+
+
+@delete(STAGES + "/{stage_id:uuid}", opt={"permission": "crm.pipelines.write"}, tags=["crm"], status_code=200)
+async def delete_stage(
+    request: Request[Any, Any, Any],
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    pipeline_id: uuid.UUID,
+    stage_id: uuid.UUID,
+    move_to: uuid.UUID | None = None,
+) -> s.PipelineOut:
+    """Delete a stage; while deals sit in it, 409 (with ``deals``, how many) unless ``move_to``
+    names another stage of the pipeline to move them to. Answers the pipeline."""
+    async with kernel.db.tenant(tenant.id) as session:
+        return await pipelines.delete_stage(session, _actor(request, tenant), pipeline_id, stage_id, move_to)
+
+
 # ---- deals -------------------------------------------------------------------------------------
 
 
@@ -221,23 +289,42 @@ async def list_deals(
     page: int = 1,
     limit: int = service.DEFAULT_LIMIT,
     sort: str = "-created_at",
+    q: str | None = None,
+    cursor: str | None = None,
     pipeline_id: uuid.UUID | None = None,
     stage_id: uuid.UUID | None = None,
     company_id: uuid.UUID | None = None,
     contact_id: uuid.UUID | None = None,
-) -> s.DealPage:
-    """Deals; ``sort`` is ``created_at``, ``-created_at`` or ``amount``."""
+    owner_id: uuid.UUID | None = None,
+    status: str | None = None,
+    amount_min: Decimal | None = None,
+    amount_max: Decimal | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> s.DealPage | s.DealCursorPage:
+    """Deals; ``sort`` is ``created_at``, ``-created_at`` (default), ``amount``, ``-amount``, ``title``
+    or ``-updated_at``; ``status`` is the kind of the deal's stage (``open``, ``won``, ``lost``);
+    ``amount_min``/``amount_max`` are inclusive; ``q`` searches the title and the company's and
+    contact's names (web search syntax)."""
+    filters = service.DealFilters(
+        q=q,
+        pipeline_id=pipeline_id,
+        stage_id=stage_id,
+        company_id=company_id,
+        contact_id=contact_id,
+        owner_id=owner_id,
+        status=status,
+        amount_min=amount_min,
+        amount_max=amount_max,
+        created_after=created_after,
+        created_before=created_before,
+    )
     async with kernel.db.tenant(tenant.id) as session:
-        rows, total = await service.list_deals(
-            session,
-            page=page,
-            limit=limit,
-            sort=sort,
-            pipeline_id=pipeline_id,
-            stage_id=stage_id,
-            company_id=company_id,
-            contact_id=contact_id,
+        rows, total, nxt = await service.list_deals(
+            session, page=page, limit=limit, sort=sort, cursor=cursor, filters=filters
         )
+    if total is None:
+        return s.DealCursorPage(deals=rows, next_cursor=nxt)
     return s.DealPage(deals=rows, pagination=service.pagination(page, limit, total))
 
 
@@ -304,24 +391,37 @@ async def list_activities(
     page: int = 1,
     limit: int = service.DEFAULT_LIMIT,
     sort: str = "-created_at",
+    cursor: str | None = None,
+    kind: str | None = None,
     contact_id: uuid.UUID | None = None,
     company_id: uuid.UUID | None = None,
     deal_id: uuid.UUID | None = None,
     done: bool | None = None,
-) -> s.ActivityPage:
-    """Activities, filtered by the contact, company or deal they are about; ``sort`` is
-    ``created_at``, ``-created_at`` or ``due_at``."""
+    due_after: datetime | None = None,
+    due_before: datetime | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> s.ActivityPage | s.ActivityCursorPage:
+    """Activities, filtered by ``kind``, the contact, company or deal they are about, ``done`` and
+    the due and creation dates (``*_after`` inclusive, ``*_before`` exclusive); ``sort`` is
+    ``created_at``, ``-created_at`` (default), ``due_at`` or ``-due_at``."""
+    filters = service.ActivityFilters(
+        kind=kind,
+        contact_id=contact_id,
+        company_id=company_id,
+        deal_id=deal_id,
+        done=done,
+        due_after=due_after,
+        due_before=due_before,
+        created_after=created_after,
+        created_before=created_before,
+    )
     async with kernel.db.tenant(tenant.id) as session:
-        rows, total = await service.list_activities(
-            session,
-            page=page,
-            limit=limit,
-            sort=sort,
-            contact_id=contact_id,
-            company_id=company_id,
-            deal_id=deal_id,
-            done=done,
+        rows, total, nxt = await service.list_activities(
+            session, page=page, limit=limit, sort=sort, cursor=cursor, filters=filters
         )
+    if total is None:
+        return s.ActivityCursorPage(activities=rows, next_cursor=nxt)
     return s.ActivityPage(activities=rows, pagination=service.pagination(page, limit, total))
 
 
@@ -433,6 +533,11 @@ ROUTES: list[Any] = [
     list_pipelines,
     create_pipeline,
     get_pipeline,
+    update_pipeline,
+    delete_pipeline,
+    add_stage,
+    update_stage,
+    delete_stage,
     list_deals,
     create_deal,
     get_deal,

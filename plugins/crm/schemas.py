@@ -16,6 +16,7 @@ from msgspec import UNSET, UnsetType
 
 __all__ = [
     "ActivityCreate",
+    "ActivityCursorPage",
     "ActivityOut",
     "ActivityPage",
     "ActivityPatch",
@@ -30,6 +31,7 @@ __all__ = [
     "ContactPage",
     "ContactPatch",
     "DealCreate",
+    "DealCursorPage",
     "DealMove",
     "DealOut",
     "DealPage",
@@ -40,9 +42,12 @@ __all__ = [
     "PipelineCreate",
     "PipelineList",
     "PipelineOut",
+    "PipelinePatch",
+    "StageCreate",
     "StageHistoryEntry",
     "StageIn",
     "StageOut",
+    "StagePatch",
 ]
 
 Text = Annotated[str, msgspec.Meta(max_length=1000, pattern=r"^[^\x00]*$")]
@@ -60,6 +65,7 @@ Amount = Decimal  # range and scale are checked by the service (msgspec has no D
 StageKind = Literal["open", "won", "lost"]
 ActivityKind = Literal["note", "call", "meeting", "task"]
 Version = Annotated[int, msgspec.Meta(ge=1)]
+Position = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 
 
 class Pagination(msgspec.Struct, frozen=True):
@@ -173,6 +179,28 @@ class PipelineCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Name
     stages: Annotated[list[StageIn], msgspec.Meta(min_length=1, max_length=50)]
     """In order; positions are given from 0."""
+    is_default: bool = False
+    """Make this the tenant's default pipeline (the one before it stops being the default)."""
+
+
+class PipelinePatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name | UnsetType = UNSET
+    is_default: bool | UnsetType = UNSET
+    """``true`` makes this the default pipeline (and no other); ``false`` leaves the tenant without one."""
+
+
+class StageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name
+    kind: StageKind = "open"
+    position: Position | None = None
+    """Where the stage goes (0 is first); the stages from there move one to the right. Default: last."""
+
+
+class StagePatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Name | UnsetType = UNSET
+    kind: StageKind | UnsetType = UNSET
+    position: Position | UnsetType = UNSET
+    """The stage's new place (past the end means last); the others close up around it."""
 
 
 class StageOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,6 +213,7 @@ class StageOut(msgspec.Struct, frozen=True, kw_only=True):
 class PipelineOut(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
     name: str
+    is_default: bool
     stages: list[StageOut]
     created_at: datetime
 
@@ -197,7 +226,8 @@ class DealCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     title: Name
     amount: Amount = Decimal("0")
     currency: Currency = "USD"
-    pipeline_id: uuid.UUID
+    pipeline_id: uuid.UUID | None = None
+    """Defaults to the tenant's default pipeline (422 naming ``pipeline_id`` when there is none)."""
     stage_id: uuid.UUID | None = None
     """Defaults to the pipeline's first stage."""
     company_id: uuid.UUID | None = None
@@ -229,6 +259,8 @@ class DealOut(msgspec.Struct, frozen=True, kw_only=True):
     company_id: uuid.UUID | None
     contact_id: uuid.UUID | None
     owner_id: uuid.UUID | None
+    company_name: str | None = None
+    contact_name: str | None = None
     version: int
     created_at: datetime
     updated_at: datetime
@@ -237,6 +269,12 @@ class DealOut(msgspec.Struct, frozen=True, kw_only=True):
 class DealPage(msgspec.Struct, frozen=True):
     deals: list[DealOut]
     pagination: Pagination
+
+
+class DealCursorPage(msgspec.Struct, frozen=True):
+    deals: list[DealOut]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next rows; ``null`` after the last."""
 
 
 class StageHistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -286,6 +324,12 @@ class ActivityOut(msgspec.Struct, frozen=True, kw_only=True):
 class ActivityPage(msgspec.Struct, frozen=True):
     activities: list[ActivityOut]
     pagination: Pagination
+
+
+class ActivityCursorPage(msgspec.Struct, frozen=True):
+    activities: list[ActivityOut]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next rows; ``null`` after the last."""
 
 
 # ---- CSV import --------------------------------------------------------------------------------

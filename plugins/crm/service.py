@@ -105,12 +105,12 @@ def check_paging(page: int, limit: int) -> None:
         raise sdk.Unprocessable("invalid paging", errors=errors)
 
 
-def _encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     raw = msgspec.json.encode([created_at.isoformat(), str(row_id)])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, row_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
@@ -150,7 +150,7 @@ async def list_rows(
             )
         descending = sort.startswith("-")
         if cursor:
-            created, row_id = _decode_cursor(cursor)
+            created, row_id = decode_cursor(cursor)
             key = (model.created_at, model.id)
             after = (
                 or_(key[0] < created, and_(key[0] == created, key[1] < row_id))
@@ -161,7 +161,7 @@ async def list_rows(
         rows = list((await session.execute(stmt.order_by(*sorts[sort]).limit(limit + 1))).scalars())
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
         return rows, None, next_cursor
     total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
     stmt = stmt.order_by(*sorts[sort]).offset((page - 1) * limit).limit(limit)
@@ -194,19 +194,21 @@ def _by_created(model: Any) -> dict[str, list[ColumnElement[Any]]]:
     }
 
 
-CONTACT_SORTS: dict[str, list[ColumnElement[Any]]] = {
-    **_by_created(Contact),
-    "last_name": [Contact.last_name.asc(), Contact.first_name.asc(), Contact.id.asc()],
-    "email": [Contact.email.asc().nulls_last(), Contact.id.asc()],
-}
 COMPANY_SORTS: dict[str, list[ColumnElement[Any]]] = {
     **_by_created(Company),
     "name": [Company.name.asc(), Company.id.asc()],
 }
-DEAL_SORTS: dict[str, list[ColumnElement[Any]]] = {**_by_created(Deal), "amount": [Deal.amount.asc(), Deal.id.asc()]}
+DEAL_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    **_by_created(Deal),
+    "amount": [Deal.amount.asc(), Deal.id.asc()],
+    "-amount": [Deal.amount.desc(), Deal.id.desc()],
+    "title": [Deal.title.asc(), Deal.id.asc()],
+    "-updated_at": [Deal.updated_at.desc(), Deal.id.desc()],
+}
 ACTIVITY_SORTS: dict[str, list[ColumnElement[Any]]] = {
     **_by_created(Activity),
     "due_at": [Activity.due_at.asc().nulls_last(), Activity.id.asc()],
+    "-due_at": [Activity.due_at.desc().nulls_last(), Activity.id.desc()],
 }
 
 
@@ -345,6 +347,7 @@ async def update_company(
     if "name" in values and values["name"] != before.name:
         # Keep the contacts' copy (searched by company name) in step.
         await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=row.name))
+        await session.execute(update(Deal).where(Deal.company_id == row.id).values(company_name=row.name))
     out = company_out(row)
     await actor.changed(session, "crm.company.updated", row.id, before=before, after=out)
     return out
@@ -355,6 +358,7 @@ async def delete_company(session: AsyncSession, actor: Actor, company_id: uuid.U
     check_version(row.version, if_match, None, required=False)
     before = company_out(row)
     await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=None))
+    await session.execute(update(Deal).where(Deal.company_id == row.id).values(company_name=None))
     await session.delete(row)
     await session.flush()
     await actor.changed(session, "crm.company.deleted", company_id, before=before)
@@ -380,6 +384,11 @@ def contact_out(c: Contact) -> s.ContactOut:
     )
 
 
+def contact_name(c: Contact | s.ContactOut) -> str:
+    """A contact's name as deals show and search it."""
+    return f"{c.first_name} {c.last_name}".strip()
+
+
 async def _flush_contact(session: AsyncSession, email: str | None) -> None:
     """Flush a contact's insert or update; a used e-mail (any case) is 409 naming ``email``."""
     try:
@@ -392,30 +401,6 @@ async def _flush_contact(session: AsyncSession, email: str | None) -> None:
             f"a contact with the e-mail {email} already exists",
             errors=[sdk.FieldError("email", "already used by another contact")],
         ) from None
-
-
-async def list_contacts(
-    session: AsyncSession,
-    *,
-    page: int,
-    limit: int,
-    sort: str,
-    cursor: str | None,
-    q: str | None,
-    company_id: uuid.UUID | None,
-    owner_id: uuid.UUID | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-) -> tuple[list[s.ContactOut], int | None, str | None]:
-    where = [*_search(Contact, q), *_created(Contact, created_after, created_before)]
-    if company_id is not None:
-        where.append(Contact.company_id == company_id)
-    if owner_id is not None:
-        where.append(Contact.owner_id == owner_id)
-    rows, total, nxt = await list_rows(
-        session, Contact, sorts=CONTACT_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
-    )
-    return [contact_out(r) for r in rows], total, nxt
 
 
 async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> s.ContactOut:
@@ -454,6 +439,9 @@ async def update_contact(
     row.version += 1
     row.updated_at = sdk.utcnow()
     await _flush_contact(session, values.get("email"))
+    if contact_name(row) != contact_name(before):
+        # Keep the deals' copy (searched by contact name) in step.
+        await session.execute(update(Deal).where(Deal.contact_id == row.id).values(contact_name=contact_name(row)))
     out = contact_out(row)
     await actor.changed(session, "crm.contact.updated", row.id, before=before, after=out)
     return out
@@ -463,6 +451,7 @@ async def delete_contact(session: AsyncSession, actor: Actor, contact_id: uuid.U
     row = await _get(session, Contact, contact_id, "contact", lock=True)
     check_version(row.version, if_match, None, required=False)
     before = contact_out(row)
+    await session.execute(update(Deal).where(Deal.contact_id == row.id).values(contact_name=None))
     await session.delete(row)
     await session.flush()
     await actor.changed(session, "crm.contact.deleted", contact_id, before=before)
@@ -481,7 +470,13 @@ async def _pipeline_out(session: AsyncSession, p: Pipeline) -> s.PipelineOut:
             select(PipelineStage).where(PipelineStage.pipeline_id == p.id).order_by(PipelineStage.position)
         )
     ).scalars()
-    return s.PipelineOut(id=p.id, name=p.name, stages=[_stage_out(st) for st in stages], created_at=p.created_at)
+    return s.PipelineOut(
+        id=p.id,
+        name=p.name,
+        is_default=p.is_default,
+        stages=[_stage_out(st) for st in stages],
+        created_at=p.created_at,
+    )
 
 
 async def list_pipelines(session: AsyncSession) -> list[s.PipelineOut]:
@@ -493,8 +488,16 @@ async def get_pipeline(session: AsyncSession, pipeline_id: uuid.UUID) -> s.Pipel
     return await _pipeline_out(session, await _get(session, Pipeline, pipeline_id, "pipeline"))
 
 
+async def clear_default_pipeline(session: AsyncSession) -> None:
+    """No pipeline is the default any more (before another becomes it)."""
+    await session.execute(update(Pipeline).where(Pipeline.is_default).values(is_default=False))
+    await session.flush()
+
+
 async def create_pipeline(session: AsyncSession, actor: Actor, data: s.PipelineCreate) -> s.PipelineOut:
-    row = Pipeline(tenant_id=actor.tenant_id, name=data.name)
+    if data.is_default:
+        await clear_default_pipeline(session)
+    row = Pipeline(tenant_id=actor.tenant_id, name=data.name, is_default=data.is_default)
     session.add(row)
     await session.flush()
     for position, stage in enumerate(data.stages):
@@ -505,14 +508,7 @@ async def create_pipeline(session: AsyncSession, actor: Actor, data: s.PipelineC
         )
     await session.flush()
     out = await _pipeline_out(session, row)
-    await actor.audit(
-        session,
-        tenant_id=actor.tenant_id,
-        action="crm.pipeline.created",
-        resource_type="crm.pipeline",
-        resource_id=str(row.id),
-        after=_jsonable(out),
-    )
+    await actor.changed(session, "crm.pipeline.created", row.id, after=out)
     return out
 
 
@@ -538,36 +534,69 @@ def deal_out(d: Deal) -> s.DealOut:
         company_id=d.company_id,
         contact_id=d.contact_id,
         owner_id=d.owner_id,
+        company_name=d.company_name,
+        contact_name=d.contact_name,
         version=d.version,
         created_at=d.created_at,
         updated_at=d.updated_at,
     )
 
 
-async def list_deals(
-    session: AsyncSession,
-    *,
-    page: int,
-    limit: int,
-    sort: str,
-    pipeline_id: uuid.UUID | None,
-    stage_id: uuid.UUID | None,
-    company_id: uuid.UUID | None,
-    contact_id: uuid.UUID | None,
-) -> tuple[list[s.DealOut], int]:
-    where: list[ColumnElement[bool]] = []
+@dataclass(frozen=True)
+class DealFilters:
+    """What ``GET /api/crm/deals`` narrows by; ``None`` means no filter."""
+
+    q: str | None = None
+    pipeline_id: uuid.UUID | None = None
+    stage_id: uuid.UUID | None = None
+    company_id: uuid.UUID | None = None
+    contact_id: uuid.UUID | None = None
+    owner_id: uuid.UUID | None = None
+    status: str | None = None
+    amount_min: Decimal | None = None
+    amount_max: Decimal | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+DEAL_STATUSES = ("open", "won", "lost")
+
+
+def _deal_where(f: DealFilters) -> list[ColumnElement[bool]]:
+    where = [*_search(Deal, f.q), *_created(Deal, f.created_after, f.created_before)]
     for column, value in (
-        (Deal.pipeline_id, pipeline_id),
-        (Deal.stage_id, stage_id),
-        (Deal.company_id, company_id),
-        (Deal.contact_id, contact_id),
+        (Deal.pipeline_id, f.pipeline_id),
+        (Deal.stage_id, f.stage_id),
+        (Deal.company_id, f.company_id),
+        (Deal.contact_id, f.contact_id),
+        (Deal.owner_id, f.owner_id),
     ):
         if value is not None:
             where.append(column == value)
-    rows, total, _ = await list_rows(
-        session, Deal, sorts=DEAL_SORTS, page=page, limit=limit, sort=sort, cursor=None, where=where
+    if f.status is not None:
+        if f.status not in DEAL_STATUSES:
+            raise sdk.Unprocessable(
+                "unknown status", errors=[sdk.FieldError("status", f"one of {', '.join(DEAL_STATUSES)}")]
+            )
+        # A deal's status is the kind of the stage it sits in.
+        where.append(Deal.stage_id.in_(select(PipelineStage.id).where(PipelineStage.kind == f.status)))
+    for field, amount in (("amount_min", f.amount_min), ("amount_max", f.amount_max)):
+        if amount is not None and not amount.is_finite():
+            raise sdk.Unprocessable(f"invalid {field}", errors=[sdk.FieldError(field, "must be a number")])
+    if f.amount_min is not None:
+        where.append(Deal.amount >= f.amount_min)
+    if f.amount_max is not None:
+        where.append(Deal.amount <= f.amount_max)
+    return where
+
+
+async def list_deals(
+    session: AsyncSession, *, page: int, limit: int, sort: str, cursor: str | None, filters: DealFilters
+) -> tuple[list[s.DealOut], int | None, str | None]:
+    rows, total, nxt = await list_rows(
+        session, Deal, sorts=DEAL_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=_deal_where(filters)
     )
-    return [deal_out(r) for r in rows], total or 0
+    return [deal_out(r) for r in rows], total, nxt
 
 
 async def get_deal(session: AsyncSession, deal_id: uuid.UUID) -> s.DealOut:
@@ -585,14 +614,37 @@ async def _stage_of(session: AsyncSession, pipeline_id: uuid.UUID, stage_id: uui
     return stage
 
 
+async def _default_pipeline(session: AsyncSession) -> uuid.UUID:
+    found = (await session.execute(select(Pipeline.id).where(Pipeline.is_default))).scalar_one_or_none()
+    if found is None:
+        raise sdk.Unprocessable(
+            "no pipeline named and the tenant has no default pipeline",
+            errors=[sdk.FieldError("pipeline_id", "required while no pipeline is the default")],
+        )
+    return found
+
+
+async def _linked_names(
+    session: AsyncSession, company_id: uuid.UUID | None, contact_id: uuid.UUID | None
+) -> dict[str, str | None]:
+    """The names a deal keeps of its company and contact (422 naming the field if either is missing)."""
+    company = await _exists(session, Company, company_id, "company_id", "company")
+    contact = await _exists(session, Contact, contact_id, "contact_id", "contact")
+    return {
+        "company_name": company.name if company else None,
+        "contact_name": contact_name(contact) if contact else None,
+    }
+
+
 async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -> s.DealOut:
     await _check_owner(session, data.owner_id)
     _check_amount(data.amount)
-    await _exists(session, Pipeline, data.pipeline_id, "pipeline_id", "pipeline")
-    stage = await _stage_of(session, data.pipeline_id, data.stage_id)
-    await _exists(session, Company, data.company_id, "company_id", "company")
-    await _exists(session, Contact, data.contact_id, "contact_id", "contact")
+    pipeline_id = data.pipeline_id or await _default_pipeline(session)
+    await _exists(session, Pipeline, pipeline_id, "pipeline_id", "pipeline")
+    stage = await _stage_of(session, pipeline_id, data.stage_id)
     values = msgspec.structs.asdict(data)
+    values.update(await _linked_names(session, data.company_id, data.contact_id))
+    values["pipeline_id"] = pipeline_id
     values["stage_id"] = stage.id
     row = Deal(tenant_id=actor.tenant_id, **values)
     session.add(row)
@@ -618,10 +670,10 @@ async def update_deal(
         await _check_owner(session, values["owner_id"])
     if "amount" in values:
         _check_amount(values["amount"])
-    if "company_id" in values:
-        await _exists(session, Company, values["company_id"], "company_id", "company")
-    if "contact_id" in values:
-        await _exists(session, Contact, values["contact_id"], "contact_id", "contact")
+    names = await _linked_names(session, values.get("company_id"), values.get("contact_id"))
+    for field in ("company", "contact"):
+        if f"{field}_id" in values:
+            values[f"{field}_name"] = names[f"{field}_name"]
     before = deal_out(row)
     for name, value in values.items():
         setattr(row, name, value)
@@ -726,30 +778,48 @@ def activity_out(a: Activity) -> s.ActivityOut:
     )
 
 
+@dataclass(frozen=True)
+class ActivityFilters:
+    """What ``GET /api/crm/activities`` narrows by; ``None`` means no filter."""
+
+    kind: str | None = None
+    contact_id: uuid.UUID | None = None
+    company_id: uuid.UUID | None = None
+    deal_id: uuid.UUID | None = None
+    done: bool | None = None
+    due_after: datetime | None = None
+    due_before: datetime | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+ACTIVITY_KINDS = ("note", "call", "meeting", "task")
+
+
 async def list_activities(
-    session: AsyncSession,
-    *,
-    page: int,
-    limit: int,
-    sort: str,
-    contact_id: uuid.UUID | None,
-    company_id: uuid.UUID | None,
-    deal_id: uuid.UUID | None,
-    done: bool | None,
-) -> tuple[list[s.ActivityOut], int]:
-    where: list[ColumnElement[bool]] = []
+    session: AsyncSession, *, page: int, limit: int, sort: str, cursor: str | None, filters: ActivityFilters
+) -> tuple[list[s.ActivityOut], int | None, str | None]:
+    f = filters
+    if f.kind is not None and f.kind not in ACTIVITY_KINDS:
+        raise sdk.Unprocessable("unknown kind", errors=[sdk.FieldError("kind", f"one of {', '.join(ACTIVITY_KINDS)}")])
+    where = _created(Activity, f.created_after, f.created_before)
     for column, value in (
-        (Activity.contact_id, contact_id),
-        (Activity.company_id, company_id),
-        (Activity.deal_id, deal_id),
-        (Activity.done, done),
+        (Activity.kind, f.kind),
+        (Activity.contact_id, f.contact_id),
+        (Activity.company_id, f.company_id),
+        (Activity.deal_id, f.deal_id),
+        (Activity.done, f.done),
     ):
         if value is not None:
             where.append(column == value)
-    rows, total, _ = await list_rows(
-        session, Activity, sorts=ACTIVITY_SORTS, page=page, limit=limit, sort=sort, cursor=None, where=where
+    if f.due_after is not None:
+        where.append(Activity.due_at >= f.due_after)
+    if f.due_before is not None:
+        where.append(Activity.due_at < f.due_before)
+    rows, total, nxt = await list_rows(
+        session, Activity, sorts=ACTIVITY_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
     )
-    return [activity_out(r) for r in rows], total or 0
+    return [activity_out(r) for r in rows], total, nxt
 
 
 async def get_activity(session: AsyncSession, activity_id: uuid.UUID) -> s.ActivityOut:

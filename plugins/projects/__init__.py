@@ -1,7 +1,8 @@
 """projects: projects with a board of ordered columns, tasks and subtasks, comments.
 
 Routes under ``/api/projects``; tables ``projects_*``; events ``projects.task.created``,
-``projects.task.assigned``, ``projects.task.completed`` and ``projects.comment.created``;
+``projects.task.assigned``, ``projects.task.completed``, ``projects.comment.*`` and
+``projects.column.*``;
 workflow nodes ``projects.create_task`` (action) and ``projects.task_completed`` (trigger).
 It imports nothing from the kernel but ``kernel.sdk``.
 """

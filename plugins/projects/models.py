@@ -84,3 +84,5 @@ class Comment(sdk.TenantScoped, Base):
     author: Mapped[str | None] = mapped_column(Text, default=None)
     """The audit-style actor: ``user:<id>`` or ``api_key:<id>``."""
     body: Mapped[str] = mapped_column(Text)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    """When the author last changed the body; ``None`` if never."""

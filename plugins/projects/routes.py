@@ -7,6 +7,7 @@ the same transaction, answer. Permissions are declared on each route.
 from __future__ import annotations
 
 import uuid
+from datetime import date, datetime
 from typing import Any
 
 import msgspec
@@ -15,20 +16,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.projects.schemas import (
+    ColumnIn,
+    ColumnList,
+    ColumnPatch,
     CommentIn,
-    CommentList,
     CommentOut,
+    CommentPage,
+    CommentPatch,
     ProjectIn,
-    ProjectList,
     ProjectOut,
+    ProjectPage,
     ProjectPatch,
     TaskIn,
-    TaskList,
     TaskMove,
     TaskOut,
+    TaskPage,
     TaskPatch,
 )
-from plugins.projects.service import Board
+from plugins.projects.service import MAX_LIMIT, Board, Caller, TaskFilters, pagination
 
 __all__ = ["ROUTES"]
 
@@ -37,7 +42,9 @@ TASKS_READ, TASKS_WRITE = "projects.tasks.read", "projects.tasks.write"
 COMMENTS_READ, COMMENTS_WRITE = "projects.comments.read", "projects.comments.write"
 
 PROJECT = "/api/projects/{project_id:uuid}"
+COLUMN = PROJECT + "/columns/{column_id:uuid}"
 TASK = PROJECT + "/tasks/{task_id:uuid}"
+COMMENT = TASK + "/comments/{comment_id:uuid}"
 TAGS = ["projects"]
 
 AnyRequest = Request[Any, Any, Any]
@@ -75,10 +82,24 @@ async def _audit(
 
 
 @get("/api/projects", tags=TAGS, opt={"permission": PROJECTS_READ})
-async def list_projects(tenant: sdk.Tenant, kernel: sdk.Kernel) -> ProjectList:
-    """The tenant's projects, oldest first, each with its board's columns."""
+async def list_projects(
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    page: int = 1,
+    limit: int = 25,
+    sort: str = "created_at",
+    q: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> ProjectPage:
+    """The tenant's projects with their boards' columns, oldest first by default. ``sort`` is
+    ``created_at``, ``-created_at``, ``name`` or ``-updated_at``; ``q`` looks in names and
+    descriptions; ``limit`` is at most 100."""
     async with kernel.db.tenant(tenant.id) as session:
-        return ProjectList(items=await Board(session, tenant.id).list_projects())
+        projects, total = await Board(session, tenant.id).list_projects(
+            page=page, limit=limit, sort=sort, q=q, created_after=created_after, created_before=created_before
+        )
+    return ProjectPage(projects=projects, pagination=pagination(page, limit, total))
 
 
 @post("/api/projects", tags=TAGS, opt={"permission": PROJECTS_WRITE})
@@ -119,14 +140,115 @@ async def delete_project(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.
 # --- tasks ----------------------------------------------------------------------------------------
 
 
+# --- board columns --------------------------------------------------------------------------------
+
+
+@get(PROJECT + "/columns", tags=TAGS, opt={"permission": PROJECTS_READ})
+async def list_columns(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel) -> ColumnList:
+    """The board's columns, left to right."""
+    async with kernel.db.tenant(tenant.id) as session:
+        return ColumnList(columns=await Board(session, tenant.id).list_columns(project_id))
+
+
+@post(PROJECT + "/columns", tags=TAGS, opt={"permission": PROJECTS_WRITE})
+async def add_column(
+    project_id: uuid.UUID, data: ColumnIn, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest
+) -> ColumnList:
+    """Add a column at ``position`` (default last); answers the board's columns, renumbered.
+    ``is_done`` makes it the done column: its tasks complete, the old done column's reopen."""
+    async with kernel.db.tenant(tenant.id) as session:
+        column, columns = await Board(session, tenant.id).add_column(project_id, data)
+        await _audit(request, session, tenant, "projects.column.created", "column", column.id, after=column)
+    return ColumnList(columns=columns)
+
+
+@patch(COLUMN, tags=TAGS, opt={"permission": PROJECTS_WRITE})
+async def update_column(
+    project_id: uuid.UUID,
+    column_id: uuid.UUID,
+    data: ColumnPatch,
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    request: AnyRequest,
+) -> ColumnList:
+    """Rename a column, move it to ``position`` or make it the done column; answers the board's columns."""
+    async with kernel.db.tenant(tenant.id) as session:
+        before, after, columns = await Board(session, tenant.id).update_column(project_id, column_id, data)
+        if after != before:
+            await _audit(
+                request, session, tenant, "projects.column.updated", "column", column_id, before=before, after=after
+            )
+    return ColumnList(columns=columns)
+
+
+@delete(COLUMN, tags=TAGS, opt={"permission": PROJECTS_WRITE}, status_code=200)
+async def delete_column(
+    project_id: uuid.UUID,
+    column_id: uuid.UUID,
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    request: AnyRequest,
+    move_to: uuid.UUID | None = None,
+) -> ColumnList:
+    """Delete a column; while tasks are in it, 409 (``tasks``: how many) unless ``move_to`` names
+    another column, where they go last in their order. The done column stays (409)."""
+    async with kernel.db.tenant(tenant.id) as session:
+        before, moved, columns = await Board(session, tenant.id).delete_column(project_id, column_id, move_to)
+        await sdk.audit(
+            request,
+            session,
+            tenant_id=tenant.id,
+            action="projects.column.deleted",
+            resource_type="column",
+            resource_id=str(column_id),
+            before=_data(before),
+            after={"moved_tasks": moved, "move_to": str(move_to) if moved else None},
+        )
+    return ColumnList(columns=columns)
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+
+
 @get(PROJECT + "/tasks", tags=TAGS, opt={"permission": TASKS_READ})
 async def list_tasks(
-    project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel, parent_task_id: uuid.UUID | None = None
-) -> TaskList:
-    """The project's tasks in board order (column, then position); ``parent_task_id`` lists one
-    task's subtasks."""
+    project_id: uuid.UUID,
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    page: int = 1,
+    limit: int = MAX_LIMIT,
+    sort: str = "board",
+    column_id: uuid.UUID | None = None,
+    status: str | None = None,
+    assignee_id: uuid.UUID | None = None,
+    priority: str | None = None,
+    due_after: date | None = None,
+    due_before: date | None = None,
+    q: str | None = None,
+    parent_task_id: uuid.UUID | None = None,
+    done: bool | None = None,
+) -> TaskPage:
+    """The project's tasks, by default in board order (column, then position). Filters:
+    ``column_id`` or ``status`` (a column's name), ``assignee_id``, ``priority``, ``due_after``
+    (inclusive) and ``due_before`` (exclusive), ``q`` (in title or description), ``parent_task_id``
+    (one task's subtasks), ``done``. ``sort``: ``board``, ``created_at``, ``-created_at``,
+    ``due_date``, ``-due_date``, ``priority`` (most urgent first), ``title``, ``-updated_at``."""
+    filters = TaskFilters(
+        column_id=column_id,
+        status=status,
+        assignee_id=assignee_id,
+        priority=priority,
+        due_after=due_after,
+        due_before=due_before,
+        q=q,
+        parent_task_id=parent_task_id,
+        done=done,
+    )
     async with kernel.db.tenant(tenant.id) as session:
-        return TaskList(items=await Board(session, tenant.id).list_tasks(project_id, parent_task_id))
+        tasks, total = await Board(session, tenant.id).list_tasks(
+            project_id, filters, page=page, limit=limit, sort=sort
+        )
+    return TaskPage(tasks=tasks, pagination=pagination(page, limit, total))
 
 
 @post(PROJECT + "/tasks", tags=TAGS, opt={"permission": TASKS_WRITE})
@@ -193,11 +315,12 @@ async def delete_task(
 
 @get(TASK + "/comments", tags=TAGS, opt={"permission": COMMENTS_READ})
 async def list_comments(
-    project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel
-) -> CommentList:
+    project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel, page: int = 1, limit: int = 25
+) -> CommentPage:
     """A task's comments, oldest first."""
     async with kernel.db.tenant(tenant.id) as session:
-        return CommentList(items=await Board(session, tenant.id).list_comments(project_id, task_id))
+        comments, total = await Board(session, tenant.id).list_comments(project_id, task_id, page=page, limit=limit)
+    return CommentPage(comments=comments, pagination=pagination(page, limit, total))
 
 
 @post(TASK + "/comments", tags=TAGS, opt={"permission": COMMENTS_WRITE})
@@ -218,12 +341,61 @@ async def create_comment(
     return comment
 
 
+async def _caller(request: AnyRequest, tenant: sdk.Tenant, kernel: sdk.Kernel) -> Caller:
+    """The caller, and whether they may change others' comments (the tenant's owners and admins)."""
+    principal = sdk.principal_of(request)
+    moderates = principal is not None and principal.kind == "user" and principal.role in ("owner", "admin")
+    return Caller(actor=sdk.request_actor(request), moderates=moderates)
+
+
+@patch(COMMENT, tags=TAGS, opt={"permission": COMMENTS_WRITE})
+async def edit_comment(
+    project_id: uuid.UUID,
+    task_id: uuid.UUID,
+    comment_id: uuid.UUID,
+    data: CommentPatch,
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    request: AnyRequest,
+) -> CommentOut:
+    """Change a comment's text: one's own (anyone else's: 403, unless an owner or admin)."""
+    caller = await _caller(request, tenant, kernel)
+    async with kernel.db.tenant(tenant.id) as session:
+        before, after = await Board(session, tenant.id).edit_comment(
+            project_id, task_id, comment_id, data.body, caller=caller
+        )
+        await _audit(
+            request, session, tenant, "projects.comment.updated", "comment", comment_id, before=before, after=after
+        )
+    return after
+
+
+@delete(COMMENT, tags=TAGS, opt={"permission": COMMENTS_WRITE})
+async def delete_comment(
+    project_id: uuid.UUID,
+    task_id: uuid.UUID,
+    comment_id: uuid.UUID,
+    tenant: sdk.Tenant,
+    kernel: sdk.Kernel,
+    request: AnyRequest,
+) -> None:
+    """Delete a comment: one's own (anyone else's: 403, unless an owner or admin)."""
+    caller = await _caller(request, tenant, kernel)
+    async with kernel.db.tenant(tenant.id) as session:
+        before = await Board(session, tenant.id).delete_comment(project_id, task_id, comment_id, caller=caller)
+        await _audit(request, session, tenant, "projects.comment.deleted", "comment", comment_id, before=before)
+
+
 ROUTES = [
     list_projects,
     create_project,
     get_project,
     update_project,
     delete_project,
+    list_columns,
+    add_column,
+    update_column,
+    delete_column,
     list_tasks,
     create_task,
     get_task,
@@ -232,4 +404,6 @@ ROUTES = [
     delete_task,
     list_comments,
     create_comment,
+    edit_comment,
+    delete_comment,
 ]

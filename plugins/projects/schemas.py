@@ -9,19 +9,24 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "ColumnIn",
+    "ColumnList",
     "ColumnOut",
+    "ColumnPatch",
     "CommentIn",
-    "CommentList",
     "CommentOut",
+    "CommentPage",
+    "CommentPatch",
+    "Pagination",
     "Priority",
     "ProjectIn",
-    "ProjectList",
     "ProjectOut",
+    "ProjectPage",
     "ProjectPatch",
     "TaskIn",
-    "TaskList",
     "TaskMove",
     "TaskOut",
+    "TaskPage",
     "TaskPatch",
 ]
 
@@ -29,6 +34,16 @@ Priority = Literal["low", "normal", "high", "urgent"]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=20_000)]
 Position = Annotated[int, msgspec.Meta(ge=0)]
+CommentBody = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+
+
+class Pagination(msgspec.Struct, frozen=True):
+    """Where a page sits in a list: the same shape as the CRM's lists."""
+
+    page: int
+    limit: int
+    total: int
+    pages: int
 
 
 class ColumnOut(msgspec.Struct, frozen=True):
@@ -37,6 +52,27 @@ class ColumnOut(msgspec.Struct, frozen=True):
     position: int
     is_done: bool
     """Moving a task here completes it."""
+
+
+class ColumnList(msgspec.Struct, frozen=True):
+    columns: list[ColumnOut]
+    """Left to right."""
+
+
+class ColumnIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    position: Position | None = None
+    """Where the column goes (0 is leftmost); the columns from there move right. Default: last."""
+    is_done: bool = False
+    """Make this the board's done column (the previous one stops being it)."""
+
+
+class ColumnPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    position: Position | msgspec.UnsetType = msgspec.UNSET
+    """The column's new place (past the end means last); the others close up around it."""
+    is_done: bool | msgspec.UnsetType = msgspec.UNSET
+    """``true`` moves the done flag here; a board always has one, so ``false`` is refused."""
 
 
 class ProjectIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,8 +95,9 @@ class ProjectOut(msgspec.Struct, frozen=True):
     """The board, left to right."""
 
 
-class ProjectList(msgspec.Struct, frozen=True):
-    items: list[ProjectOut]
+class ProjectPage(msgspec.Struct, frozen=True):
+    projects: list[ProjectOut]
+    pagination: Pagination
 
 
 class TaskIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,13 +149,18 @@ class TaskOut(msgspec.Struct, frozen=True):
     subtask_ids: list[uuid.UUID]
 
 
-class TaskList(msgspec.Struct, frozen=True):
-    items: list[TaskOut]
-    """By column (board order), then position."""
+class TaskPage(msgspec.Struct, frozen=True):
+    tasks: list[TaskOut]
+    """By default in board order: by column, then position."""
+    pagination: Pagination
 
 
 class CommentIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+    body: CommentBody
+
+
+class CommentPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    body: CommentBody
 
 
 class CommentOut(msgspec.Struct, frozen=True):
@@ -130,7 +172,11 @@ class CommentOut(msgspec.Struct, frozen=True):
     """``user:<id>`` or ``api_key:<id>``."""
     body: str
     created_at: datetime
+    edited_at: datetime | None = None
+    """When its author last changed it; ``null`` if never."""
 
 
-class CommentList(msgspec.Struct, frozen=True):
-    items: list[CommentOut]
+class CommentPage(msgspec.Struct, frozen=True):
+    comments: list[CommentOut]
+    """Oldest first."""
+    pagination: Pagination

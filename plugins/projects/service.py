@@ -8,20 +8,26 @@ deferred unique constraint on ``(column_id, position)`` backs this at commit.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import ColumnElement, Select, case, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
-from plugins.projects.models import BoardColumn, Comment, Project, Task
+from plugins.projects.models import PRIORITIES, BoardColumn, Comment, Project, Task
 from plugins.projects.schemas import (
+    ColumnIn,
     ColumnOut,
+    ColumnPatch,
     CommentIn,
     CommentOut,
+    Pagination,
     ProjectIn,
     ProjectOut,
     ProjectPatch,
@@ -31,7 +37,7 @@ from plugins.projects.schemas import (
     TaskPatch,
 )
 
-__all__ = ["DEFAULT_COLUMNS", "EVENTS", "Board", "emit"]
+__all__ = ["DEFAULT_COLUMNS", "EVENTS", "MAX_LIMIT", "Board", "TaskFilters", "emit", "pagination"]
 
 DEFAULT_COLUMNS = (("To do", False), ("In progress", False), ("Done", True))
 
@@ -40,7 +46,77 @@ EVENTS = {
     "projects.task.assigned": "A task was given an assignee",
     "projects.task.completed": "A task reached its board's done column",
     "projects.comment.created": "A comment was added to a task",
+    "projects.comment.updated": "A comment's text was changed",
+    "projects.comment.deleted": "A comment was deleted",
+    "projects.column.created": "A column was added to a project's board",
+    "projects.column.updated": "A board column was renamed, moved or made the done column",
+    "projects.column.deleted": "A board column was deleted (its tasks moved elsewhere)",
 }
+
+MAX_LIMIT = 100
+MAX_PAGE = 1_000_000
+
+PROJECT_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    "created_at": [Project.created_at.asc(), Project.id.asc()],
+    "-created_at": [Project.created_at.desc(), Project.id.desc()],
+    "name": [Project.name.asc(), Project.id.asc()],
+    "-updated_at": [Project.updated_at.desc(), Project.id.desc()],
+}
+# Most urgent first.
+_URGENCY = case({p: i for i, p in enumerate(reversed(PRIORITIES))}, value=Task.priority)
+TASK_SORTS: dict[str, list[ColumnElement[Any]]] = {
+    "board": [BoardColumn.position.asc(), Task.position.asc(), Task.id.asc()],
+    "created_at": [Task.created_at.asc(), Task.id.asc()],
+    "-created_at": [Task.created_at.desc(), Task.id.desc()],
+    "due_date": [Task.due_date.asc().nulls_last(), Task.id.asc()],
+    "-due_date": [Task.due_date.desc().nulls_last(), Task.id.desc()],
+    "priority": [_URGENCY.asc(), Task.id.asc()],
+    "title": [Task.title.asc(), Task.id.asc()],
+    "-updated_at": [Task.updated_at.desc(), Task.id.desc()],
+}
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """What a task list narrows by; ``None`` means no filter."""
+
+    column_id: uuid.UUID | None = None
+    status: str | None = None
+    """A column's name, in any case."""
+    assignee_id: uuid.UUID | None = None
+    priority: str | None = None
+    due_after: date | None = None
+    """Inclusive."""
+    due_before: date | None = None
+    """Exclusive."""
+    q: str | None = None
+    """Words found in the title or description."""
+    parent_task_id: uuid.UUID | None = None
+    done: bool | None = None
+
+
+def check_paging(page: int, limit: int, sort: str, sorts: dict[str, Any]) -> None:
+    errors = []
+    if page < 1 or page > MAX_PAGE:
+        errors.append(sdk.FieldError("page", f"must be between 1 and {MAX_PAGE}"))
+    if limit < 1 or limit > MAX_LIMIT:
+        errors.append(sdk.FieldError("limit", f"must be between 1 and {MAX_LIMIT}"))
+    if sort not in sorts:
+        errors.append(sdk.FieldError("sort", f"one of {', '.join(sorts)}"))
+    if errors:
+        raise sdk.Unprocessable("invalid paging or sort", errors=errors)
+
+
+def pagination(page: int, limit: int, total: int) -> Pagination:
+    return Pagination(page=page, limit=limit, total=total, pages=math.ceil(total / limit) if total else 0)
+
+
+def _contains(column: Any, q: str) -> ColumnElement[bool]:
+    """``column`` holds ``q`` (any case), with LIKE's wildcards in ``q`` taken literally."""
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    result: ColumnElement[bool] = column.ilike(f"%{escaped}%", escape="\\")
+    return result
+
 
 _BOARD_LOCK = text("select pg_advisory_xact_lock(hashtextextended('projects:board:' || :t || ':' || :p, 0))")
 _RENUMBER = text(
@@ -71,6 +147,15 @@ def _invalid(field: str, message: str) -> sdk.Unprocessable:
     return sdk.Unprocessable(f"invalid value for: {field}", errors=[sdk.FieldError(field=field, message=message)])
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, for rules that depend on it: the audit-style ``actor`` (``user:<id>`` or
+    ``api_key:<id>``) and whether they may change what others wrote (owners and admins)."""
+
+    actor: str | None
+    moderates: bool = False
+
+
 def task_snapshot(task: TaskOut) -> dict[str, Any]:
     """A task as JSON-ready data, for audit rows and event payloads."""
     data: dict[str, Any] = msgspec.to_builtins(task)
@@ -87,10 +172,29 @@ class Board:
 
     # --- projects ---------------------------------------------------------------------------------
 
-    async def list_projects(self) -> list[ProjectOut]:
-        projects = (await self.session.scalars(select(Project).order_by(Project.created_at, Project.id))).all()
+    async def list_projects(
+        self,
+        *,
+        page: int = 1,
+        limit: int = 25,
+        sort: str = "created_at",
+        q: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> tuple[list[ProjectOut], int]:
+        """One page of projects and how many match; ``q`` looks in names and descriptions."""
+        check_paging(page, limit, sort, PROJECT_SORTS)
+        where: list[ColumnElement[bool]] = []
+        if q is not None and q.strip():
+            where.append(or_(_contains(Project.name, q.strip()), _contains(Project.description, q.strip())))
+        if created_after is not None:
+            where.append(Project.created_at >= created_after)
+        if created_before is not None:
+            where.append(Project.created_at < created_before)
+        query = select(Project).where(*where)
+        total, projects = await self._page(query, PROJECT_SORTS[sort], page, limit)
         columns = await self._columns_of([p.id for p in projects])
-        return [self._project_out(p, columns.get(p.id, [])) for p in projects]
+        return [self._project_out(p, columns.get(p.id, [])) for p in projects], total
 
     async def get_project(self, project_id: uuid.UUID) -> ProjectOut:
         project = await self._project(project_id)
@@ -131,16 +235,225 @@ class Board:
         self.session.expunge_all()
         return before
 
+    # --- board columns ----------------------------------------------------------------------------
+
+    async def list_columns(self, project_id: uuid.UUID) -> list[ColumnOut]:
+        await self._project(project_id)
+        return [self._column_out(c) for c in (await self._columns_of([project_id])).get(project_id, [])]
+
+    async def add_column(self, project_id: uuid.UUID, data: ColumnIn) -> tuple[ColumnOut, list[ColumnOut]]:
+        """Insert a column at ``data.position`` (default: last); returns it and the board's columns."""
+        await self._project(project_id)
+        await self._lock_board(project_id)
+        columns = (await self._columns_of([project_id]))[project_id]
+        if len(columns) >= 50:
+            raise sdk.Conflict("a board has at most 50 columns")
+        column = BoardColumn(
+            tenant_id=self.tenant_id, project_id=project_id, name=data.name, position=len(columns), is_done=False
+        )
+        self.session.add(column)
+        place = len(columns) if data.position is None else min(data.position, len(columns))
+        columns.insert(place, column)
+        self._renumber_columns(columns)
+        await self.session.flush()
+        if data.is_done:
+            await self._make_done(columns, column)
+        created = self._column_out(column)
+        await emit(
+            self.session,
+            tenant_id=self.tenant_id,
+            event="projects.column.created",
+            payload={**msgspec.to_builtins(created), "project_id": str(project_id)},
+        )
+        return created, [self._column_out(c) for c in columns]
+
+    async def update_column(
+        self, project_id: uuid.UUID, column_id: uuid.UUID, data: ColumnPatch
+    ) -> tuple[ColumnOut, ColumnOut, list[ColumnOut]]:
+        """Rename, move or make the done column; returns it before and after, and the board's columns."""
+        await self._project(project_id)
+        await self._lock_board(project_id)
+        columns = (await self._columns_of([project_id]))[project_id]
+        column = self._board_column(columns, column_id)
+        before = self._column_out(column)
+        if data.is_done is False and column.is_done:
+            raise _invalid("is_done", "a board always has a done column: mark another column done instead")
+        if data.name is not msgspec.UNSET:
+            column.name = data.name
+        if data.position is not msgspec.UNSET:
+            columns.remove(column)
+            columns.insert(min(data.position, len(columns)), column)
+            self._renumber_columns(columns)
+        await self.session.flush()
+        if data.is_done is True and not column.is_done:
+            await self._make_done(columns, column)
+        after = self._column_out(column)
+        if after != before:
+            await emit(
+                self.session,
+                tenant_id=self.tenant_id,
+                event="projects.column.updated",
+                payload={**msgspec.to_builtins(after), "project_id": str(project_id)},
+            )
+        return before, after, [self._column_out(c) for c in columns]
+
+    async def delete_column(
+        self, project_id: uuid.UUID, column_id: uuid.UUID, move_to: uuid.UUID | None
+    ) -> tuple[ColumnOut, int, list[ColumnOut]]:
+        """Delete a column. Its tasks go to the end of ``move_to`` (in their order); without
+        ``move_to`` a column holding tasks is not deleted (409 naming how many). The done column
+        stays (409). Returns the deleted column, how many tasks moved, and the board's columns."""
+        await self._project(project_id)
+        await self._lock_board(project_id)
+        columns = (await self._columns_of([project_id]))[project_id]
+        column = self._board_column(columns, column_id)
+        if column.is_done:
+            raise sdk.Conflict("the done column stays: mark another column done first, then delete this one")
+        target = None
+        if move_to is not None:
+            target = self._column_in(columns, move_to, "move_to")
+            if target.id == column.id:
+                raise _invalid("move_to", "name another column than the one being deleted")
+        count = await self._count(column.id)
+        if count and target is None:
+            raise sdk.Conflict(
+                f"{count} task{'s' if count != 1 else ''} {'are' if count != 1 else 'is'} in this column: "
+                "give move_to (another column of the board) to move them there",
+                extra={"tasks": count},
+            )
+        before = self._column_out(column)
+        if target is not None and count:
+            await self._move_column_tasks(project_id, column, target)
+        await self.session.execute(
+            delete(BoardColumn).where(BoardColumn.id == column.id).execution_options(synchronize_session=False)
+        )
+        self.session.expunge(column)
+        columns.remove(column)
+        self._renumber_columns(columns)
+        await self.session.flush()
+        await emit(
+            self.session,
+            tenant_id=self.tenant_id,
+            event="projects.column.deleted",
+            payload={
+                "id": str(column_id),
+                "project_id": str(project_id),
+                "moved_tasks": count,
+                "move_to": str(target.id) if target else None,
+            },
+        )
+        return before, count, [self._column_out(c) for c in columns]
+
+    async def _move_column_tasks(self, project_id: uuid.UUID, source: BoardColumn, target: BoardColumn) -> None:
+        """Append ``source``'s tasks, in order, to the end of ``target``; completion follows ``target``."""
+        offset = await self._count(target.id)
+        now = sdk.utcnow()
+        newly_done = (
+            (
+                await self.session.scalars(
+                    select(Task.id).where(Task.column_id == source.id, Task.completed_at.is_(None))
+                )
+            ).all()
+            if target.is_done
+            else []
+        )
+        await self.session.execute(
+            update(Task)
+            .where(Task.column_id == source.id)
+            .values(
+                column_id=target.id,
+                position=Task.position + offset,
+                completed_at=func.coalesce(Task.completed_at, now) if target.is_done else None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        for task_id in newly_done:
+            await self._emit("projects.task.completed", await self.get_task(project_id, task_id))
+
+    async def _make_done(self, columns: list[BoardColumn], column: BoardColumn) -> None:
+        """Move the board's done flag to ``column``: its tasks complete, the old done column's reopen."""
+        now = sdk.utcnow()
+        for old in columns:
+            if old.is_done and old is not column:
+                old.is_done = False
+                await self.session.flush()  # one done column at a time: the unique index is not deferred
+                await self.session.execute(
+                    update(Task)
+                    .where(Task.column_id == old.id)
+                    .values(completed_at=None, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        column.is_done = True
+        await self.session.flush()
+        newly_done = (
+            await self.session.scalars(select(Task.id).where(Task.column_id == column.id, Task.completed_at.is_(None)))
+        ).all()
+        await self.session.execute(
+            update(Task)
+            .where(Task.id.in_(newly_done))
+            .values(completed_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        for task_id in newly_done:
+            await self._emit("projects.task.completed", await self.get_task(column.project_id, task_id))
+
+    @staticmethod
+    def _renumber_columns(columns: list[BoardColumn]) -> None:
+        for position, column in enumerate(columns):
+            if column.position != position:
+                column.position = position
+
+    @staticmethod
+    def _board_column(columns: list[BoardColumn], column_id: uuid.UUID) -> BoardColumn:
+        for column in columns:
+            if column.id == column_id:
+                return column
+        raise _not_found("column", column_id)
+
+    @staticmethod
+    def _column_out(column: BoardColumn) -> ColumnOut:
+        return ColumnOut(id=column.id, name=column.name, position=column.position, is_done=column.is_done)
+
     # --- tasks ------------------------------------------------------------------------------------
 
-    async def list_tasks(self, project_id: uuid.UUID, parent_task_id: uuid.UUID | None = None) -> list[TaskOut]:
+    async def list_tasks(
+        self,
+        project_id: uuid.UUID,
+        filters: TaskFilters | None = None,
+        *,
+        page: int = 1,
+        limit: int = MAX_LIMIT,
+        sort: str = "board",
+    ) -> tuple[list[TaskOut], int]:
+        """One page of the project's tasks matching ``filters`` and how many match."""
         await self._project(project_id)
-        # Fresh rows: a bulk renumbering earlier in this transaction bypasses the identity map.
-        query = select(Task).where(Task.project_id == project_id).execution_options(populate_existing=True)
-        if parent_task_id is not None:
-            query = query.where(Task.parent_task_id == parent_task_id)
-        tasks = (await self.session.scalars(query)).all()
-        return await self._tasks_out(project_id, tasks)
+        check_paging(page, limit, sort, TASK_SORTS)
+        f = filters or TaskFilters()
+        if f.priority is not None and f.priority not in PRIORITIES:
+            raise _invalid("priority", f"one of {', '.join(PRIORITIES)}")
+        where: list[ColumnElement[bool]] = [Task.project_id == project_id]
+        for column, value in (
+            (Task.column_id, f.column_id),
+            (Task.assignee_id, f.assignee_id),
+            (Task.priority, f.priority),
+            (Task.parent_task_id, f.parent_task_id),
+        ):
+            if value is not None:
+                where.append(column == value)
+        if f.status is not None:
+            where.append(func.lower(BoardColumn.name) == f.status.strip().lower())
+        if f.due_after is not None:
+            where.append(Task.due_date >= f.due_after)
+        if f.due_before is not None:
+            where.append(Task.due_date < f.due_before)
+        if f.q is not None and f.q.strip():
+            where.append(or_(_contains(Task.title, f.q.strip()), _contains(Task.description, f.q.strip())))
+        if f.done is not None:
+            where.append(Task.completed_at.is_not(None) if f.done else Task.completed_at.is_(None))
+        query = select(Task).join(BoardColumn, BoardColumn.id == Task.column_id).where(*where)
+        total, tasks = await self._page(query, TASK_SORTS[sort], page, limit)
+        return await self._tasks_out(project_id, tasks), total
 
     async def get_task(self, project_id: uuid.UUID, task_id: uuid.UUID) -> TaskOut:
         return (await self._tasks_out(project_id, [await self._task(project_id, task_id)]))[0]
@@ -248,12 +561,63 @@ class Board:
 
     # --- comments ---------------------------------------------------------------------------------
 
-    async def list_comments(self, project_id: uuid.UUID, task_id: uuid.UUID) -> list[CommentOut]:
+    async def list_comments(
+        self, project_id: uuid.UUID, task_id: uuid.UUID, *, page: int = 1, limit: int = 25
+    ) -> tuple[list[CommentOut], int]:
+        """One page of a task's comments, oldest first, and how many it has."""
         await self._task(project_id, task_id)
-        comments = await self.session.scalars(
-            select(Comment).where(Comment.task_id == task_id).order_by(Comment.created_at, Comment.id)
+        check_paging(page, limit, "created_at", {"created_at": None})
+        query = select(Comment).where(Comment.task_id == task_id)
+        total, comments = await self._page(query, [Comment.created_at.asc(), Comment.id.asc()], page, limit)
+        return [self._comment_out(c) for c in comments], total
+
+    async def edit_comment(
+        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, body: str, *, caller: Caller
+    ) -> tuple[CommentOut, CommentOut]:
+        """Change a comment's text (its author, or an admin); returns it before and after."""
+        comment = await self._own_comment(project_id, task_id, comment_id, caller, "change")
+        before = self._comment_out(comment)
+        comment.body = body
+        comment.edited_at = sdk.utcnow()
+        await self.session.flush()
+        after = self._comment_out(comment)
+        await self._emit_comment("projects.comment.updated", after, project_id)
+        return before, after
+
+    async def delete_comment(
+        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, *, caller: Caller
+    ) -> CommentOut:
+        """Delete a comment (its author, or an admin); returns what was deleted."""
+        comment = await self._own_comment(project_id, task_id, comment_id, caller, "delete")
+        before = self._comment_out(comment)
+        await self.session.delete(comment)
+        await self.session.flush()
+        await emit(
+            self.session,
+            tenant_id=self.tenant_id,
+            event="projects.comment.deleted",
+            payload={"id": str(comment_id), "task_id": str(task_id), "project_id": str(project_id)},
         )
-        return [self._comment_out(c) for c in comments]
+        return before
+
+    async def _own_comment(
+        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, caller: Caller, verb: str
+    ) -> Comment:
+        await self._task(project_id, task_id)
+        comment = (
+            await self.session.scalars(
+                select(Comment).where(Comment.id == comment_id, Comment.task_id == task_id).with_for_update()
+            )
+        ).one_or_none()
+        if comment is None:
+            raise _not_found("comment", comment_id)
+        if not caller.moderates and (caller.actor is None or comment.author != caller.actor):
+            raise sdk.Forbidden(f"only a comment's author or an admin may {verb} it")
+        return comment
+
+    async def _emit_comment(self, event: str, comment: CommentOut, project_id: uuid.UUID) -> None:
+        payload = {**msgspec.to_builtins(comment), "project_id": str(project_id)}
+        await emit(self.session, tenant_id=self.tenant_id, event=event, payload=payload)
 
     async def add_comment(
         self, project_id: uuid.UUID, task_id: uuid.UUID, data: CommentIn, *, author: str | None
@@ -274,18 +638,24 @@ class Board:
         self.session.add(comment)
         await self.session.flush()
         created = self._comment_out(comment)
-        await emit(
-            self.session,
-            tenant_id=self.tenant_id,
-            event="projects.comment.created",
-            payload={**msgspec.to_builtins(created), "project_id": str(project_id)},
-        )
+        await self._emit_comment("projects.comment.created", created, project_id)
         return created
 
     # --- internals --------------------------------------------------------------------------------
 
     async def _emit(self, event: str, task: TaskOut) -> None:
         await emit(self.session, tenant_id=self.tenant_id, event=event, payload=task_snapshot(task))
+
+    async def _page(
+        self, query: Select[Any], order: list[ColumnElement[Any]], page: int, limit: int
+    ) -> tuple[int, list[Any]]:
+        """(how many rows ``query`` matches, the rows of ``page`` in ``order``)."""
+        total = int(await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+        # Fresh rows: a bulk renumbering earlier in this transaction bypasses the identity map.
+        rows = await self.session.scalars(
+            query.order_by(*order).offset((page - 1) * limit).limit(limit).execution_options(populate_existing=True)
+        )
+        return total, list(rows.all())
 
     async def _lock_board(self, project_id: uuid.UUID) -> None:
         await self.session.execute(_BOARD_LOCK, {"t": str(self.tenant_id), "p": str(project_id)})
@@ -329,11 +699,11 @@ class Board:
         return found
 
     @staticmethod
-    def _column_in(columns: list[BoardColumn], column_id: uuid.UUID) -> BoardColumn:
+    def _column_in(columns: list[BoardColumn], column_id: uuid.UUID, field: str = "column_id") -> BoardColumn:
         for column in columns:
             if column.id == column_id:
                 return column
-        raise _invalid("column_id", "no such column on this project's board")
+        raise _invalid(field, "no such column on this project's board")
 
     async def _tasks_out(self, project_id: uuid.UUID, tasks: Sequence[Task]) -> list[TaskOut]:
         columns = (await self._columns_of([project_id])).get(project_id, [])
@@ -349,7 +719,6 @@ class Board:
             for parent, child in rows:
                 assert parent is not None
                 children.setdefault(parent, []).append(child)
-        ordered = sorted(tasks, key=lambda t: (order[t.column_id][0], t.position))
         return [
             TaskOut(
                 id=t.id,
@@ -368,7 +737,7 @@ class Board:
                 updated_at=t.updated_at,
                 subtask_ids=children.get(t.id, []),
             )
-            for t in ordered
+            for t in tasks
         ]
 
     @staticmethod
@@ -379,7 +748,7 @@ class Board:
             description=project.description,
             created_at=project.created_at,
             updated_at=project.updated_at,
-            columns=[ColumnOut(id=c.id, name=c.name, position=c.position, is_done=c.is_done) for c in columns],
+            columns=[Board._column_out(c) for c in columns],
         )
 
     @staticmethod
@@ -391,4 +760,5 @@ class Board:
             author=comment.author,
             body=comment.body,
             created_at=comment.created_at,
+            edited_at=comment.edited_at,
         )

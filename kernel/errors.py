@@ -100,6 +100,10 @@ class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+OPENAI_PREFIX = "/v1/"
+"""The OpenAI-compatible surface (``kernel.ai.openai_compat``)."""
+
+
 def problem_document(
     *,
     status: int,
@@ -122,6 +126,15 @@ def problem_document(
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     if extra:
         body.update(extra)
+    if instance.startswith(OPENAI_PREFIX):
+        # OpenAI's clients read ``error`` (message, type, param, code); problem+json allows the
+        # extra member, so one body serves both kinds of client.
+        body["error"] = {
+            "message": detail or title,
+            "type": slug,
+            "param": errors[0].field if errors else None,
+            "code": slug,
+        }
     return body
 
 

@@ -611,7 +611,12 @@ async def test_the_official_openai_sdk_works_against_the_v1_surface(
             await client.chat.completions.create(
                 model="openai/rate-limited", messages=[{"role": "user", "content": "x"}]
             )
-        assert failure.value.status_code == 429
+        assert failure.value.status_code == 429 and failure.value.code == "ai-provider-rate-limited"
+        with pytest.raises(openai.UnprocessableEntityError) as invalid:  # errors in OpenAI's shape too
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=9
+            )
+        assert invalid.value.param == "temperature" and invalid.value.type == "validation-error"
     finally:
         await client.close()
     rows = await _owner_rows(

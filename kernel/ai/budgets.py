@@ -95,21 +95,37 @@ class Reservation:
     """Its ``ai_reservations`` row."""
 
 
-_ENSURE_MONTH = text(
-    "insert into ai_budget_months (tenant_id, id, scope, month) values (:t, :i, :s, :m) "
-    "on conflict (tenant_id, scope, month) do nothing"
-)
-_LOCK = text(
-    "select scope from ai_budget_months where month = :m and scope = any(:s) order by scope for update"
+_CLAIM = text(
+    # Each budgeted scope's month row, created if missing and locked, in scope order (two calls of
+    # one principal cannot deadlock on its two rows).
+    """insert into ai_budget_months (tenant_id, id, scope, month)
+       select :t, u.id, u.scope, :m
+         from unnest(cast(:ids as uuid[]), cast(:s as text[])) with ordinality as u(id, scope, n)
+        order by u.n
+       on conflict (tenant_id, scope, month) do update set reserved_tokens = ai_budget_months.reserved_tokens"""
 )
 _RESERVE = text(
-    """update ai_budget_months m
-          set reserved_cost = m.reserved_cost + :c, reserved_tokens = m.reserved_tokens + :k
-         from ai_budgets b
-        where m.tenant_id = :t and m.month = :m and m.scope = any(:s) and b.tenant_id = :t and b.scope = m.scope
-          and (b.monthly_cost_limit is null or m.spent_cost + m.reserved_cost + :c <= b.monthly_cost_limit)
-          and (b.monthly_token_limit is null or m.spent_tokens + m.reserved_tokens + :k <= b.monthly_token_limit)
-    returning m.scope"""
+    # Reserve in every budget the call fits, and hold the reservation only when it fits them all
+    # (else the caller raises, and the transaction undoes the partial reservations).
+    """with admitted as (
+           update ai_budget_months m
+              set reserved_cost = m.reserved_cost + cast(:c as numeric),
+                  reserved_tokens = m.reserved_tokens + cast(:k as bigint)
+             from ai_budgets b
+            where m.tenant_id = :t and m.month = :m and m.scope = any(cast(:s as text[]))
+              and b.tenant_id = :t and b.scope = m.scope
+              and (b.monthly_cost_limit is null
+                   or m.spent_cost + m.reserved_cost + cast(:c as numeric) <= b.monthly_cost_limit)
+              and (b.monthly_token_limit is null
+                   or m.spent_tokens + m.reserved_tokens + cast(:k as bigint) <= b.monthly_token_limit)
+           returning m.scope
+       ), held as (
+           insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at)
+           select :t, :i, :m, cast(:s as text[]), :c, :k, :e
+            where (select count(*) from admitted) = cardinality(cast(:s as text[]))
+           returning id
+       )
+       select array(select scope from admitted) as admitted, (select id from held) as held"""
 )
 _STATE = text(
     """select b.monthly_cost_limit, b.monthly_token_limit, b.soft_limit_ratio,
@@ -136,10 +152,6 @@ _SETTLE = text(
        select s.scope, s.spent_cost, s.spent_tokens,
               b.monthly_cost_limit, b.monthly_token_limit, b.soft_limit_ratio, b.scope is not null as budgeted
          from settled s left join ai_budgets b on b.scope = s.scope"""
-)
-_HOLD = text(
-    "insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at) "
-    "values (:t, :i, :m, :s, :c, :k, :e)"
 )
 _TAKE = text("delete from ai_reservations where id = :i returning id")
 _EXPIRED = text(
@@ -236,40 +248,27 @@ class BudgetService:
         (``user:<id>`` / ``api_key:<id>``) for at most ``ttl_seconds`` (then the sweeper releases
         it); ``None`` when none applies; 402 with what remains in the budget that refused,
         reserving nothing, when the call does not fit."""
-        if not self._budgeted_scopes_apply(await self._budgeted(tenant_id), principal):
+        budgeted = sorted(set(_scopes(principal)) & await self._budgeted(tenant_id))
+        if not budgeted:
             return None  # the common case: no budget, no transaction
         month = current_month()
         async with self.db.tenant(tenant_id) as session:
-            budgeted = sorted(
-                (
-                    await session.execute(
-                        text("select scope from ai_budgets where scope = any(:s)"), {"s": _scopes(principal)}
-                    )
-                ).scalars()
+            await session.execute(
+                _CLAIM, {"t": tenant_id, "m": month, "s": budgeted, "ids": [uuid7() for _ in budgeted]}
             )
-            if not budgeted:
-                return None
-            for scope in budgeted:
-                await session.execute(_ENSURE_MONTH, {"t": tenant_id, "i": uuid7(), "s": scope, "m": month})
-            # A fixed lock order: two calls of one principal cannot deadlock on its two rows.
-            await session.execute(_LOCK, {"m": month, "s": budgeted})
-            admitted = set(
-                (
-                    await session.execute(
-                        _RESERVE, {"t": tenant_id, "m": month, "s": budgeted, "c": cost, "k": tokens}
-                    )
-                ).scalars()
-            )
-            if admitted == set(budgeted):
-                held = uuid7()
+            held = uuid7()
+            result = (
                 await session.execute(
-                    _HOLD,
+                    _RESERVE,
                     {
-                        "t": tenant_id, "i": held, "m": month, "s": budgeted, "c": cost, "k": tokens,
+                        "t": tenant_id, "m": month, "s": budgeted, "c": cost, "k": tokens, "i": held,
                         "e": datetime.now(UTC) + timedelta(seconds=ttl_seconds),
                     },
                 )
+            ).one()
+            if result.held is not None:
                 return Reservation(month=month, cost=cost, tokens=tokens, scopes=tuple(budgeted), id=held)
+            admitted = set(result.admitted)
             refused = next(scope for scope in budgeted if scope not in admitted)
             state = (await session.execute(_STATE, {"m": month, "s": refused})).one()
             remaining_cost = _remaining(state.monthly_cost_limit, state.spent_cost, state.reserved_cost)
@@ -287,10 +286,6 @@ class BudgetService:
                     "estimated_tokens": tokens,
                 },
             )
-
-    @staticmethod
-    def _budgeted_scopes_apply(budgeted: frozenset[str], principal: str | None) -> bool:
-        return any(scope in budgeted for scope in _scopes(principal))
 
     async def settle(
         self,

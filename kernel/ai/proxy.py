@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from sqlalchemy import insert
 
 from kernel.ai.budgets import BudgetService, Reservation
 from kernel.ai.call_cache import CallCache
@@ -566,32 +567,32 @@ class AIProxy:
         cost = call.price.cost(prompt, completion, cached)
         latency_ms = int((time.perf_counter() - call.started) * 1000)
         principal = caller.principal
-        row = UsageRow(
-            tenant_id=caller.tenant_id, id=uuid7(),
-            principal_kind=principal.kind if principal else None,
-            principal_id=principal.id if principal else None,
-            provider=call.target.provider, model=call.target.model,
-            prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
-            latency_ms=latency_ms, cost=cost,
-            price_version=call.price.version + ("+estimated" if estimated else ""),
-            status=status, error=(f"{error.slug}: {error.detail}"[:500] if error else None),
-            surface=caller.surface, stream=call.params.stream,
-            conversation_id=call.params.conversation_id,
-            template_id=call.template_id,
-            object_type=call.params.object_type, object_id=call.params.object_id,
-        )
+        usage: dict[str, Any] = {
+            "tenant_id": caller.tenant_id, "id": uuid7(),
+            "principal_kind": principal.kind if principal else None,
+            "principal_id": principal.id if principal else None,
+            "provider": call.target.provider, "model": call.target.model,
+            "prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached,
+            "latency_ms": latency_ms, "cost": cost,
+            "price_version": call.price.version + ("+estimated" if estimated else ""),
+            "status": status, "error": (f"{error.slug}: {error.detail}"[:500] if error else None),
+            "surface": caller.surface, "stream": call.params.stream,
+            "conversation_id": call.params.conversation_id,
+            "template_id": call.template_id,
+            "object_type": call.params.object_type, "object_id": call.params.object_id,
+        }
         plan = call.conversation
         store = plan is not None and final and status == "ok"
         if store and plan is not None and plan.new:
-            row.conversation_id = plan.id
+            usage["conversation_id"] = plan.id
+        usage_id: uuid.UUID = usage["id"]
         async with self.db.tenant(caller.tenant_id) as session:
-            session.add(row)
-            await session.flush()
+            await session.execute(insert(UsageRow).values(**usage))  # Core: no unit of work to run
             if store and plan is not None:
                 await store_exchange(
                     session, caller.tenant_id, plan, model=call.target.model,
                     answer={"role": "assistant", "content": call.answer_text}, prompt_tokens=prompt,
-                    completion_tokens=completion, cost=cost, usage_id=row.id,
+                    completion_tokens=completion, cost=cost, usage_id=usage_id,
                 )
             # A failed attempt that another follows keeps the reservation for it.
             if final and (prompt or completion):  # the provider billed something
@@ -613,8 +614,8 @@ class AIProxy:
                 details["fallback_for"] = call.requested_model
             if call.template_id is not None:
                 details["template"] = {"id": str(call.template_id), "version": call.template_version}
-            if row.conversation_id is not None:
-                details["conversation_id"] = str(row.conversation_id)
+            if usage["conversation_id"] is not None:
+                details["conversation_id"] = str(usage["conversation_id"])
             logged = {}
             if call.settings.log_prompts and call.params.messages:
                 secret = call.credentials.api_key
@@ -623,12 +624,12 @@ class AIProxy:
                     logged["answer"] = _logged(call.answer_text, secret)
             await record(
                 session, tenant_id=caller.tenant_id, actor=principal.actor if principal else None,
-                action="ai.call", resource_type="ai_usage", resource_id=str(row.id),
+                action="ai.call", resource_type="ai_usage", resource_id=str(usage_id),
                 result="success" if status == "ok" else status, meta=caller.meta, details={**details, **logged},
             )
             await emit(
                 session, tenant_id=caller.tenant_id, event=CALL_EVENT,
-                payload={"usage_id": str(row.id), **details, "principal": principal.actor if principal else None},
+                payload={"usage_id": str(usage_id), **details, "principal": principal.actor if principal else None},
             )
         return cost
 

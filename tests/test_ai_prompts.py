@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -140,6 +141,20 @@ async def test_templates_that_do_not_parse_or_escape_the_sandbox_answer_422_and_
     assert "too large" in body["detail"]
     body = _problem(await api.post(render, json={"variables": {"thing": 1, "times": 1}}, headers=headers), 422)
     assert "'attribute'" in body["detail"] and body["errors"][0]["field"] == "variables.attribute"
+
+    # Loops nested over an input produce nothing for a very long time: stopped after a quarter second.
+    spinning = await _create(
+        api, headers, name="spinning",
+        template="{% for a in s %}{% for b in s %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}done",
+    )
+    started = time.monotonic()
+    body = _problem(
+        await api.post(
+            f"/api/ai/prompts/{spinning['id']}/render", json={"variables": {"s": "x" * 1000}}, headers=headers
+        ),
+        422,
+    )
+    assert "took longer" in body["detail"] and time.monotonic() - started < 5
 
 
 async def test_a_template_renders_and_a_missing_variable_is_named(api: AsyncTestClient[Any]) -> None:

@@ -6,19 +6,24 @@ the older ones stay readable. Rendering uses :class:`jinja2.sandbox.SandboxedEnv
 :class:`jinja2.StrictUndefined`, so a missing variable is an error (422 naming it) rather than an
 empty string, and attribute access the sandbox deems unsafe (``__class__`` and the like) is
 refused when the template is saved and again when it is rendered. ``range`` is capped, ``*`` and
-``**`` cannot build huge values, and the output is cut off at :data:`MAX_OUTPUT` characters.
+``**`` cannot build huge values, the output is cut off at :data:`MAX_OUTPUT` characters, and a
+render that takes longer than :data:`RENDER_SECONDS` is stopped (422).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import sys
+import time
 import uuid
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import msgspec
-from jinja2 import StrictUndefined, meta, nodes
+from jinja2 import StrictUndefined, Template, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import delete, func, select
@@ -58,6 +63,8 @@ __all__ = [
 
 MAX_OUTPUT = 200_000
 _MAX_RANGE = 1000
+RENDER_SECONDS = 0.25
+"""How long one message template may take to render (422 after)."""
 _MAX_SEQUENCE = 100_000
 
 
@@ -136,16 +143,49 @@ def variables_of(template: str | Sequence[MessageTemplate]) -> list[str]:
     return sorted(found - set(_ENV.globals))
 
 
-def _render_one(field: str, source: str, variables: dict[str, Any]) -> str:
+class _Deadline:
+    """A trace function that stops a render running past its time: loops nested over inputs
+    (``{% for a in s %}{% for b in s %}...``) can spin for hours without producing output, and
+    nothing else in the sandbox bounds them. It checks the clock every 1,024 traced lines."""
+
+    def __init__(self, seconds: float) -> None:
+        self.until = time.monotonic() + seconds
+        self.events = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> _Deadline:
+        self.events += 1
+        if not self.events & 1023 and time.monotonic() > self.until:
+            raise SecurityError(f"rendering took longer than {RENDER_SECONDS} s")
+        return self
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str) -> Template:
+    """Templates compile to Python once per process (versions are immutable, so the source is
+    a fine key)."""
+    return _ENV.from_string(source)
+
+
+def _generate(source: str, variables: dict[str, Any]) -> str:
+    out: list[str] = []
+    size = 0
+    template = _compiled(source)
+    previous = sys.gettrace()
+    sys.settrace(_Deadline(RENDER_SECONDS))  # synchronous: no other coroutine runs meanwhile
     try:
-        out: list[str] = []
-        size = 0
-        for piece in _ENV.from_string(source).generate(**variables):
+        for piece in template.generate(**variables):
             size += len(piece)
             if size > MAX_OUTPUT:
                 raise SecurityError(f"the rendered text is longer than {MAX_OUTPUT} characters")
             out.append(piece)
-        return "".join(out)
+    finally:
+        sys.settrace(previous)
+    return "".join(out)
+
+
+def _render_one(field: str, source: str, variables: dict[str, Any]) -> str:
+    try:
+        return _generate(source, variables)
     except UndefinedError as exc:
         message = str(exc.message or exc)
         missing = _UNDEFINED_NAME.match(message)

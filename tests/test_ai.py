@@ -457,6 +457,50 @@ async def _api_key(api: AsyncTestClient[Any], tenant: dict[str, str]) -> str:
     return key
 
 
+async def test_calls_settled_together_charge_each_principal_its_own_spend(
+    api: AsyncTestClient[Any], provider: FakeOpenAI, ai_settings: Settings, real_server: str
+) -> None:
+    """Answers go out before their settlement, which is written in batches: calls of two
+    principals landing in one batch are still charged to the tenant and to each principal."""
+    tenant = await _tenant_with_key(api, provider)
+    keys = [await _api_key(api, tenant), await _api_key(api, tenant)]
+    key_ids = [
+        k["id"] for k in (await api.get("/api/api-keys", headers=_headers(tenant))).json()["api_keys"]
+    ]
+    for scope in [None, *(f"api_key:{i}" for i in key_ids)]:
+        response = await api.put(
+            "/api/ai/budgets", json={"monthly_cost_limit": 1.0, "principal": scope}, headers=_headers(tenant)
+        )
+        assert response.status_code == 200, response.text
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "batch"}], "max_tokens": 6}
+    async with httpx.AsyncClient(base_url=real_server, timeout=60) as http:
+        responses = await asyncio.gather(
+            *(http.post("/api/ai/chat", json=body, headers={"Authorization": f"Bearer {keys[i % 2]}"})
+              for i in range(12))
+        )
+    assert [r.status_code for r in responses] == [200] * 12
+
+    async def all_settled() -> bool:
+        budget = (await api.get("/api/ai/budgets", headers=_headers(tenant))).json()
+        return Decimal(budget["reserved_cost"]) == 0 and Decimal(budget["spent_cost"]) > 0
+
+    await eventually(all_settled, timeout=10)
+    ledger = await _owner_rows(
+        ai_settings, tenant["id"], "select principal_id::text as principal, sum(cost) as cost, count(*) as n "
+        "from ai_usage group by principal_id",
+    )
+    assert sorted(r["n"] for r in ledger) == [6, 6]
+    tenant_budget = (await api.get("/api/ai/budgets", headers=_headers(tenant))).json()
+    assert Decimal(tenant_budget["spent_cost"]) == sum(r["cost"] for r in ledger)
+    for row in ledger:
+        own = (
+            await api.get("/api/ai/budgets", params={"principal": f"api_key:{row['principal']}"},
+                          headers=_headers(tenant))
+        ).json()
+        assert Decimal(own["spent_cost"]) == row["cost"] and Decimal(own["reserved_cost"]) == 0
+    assert (await api.get("/api/audit/verify", headers=_headers(tenant))).json()["valid"] is True
+
+
 async def test_concurrent_calls_never_spend_past_the_budget(
     api: AsyncTestClient[Any], provider: FakeOpenAI, ai_settings: Settings, real_server: str
 ) -> None:
@@ -500,6 +544,9 @@ async def test_concurrent_calls_never_spend_past_the_budget(
 
     await eventually(settled, timeout=10)
     assert Decimal(budget["spent_cost"]) <= limit
+    # Settled in batches: the audit chain is still whole, one ai.call row per call.
+    chain = (await api.get("/api/audit/verify", headers=_headers(tenant))).json()
+    assert chain["valid"] is True, chain
     ledger = await _owner_rows(
         ai_settings, tenant["id"], "select sum(cost) as total, count(*) as n from ai_usage where status = 'ok'"
     )

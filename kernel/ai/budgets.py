@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -85,6 +86,16 @@ def check_scope(principal: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """One call's real cost, for :meth:`BudgetService.settle_many`."""
+
+    principal: str | None
+    reservation: Reservation | None
+    cost: Decimal
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Reservation:
     month: date
     cost: Decimal
@@ -135,24 +146,32 @@ _STATE = text(
          left join ai_budgets b on b.scope = :s
          left join ai_budget_months m on m.month = :m and m.scope = :s"""
 )
-_SETTLE = text(
-    """with settled as (
+_CHARGE = text(
+    # Spend added to each (scope, month) once (the pairs are unique), with the budgets that apply
+    # (for the soft limits).
+    """with charged as (
            insert into ai_budget_months (tenant_id, id, scope, month, spent_cost, spent_tokens)
-           select :t, u.id, u.scope, :m, cast(:c as numeric), cast(:k as bigint)
-             from unnest(cast(:ids as uuid[]), cast(:s as text[])) as u(id, scope)
+           select :t, u.id, u.scope, u.month, u.cost, u.tokens
+             from unnest(cast(:ids as uuid[]), cast(:s as text[]), cast(:m as date[]), cast(:c as numeric[]),
+                         cast(:k as bigint[])) as u(id, scope, month, cost, tokens)
            on conflict (tenant_id, scope, month) do update
               set spent_cost = ai_budget_months.spent_cost + excluded.spent_cost,
-                  spent_tokens = ai_budget_months.spent_tokens + excluded.spent_tokens,
-                  reserved_cost = greatest(ai_budget_months.reserved_cost - case
-                      when excluded.scope = any(cast(:held as text[])) then cast(:rc as numeric) else 0 end, 0),
-                  reserved_tokens = greatest(ai_budget_months.reserved_tokens - case
-                      when excluded.scope = any(cast(:held as text[])) then cast(:rk as bigint) else 0 end, 0)
-           returning scope, spent_cost, spent_tokens
+                  spent_tokens = ai_budget_months.spent_tokens + excluded.spent_tokens
+           returning scope, month, spent_cost, spent_tokens
        )
-       select s.scope, s.spent_cost, s.spent_tokens,
+       select c.scope, c.month, c.spent_cost, c.spent_tokens,
               b.monthly_cost_limit, b.monthly_token_limit, b.soft_limit_ratio, b.scope is not null as budgeted
-         from settled s left join ai_budgets b on b.scope = s.scope"""
+         from charged c left join ai_budgets b on b.scope = c.scope"""
 )
+_RELEASE_MANY = text(
+    """update ai_budget_months m
+          set reserved_cost = greatest(m.reserved_cost - u.cost, 0),
+              reserved_tokens = greatest(m.reserved_tokens - u.tokens, 0)
+         from unnest(cast(:s as text[]), cast(:m as date[]), cast(:c as numeric[]), cast(:k as bigint[]))
+              as u(scope, month, cost, tokens)
+        where m.scope = u.scope and m.month = u.month"""
+)
+_TAKE_MANY = text("delete from ai_reservations where id = any(:ids) returning id")
 _TAKE = text("delete from ai_reservations where id = :i returning id")
 _EXPIRED = text(
     "select tenant_id, id from ai_reservations where expires_at < now() order by expires_at limit :n"
@@ -299,24 +318,53 @@ class BudgetService:
         """Charge the real ``cost`` and ``tokens`` to the tenant's and the principal's month and
         drop the reservation, in ``session``'s transaction; emit the soft-limit event for each
         budget this call crossed."""
-        if not await self._take(session, reservation):
-            reservation = None  # already given back by the sweeper: charge, release nothing
-        month = reservation.month if reservation else current_month()
-        scopes = _scopes(principal)
-        # Every scope's month in one statement, with the budgets that apply (for the soft limits).
+        await self.settle_many(session, tenant_id, [Charge(principal, reservation, cost, tokens)])
+
+    async def settle_many(self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge]) -> None:
+        """:meth:`settle` for several calls in at most three statements: their reservations are
+        taken back, their spend is summed per scope and month, and each budget's soft limit is
+        checked once against the batch's total."""
+        if not charges:
+            return
+        ids = [c.reservation.id for c in charges if c.reservation is not None and c.reservation.id is not None]
+        taken = set((await session.execute(_TAKE_MANY, {"ids": ids})).scalars()) if ids else set()
+        spent: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+        released: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+        for charge in charges:
+            reservation = charge.reservation
+            # Already given back by the sweeper: charge, release nothing.
+            held = reservation is not None and (reservation.id is None or reservation.id in taken)
+            month = reservation.month if reservation is not None and held else current_month()
+            for scope in _scopes(charge.principal):
+                spent[(scope, month)][0] += charge.cost
+                spent[(scope, month)][1] += charge.tokens
+            if held and reservation is not None:
+                for scope in reservation.scopes:
+                    released[(scope, reservation.month)][0] += reservation.cost
+                    released[(scope, reservation.month)][1] += reservation.tokens
+        if released:
+            keys = sorted(released)
+            await session.execute(
+                _RELEASE_MANY,
+                {
+                    "s": [k[0] for k in keys], "m": [k[1] for k in keys],
+                    "c": [released[k][0] for k in keys], "k": [released[k][1] for k in keys],
+                },
+            )
+        keys = sorted(spent)  # a fixed order: concurrent batches lock the rows alike
         rows = (
             await session.execute(
-                _SETTLE,
+                _CHARGE,
                 {
-                    "t": tenant_id, "m": month, "c": cost, "k": tokens, "s": scopes,
-                    "ids": [uuid7() for _ in scopes], "held": list(reservation.scopes) if reservation else [],
-                    "rc": reservation.cost if reservation else 0, "rk": reservation.tokens if reservation else 0,
+                    "t": tenant_id, "ids": [uuid7() for _ in keys], "s": [k[0] for k in keys],
+                    "m": [k[1] for k in keys], "c": [spent[k][0] for k in keys], "k": [spent[k][1] for k in keys],
                 },
             )
         ).all()
         for row in rows:
             if row.budgeted:
-                await self._soft_limit(session, tenant_id, row.scope, month, row, row, cost, tokens)
+                total_cost, total_tokens = spent[(row.scope, row.month)]
+                await self._soft_limit(session, tenant_id, row.scope, row.month, row, row, total_cost, total_tokens)
 
     async def _soft_limit(
         self, session: AsyncSession, tenant_id: uuid.UUID, scope: str, month: date,

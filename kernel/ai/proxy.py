@@ -30,7 +30,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
@@ -38,21 +38,22 @@ from typing import Any, cast
 import msgspec
 from sqlalchemy import Table, insert
 
-from kernel.ai.budgets import BudgetService, Reservation
+from kernel.ai.budgets import BudgetService, Charge, Reservation
 from kernel.ai.call_cache import CallCache
 from kernel.ai.compose import compose, needs_session
 from kernel.ai.conversations import ConversationPlan, store_exchange
 from kernel.ai.keys import Credentials, KeyService
 from kernel.ai.models import UsageRow
 from kernel.ai.pricing import PROVIDERS, Price, Target, litellm_async, price_for, resolve_model
+from kernel.ai.settler import Settler
 from kernel.ai.tenant_settings import DEFAULTS, TenantAISettings, TenantSettingsService
-from kernel.audit.log import RequestMeta, record
+from kernel.audit.log import Entry, RequestMeta, record_many
 from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
 from kernel.errors import Problem
-from kernel.events.outbox import emit
+from kernel.events.outbox import emit_many
 from kernel.identity.principal import Principal
 from kernel.settings import Settings
 
@@ -261,8 +262,8 @@ _INSERT_USAGE = insert(cast(Table, UsageRow.__table__))
 Augment = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 """Adds to a call's composed messages before it is priced and sent (``prepare``)."""
 
-_MAX_UNSETTLED = 64
-"""Settlements a process lets run behind its answers before it makes answers wait for them."""
+_MAX_UNSETTLED = 1000
+"""Settlements a process lets queue behind its answers before it makes answers wait for them."""
 
 
 class AIProxy:
@@ -273,7 +274,7 @@ class AIProxy:
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
         self.budgets = BudgetService(db, self.cache)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
-        self._settling: set[asyncio.Future[Decimal]] = set()
+        self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id, lambda s: s.cost)
 
     async def _price(self, target: Target) -> Price:
         """The model's price (an operator's override, else litellm's map), cached for a minute."""
@@ -371,41 +372,24 @@ class AIProxy:
         message = {"role": choice.message.role or "assistant", "content": choice.message.content}
         call.answer_text = choice.message.content
         cost = call.price.cost(prompt, completion, cached)
-        running = self._settle_in_background(
-            self._finish(call, status="ok", prompt=prompt, completion=completion, cached=cached)
-        )
-        settlement: asyncio.Future[Decimal] | None = running
+        settlement: asyncio.Future[Decimal] | None = None
         if call.conversation is not None:
             # The next turn reads the stored exchange: it must be there before the answer is.
-            await asyncio.shield(running)
-            settlement = None
-        elif len(self._settling) > _MAX_UNSETTLED:
-            # Settlements fall behind (they queue on each tenant's audit chain): answer no faster
-            # than they finish rather than let them pile up.
-            await asyncio.wait([running])
+            await self._finish_shielded(call, status="ok", prompt=prompt, completion=completion, cached=cached)
+        else:
+            settlement = self._settler.submit(
+                self._settlement(call, status="ok", prompt=prompt, completion=completion, cached=cached)
+            )
+            if len(self._settler) > _MAX_UNSETTLED:
+                # Settlements fall behind: answer no faster than they are written rather than let
+                # them pile up.
+                await asyncio.wait([settlement])
         return Completion(
             id=str(response.id), created=int(response.created or time.time()), model=call.target.model,
             message=message, finish_reason=choice.finish_reason, prompt_tokens=prompt,
             completion_tokens=completion, cached_tokens=cached, cost=cost,
             conversation_id=call.conversation.id if call.conversation else None, settlement=settlement,
         )
-
-    def _settle_in_background(self, settlement: Awaitable[Decimal]) -> asyncio.Future[Decimal]:
-        """Run a successful call's settlement on its own, so the answer need not wait for it.
-
-        The budget cannot be overspent meanwhile: the call's reservation (an upper bound of its
-        cost) stays held until the settlement replaces it with the real cost. The handler awaits
-        it after the response is sent (``settled``); ``drain`` awaits the rest at shutdown.
-        """
-        task = asyncio.ensure_future(settlement)
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
-        return task
-
-    def _settled(self, task: asyncio.Future[Decimal]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settling an AI call failed", exc_info=task.exception())
 
     async def settled(self, completion: Completion) -> None:
         """Wait until ``completion``'s ledger, audit and budget writes are done (never raises:
@@ -414,9 +398,8 @@ class AIProxy:
             await asyncio.wait([completion.settlement])
 
     async def drain(self) -> None:
-        """Wait for every settlement still running (at shutdown)."""
-        while self._settling:
-            await asyncio.wait(list(self._settling))
+        """Write every settlement still queued (at shutdown)."""
+        await self._settler.drain()
 
     async def embed(self, caller: Caller, model: str, inputs: list[str]) -> tuple[list[list[float]], Completion]:
         """Embeddings of ``inputs`` with the tenant's key, metered and budgeted like a chat call
@@ -548,7 +531,16 @@ class AIProxy:
             await asyncio.wait([task])
             raise
 
-    async def _finish(
+    async def _finish(self, call: PreparedCall, **outcome: Any) -> Decimal:
+        """Ledger row, budget settlement, audit row and event: one transaction, once per call
+        (``outcome``: see :meth:`_settlement`)."""
+        if call.finished:
+            return Decimal(0)
+        settlement = self._settlement(call, **outcome)
+        await self._write(call.caller.tenant_id, [settlement])
+        return settlement.cost
+
+    def _settlement(
         self,
         call: PreparedCall,
         *,
@@ -559,12 +551,10 @@ class AIProxy:
         cached: int = 0,
         estimated: bool = False,
         final: bool = True,
-    ) -> Decimal:
-        """Ledger row, budget settlement, audit row and event: one transaction, once per call.
-        ``final=False`` records a failed attempt that a retry or fallback follows: ledger, audit
-        and event, with the reservation kept for the next attempt."""
-        if call.finished:
-            return Decimal(0)
+    ) -> Settlement:
+        """What finishing ``call`` writes, worked out before any database work. ``final=False``
+        is a failed attempt that a retry or fallback follows: ledger, audit and event, with the
+        reservation kept for the next attempt."""
         call.finished = final
         caller = call.caller
         cost = call.price.cost(prompt, completion, cached)
@@ -585,56 +575,86 @@ class AIProxy:
             "object_type": call.params.object_type, "object_id": call.params.object_id,
         }
         plan = call.conversation
-        store = plan is not None and final and status == "ok"
-        if store and plan is not None and plan.new:
-            usage["conversation_id"] = plan.id
+        exchange = None
+        if plan is not None and final and status == "ok":
+            if plan.new:
+                usage["conversation_id"] = plan.id
+            exchange = plan
         usage_id: uuid.UUID = usage["id"]
-        async with self.db.tenant(caller.tenant_id) as session:
-            await session.execute(_INSERT_USAGE.values(**usage))
-            if store and plan is not None:
-                await store_exchange(
-                    session, caller.tenant_id, plan, model=call.target.model,
-                    answer={"role": "assistant", "content": call.answer_text}, prompt_tokens=prompt,
-                    completion_tokens=completion, cost=cost, usage_id=usage_id,
-                )
-            # A failed attempt that another follows keeps the reservation for it.
-            if final and (prompt or completion):  # the provider billed something
-                await self.budgets.settle(
-                    session, caller.tenant_id, _actor(caller), call.reservation, cost, prompt + completion
-                )
-            elif final:
-                await self.budgets.release(session, call.reservation)
-            # Audit keys naming tokens would be redacted by the audit log: counts go under "usage".
-            details = {
-                "provider": call.target.provider, "model": call.target.model, "status": status,
-                "usage": {"prompt": prompt, "completion": completion, "cached": cached},
-                "cost": str(cost), "latency_ms": latency_ms, "stream": call.params.stream,
-                "surface": caller.surface,
-            }
-            if error is not None:
-                details["error"] = error.slug
-            if call.requested_model and call.requested_model != call.target.model:
-                details["fallback_for"] = call.requested_model
-            if call.template_id is not None:
-                details["template"] = {"id": str(call.template_id), "version": call.template_version}
-            if usage["conversation_id"] is not None:
-                details["conversation_id"] = str(usage["conversation_id"])
-            logged = {}
-            if call.settings.log_prompts and call.params.messages:
-                secret = call.credentials.api_key
-                logged["prompt"] = _logged(call.params.messages, secret)
-                if status == "ok" and final:
-                    logged["answer"] = _logged(call.answer_text, secret)
-            await record(
-                session, tenant_id=caller.tenant_id, actor=principal.actor if principal else None,
-                action="ai.call", resource_type="ai_usage", resource_id=str(usage_id),
+        # Audit keys naming tokens would be redacted by the audit log: counts go under "usage".
+        details: dict[str, Any] = {
+            "provider": call.target.provider, "model": call.target.model, "status": status,
+            "usage": {"prompt": prompt, "completion": completion, "cached": cached},
+            "cost": str(cost), "latency_ms": latency_ms, "stream": call.params.stream,
+            "surface": caller.surface,
+        }
+        if error is not None:
+            details["error"] = error.slug
+        if call.requested_model and call.requested_model != call.target.model:
+            details["fallback_for"] = call.requested_model
+        if call.template_id is not None:
+            details["template"] = {"id": str(call.template_id), "version": call.template_version}
+        if usage["conversation_id"] is not None:
+            details["conversation_id"] = str(usage["conversation_id"])
+        logged = {}
+        if call.settings.log_prompts and call.params.messages:
+            secret = call.credentials.api_key
+            logged["prompt"] = _logged(call.params.messages, secret)
+            if status == "ok" and final:
+                logged["answer"] = _logged(call.answer_text, secret)
+        actor = principal.actor if principal else None
+        return Settlement(
+            tenant_id=caller.tenant_id, usage=usage, cost=cost, tokens=prompt + completion,
+            billed=bool(prompt or completion), final=final, principal=_actor(caller),
+            reservation=call.reservation, exchange=exchange, answer_text=call.answer_text,
+            audit=Entry(
+                actor=actor, action="ai.call", resource_type="ai_usage", resource_id=str(usage_id),
                 result="success" if status == "ok" else status, meta=caller.meta, details={**details, **logged},
+            ),
+            event={"usage_id": str(usage_id), **details, "principal": actor},
+        )
+
+    async def _write(self, tenant_id: uuid.UUID, batch: Sequence[Settlement]) -> None:
+        """Write ``batch`` (settlements of one tenant) in one transaction."""
+        async with self.db.tenant(tenant_id) as session:
+            await session.execute(_INSERT_USAGE, [s.usage for s in batch])
+            for s in batch:
+                if s.exchange is not None:
+                    await store_exchange(
+                        session, tenant_id, s.exchange, model=s.usage["model"],
+                        answer={"role": "assistant", "content": s.answer_text},
+                        prompt_tokens=s.usage["prompt_tokens"], completion_tokens=s.usage["completion_tokens"],
+                        cost=s.cost, usage_id=s.usage["id"],
+                    )
+                if s.final and not s.billed:
+                    await self.budgets.release(session, s.reservation)
+            # Calls the provider billed are charged; a failed attempt that another follows keeps
+            # the reservation for it.
+            await self.budgets.settle_many(
+                session, tenant_id,
+                [Charge(s.principal, s.reservation, s.cost, s.tokens) for s in batch if s.final and s.billed],
             )
-            await emit(
-                session, tenant_id=caller.tenant_id, event=CALL_EVENT,
-                payload={"usage_id": str(usage_id), **details, "principal": principal.actor if principal else None},
-            )
-        return cost
+            await record_many(session, tenant_id, [s.audit for s in batch])
+            await emit_many(session, tenant_id=tenant_id, events=[(CALL_EVENT, s.event) for s in batch])
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one finished call (or failed attempt) writes."""
+
+    tenant_id: uuid.UUID
+    usage: dict[str, Any]
+    """The ledger row."""
+    cost: Decimal
+    tokens: int
+    billed: bool
+    final: bool
+    principal: str | None
+    reservation: Reservation | None
+    exchange: ConversationPlan | None
+    answer_text: str | None
+    audit: Entry
+    event: dict[str, Any]
 
 
 def provider_ids() -> list[str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,12 +42,14 @@ from kernel.db.models import uuid7
 __all__ = [
     "GENESIS",
     "REDACTED",
+    "Entry",
     "RequestMeta",
     "audit",
     "canonical",
     "chain_hash",
     "format_time",
     "record",
+    "record_many",
     "redact",
     "request_actor",
     "request_meta",
@@ -108,10 +111,14 @@ def chain_hash(prev: bytes, row: dict[str, Any]) -> bytes:
 
 
 _LAST_AND_NORMAL = text(
+    # The tenant's last row, and the database's normal form of each entry's JSON fields (in order).
     """select l.seq, l.hash,
-              cast(cast(:before as text) as jsonb)::text as before,
-              cast(cast(:after as text) as jsonb)::text as after,
-              cast(cast(:details as text) as jsonb)::text as details
+              array(select cast(x as jsonb)::text
+                      from unnest(cast(:before as text[])) with ordinality as u(x, n) order by n) as before,
+              array(select cast(x as jsonb)::text
+                      from unnest(cast(:after as text[])) with ordinality as u(x, n) order by n) as after,
+              array(select cast(x as jsonb)::text
+                      from unnest(cast(:details as text[])) with ordinality as u(x, n) order by n) as details
          from (select 1) as one
          left join lateral (
               select seq, hash from audit_logs where tenant_id = :t order by seq desc limit 1
@@ -125,6 +132,21 @@ _INSERT = text(
            :result, :request_id, :ip, :user_agent, cast(cast(:before as text) as jsonb),
            cast(cast(:after as text) as jsonb), cast(cast(:details as text) as jsonb), :prev_hash, :hash)"""
 )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One audit row to append (see :func:`record_many`)."""
+
+    actor: str | None
+    action: str
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str = "success"
+    meta: RequestMeta | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
 
 
 async def record(
@@ -142,7 +164,18 @@ async def record(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append one audit row in ``session``'s transaction (which must be scoped to ``tenant_id``)."""
-    meta = meta or RequestMeta()
+    entry = Entry(
+        actor=actor, action=action, resource_type=resource_type, resource_id=resource_id, result=result,
+        meta=meta, before=before, after=after, details=details,
+    )
+    await record_many(session, tenant_id, [entry])
+
+
+async def record_many(session: AsyncSession, tenant_id: uuid.UUID, entries: Sequence[Entry]) -> None:
+    """Append ``entries``, in order, in ``session``'s transaction (scoped to ``tenant_id``): one
+    lock, one read of the chain's end and one multi-row insert, however many there are."""
+    if not entries:
+        return
     await session.execute(
         text("select pg_advisory_xact_lock(hashtextextended('audit:' || :t, 0))"), {"t": str(tenant_id)}
     )
@@ -151,30 +184,41 @@ async def record(
     found = (
         await session.execute(
             _LAST_AND_NORMAL,
-            {"t": tenant_id, "before": _json(before), "after": _json(after), "details": _json(details)},
+            {
+                "t": tenant_id,
+                "before": [_json(e.before) for e in entries],
+                "after": [_json(e.after) for e in entries],
+                "details": [_json(e.details) for e in entries],
+            },
         )
     ).one()
-    seq, prev = (found.seq + 1, bytes(found.hash)) if found.seq is not None else (1, GENESIS)
-    occurred_at = datetime.now(UTC)
-    row: dict[str, Any] = {
-        "tenant_id": str(tenant_id),
-        "id": str(uuid7()),
-        "seq": seq,
-        "occurred_at": format_time(occurred_at),
-        "actor": _limit("actor", actor),
-        "action": _limit("action", action),
-        "resource_type": _limit("resource_type", resource_type),
-        "resource_id": _limit("resource_id", resource_id),
-        "result": _limit("result", result),
-        "request_id": _limit("request_id", meta.request_id),
-        "ip": _limit("ip", meta.ip),
-        "user_agent": _limit("user_agent", meta.user_agent),
-        "before": found.before,
-        "after": found.after,
-        "details": found.details,
-    }
-    digest = chain_hash(prev, row)
-    await session.execute(_INSERT, {**row, "occurred_at": occurred_at, "prev_hash": prev, "hash": digest})
+    seq, prev = (found.seq, bytes(found.hash)) if found.seq is not None else (0, GENESIS)
+    rows = []
+    for index, entry in enumerate(entries):
+        meta = entry.meta or RequestMeta()
+        seq += 1
+        occurred_at = datetime.now(UTC)
+        row: dict[str, Any] = {
+            "tenant_id": str(tenant_id),
+            "id": str(uuid7()),
+            "seq": seq,
+            "occurred_at": format_time(occurred_at),
+            "actor": _limit("actor", entry.actor),
+            "action": _limit("action", entry.action),
+            "resource_type": _limit("resource_type", entry.resource_type),
+            "resource_id": _limit("resource_id", entry.resource_id),
+            "result": _limit("result", entry.result),
+            "request_id": _limit("request_id", meta.request_id),
+            "ip": _limit("ip", meta.ip),
+            "user_agent": _limit("user_agent", meta.user_agent),
+            "before": found.before[index],
+            "after": found.after[index],
+            "details": found.details[index],
+        }
+        digest = chain_hash(prev, row)
+        rows.append({**row, "occurred_at": occurred_at, "prev_hash": prev, "hash": digest})
+        prev = digest
+    await session.execute(_INSERT, rows)
 
 
 async def audit(

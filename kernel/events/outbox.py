@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
 
-__all__ = ["JOB", "OutboxDispatcher", "emit"]
+__all__ = ["JOB", "OutboxDispatcher", "emit", "emit_many"]
 
 log = logging.getLogger("businessos.events")
 
@@ -41,6 +42,23 @@ async def emit(session: AsyncSession, *, tenant_id: uuid.UUID, event: str, paylo
         {"t": tenant_id, "i": event_id, "e": event, "p": msgspec.json.encode(payload).decode()},
     )
     return event_id
+
+
+async def emit_many(
+    session: AsyncSession, *, tenant_id: uuid.UUID, events: Sequence[tuple[str, dict[str, Any]]]
+) -> None:
+    """:func:`emit` for several ``(event, payload)`` pairs in one statement."""
+    if not events:
+        return
+    await session.execute(
+        text(
+            "insert into events_outbox (tenant_id, id, event, payload) values (:t, :i, :e, cast(:p as jsonb))"
+        ),
+        [
+            {"t": tenant_id, "i": uuid7(), "e": event, "p": msgspec.json.encode(payload).decode()}
+            for event, payload in events
+        ],
+    )
 
 
 class OutboxDispatcher:

@@ -42,7 +42,6 @@ def one_source(messages: list[dict[str, Any]] | None, template: str | None) -> l
 class Composition:
     params: ChatParams
     """With the messages to send and the model to call."""
-    settings: TenantAISettings
     template_id: uuid.UUID | None = None
     template_version: int | None = None
     conversation: ConversationPlan | None = None
@@ -94,6 +93,6 @@ async def compose(
     if changes:
         params = dataclasses.replace(params, **changes)
     return Composition(
-        params=params, settings=settings, template_id=template_id, template_version=template_version,
+        params=params, template_id=template_id, template_version=template_version,
         conversation=plan,
     )

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.ai.call_cache import CallCache
 from kernel.ai.models import ProviderKeyRow
@@ -171,17 +170,12 @@ class KeyService:
             )
         await self.cache.forget(CallCache.key(tenant_id, f"key/{provider}"))
 
-    async def credentials(
-        self, tenant_id: uuid.UUID, provider: str, session: AsyncSession | None = None
-    ) -> Credentials:
-        """The tenant's opened key for ``provider``; 409 when none is stored (no environment keys).
-        Reads in ``session`` (a ``db.tenant(tenant_id)`` one) when given, else in its own."""
-        query = select(ProviderKeyRow).where(ProviderKeyRow.provider == provider)
-        if session is not None:
-            row = (await session.execute(query)).scalar_one_or_none()
-        else:
-            async with self.db.tenant(tenant_id) as own:
-                row = (await own.execute(query)).scalar_one_or_none()
+    async def credentials(self, tenant_id: uuid.UUID, provider: str) -> Credentials:
+        """The tenant's opened key for ``provider``; 409 when none is stored (no environment keys)."""
+        async with self.db.tenant(tenant_id) as session:
+            row = (
+                await session.execute(select(ProviderKeyRow).where(ProviderKeyRow.provider == provider))
+            ).scalar_one_or_none()
         if row is None:
             raise MissingProviderKey(
                 f"this tenant has no {provider} key: store one with PUT /api/ai/keys/{provider}",

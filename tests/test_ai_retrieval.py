@@ -4,9 +4,11 @@ cites the sources it was given."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -432,27 +434,38 @@ async def test_large_embeddings_are_searched_through_the_halfvec_index(
     assert "halfvec(3072)" in str(_search_sql(3072, None))
 
 
-async def test_migrate_creates_the_retrieval_tables_once_pgvector_is_there(
-    has_pgvector: bool, servers: tuple[str, str], tmp_path: Path
-) -> None:
-    """A database migrated while it had no retrieval tables gets them on the next migrate."""
-    if not has_pgvector:
-        pytest.skip(NO_PGVECTOR)
+@asynccontextmanager
+async def _database_without_retrieval_tables(servers: tuple[str, str], tmp_path: Path) -> AsyncIterator[str]:
+    """A new migrated database on the suite's server with the retrieval tables dropped, as if
+    the server had had no pgvector when it was migrated; its URL. Dropped afterwards."""
     base = servers[0]
     name = f"bos_rag_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(_dsn(base))
     await admin.execute(f'create database "{name}"')
     await admin.close()
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    settings = settings_for(url, servers[1], tmp_path)
     try:
-        await migrate.upgrade(settings, url, {})
+        await migrate.upgrade(settings_for(url, servers[1], tmp_path), url, {})
         conn = await asyncpg.connect(_dsn(url))
         try:
-            await conn.execute("drop table ai_chunks; drop table ai_documents")  # as if pgvector had been missing
+            await conn.execute("drop table ai_chunks; drop table ai_documents")
         finally:
             await conn.close()
-        await migrate.upgrade(settings, url, {})
+        yield url
+    finally:
+        admin = await asyncpg.connect(_dsn(base))
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+async def test_migrate_creates_the_retrieval_tables_once_pgvector_is_there(
+    has_pgvector: bool, servers: tuple[str, str], tmp_path: Path
+) -> None:
+    """A database migrated while it had no retrieval tables gets them on the next migrate."""
+    if not has_pgvector:
+        pytest.skip(NO_PGVECTOR)
+    async with _database_without_retrieval_tables(servers, tmp_path) as url:
+        await migrate.upgrade(settings_for(url, servers[1], tmp_path), url, {})
         conn = await asyncpg.connect(_dsn(url))
         try:
             assert await conn.fetchval("select to_regclass('ai_chunks') is not null")
@@ -462,21 +475,21 @@ async def test_migrate_creates_the_retrieval_tables_once_pgvector_is_there(
             assert indexes == 6
         finally:
             await conn.close()
-    finally:
-        admin = await asyncpg.connect(_dsn(base))
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
 
 
 async def test_without_pgvector_retrieval_answers_503_and_nothing_else_breaks(
-    ai_settings: Settings, has_pgvector: bool, provider: FakeOpenAI
+    ai_settings: Settings, has_pgvector: bool, provider: FakeOpenAI, servers: tuple[str, str], tmp_path: Path
 ) -> None:
     """Where the server has no pgvector (e.g. DATABASE_URL naming a plain PostgreSQL), migrating
     skipped the retrieval tables: what needs them answers 503 naming pgvector; listing shows no
-    documents; chat without retrieval works."""
-    if has_pgvector:
-        pytest.skip("the suite's PostgreSQL has pgvector (run with DATABASE_URL naming one without it)")
-    async with open_client(ai_settings) as api:
+    documents; chat without retrieval works. On a server with pgvector, a scratch database with
+    the tables dropped stands in."""
+    async with contextlib.AsyncExitStack() as stack:
+        settings = ai_settings
+        if has_pgvector:
+            url = await stack.enter_async_context(_database_without_retrieval_tables(servers, tmp_path))
+            settings = settings_for(url, servers[1], tmp_path, BUSINESSOS_AI_ALLOW_PRIVATE_BASES="1")
+        api = await stack.enter_async_context(open_client(settings))
         tenant = await _tenant(api, provider)
         for path, body in (
             ("/api/ai/documents", {"text": PARIS, "model": BOW}),

@@ -205,7 +205,7 @@ class Completion:
     cached_tokens: int
     cost: Decimal
     conversation_id: uuid.UUID | None = None
-    settlement: asyncio.Future[Decimal] | None = None
+    settlement: asyncio.Future[None] | None = None
     """The ledger, audit and budget writes still running after the answer (see ``complete``)."""
 
 
@@ -274,7 +274,7 @@ class AIProxy:
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
         self.budgets = BudgetService(db, self.cache)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
-        self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id, lambda s: s.cost)
+        self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id)
 
     async def _price(self, target: Target) -> Price:
         """The model's price (an operator's override, else litellm's map), cached for a minute."""
@@ -372,7 +372,7 @@ class AIProxy:
         message = {"role": choice.message.role or "assistant", "content": choice.message.content}
         call.answer_text = choice.message.content
         cost = call.price.cost(prompt, completion, cached)
-        settlement: asyncio.Future[Decimal] | None = None
+        settlement: asyncio.Future[None] | None = None
         if call.conversation is not None:
             # The next turn reads the stored exchange: it must be there before the answer is.
             await self._finish_shielded(call, status="ok", prompt=prompt, completion=completion, cached=cached)

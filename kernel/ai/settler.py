@@ -18,8 +18,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["WINDOW_SECONDS", "Settler"]
 
@@ -38,12 +37,10 @@ class Settler(Generic[S]):
         self,
         write: Callable[[uuid.UUID, Sequence[S]], Awaitable[None]],
         tenant_of: Callable[[S], uuid.UUID],
-        cost_of: Callable[[S], Decimal],
     ) -> None:
         self._write = write
         self._tenant_of = tenant_of
-        self._cost_of = cost_of
-        self._pending: list[tuple[S, asyncio.Future[Decimal]]] = []
+        self._pending: list[tuple[S, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -52,9 +49,9 @@ class Settler(Generic[S]):
     def __len__(self) -> int:
         return len(self._pending)
 
-    def submit(self, settlement: S) -> asyncio.Future[Decimal]:
-        """Queue ``settlement``; the future resolves (to its cost) once it is written."""
-        done: asyncio.Future[Decimal] = asyncio.get_running_loop().create_future()
+    def submit(self, settlement: S) -> asyncio.Future[None]:
+        """Queue ``settlement``; the future resolves once it is written."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((settlement, done))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="businessos-ai-settler")
@@ -66,7 +63,7 @@ class Settler(Generic[S]):
         while self._pending or (self._writing is not None and not self._writing.done()):
             self._hurry.set()
             self._wake.set()
-            waiting: list[asyncio.Future[Any]] = [done for _, done in self._pending]
+            waiting = [done for _, done in self._pending]
             if self._writing is not None:
                 waiting.append(self._writing)
             await asyncio.wait(waiting)
@@ -94,8 +91,8 @@ class Settler(Generic[S]):
             finally:
                 self._writing.set_result(None)
 
-    async def _write_all(self, batch: list[tuple[S, asyncio.Future[Decimal]]]) -> None:
-        by_tenant: dict[uuid.UUID, list[tuple[S, asyncio.Future[Decimal]]]] = defaultdict(list)
+    async def _write_all(self, batch: list[tuple[S, asyncio.Future[None]]]) -> None:
+        by_tenant: dict[uuid.UUID, list[tuple[S, asyncio.Future[None]]]] = defaultdict(list)
         for item in batch:
             by_tenant[self._tenant_of(item[0])].append(item)
         for tenant_id, items in by_tenant.items():
@@ -111,7 +108,7 @@ class Settler(Generic[S]):
                         done.set_exception(exc)
                         done.exception()  # retrieved: the failure is logged here, once
                     else:
-                        done.set_result(self._cost_of(settlement))
+                        done.set_result(None)
             else:
-                for settlement, done in items:
-                    done.set_result(self._cost_of(settlement))
+                for _, done in items:
+                    done.set_result(None)

@@ -87,9 +87,7 @@ async def list_contacts(
     created_before: datetime | None,
 ) -> tuple[list[s.ContactOut], int | None, str | None]:
     """(contacts, total or None in cursor mode, next cursor); same rules as ``service.list_rows``."""
-    service.check_paging(page, limit)
-    if sort not in _SORTS:
-        raise sdk.Unprocessable("unknown sort", errors=[sdk.FieldError("sort", f"one of {', '.join(_SORTS)}")])
+    service.check_list(page, limit, sort, _SORTS, cursor)
     values: dict[str, Any] = {
         "q": q if q is not None and q.strip() else None, "company_id": company_id, "owner_id": owner_id,
         "created_after": created_after, "created_before": created_before,
@@ -103,11 +101,6 @@ async def list_contacts(
         else:  # past the end (or nothing matches): the window had no row to carry the count
             total = int(await reader.fetchval(_query(sort, filters, "count"), **values)) if page > 1 else 0
         return [_out(r) for r in rows], total, None
-    if sort not in ("created_at", "-created_at"):
-        raise sdk.Unprocessable(
-            "cursor paging needs a created_at sort",
-            errors=[sdk.FieldError("sort", "created_at or -created_at with a cursor")],
-        )
     if cursor:
         values["after_created"], values["after_id"] = service.decode_cursor(cursor)
     rows = await reader.fetch(_query(sort, filters, "after" if cursor else "first"), **values, limit=limit + 1)

@@ -10,7 +10,7 @@ import base64
 import binascii
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -105,6 +105,19 @@ def check_paging(page: int, limit: int) -> None:
         raise sdk.Unprocessable("invalid paging", errors=errors)
 
 
+def check_list(page: int, limit: int, sort: str, sorts: Iterable[str], cursor: str | None) -> None:
+    """A list request's paging, sort and cursor rules (422 naming the field): a cursor walks
+    ``(created_at, id)``, so it needs a created_at sort."""
+    check_paging(page, limit)
+    if sort not in sorts:
+        raise sdk.Unprocessable("unknown sort", errors=[sdk.FieldError("sort", f"one of {', '.join(sorts)}")])
+    if cursor is not None and sort not in ("created_at", "-created_at"):
+        raise sdk.Unprocessable(
+            "cursor paging needs a created_at sort",
+            errors=[sdk.FieldError("sort", "created_at or -created_at with a cursor")],
+        )
+
+
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     raw = msgspec.json.encode([created_at.isoformat(), str(row_id)])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -138,16 +151,9 @@ async def list_rows(
     at the beginning) walks ``(created_at, id)`` in the ``sort`` direction without OFFSET, so
     rows inserted meanwhile cause neither gaps nor duplicates.
     """
-    check_paging(page, limit)
-    if sort not in sorts:
-        raise sdk.Unprocessable("unknown sort", errors=[sdk.FieldError("sort", f"one of {', '.join(sorts)}")])
+    check_list(page, limit, sort, sorts, cursor)
     stmt: Select[Any] = select(model).where(*where)
     if cursor is not None:
-        if sort not in ("created_at", "-created_at"):
-            raise sdk.Unprocessable(
-                "cursor paging needs a created_at sort",
-                errors=[sdk.FieldError("sort", "created_at or -created_at with a cursor")],
-            )
         descending = sort.startswith("-")
         if cursor:
             created, row_id = decode_cursor(cursor)

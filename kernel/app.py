@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from kernel.ai import routes as ai_routes
 from kernel.ai.retrieval import routes as ai_retrieval_routes
 from kernel.audit import routes as audit_routes
 from kernel.audit.safety_net import audit_unaudited_mutations
-from kernel.context import provide_kernel, provide_tenant
+from kernel.context import get_kernel, provide_kernel, provide_tenant
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
 from kernel.health import health, ready
@@ -31,6 +31,7 @@ from kernel.identity.auth import AuthenticationMiddleware, access_guard
 from kernel.identity.permissions import KERNEL_PERMISSIONS
 from kernel.modules import routes as module_routes
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
+from kernel.plugins.services import Services
 from kernel.runtime import open_kernel
 from kernel.settings import Settings, load_settings
 from kernel.tenants import routes as tenant_routes
@@ -87,6 +88,15 @@ def load_app_plugins(allowlist: frozenset[str] | None) -> PluginSet:
     )
 
 
+def services_provider(plugin: str) -> Callable[[ASGIConnection[Any, Any, Any, Any]], Services]:
+    """The ``services`` dependency of ``plugin``'s routes: its facade."""
+
+    def provide(request: ASGIConnection[Any, Any, Any, Any]) -> Services:
+        return get_kernel(request).services(plugin)
+
+    return provide
+
+
 def create_app(settings: Settings | None = None, plugins: PluginSet | None = None) -> Litestar:
     """Build the Litestar app. Reads the environment when ``settings`` is not given."""
     settings = settings or load_settings()
@@ -102,7 +112,12 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             yield
 
     plugin_routers = [
-        Router(path="/", route_handlers=record.routes, opt={"module": record.name})
+        Router(
+            path="/",
+            route_handlers=record.routes,
+            opt={"module": record.name},
+            dependencies={"services": Provide(services_provider(record.name), sync_to_thread=False)},
+        )
         for record in plugins.active()
         if record.routes
     ]

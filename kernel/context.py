@@ -20,6 +20,7 @@ from kernel.identity.service import IdentityService
 from kernel.identity.tokens import KeySet
 from kernel.modules.service import ModuleService
 from kernel.plugins.loader import PluginSet
+from kernel.plugins.services import Services
 from kernel.settings import Settings
 from kernel.tenants.schemas import Tenant
 from kernel.tenants.service import TenantService
@@ -45,10 +46,18 @@ class Kernel:
     limiter: RateLimiter
     ai: AIProxy = field(init=False)
     retrieval: RetrievalService = field(init=False)
+    _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ai = AIProxy(self.db, self.box, self.settings, self.bus)
         self.retrieval = RetrievalService(self.db, self.ai)
+
+    def services(self, plugin: str) -> Services:
+        """The facade handed to ``plugin``'s code (one per plugin and process)."""
+        found = self._services.get(plugin)
+        if found is None:
+            found = self._services[plugin] = Services(self, plugin)
+        return found
 
 
 def get_kernel(connection: ASGIConnection[Any, Any, Any, Any]) -> Kernel:

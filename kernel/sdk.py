@@ -22,6 +22,7 @@ from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
+from kernel.plugins.services import Data, Members, Services
 from kernel.runtime import open_kernel_from_environment as open_kernel
 from kernel.tenants.schemas import Tenant
 
@@ -31,6 +32,7 @@ __all__ = [
     "PUBLIC",
     "BadRequest",
     "Conflict",
+    "Data",
     "EventContext",
     "EventHandler",
     "EventType",
@@ -38,6 +40,7 @@ __all__ = [
     "Forbidden",
     "Kernel",
     "Manifest",
+    "Members",
     "NodeSpec",
     "NotFound",
     "Permission",
@@ -46,6 +49,7 @@ __all__ = [
     "Query",
     "Reader",
     "RequestMeta",
+    "Services",
     "Tenant",
     "TenantScoped",
     "Unprocessable",

@@ -46,7 +46,10 @@ async def run_event_handlers(
         for handler in record.event_handlers:
             if handler.event == event:
                 await handler.handler(
-                    EventContext(tenant_id=tenant, event=event, payload=payload, kernel=kernel, event_id=ident)
+                    EventContext(
+                        tenant_id=tenant, event=event, payload=payload, kernel=kernel,
+                        services=kernel.services(record.name), event_id=ident,
+                    )
                 )
                 ran += 1
     return ran

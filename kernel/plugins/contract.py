@@ -16,6 +16,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from kernel.context import Kernel
+    from kernel.plugins.services import Services
 
 __all__ = [
     "PLUGIN_NAME",
@@ -68,6 +69,8 @@ class EventContext:
     event: str
     payload: dict[str, Any]
     kernel: Kernel = field(repr=False)
+    services: Services = field(repr=False)
+    """The handler's plugin's facade."""
     event_id: uuid.UUID | None = None
     """The outbox row's id: the same on every delivery of one event, for idempotent handlers."""
 

@@ -16,12 +16,12 @@ class Pong(msgspec.Struct):
 
 
 @get("/api/hello/ping", opt={"permission": "hello.pings.read"})
-async def ping(tenant: sdk.Tenant, kernel: sdk.Kernel) -> Pong:
+async def ping(tenant: sdk.Tenant, services: sdk.Services) -> Pong:
     """Record a ping for the tenant and answer with its greeting and count."""
-    settings = await kernel.modules.get_settings(tenant.id, "hello")
-    async with kernel.db.tenant(tenant.id) as session:
-        session.add(Ping(tenant_id=tenant.id, message=settings["greeting"]))
+    settings = await services.settings(tenant.id)
+    async with services.data.tenant(tenant.id) as session:
+        session.add(Ping(tenant_id=tenant.id, message=settings.greeting))
         await session.flush()
         # No tenant filter here on purpose: row-level security scopes the count.
         count = (await session.execute(select(func.count()).select_from(Ping))).scalar_one()
-    return Pong(message=settings["greeting"], tenant=tenant.slug, pings=count)
+    return Pong(message=settings.greeting, tenant=tenant.slug, pings=count)

@@ -22,10 +22,11 @@ from kernel.identity.service import IdentityService
 from kernel.identity.tokens import KeySet
 from kernel.modules.service import ModuleService
 from kernel.plugins.loader import PluginSet
+from kernel.plugins.services import Services
 from kernel.settings import Settings
 from kernel.tenants.service import TenantService
 
-__all__ = ["DatabaseNotReady", "open_kernel", "open_kernel_from_environment", "prepare_database"]
+__all__ = ["DatabaseNotReady", "open_kernel", "open_kernel_from_environment", "open_services", "prepare_database"]
 
 
 class DatabaseNotReady(RuntimeError):
@@ -72,6 +73,14 @@ async def open_kernel_from_environment() -> AsyncIterator[Kernel]:
     settings = load_settings()
     async with open_kernel(settings, load_app_plugins(settings.plugins_allowlist)) as kernel:
         yield kernel
+
+
+@asynccontextmanager
+async def open_services(plugin: str) -> AsyncIterator[Services]:
+    """``plugin``'s facade in a process of its own (a plugin's CLI command, a script): the kernel
+    opened from the environment as by :func:`open_kernel_from_environment`, closed on exit."""
+    async with open_kernel_from_environment() as kernel:
+        yield kernel.services(plugin)
 
 
 @asynccontextmanager

@@ -1,36 +1,47 @@
 """The one module a plugin imports from the kernel.
 
 Everything a plugin needs is re-exported here: the hook marker, the manifest and contribution
-types, model bases, migration helpers and the tenant-scoped services. The rest of ``kernel`` is
-private and may change without notice; this surface follows ``KERNEL_API_VERSION``.
+types, the model base, migration helpers, the node contract and the services facade
+(``sdk.Services``). The rest of ``kernel`` is private and may change without notice (``ruff
+check`` refuses an import of it from ``plugins/``, ``connectors/`` and ``examples/``); this
+surface follows ``KERNEL_API_VERSION`` (see docs/plugins.md, "Stability").
 """
 
 from __future__ import annotations
 
 from kernel import KERNEL_API_VERSION
-from kernel.audit.log import RequestMeta, audit, request_actor, request_meta
-from kernel.audit.log import record as audit_record
-from kernel.context import Kernel, current_tenant, get_kernel
+from kernel.audit.log import RequestMeta
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
-from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
+from kernel.db.models import Model, TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
-from kernel.events.outbox import emit
-from kernel.identity.access import is_member
-from kernel.identity.auth import principal_of
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
-from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
+from kernel.plugins.contract import (
+    EventContext,
+    EventHandler,
+    EventType,
+    Manifest,
+    NodeContext,
+    NodeRunner,
+    NodeSpec,
+    Permission,
+)
 from kernel.plugins.hookspecs import hookimpl
-from kernel.plugins.services import Data, Members, Services
-from kernel.runtime import open_kernel_from_environment as open_kernel
+from kernel.plugins.services import AI, Actor, AIAnswer, ChangeLog, Changes, Data, Members, Services, Tenants
+from kernel.runtime import open_services
 from kernel.tenants.schemas import Tenant
 
 __all__ = [
+    "AI",
     "AUTHENTICATED",
     "KERNEL_API_VERSION",
     "PUBLIC",
+    "AIAnswer",
+    "Actor",
     "BadRequest",
+    "ChangeLog",
+    "Changes",
     "Conflict",
     "Data",
     "EventContext",
@@ -38,9 +49,11 @@ __all__ = [
     "EventType",
     "FieldError",
     "Forbidden",
-    "Kernel",
     "Manifest",
     "Members",
+    "Model",
+    "NodeContext",
+    "NodeRunner",
     "NodeSpec",
     "NotFound",
     "Permission",
@@ -52,22 +65,14 @@ __all__ = [
     "Services",
     "Tenant",
     "TenantScoped",
+    "Tenants",
     "Unprocessable",
-    "audit",
-    "audit_record",
     "create_tenant_table",
-    "current_tenant",
     "declarative_base",
-    "emit",
     "enable_tenant_rls",
-    "get_kernel",
     "grant_runtime",
     "hookimpl",
-    "is_member",
-    "open_kernel",
-    "principal_of",
-    "request_actor",
-    "request_meta",
+    "open_services",
     "utcnow",
     "uuid7",
 ]

@@ -21,6 +21,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
 
+from kernel import sdk
 from kernel.app import create_app, load_app_plugins
 from kernel.context import Kernel
 from kernel.db import migrate
@@ -140,6 +141,20 @@ async def other_process(settings: Settings) -> AsyncIterator[Kernel]:
     async with open_kernel(settings, load_app_plugins(settings.plugins_allowlist)) as kernel:
         await asyncio.wait_for(kernel.bus.subscribed.wait(), 5)
         yield kernel
+
+
+def node_context(
+    kernel: Kernel, plugin: str, tenant_id: uuid.UUID, *, step_id: str = "step-1", attempt: int = 1
+) -> sdk.NodeContext:
+    """What a workflow engine hands a node of ``plugin``: one step of a fresh run, as ``workflow``."""
+    return sdk.NodeContext(
+        tenant_id=tenant_id,
+        execution_id=uuid.uuid4(),
+        step_id=step_id,
+        attempt=attempt,
+        actor=sdk.Actor.system("workflow"),
+        services=kernel.services(plugin),
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:  # noqa: ASYNC109

@@ -40,11 +40,11 @@ def businessos_settings_schema() -> type[Options]:
 
 @post(f"/api/{NAME}/things", status_code=201, opt={"permission": "authenticated"})
 async def add_thing(
-    data: dict[str, Any], request: Request[Any, Any, Any], tenant: sdk.Tenant, kernel: sdk.Kernel
+    data: dict[str, Any], request: Request[Any, Any, Any], tenant: sdk.Tenant, services: sdk.Services
 ) -> dict[str, str]:
-    async with kernel.db.tenant(tenant.id) as session:
-        await sdk.audit(
-            request, session, tenant_id=tenant.id, action=NAME + ".thing.created",
+    async with services.data.tenant(tenant.id) as session:
+        await services.changes.audit(
+            session, sdk.Actor.of_request(request), tenant_id=tenant.id, action=NAME + ".thing.created",
             resource_type="thing", resource_id="thing-1", after=data,
         )
     return {"created": "thing-1"}

@@ -13,8 +13,15 @@ from litestar.testing import AsyncTestClient
 
 from kernel import sdk
 from kernel.settings import Settings
-from plugins.crm.nodes import NODES, CreateContactConfig, UpdateDealStageConfig
-from tests.conftest import SECRET, other_process
+from plugins.crm import schemas as s
+from plugins.crm.nodes import (
+    NODES,
+    CreateContactConfig,
+    DealStageChanged,
+    DealStageChangedConfig,
+    UpdateDealStageConfig,
+)
+from tests.conftest import SECRET, node_context, other_process
 from tests.test_cli import run_cli
 from tests.test_crm import api, crm_settings, crm_tenant, make, problem
 from tests.test_crm_deals import sales_pipeline
@@ -70,19 +77,34 @@ async def test_workflow_nodes_create_contacts_and_move_deals(api: AsyncTestClien
     won = p["stages"][2]["id"]
     create, move = NODES[0].run, NODES[1].run
     assert create is not None and move is not None
+    assert (NODES[0].output, NODES[1].output, NODES[2].output) == (s.ContactOut, s.DealOut, DealStageChanged)
     tenant_id = uuid.UUID(t["id"])
+    other = await crm_tenant(api)
     async with other_process(crm_settings) as kernel:
         config = msgspec.convert({"first_name": "Flow", "email": "flow@example.com"}, CreateContactConfig)
-        made = await create(config, kernel=kernel, tenant_id=tenant_id)
-        moved = await move(
-            UpdateDealStageConfig(deal_id=uuid.UUID(deal["id"]), stage_id=uuid.UUID(won)),
-            kernel=kernel,
-            tenant_id=tenant_id,
-        )
+        made = await create(node_context(kernel, "crm", tenant_id), config)
+        move_config = UpdateDealStageConfig(deal_id=uuid.UUID(deal["id"]), stage_id=uuid.UUID(won))
+        moved = await move(node_context(kernel, "crm", tenant_id, step_id="step-2"), move_config)
         with pytest.raises(sdk.Conflict):
-            await create(config, kernel=kernel, tenant_id=tenant_id)
-    assert (await api.get(f"/api/crm/contacts/{made['id']}", headers=t["h"])).json()["first_name"] == "Flow"
-    assert moved["stage_id"] == won
+            await create(node_context(kernel, "crm", tenant_id), config)
+        # Another tenant: its own contact with the same e-mail; the first tenant's deal is not there.
+        theirs = await create(node_context(kernel, "crm", uuid.UUID(other["id"])), config)
+        with pytest.raises(sdk.NotFound):
+            await move(node_context(kernel, "crm", uuid.UUID(other["id"])), move_config)
+    assert isinstance(made, s.ContactOut) and isinstance(moved, s.DealOut)
+    assert (await api.get(f"/api/crm/contacts/{made.id}", headers=t["h"])).json()["first_name"] == "Flow"
+    assert (await api.get(f"/api/crm/contacts/{theirs.id}", headers=other["h"])).json()["first_name"] == "Flow"
+    problem(await api.get(f"/api/crm/contacts/{theirs.id}", headers=t["h"]), 404)
+    assert str(moved.stage_id) == won
     history = (await api.get(f"/api/crm/deals/{deal['id']}/history", headers=t["h"])).json()
     assert history[-1]["actor"] == "workflow"
-    problem(await api.get(f"/api/crm/contacts/{made['id']}", headers=(await crm_tenant(api))["h"]), 404)
+    logs = (await api.get("/api/audit/logs", params={"action": "crm.contact.created"}, headers=t["h"])).json()
+    assert [(r["actor"], r["resource_type"]) for r in logs["items"]] == [("workflow", "crm.contact")]
+    # The trigger starts on its event, narrowed by its filter.
+    trigger = NODES[2]
+    assert trigger.event == "crm.deal.stage_changed" and trigger.filter is not None
+    payload = {"pipeline_id": p["id"], "to_stage_id": won}
+    assert trigger.filter(DealStageChangedConfig(), payload)
+    assert trigger.filter(DealStageChangedConfig(to_stage_id=uuid.UUID(won)), payload)
+    assert not trigger.filter(DealStageChangedConfig(pipeline_id=uuid.uuid4()), payload)
+    problem(await api.get(f"/api/crm/contacts/{made.id}", headers=(await crm_tenant(api))["h"]), 404)

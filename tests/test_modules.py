@@ -36,15 +36,15 @@ class NoteIn(msgspec.Struct):
 
 
 @post(f"/api/{NAME}/notes", status_code=201, opt={"permission": NAME + ".notes.write"})
-async def add_note(data: NoteIn, tenant: sdk.Tenant, kernel: sdk.Kernel) -> dict[str, str]:
-    async with kernel.db.tenant(tenant.id) as session:
+async def add_note(data: NoteIn, tenant: sdk.Tenant, services: sdk.Services) -> dict[str, str]:
+    async with services.data.tenant(tenant.id) as session:
         session.add(Note(tenant_id=tenant.id, body=data.body))
     return {"body": data.body}
 
 
 @get(f"/api/{NAME}/notes", opt={"permission": NAME + ".notes.read"})
-async def list_notes(tenant: sdk.Tenant, kernel: sdk.Kernel) -> list[str]:
-    async with kernel.db.tenant(tenant.id) as session:
+async def list_notes(tenant: sdk.Tenant, services: sdk.Services) -> list[str]:
+    async with services.data.tenant(tenant.id) as session:
         rows = await session.execute(select(Note.body).order_by(Note.id))
         return list(rows.scalars())
 

@@ -34,7 +34,7 @@ def _event_plugin(name: str) -> FakePlugin:
         note: Mapped[str] = mapped_column(Text)
 
     async def remember(ctx: sdk.EventContext) -> None:
-        async with ctx.kernel.db.tenant(ctx.tenant_id) as session:
+        async with ctx.services.data.tenant(ctx.tenant_id) as session:
             session.add(Seen(tenant_id=ctx.tenant_id, note=ctx.payload["note"]))
 
     @sdk.hookimpl
@@ -194,9 +194,11 @@ async def test_a_plugin_mutation_that_audits_nothing_still_leaves_an_audit_row(
         return {{"made": True}}
 
     @post("/api/{name}/audited", opt={{"permission": sdk.AUTHENTICATED}})
-    async def make_audited(request: Any, tenant: sdk.Tenant, kernel: sdk.Kernel) -> dict:
-        async with kernel.db.tenant(tenant.id) as session:
-            await sdk.audit(request, session, tenant_id=tenant.id, action=NAME + ".thing.made")
+    async def make_audited(request: Any, tenant: sdk.Tenant, services: sdk.Services) -> dict:
+        async with services.data.tenant(tenant.id) as session:
+            await services.changes.audit(
+                session, sdk.Actor.of_request(request), tenant_id=tenant.id, action=NAME + ".thing.made"
+            )
         return {{"made": True}}
 
     @sdk.hookimpl
@@ -237,16 +239,20 @@ def _outbox_plugin(name: str) -> FakePlugin:
         note: Mapped[str] = mapped_column(Text)
 
     async def remember(ctx: sdk.EventContext) -> None:
-        async with ctx.kernel.db.tenant(ctx.tenant_id) as session:
+        async with ctx.services.data.tenant(ctx.tenant_id) as session:
             # Idempotent: one row per event, however often it is delivered.
             if (await session.execute(select(Seen).where(Seen.id == ctx.event_id))).first() is None:
                 session.add(Seen(tenant_id=ctx.tenant_id, id=ctx.event_id, note=ctx.payload["note"]))
 
     @post("/api/{name}/things/{{note:str}}", opt={{"permission": sdk.AUTHENTICATED}})
-    async def make(note: str, tenant: sdk.Tenant, kernel: sdk.Kernel, request: Request) -> dict:
-        async with kernel.db.tenant(tenant.id) as session:
-            await sdk.emit(session, tenant_id=tenant.id, event="{name}.thing.made", payload={{"note": note}})
-            await sdk.audit(request, session, tenant_id=tenant.id, action="{name}.thing.made")
+    async def make(note: str, tenant: sdk.Tenant, services: sdk.Services, request: Request) -> dict:
+        async with services.data.tenant(tenant.id) as session:
+            await services.changes.emit(
+                session, tenant_id=tenant.id, event="{name}.thing.made", payload={{"note": note}}
+            )
+            await services.changes.audit(
+                session, sdk.Actor.of_request(request), tenant_id=tenant.id, action="{name}.thing.made"
+            )
             if note == "rollback":
                 raise sdk.Conflict("the change fails after emitting")
         return {{"note": note}}

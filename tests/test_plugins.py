@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kernel import KERNEL_API_VERSION
 from kernel.app import load_app_plugins
 from kernel.plugins.loader import BootError, PluginSet, load_plugins
 from kernel.settings import Settings
@@ -111,7 +112,7 @@ def test_a_manifest_for_another_kernel_api_is_disabled_with_the_reason(tmp_path:
     future, fine = unique("future"), unique("fine")
     with installed(tmp_path, bare_plugin(future, kernel_api=">=2"), bare_plugin(fine, kernel_api=">=1.0,<2")):
         plugins = load(future, fine)
-        assert reason(plugins, future) == "needs kernel API >=2, this kernel provides 1.0"
+        assert reason(plugins, future) == f"needs kernel API >=2, this kernel provides {KERNEL_API_VERSION}"
         assert active(plugins, fine)
 
 
@@ -536,5 +537,5 @@ def test_plugins_list_command_shows_versions_and_reasons(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line.split(None, 2)[1:] for line in result.stdout.splitlines() if line.strip()}
     assert lines[ok] == ["2.3.4", "active"]
-    assert lines[future] == ["0.1.0", "disabled: needs kernel API >=2, this kernel provides 1.0"]
+    assert lines[future] == ["0.1.0", f"disabled: needs kernel API >=2, this kernel provides {KERNEL_API_VERSION}"]
     assert lines[unlisted] == ["0.1.0", "disabled: not in the BUSINESSOS_PLUGINS allowlist"]

@@ -16,10 +16,12 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from kernel import sdk
 from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.settings import Settings
-from tests.conftest import _dsn, new_tenant, open_client, other_process, settings_for
+from plugins.projects.schemas import TaskOut
+from tests.conftest import _dsn, new_tenant, node_context, open_client, other_process, settings_for
 from tests.servers import api_servers
 from tests.test_access import join
 
@@ -499,14 +501,14 @@ async def test_every_mutation_is_audited_with_its_resource(api: AsyncTestClient[
     rows = ok(await api.get("/api/audit/logs", params={"action": "projects.*", "limit": 200}, headers=at(a)))["items"]
     seen = [(r["action"], r["resource_type"], r["resource_id"]) for r in reversed(rows)]
     assert seen == [
-        ("projects.project.created", "project", p),
-        ("projects.task.created", "task", t),
-        ("projects.project.updated", "project", p),
-        ("projects.task.updated", "task", t),
-        ("projects.task.moved", "task", t),
-        ("projects.comment.created", "comment", comment["id"]),
-        ("projects.task.deleted", "task", t),
-        ("projects.project.deleted", "project", p),
+        ("projects.project.created", "projects.project", p),
+        ("projects.task.created", "projects.task", t),
+        ("projects.project.updated", "projects.project", p),
+        ("projects.task.updated", "projects.task", t),
+        ("projects.task.moved", "projects.task", t),
+        ("projects.comment.created", "projects.comment", comment["id"]),
+        ("projects.task.deleted", "projects.task", t),
+        ("projects.project.deleted", "projects.project", p),
     ]
     assert {r["actor"] for r in rows} == {f"user:{a['user_id']}"}
     by_action = {r["action"]: r for r in rows}
@@ -606,17 +608,31 @@ async def test_create_task_node_and_completed_trigger_are_declared_and_run(
         "projects.column.deleted",
     }
 
-    a = await tenant_with_projects(api)
+    a, b = await tenant_with_projects(api), await tenant_with_projects(api)
     project = await new_project(api, a)
     create = nodes["projects.create_task"]
-    assert create.run is not None and create.config is not None
+    assert create.run is not None and create.config is not None and create.output is TaskOut
     config = create.config(
         project_id=uuid.UUID(project["id"]), title="From a workflow", assignee_id=uuid.UUID(a["user_id"])
     )
     async with other_process(projects_settings) as kernel:
-        made = await create.run(config, kernel=kernel, tenant_id=uuid.UUID(a["id"]))
-    assert made["title"] == "From a workflow" and made["status"] == "To do"
-    got = ok(await api.get(f"/api/projects/{project['id']}/tasks/{made['id']}", headers=at(a)))
+        made = await create.run(node_context(kernel, "projects", uuid.UUID(a["id"])), config)
+        # Tenant B's workflow cannot reach tenant A's project.
+        with pytest.raises(sdk.NotFound):
+            await create.run(node_context(kernel, "projects", uuid.UUID(b["id"])), config)
+    assert isinstance(made, TaskOut) and made.title == "From a workflow" and made.status == "To do"
+    got = ok(await api.get(f"/api/projects/{project['id']}/tasks/{made.id}", headers=at(a)))
     assert got["assignee_id"] == a["user_id"]
+    problem(await api.get(f"/api/projects/{project['id']}/tasks/{made.id}", headers=at(b)), 404)
     rows = ok(await api.get("/api/audit/logs", params={"action": "projects.task.created"}, headers=at(a)))["items"]
-    assert [(r["actor"], r["resource_id"]) for r in rows] == [("workflow", made["id"])]
+    assert [(r["actor"], r["resource_type"], r["resource_id"]) for r in rows] == [
+        ("workflow", "projects.task", str(made.id))
+    ]
+    theirs = ok(await api.get("/api/audit/logs", params={"action": "projects.task.created"}, headers=at(b)))
+    assert theirs["items"] == []
+    completed = nodes["projects.task_completed"]
+    assert completed.event == "projects.task.completed" and completed.filter is not None
+    assert completed.filter(completed.config(), {"project_id": project["id"]})  # type: ignore[misc]
+    elsewhere = completed.config(project_id=uuid.uuid4())  # type: ignore[misc]
+    assert not completed.filter(elsewhere, {"project_id": project["id"]})
+

@@ -401,9 +401,13 @@ class AIProxy:
         """Write every settlement still queued (at shutdown)."""
         await self._settler.drain()
 
-    async def embed(self, caller: Caller, model: str, inputs: list[str]) -> tuple[list[list[float]], Completion]:
+    async def embed(
+        self, caller: Caller, model: str, inputs: list[str], *, object_type: str | None = None,
+        object_id: str | None = None,
+    ) -> tuple[list[list[float]], Completion]:
         """Embeddings of ``inputs`` with the tenant's key, metered and budgeted like a chat call
-        (the reservation is the inputs' size in bytes, an upper bound of their tokens)."""
+        (the reservation is the inputs' size in bytes, an upper bound of their tokens); the ledger
+        row names ``object_type``/``object_id`` when given."""
         litellm = await litellm_async()
         target = resolve_model(model)
         credentials = await self.keys.for_call(caller.tenant_id, target.provider)
@@ -411,7 +415,8 @@ class AIProxy:
         estimate = sum(len(text.encode()) + _PER_MESSAGE_TOKENS for text in inputs)
         reservation = await self.budgets.reserve(caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate)
         call = PreparedCall(
-            caller=caller, params=ChatParams(model=model, messages=[]), target=target, credentials=credentials,
+            caller=caller, params=ChatParams(model=model, messages=[], object_type=object_type, object_id=object_id),
+            target=target, credentials=credentials,
             price=price, max_tokens=0, prompt_estimate=estimate, reservation=reservation,
         )
         response = await self._call_provider(

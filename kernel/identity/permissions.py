@@ -7,7 +7,7 @@ Every route declares what it needs in ``opt["permission"]``: ``PUBLIC`` (anyone)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from kernel.plugins.contract import Permission
 
@@ -56,15 +56,19 @@ _MEMBER_KERNEL = {
 _VIEWER_KERNEL = {"kernel.tenant.read", "kernel.modules.read"}
 
 
-def default_grants(role: str, permissions: Iterable[str]) -> frozenset[str]:
-    """The built-in grants of ``role`` among ``permissions`` (kernel's and plugins')."""
-    names = set(permissions)
-    if role in ("owner", "admin"):
-        return frozenset(names)
+def default_grants(role: str, permissions: Mapping[str, tuple[Permission, str]]) -> frozenset[str]:
+    """The built-in grants of ``role`` among ``permissions`` (name -> (permission, owner); the
+    kernel's and plugins'). A permission naming its ``roles`` goes to those (and the owner) only."""
+    if role == "owner":
+        return frozenset(permissions)
+    chosen = {name for name, (p, _) in permissions.items() if p.roles is not None and role in p.roles}
+    names = {name for name, (p, _) in permissions.items() if p.roles is None}
+    if role == "admin":
+        return frozenset(names | chosen)
     kernel = {n for n in names if n.startswith("kernel.")}
-    plugin = names - kernel
+    plugin = (names - kernel) | chosen
     if role == "member":
         return frozenset((kernel & _MEMBER_KERNEL) | plugin)
     if role == "viewer":
-        return frozenset((kernel & _VIEWER_KERNEL) | {n for n in plugin if n.endswith(".read")})
+        return frozenset((kernel & _VIEWER_KERNEL) | {n for n in plugin - chosen if n.endswith(".read")} | chosen)
     return frozenset()

@@ -47,7 +47,7 @@ async def run_event_handlers(
             if handler.event == event:
                 await handler.handler(
                     EventContext(
-                        tenant_id=tenant, event=event, payload=payload, kernel=kernel,
+                        tenant_id=tenant, event=event, payload=payload,
                         services=kernel.services(record.name), event_id=ident,
                     )
                 )

@@ -5,18 +5,18 @@ These types are re-exported by ``kernel.sdk``; plugins never import this module 
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 if TYPE_CHECKING:
-    from kernel.context import Kernel
-    from kernel.plugins.services import Services
+    from kernel.plugins.services import Actor, Services
 
 __all__ = [
     "PLUGIN_NAME",
@@ -25,6 +25,8 @@ __all__ = [
     "EventType",
     "LifespanFactory",
     "Manifest",
+    "NodeContext",
+    "NodeRunner",
     "NodeSpec",
     "Permission",
 ]
@@ -52,6 +54,10 @@ class Permission(msgspec.Struct, frozen=True):
 
     name: str
     description: str = ""
+    roles: tuple[str, ...] | None = None
+    """The roles holding it until a tenant edits its grants, e.g. ``("admin",)`` for a moderation
+    right (the owner holds every permission). ``None``: members hold it, viewers too when it ends
+    in ``.read``."""
 
 
 class EventType(msgspec.Struct, frozen=True):
@@ -63,12 +69,11 @@ class EventType(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class EventContext:
-    """What an event handler receives: the event and the kernel's service handles."""
+    """What an event handler receives: the event and its plugin's facade."""
 
     tenant_id: uuid.UUID
     event: str
     payload: dict[str, Any]
-    kernel: Kernel = field(repr=False)
     services: Services = field(repr=False)
     """The handler's plugin's facade."""
     event_id: uuid.UUID | None = None
@@ -84,6 +89,37 @@ class EventHandler:
 
 
 @dataclass(frozen=True)
+class NodeContext:
+    """What a node runner receives besides its configuration: where in which workflow run it is,
+    as whom it acts, and its plugin's facade."""
+
+    tenant_id: uuid.UUID
+    execution_id: uuid.UUID
+    """The workflow run."""
+    step_id: str
+    """The step within the run's workflow."""
+    attempt: int
+    """1 on the first try, 2 on the first retry, ..."""
+    actor: Actor
+    """The principal the workflow runs as: the audit log's actor of what the node changes."""
+    services: Services = field(repr=False)
+    logger: logging.Logger = field(repr=False, default_factory=lambda: logging.getLogger("businessos.nodes"))
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same on every attempt of one step of one run (and different for any other step or
+        run): a node that calls out passes it on so that a retry does not act twice."""
+        return f"{self.execution_id}:{self.step_id}"
+
+
+class NodeRunner(Protocol):
+    """An action's work: ``await run(ctx, config)`` returns the node's output (an instance of its
+    ``output`` Struct), raising an ``sdk.Problem`` to fail the step."""
+
+    def __call__(self, ctx: NodeContext, config: Any, /) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """A workflow node: an action a workflow can run or a trigger that can start one."""
 
@@ -94,8 +130,15 @@ class NodeSpec:
     description: str = ""
     config: type[msgspec.Struct] | None = None
     """Schema of the node's configuration; ``None`` when it takes none."""
-    run: Callable[..., Awaitable[Any]] | None = field(default=None, compare=False)
-    """For actions: the coroutine that performs it (the workflow engine calls it)."""
+    output: type[msgspec.Struct] | None = None
+    """Schema of what the node hands to the next steps: an action's result, a trigger's payload."""
+    run: NodeRunner | None = field(default=None, compare=False)
+    """For actions: the runner the workflow engine calls."""
+    event: str | None = None
+    """For triggers: the event type that starts the workflow."""
+    filter: Callable[[Any, dict[str, Any]], bool] | None = field(default=None, compare=False)
+    """For triggers: ``filter(config, payload)``, whether this event starts the workflow (``None``:
+    every event of the type does)."""
 
 
 LifespanFactory = Callable[[], AbstractAsyncContextManager[None]]

@@ -20,7 +20,7 @@ __all__ = ["manifest"]
 manifest = sdk.Manifest(
     name="crm",
     version="0.1.0",
-    kernel_api=">=1.0,<2",
+    kernel_api=">=1.1,<2",
     title="CRM",
     description="Contacts, companies, deal pipelines and activities.",
 )

@@ -1,16 +1,14 @@
 """``businessos crm import FILE --tenant T [--mode ...] [--companies]``: CSV import with progress.
 
 The same validation and modes as ``POST /api/crm/contacts/import``; the audit row names the
-actor ``cli``. The kernel's services are opened through ``sdk.open_kernel()``.
+actor ``cli``. The plugin's facade is opened through ``sdk.open_services("crm")``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,15 @@ import click
 from kernel import sdk
 from plugins.crm import csvio
 from plugins.crm.schemas import ImportReport
-from plugins.crm.service import Actor
 
-__all__ = ["COMMANDS", "import_file", "run_import"]
+__all__ = ["CLI_ACTOR", "COMMANDS", "import_file", "run_import"]
 
 
-def _cli_actor(tenant_id: uuid.UUID) -> Actor:
-    async def audit(session: Any, **fields: Any) -> None:
-        await sdk.audit_record(session, actor="cli", meta=sdk.RequestMeta(user_agent="businessos-cli"), **fields)
-
-    return Actor(tenant_id=tenant_id, audit=audit, name="cli")
+CLI_ACTOR = sdk.Actor.system("cli", user_agent="businessos-cli")
 
 
 async def run_import(
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     tenant_ref: str,
     body: bytes,
     *,
@@ -41,22 +34,14 @@ async def run_import(
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import ``body`` (CSV) into the tenant named by id or slug, which must have the CRM enabled."""
-    tenant = await kernel.tenants.find(tenant_ref)
+    tenant = await services.tenants.find(tenant_ref)
     if tenant is None:
         raise click.ClickException(f"no tenant {tenant_ref!r}")
-    if "crm" not in await kernel.modules.enabled(tenant.id):
+    if not await services.tenants.enabled(tenant.id):
         raise click.ClickException(f"the crm module is not enabled for {tenant.slug}")
     importer = csvio.import_companies if companies else csvio.import_contacts
-    async with kernel.db.tenant(tenant.id) as session:
-        return await importer(session, _cli_actor(tenant.id), body, mode, progress)
-
-
-def _open_kernel() -> AbstractAsyncContextManager[sdk.Kernel]:
-    opener: Any = getattr(sdk, "open_kernel", None)
-    if opener is None:
-        raise click.ClickException("this kernel's SDK cannot open its services for a command (sdk.open_kernel)")
-    result: AbstractAsyncContextManager[sdk.Kernel] = opener()
-    return result
+    async with services.data.tenant(tenant.id) as session:
+        return await importer(session, services.changes.by(CLI_ACTOR, tenant.id), body, mode, progress)
 
 
 @click.command("import")
@@ -76,9 +61,9 @@ def import_file(file: Path, tenant_ref: str, mode: str, companies: bool) -> None
     with click.progressbar(length=csvio.count_rows(body), label="importing", file=sys.stderr) as bar:
 
         async def run() -> ImportReport:
-            async with _open_kernel() as kernel:
+            async with sdk.open_services("crm") as services:
                 return await run_import(
-                    kernel,
+                    services,
                     tenant_ref,
                     body,
                     mode="per_row" if mode == "per_row" else "all_or_nothing",

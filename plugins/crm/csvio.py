@@ -30,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm.models import Company, Contact
-from plugins.crm.service import Actor
 
 __all__ = [
     "COMPANY_COLUMNS",
@@ -235,7 +234,7 @@ async def _company_plan(rows: list[tuple[int, dict[str, str]]]) -> _Plan:
 
 async def _write_rows(
     session: AsyncSession,
-    actor: Actor,
+    actor: sdk.ChangeLog,
     model: Any,
     plan: _Plan,
     mode: Mode,
@@ -266,14 +265,16 @@ async def _write_rows(
             # The record as the API shows it, so handlers of imported and created records agree.
             payload = {k: v for k, v in row.items() if k != "tenant_id"}
             payload["imported"] = True
-            await sdk.emit(session, tenant_id=actor.tenant_id, event=event, payload=msgspec.to_builtins(payload))
+            await actor.emit(session, event=event, payload=msgspec.to_builtins(payload))
         imported += len(written)
         if progress is not None:
             progress(len(batch))
     return imported
 
 
-async def _insert(session: AsyncSession, actor: Actor, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _insert(
+    session: AsyncSession, actor: sdk.ChangeLog, model: Any, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     now = sdk.utcnow()
     values = [
         {**r, "tenant_id": actor.tenant_id, "id": sdk.uuid7(), "created_at": now, "updated_at": now, "version": 1}
@@ -289,7 +290,7 @@ async def _insert(session: AsyncSession, actor: Actor, model: Any, rows: list[di
 
 async def _run(
     session: AsyncSession,
-    actor: Actor,
+    actor: sdk.ChangeLog,
     plan: _Plan,
     model: Any,
     mode: Mode,
@@ -309,7 +310,6 @@ async def _run(
     errors = sorted(plan.errors, key=lambda e: e.row)
     await actor.audit(
         session,
-        tenant_id=actor.tenant_id,
         action=f"crm.{entity}.imported",
         resource_type=f"crm.{entity}",
         after={"mode": mode, "rows": total, "imported": imported, "failed": len(errors)},
@@ -318,7 +318,7 @@ async def _run(
 
 
 async def import_contacts(
-    session: AsyncSession, actor: Actor, body: bytes, mode: Mode, progress: Progress | None = None
+    session: AsyncSession, actor: sdk.ChangeLog, body: bytes, mode: Mode, progress: Progress | None = None
 ) -> s.ImportReport:
     rows = parse_csv(body, CONTACT_COLUMNS, "first_name")
     plan = await _contact_plan(session, rows)
@@ -326,7 +326,7 @@ async def import_contacts(
 
 
 async def import_companies(
-    session: AsyncSession, actor: Actor, body: bytes, mode: Mode, progress: Progress | None = None
+    session: AsyncSession, actor: sdk.ChangeLog, body: bytes, mode: Mode, progress: Progress | None = None
 ) -> s.ImportReport:
     rows = parse_csv(body, COMPANY_COLUMNS, "name")
     plan = await _company_plan(rows)

@@ -1,8 +1,8 @@
 """Workflow nodes: the ``crm.create_contact`` and ``crm.update_deal_stage`` actions and the
 ``crm.deal_stage_changed`` trigger.
 
-Actions are called as ``run(config, kernel=..., tenant_id=...)`` and follow the same rules,
-audit rows and events as the HTTP routes (the audit actor is ``workflow``).
+Actions are called through the node contract, ``run(ctx, config)``, and follow the same rules,
+audit rows and events as the HTTP routes (the audit actor is the one ``ctx`` names).
 """
 
 from __future__ import annotations
@@ -15,9 +15,15 @@ import msgspec
 from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm import service
-from plugins.crm.service import Actor
 
-__all__ = ["NODES", "CreateContactConfig", "DealStageChangedConfig", "UpdateDealStageConfig"]
+__all__ = [
+    "NODES",
+    "CreateContactConfig",
+    "DealStageChanged",
+    "DealStageChangedConfig",
+    "UpdateDealStageConfig",
+    "deal_stage_changed_matches",
+]
 
 
 class CreateContactConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,32 +48,40 @@ class DealStageChangedConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Only moves into this stage; ``None`` for any stage."""
 
 
-def _workflow_actor(tenant_id: uuid.UUID) -> Actor:
-    async def audit(session: Any, **fields: Any) -> None:
-        await sdk.audit_record(session, actor="workflow", **fields)
+class DealStageChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of ``crm.deal.stage_changed``, which the trigger hands to the workflow."""
 
-    return Actor(tenant_id=tenant_id, audit=audit, name="workflow")
+    deal_id: uuid.UUID
+    pipeline_id: uuid.UUID
+    from_stage_id: uuid.UUID
+    to_stage_id: uuid.UUID
+    stage_name: str
+    stage_kind: str
+    amount: str | None = None
+    currency: str | None = None
 
 
-async def create_contact(
-    config: CreateContactConfig, *, kernel: sdk.Kernel, tenant_id: uuid.UUID, **_: Any
-) -> dict[str, Any]:
-    """Create a contact as a workflow step; returns the contact as JSON."""
+async def create_contact(ctx: sdk.NodeContext, config: CreateContactConfig) -> s.ContactOut:
+    """Create a contact as a workflow step; a used e-mail fails it (409)."""
     data = msgspec.convert(msgspec.structs.asdict(config), s.ContactCreate)
-    async with kernel.db.tenant(tenant_id) as session:
-        out = await service.create_contact(session, _workflow_actor(tenant_id), data)
-    result: dict[str, Any] = msgspec.to_builtins(out)
-    return result
+    async with ctx.services.data.tenant(ctx.tenant_id) as session:
+        return await service.create_contact(session, ctx.services.changes.by(ctx.actor, ctx.tenant_id), data)
 
 
-async def update_deal_stage(
-    config: UpdateDealStageConfig, *, kernel: sdk.Kernel, tenant_id: uuid.UUID, **_: Any
-) -> dict[str, Any]:
-    """Move a deal to a stage of its pipeline as a workflow step; returns the deal as JSON."""
-    async with kernel.db.tenant(tenant_id) as session:
-        out = await service.move_deal(session, _workflow_actor(tenant_id), config.deal_id, config.stage_id)
-    result: dict[str, Any] = msgspec.to_builtins(out)
-    return result
+async def update_deal_stage(ctx: sdk.NodeContext, config: UpdateDealStageConfig) -> s.DealOut:
+    """Move a deal to a stage of its pipeline as a workflow step (history, audit and events as the
+    HTTP route records them)."""
+    async with ctx.services.data.tenant(ctx.tenant_id) as session:
+        return await service.move_deal(
+            session, ctx.services.changes.by(ctx.actor, ctx.tenant_id), config.deal_id, config.stage_id
+        )
+
+
+def deal_stage_changed_matches(config: DealStageChangedConfig, payload: dict[str, Any]) -> bool:
+    """Whether a ``crm.deal.stage_changed`` payload is one ``config`` starts on."""
+    return (config.pipeline_id is None or payload.get("pipeline_id") == str(config.pipeline_id)) and (
+        config.to_stage_id is None or payload.get("to_stage_id") == str(config.to_stage_id)
+    )
 
 
 NODES = [
@@ -77,6 +91,7 @@ NODES = [
         title="Create a contact",
         description="Adds a contact to the CRM (a used e-mail fails the step).",
         config=CreateContactConfig,
+        output=s.ContactOut,
         run=create_contact,
     ),
     sdk.NodeSpec(
@@ -85,6 +100,7 @@ NODES = [
         title="Move a deal to a stage",
         description="Moves a deal within its pipeline, recording the history and stage events.",
         config=UpdateDealStageConfig,
+        output=s.DealOut,
         run=update_deal_stage,
     ),
     sdk.NodeSpec(
@@ -93,5 +109,8 @@ NODES = [
         title="A deal changed stage",
         description="Starts on crm.deal.stage_changed, optionally for one pipeline or target stage.",
         config=DealStageChangedConfig,
+        output=DealStageChanged,
+        event="crm.deal.stage_changed",
+        filter=deal_stage_changed_matches,
     ),
 ]

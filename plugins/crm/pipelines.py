@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm.models import Deal, DealStageHistory, Pipeline, PipelineStage
-from plugins.crm.service import Actor, _get, _jsonable, _pipeline_out, _stage_out, clear_default_pipeline
+from plugins.crm.service import _get, _jsonable, _pipeline_out, _stage_out, clear_default_pipeline
 
 __all__ = ["add_stage", "delete_pipeline", "delete_stage", "update_pipeline", "update_stage"]
 
@@ -51,7 +51,7 @@ def _stage_of(stages: list[PipelineStage], stage_id: uuid.UUID, field: str | Non
 
 async def _stage_changed(
     session: AsyncSession,
-    actor: Actor,
+    actor: sdk.ChangeLog,
     event: str,
     pipeline_id: uuid.UUID,
     stage_id: uuid.UUID,
@@ -64,7 +64,6 @@ async def _stage_changed(
     after_data = {**_jsonable(after), "pipeline_id": str(pipeline_id)} if after is not None else None
     await actor.audit(
         session,
-        tenant_id=actor.tenant_id,
         action=event,
         resource_type="crm.stage",
         resource_id=str(stage_id),
@@ -72,14 +71,14 @@ async def _stage_changed(
         after=after_data,
     )
     payload = after_data or {"id": str(stage_id), "pipeline_id": str(pipeline_id)}
-    await sdk.emit(session, tenant_id=actor.tenant_id, event=event, payload=payload)
+    await actor.emit(session, event=event, payload=payload)
 
 
 # ---- pipelines ---------------------------------------------------------------------------------
 
 
 async def update_pipeline(
-    session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID, patch: s.PipelinePatch
+    session: AsyncSession, actor: sdk.ChangeLog, pipeline_id: uuid.UUID, patch: s.PipelinePatch
 ) -> s.PipelineOut:
     """Rename a pipeline or make it (or stop it being) the tenant's default."""
     row = await _get(session, Pipeline, pipeline_id, "pipeline", lock=True)
@@ -93,11 +92,11 @@ async def update_pipeline(
     await session.flush()
     out = await _pipeline_out(session, row)
     if out != before:
-        await actor.changed(session, "crm.pipeline.updated", row.id, before=before, after=out)
+        await actor.record(session, "crm.pipeline.updated", row.id, before=before, after=out)
     return out
 
 
-async def delete_pipeline(session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID) -> None:
+async def delete_pipeline(session: AsyncSession, actor: sdk.ChangeLog, pipeline_id: uuid.UUID) -> None:
     """Delete a pipeline with its stages; 409 naming how many deals still use it."""
     row = await _get(session, Pipeline, pipeline_id, "pipeline", lock=True)
     used = await _deal_count(session, Deal.pipeline_id == pipeline_id)
@@ -110,13 +109,15 @@ async def delete_pipeline(session: AsyncSession, actor: Actor, pipeline_id: uuid
     before = await _pipeline_out(session, row)
     await session.delete(row)
     await session.flush()
-    await actor.changed(session, "crm.pipeline.deleted", pipeline_id, before=before)
+    await actor.record(session, "crm.pipeline.deleted", pipeline_id, before=before)
 
 
 # ---- stages ------------------------------------------------------------------------------------
 
 
-async def add_stage(session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID, data: s.StageCreate) -> s.PipelineOut:
+async def add_stage(
+    session: AsyncSession, actor: sdk.ChangeLog, pipeline_id: uuid.UUID, data: s.StageCreate
+) -> s.PipelineOut:
     """Insert a stage at ``data.position`` (default: last; past the end means last); the stages
     from there move one place right. Answers the pipeline, where the new stage is at that place."""
     pipeline = await _get(session, Pipeline, pipeline_id, "pipeline", lock=True)
@@ -137,7 +138,7 @@ async def add_stage(session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID,
 
 
 async def update_stage(
-    session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID, stage_id: uuid.UUID, patch: s.StagePatch
+    session: AsyncSession, actor: sdk.ChangeLog, pipeline_id: uuid.UUID, stage_id: uuid.UUID, patch: s.StagePatch
 ) -> s.PipelineOut:
     """Rename a stage, change its kind (``open``, ``won``, ``lost``) or move it to another place;
     the other stages close up around it."""
@@ -161,7 +162,7 @@ async def update_stage(
 
 
 async def delete_stage(
-    session: AsyncSession, actor: Actor, pipeline_id: uuid.UUID, stage_id: uuid.UUID, move_to: uuid.UUID | None
+    session: AsyncSession, actor: sdk.ChangeLog, pipeline_id: uuid.UUID, stage_id: uuid.UUID, move_to: uuid.UUID | None
 ) -> s.PipelineOut:
     """Delete a stage. While deals sit in it: 409 naming how many, unless ``move_to`` names another
     stage of the pipeline, where they go (with history and ``crm.deal.stage_changed``)."""
@@ -199,24 +200,20 @@ async def delete_stage(
     moved = {"moved_deals": len(deals), "move_to": str(target.id) if target else None}
     await actor.audit(
         session,
-        tenant_id=actor.tenant_id,
         action="crm.stage.deleted",
         resource_type="crm.stage",
         resource_id=str(stage_id),
         before={**_jsonable(before), "pipeline_id": str(pipeline_id)},
         after=moved,
     )
-    await sdk.emit(
-        session,
-        tenant_id=actor.tenant_id,
-        event="crm.stage.deleted",
+    await actor.emit(session, event="crm.stage.deleted",
         payload={"id": str(stage_id), "pipeline_id": str(pipeline_id), **moved},
     )
     return await _pipeline_out(session, pipeline)
 
 
 async def _move_deals(
-    session: AsyncSession, actor: Actor, deals: list[Deal], source: PipelineStage, target: PipelineStage
+    session: AsyncSession, actor: sdk.ChangeLog, deals: list[Deal], source: PipelineStage, target: PipelineStage
 ) -> None:
     """Put ``deals`` in ``target``, as ``POST /deals/{id}/move`` would, in a few statements."""
     ids = [d.id for d in deals]
@@ -250,6 +247,6 @@ async def _move_deals(
             "amount": str(deal.amount),
             "currency": deal.currency,
         }
-        await sdk.emit(session, tenant_id=actor.tenant_id, event="crm.deal.stage_changed", payload=payload)
+        await actor.emit(session, event="crm.deal.stage_changed", payload=payload)
         if target.kind in ("won", "lost") and source.kind != target.kind:
-            await sdk.emit(session, tenant_id=actor.tenant_id, event=f"crm.deal.{target.kind}", payload=payload)
+            await actor.emit(session, event=f"crm.deal.{target.kind}", payload=payload)

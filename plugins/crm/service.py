@@ -10,7 +10,7 @@ import base64
 import binascii
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,10 +27,12 @@ from plugins.crm.models import Activity, Company, Contact, Deal, DealStageHistor
 
 __all__ = [
     "MAX_LIMIT",
-    "Actor",
     "PreconditionFailed",
     "PreconditionRequired",
 ]
+
+# Membership checks need no handle on the running platform: the tenant session is enough.
+MEMBERS = sdk.Members()
 
 MAX_LIMIT = 100
 MAX_PAGE = 1_000_000
@@ -49,39 +51,9 @@ class PreconditionRequired(sdk.Problem):
     status, slug, title = 428, "precondition-required", "Precondition required"
 
 
-# Who makes a change and how it is audited: a route passes ``sdk.audit`` bound to its request,
-# the CLI ``sdk.audit_record`` with its own actor.
-AuditFn = Callable[..., Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Actor:
-    tenant_id: uuid.UUID
-    audit: AuditFn
-    """``audit(session, tenant_id=..., action=..., resource_type=..., resource_id=..., before=, after=)``."""
-    name: str | None = None
-
-    async def changed(
-        self, session: AsyncSession, event: str, resource_id: uuid.UUID, *, before: Any = None, after: Any = None
-    ) -> None:
-        """Record a change in the caller's transaction: the audit row (``event`` as the action, with
-        before/after) and the domain event (the new state, or just the id once deleted)."""
-        await self.audit(
-            session,
-            tenant_id=self.tenant_id,
-            action=event,
-            resource_type=event.rsplit(".", 1)[0],
-            resource_id=str(resource_id),
-            before=_jsonable(before) if before is not None else None,
-            after=_jsonable(after) if after is not None else None,
-        )
-        payload = _jsonable(after) if after is not None else {"id": str(resource_id)}
-        await sdk.emit(session, tenant_id=self.tenant_id, event=event, payload=payload)
-
-
 async def _check_owner(session: AsyncSession, owner_id: uuid.UUID | None) -> None:
     """An owner must be a member of the tenant (else 422 naming ``owner_id``)."""
-    if owner_id is not None and not await sdk.is_member(session, owner_id):
+    if owner_id is not None and not await MEMBERS.is_member(session, owner_id):
         raise sdk.Unprocessable(
             "owner_id is not a member of this tenant",
             errors=[sdk.FieldError("owner_id", "not a member of this tenant")],
@@ -326,18 +298,18 @@ async def get_company(session: AsyncSession, company_id: uuid.UUID) -> s.Company
     return company_out(await _get(session, Company, company_id, "company"))
 
 
-async def create_company(session: AsyncSession, actor: Actor, data: s.CompanyCreate) -> s.CompanyOut:
+async def create_company(session: AsyncSession, actor: sdk.ChangeLog, data: s.CompanyCreate) -> s.CompanyOut:
     await _check_owner(session, data.owner_id)
     row = Company(tenant_id=actor.tenant_id, **msgspec.structs.asdict(data))
     session.add(row)
     await session.flush()
     out = company_out(row)
-    await actor.changed(session, "crm.company.created", row.id, after=out)
+    await actor.record(session, "crm.company.created", row.id, after=out)
     return out
 
 
 async def update_company(
-    session: AsyncSession, actor: Actor, company_id: uuid.UUID, patch: s.CompanyPatch, if_match: int | None
+    session: AsyncSession, actor: sdk.ChangeLog, company_id: uuid.UUID, patch: s.CompanyPatch, if_match: int | None
 ) -> s.CompanyOut:
     row = await _get(session, Company, company_id, "company", lock=True)
     values, version = _changes(patch)
@@ -355,11 +327,13 @@ async def update_company(
         await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=row.name))
         await session.execute(update(Deal).where(Deal.company_id == row.id).values(company_name=row.name))
     out = company_out(row)
-    await actor.changed(session, "crm.company.updated", row.id, before=before, after=out)
+    await actor.record(session, "crm.company.updated", row.id, before=before, after=out)
     return out
 
 
-async def delete_company(session: AsyncSession, actor: Actor, company_id: uuid.UUID, if_match: int | None) -> None:
+async def delete_company(
+    session: AsyncSession, actor: sdk.ChangeLog, company_id: uuid.UUID, if_match: int | None
+) -> None:
     row = await _get(session, Company, company_id, "company", lock=True)
     check_version(row.version, if_match, None, required=False)
     before = company_out(row)
@@ -367,7 +341,7 @@ async def delete_company(session: AsyncSession, actor: Actor, company_id: uuid.U
     await session.execute(update(Deal).where(Deal.company_id == row.id).values(company_name=None))
     await session.delete(row)
     await session.flush()
-    await actor.changed(session, "crm.company.deleted", company_id, before=before)
+    await actor.record(session, "crm.company.deleted", company_id, before=before)
 
 
 # ---- contacts ----------------------------------------------------------------------------------
@@ -413,7 +387,7 @@ async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> s.Contact
     return contact_out(await _get(session, Contact, contact_id, "contact"))
 
 
-async def create_contact(session: AsyncSession, actor: Actor, data: s.ContactCreate) -> s.ContactOut:
+async def create_contact(session: AsyncSession, actor: sdk.ChangeLog, data: s.ContactCreate) -> s.ContactOut:
     await _check_owner(session, data.owner_id)
     company = await _exists(session, Company, data.company_id, "company_id", "company")
     row = Contact(
@@ -424,12 +398,12 @@ async def create_contact(session: AsyncSession, actor: Actor, data: s.ContactCre
     session.add(row)
     await _flush_contact(session, data.email)
     out = contact_out(row)
-    await actor.changed(session, "crm.contact.created", row.id, after=out)
+    await actor.record(session, "crm.contact.created", row.id, after=out)
     return out
 
 
 async def update_contact(
-    session: AsyncSession, actor: Actor, contact_id: uuid.UUID, patch: s.ContactPatch, if_match: int | None
+    session: AsyncSession, actor: sdk.ChangeLog, contact_id: uuid.UUID, patch: s.ContactPatch, if_match: int | None
 ) -> s.ContactOut:
     row = await _get(session, Contact, contact_id, "contact", lock=True)
     values, version = _changes(patch)
@@ -449,18 +423,20 @@ async def update_contact(
         # Keep the deals' copy (searched by contact name) in step.
         await session.execute(update(Deal).where(Deal.contact_id == row.id).values(contact_name=contact_name(row)))
     out = contact_out(row)
-    await actor.changed(session, "crm.contact.updated", row.id, before=before, after=out)
+    await actor.record(session, "crm.contact.updated", row.id, before=before, after=out)
     return out
 
 
-async def delete_contact(session: AsyncSession, actor: Actor, contact_id: uuid.UUID, if_match: int | None) -> None:
+async def delete_contact(
+    session: AsyncSession, actor: sdk.ChangeLog, contact_id: uuid.UUID, if_match: int | None
+) -> None:
     row = await _get(session, Contact, contact_id, "contact", lock=True)
     check_version(row.version, if_match, None, required=False)
     before = contact_out(row)
     await session.execute(update(Deal).where(Deal.contact_id == row.id).values(contact_name=None))
     await session.delete(row)
     await session.flush()
-    await actor.changed(session, "crm.contact.deleted", contact_id, before=before)
+    await actor.record(session, "crm.contact.deleted", contact_id, before=before)
 
 
 # ---- pipelines ---------------------------------------------------------------------------------
@@ -500,7 +476,7 @@ async def clear_default_pipeline(session: AsyncSession) -> None:
     await session.flush()
 
 
-async def create_pipeline(session: AsyncSession, actor: Actor, data: s.PipelineCreate) -> s.PipelineOut:
+async def create_pipeline(session: AsyncSession, actor: sdk.ChangeLog, data: s.PipelineCreate) -> s.PipelineOut:
     if data.is_default:
         await clear_default_pipeline(session)
     row = Pipeline(tenant_id=actor.tenant_id, name=data.name, is_default=data.is_default)
@@ -514,7 +490,7 @@ async def create_pipeline(session: AsyncSession, actor: Actor, data: s.PipelineC
         )
     await session.flush()
     out = await _pipeline_out(session, row)
-    await actor.changed(session, "crm.pipeline.created", row.id, after=out)
+    await actor.record(session, "crm.pipeline.created", row.id, after=out)
     return out
 
 
@@ -642,7 +618,7 @@ async def _linked_names(
     }
 
 
-async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -> s.DealOut:
+async def create_deal(session: AsyncSession, actor: sdk.ChangeLog, data: s.DealCreate) -> s.DealOut:
     await _check_owner(session, data.owner_id)
     _check_amount(data.amount)
     pipeline_id = data.pipeline_id or await _default_pipeline(session)
@@ -662,12 +638,12 @@ async def create_deal(session: AsyncSession, actor: Actor, data: s.DealCreate) -
     )
     await session.flush()
     out = deal_out(row)
-    await actor.changed(session, "crm.deal.created", row.id, after=out)
+    await actor.record(session, "crm.deal.created", row.id, after=out)
     return out
 
 
 async def update_deal(
-    session: AsyncSession, actor: Actor, deal_id: uuid.UUID, patch: s.DealPatch, if_match: int | None
+    session: AsyncSession, actor: sdk.ChangeLog, deal_id: uuid.UUID, patch: s.DealPatch, if_match: int | None
 ) -> s.DealOut:
     row = await _get(session, Deal, deal_id, "deal", lock=True)
     values, version = _changes(patch)
@@ -687,12 +663,12 @@ async def update_deal(
     row.updated_at = sdk.utcnow()
     await session.flush()
     out = deal_out(row)
-    await actor.changed(session, "crm.deal.updated", row.id, before=before, after=out)
+    await actor.record(session, "crm.deal.updated", row.id, before=before, after=out)
     return out
 
 
 async def move_deal(
-    session: AsyncSession, actor: Actor, deal_id: uuid.UUID, stage_id: uuid.UUID, if_match: int | None = None
+    session: AsyncSession, actor: sdk.ChangeLog, deal_id: uuid.UUID, stage_id: uuid.UUID, if_match: int | None = None
 ) -> s.DealOut:
     """Put a deal in another stage of its pipeline: history, audit, ``crm.deal.stage_changed`` and,
     for a won or lost stage, ``crm.deal.won`` / ``crm.deal.lost``. Moving to the current stage is a no-op."""
@@ -715,7 +691,6 @@ async def move_deal(
     out = deal_out(row)
     await actor.audit(
         session,
-        tenant_id=actor.tenant_id,
         action="crm.deal.stage_changed",
         resource_type="crm.deal",
         resource_id=str(row.id),
@@ -732,9 +707,9 @@ async def move_deal(
         "amount": str(row.amount),
         "currency": row.currency,
     }
-    await sdk.emit(session, tenant_id=actor.tenant_id, event="crm.deal.stage_changed", payload=payload)
+    await actor.emit(session, event="crm.deal.stage_changed", payload=payload)
     if stage.kind in ("won", "lost"):
-        await sdk.emit(session, tenant_id=actor.tenant_id, event=f"crm.deal.{stage.kind}", payload=payload)
+        await actor.emit(session, event=f"crm.deal.{stage.kind}", payload=payload)
     return out
 
 
@@ -755,13 +730,13 @@ async def deal_history(session: AsyncSession, deal_id: uuid.UUID) -> list[s.Stag
     ]
 
 
-async def delete_deal(session: AsyncSession, actor: Actor, deal_id: uuid.UUID, if_match: int | None) -> None:
+async def delete_deal(session: AsyncSession, actor: sdk.ChangeLog, deal_id: uuid.UUID, if_match: int | None) -> None:
     row = await _get(session, Deal, deal_id, "deal", lock=True)
     check_version(row.version, if_match, None, required=False)
     before = deal_out(row)
     await session.delete(row)
     await session.flush()
-    await actor.changed(session, "crm.deal.deleted", deal_id, before=before)
+    await actor.record(session, "crm.deal.deleted", deal_id, before=before)
 
 
 # ---- activities --------------------------------------------------------------------------------
@@ -832,7 +807,7 @@ async def get_activity(session: AsyncSession, activity_id: uuid.UUID) -> s.Activ
     return activity_out(await _get(session, Activity, activity_id, "activity"))
 
 
-async def create_activity(session: AsyncSession, actor: Actor, data: s.ActivityCreate) -> s.ActivityOut:
+async def create_activity(session: AsyncSession, actor: sdk.ChangeLog, data: s.ActivityCreate) -> s.ActivityOut:
     if data.contact_id is None and data.company_id is None and data.deal_id is None:
         raise sdk.Unprocessable(
             "an activity is about a contact, a company or a deal",
@@ -848,12 +823,12 @@ async def create_activity(session: AsyncSession, actor: Actor, data: s.ActivityC
     session.add(row)
     await session.flush()
     out = activity_out(row)
-    await actor.changed(session, "crm.activity.created", row.id, after=out)
+    await actor.record(session, "crm.activity.created", row.id, after=out)
     return out
 
 
 async def update_activity(
-    session: AsyncSession, actor: Actor, activity_id: uuid.UUID, patch: s.ActivityPatch, if_match: int | None
+    session: AsyncSession, actor: sdk.ChangeLog, activity_id: uuid.UUID, patch: s.ActivityPatch, if_match: int | None
 ) -> s.ActivityOut:
     row = await _get(session, Activity, activity_id, "activity", lock=True)
     values, version = _changes(patch)
@@ -865,14 +840,16 @@ async def update_activity(
     row.updated_at = sdk.utcnow()
     await session.flush()
     out = activity_out(row)
-    await actor.changed(session, "crm.activity.updated", row.id, before=before, after=out)
+    await actor.record(session, "crm.activity.updated", row.id, before=before, after=out)
     return out
 
 
-async def delete_activity(session: AsyncSession, actor: Actor, activity_id: uuid.UUID, if_match: int | None) -> None:
+async def delete_activity(
+    session: AsyncSession, actor: sdk.ChangeLog, activity_id: uuid.UUID, if_match: int | None
+) -> None:
     row = await _get(session, Activity, activity_id, "activity", lock=True)
     check_version(row.version, if_match, None, required=False)
     before = activity_out(row)
     await session.delete(row)
     await session.flush()
-    await actor.changed(session, "crm.activity.deleted", activity_id, before=before)
+    await actor.record(session, "crm.activity.deleted", activity_id, before=before)

@@ -16,12 +16,12 @@ from kernel import sdk
 from plugins.projects.models import Base
 from plugins.projects.nodes import NODES
 from plugins.projects.routes import ROUTES
-from plugins.projects.service import EVENTS
+from plugins.projects.service import EVENTS, MODERATE
 
 manifest = sdk.Manifest(
     name="projects",
     version="0.1.0",
-    kernel_api=">=1.0,<2",
+    kernel_api=">=1.1,<2",
     title="Projects",
     description="Projects, boards of tasks and subtasks, assignees, due dates and comments.",
 )
@@ -51,6 +51,7 @@ def businessos_permissions() -> list[sdk.Permission]:
         sdk.Permission("projects.tasks.write", "Create, change, move and delete tasks"),
         sdk.Permission("projects.comments.read", "Read comments on tasks"),
         sdk.Permission("projects.comments.write", "Comment on tasks"),
+        sdk.Permission(MODERATE, "Change and delete other people's comments", roles=("admin",)),
     ]
 
 

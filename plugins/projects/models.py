@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, Date, DateTime, ForeignKeyConstraint, Integer, Text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -13,10 +12,11 @@ from kernel import sdk
 
 __all__ = ["PRIORITIES", "Base", "BoardColumn", "Comment", "Project", "Task"]
 
-if TYPE_CHECKING:  # sdk.declarative_base() makes a class at run time; type checkers see its base.
-    from sqlalchemy.orm import DeclarativeBase as Base
-else:
-    Base = sdk.declarative_base()
+
+
+class Base(sdk.Model):
+    """The module's declarative base (its own MetaData)."""
+
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 

@@ -9,10 +9,10 @@ from typing import Any
 import msgspec
 
 from kernel import sdk
-from plugins.projects.schemas import Priority, TaskIn
-from plugins.projects.service import Board, task_snapshot
+from plugins.projects.schemas import Priority, TaskIn, TaskOut
+from plugins.projects.service import Board
 
-__all__ = ["NODES", "CreateTaskConfig", "TaskCompletedConfig", "create_task"]
+__all__ = ["NODES", "CreateTaskConfig", "TaskCompletedConfig", "create_task", "task_completed_matches"]
 
 
 class CreateTaskConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,10 +30,9 @@ class TaskCompletedConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Only tasks of this project; ``None`` for every project."""
 
 
-async def create_task(
-    config: CreateTaskConfig, *, kernel: sdk.Kernel, tenant_id: uuid.UUID, **_: Any
-) -> dict[str, Any]:
-    """Create a task as a workflow step (same rules, events and audit row as the HTTP route)."""
+async def create_task(ctx: sdk.NodeContext, config: CreateTaskConfig) -> TaskOut:
+    """Create a task as a workflow step (same rules, events and audit row as the HTTP route, the
+    audit actor being the workflow's)."""
     data = TaskIn(
         title=config.title,
         description=config.description,
@@ -42,19 +41,13 @@ async def create_task(
         due_date=config.due_date,
         column_id=config.column_id,
     )
-    async with kernel.db.tenant(tenant_id) as session:
-        task = await Board(session, tenant_id).create_task(config.project_id, data)
-        snapshot = task_snapshot(task)
-        await sdk.audit_record(
-            session,
-            tenant_id=tenant_id,
-            actor="workflow",
-            action="projects.task.created",
-            resource_type="task",
-            resource_id=str(task.id),
-            after=snapshot,
-        )
-    return snapshot
+    async with ctx.services.data.tenant(ctx.tenant_id) as session:
+        return await Board(session, ctx.tenant_id, ctx.services, ctx.actor).create_task(config.project_id, data)
+
+
+def task_completed_matches(config: TaskCompletedConfig, payload: dict[str, Any]) -> bool:
+    """Whether a ``projects.task.completed`` payload is one ``config`` starts on."""
+    return config.project_id is None or payload.get("project_id") == str(config.project_id)
 
 
 NODES = [
@@ -64,6 +57,7 @@ NODES = [
         title="Create a task",
         description="Adds a task to a project's board.",
         config=CreateTaskConfig,
+        output=TaskOut,
         run=create_task,
     ),
     sdk.NodeSpec(
@@ -72,5 +66,8 @@ NODES = [
         title="Task completed",
         description="Starts when a task reaches its board's done column (event projects.task.completed).",
         config=TaskCompletedConfig,
+        output=TaskOut,
+        event="projects.task.completed",
+        filter=task_completed_matches,
     ),
 ]

@@ -1,18 +1,18 @@
 """HTTP routes of the projects module, all under ``/api/projects``.
 
-Handlers are thin: parse, open the tenant's transaction, call :class:`Board`, audit the change in
-the same transaction, answer. Permissions are declared on each route.
+Handlers are thin: parse, open the tenant's transaction, call :class:`Board` (which audits the
+change and emits its events in that transaction), answer. Permissions are declared on each route.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any
 
-import msgspec
 from litestar import Request, delete, get, patch, post
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.projects.schemas import (
@@ -33,7 +33,7 @@ from plugins.projects.schemas import (
     TaskPage,
     TaskPatch,
 )
-from plugins.projects.service import MAX_LIMIT, Board, Caller, TaskFilters, pagination
+from plugins.projects.service import MAX_LIMIT, Board, TaskFilters, pagination
 
 __all__ = ["ROUTES"]
 
@@ -50,32 +50,12 @@ TAGS = ["projects"]
 AnyRequest = Request[Any, Any, Any]
 
 
-def _data(value: msgspec.Struct) -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(value)
-    return data
-
-
-async def _audit(
-    request: AnyRequest,
-    session: AsyncSession,
-    tenant: sdk.Tenant,
-    action: str,
-    resource_type: str,
-    resource_id: uuid.UUID,
-    *,
-    before: msgspec.Struct | None = None,
-    after: msgspec.Struct | None = None,
-) -> None:
-    await sdk.audit(
-        request,
-        session,
-        tenant_id=tenant.id,
-        action=action,
-        resource_type=resource_type,
-        resource_id=str(resource_id),
-        before=_data(before) if before is not None else None,
-        after=_data(after) if after is not None else None,
-    )
+@asynccontextmanager
+async def _board(services: sdk.Services, tenant: sdk.Tenant, request: AnyRequest | None = None) -> AsyncIterator[Board]:
+    """The tenant's board in one transaction; with ``request``, its changes are audited as the
+    request's principal."""
+    async with services.data.tenant(tenant.id) as session:
+        yield Board(session, tenant.id, services, sdk.Actor.of_request(request) if request is not None else None)
 
 
 # --- projects -------------------------------------------------------------------------------------
@@ -84,7 +64,7 @@ async def _audit(
 @get("/api/projects", tags=TAGS, opt={"permission": PROJECTS_READ})
 async def list_projects(
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     page: int = 1,
     limit: int = 25,
     sort: str = "created_at",
@@ -95,46 +75,45 @@ async def list_projects(
     """The tenant's projects with their boards' columns, oldest first by default. ``sort`` is
     ``created_at``, ``-created_at``, ``name`` or ``-updated_at``; ``q`` looks in names and
     descriptions; ``limit`` is at most 100."""
-    async with kernel.db.tenant(tenant.id) as session:
-        projects, total = await Board(session, tenant.id).list_projects(
+    async with _board(services, tenant) as board:
+        projects, total = await board.list_projects(
             page=page, limit=limit, sort=sort, q=q, created_after=created_after, created_before=created_before
         )
     return ProjectPage(projects=projects, pagination=pagination(page, limit, total))
 
 
 @post("/api/projects", tags=TAGS, opt={"permission": PROJECTS_WRITE})
-async def create_project(data: ProjectIn, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest) -> ProjectOut:
+async def create_project(
+    data: ProjectIn, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
+) -> ProjectOut:
     """A new project with the default board: To do, In progress, Done."""
-    async with kernel.db.tenant(tenant.id) as session:
-        project = await Board(session, tenant.id).create_project(data)
-        await _audit(request, session, tenant, "projects.project.created", "project", project.id, after=project)
+    async with _board(services, tenant, request) as board:
+        project = await board.create_project(data)
     return project
 
 
 @get(PROJECT, tags=TAGS, opt={"permission": PROJECTS_READ})
-async def get_project(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel) -> ProjectOut:
-    async with kernel.db.tenant(tenant.id) as session:
-        return await Board(session, tenant.id).get_project(project_id)
+async def get_project(project_id: uuid.UUID, tenant: sdk.Tenant, services: sdk.Services) -> ProjectOut:
+    async with _board(services, tenant) as board:
+        return await board.get_project(project_id)
 
 
 @patch(PROJECT, tags=TAGS, opt={"permission": PROJECTS_WRITE})
 async def update_project(
-    project_id: uuid.UUID, data: ProjectPatch, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest
+    project_id: uuid.UUID, data: ProjectPatch, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
 ) -> ProjectOut:
-    async with kernel.db.tenant(tenant.id) as session:
-        before, after = await Board(session, tenant.id).update_project(project_id, data)
-        await _audit(
-            request, session, tenant, "projects.project.updated", "project", project_id, before=before, after=after
-        )
+    async with _board(services, tenant, request) as board:
+        _, after = await board.update_project(project_id, data)
     return after
 
 
 @delete(PROJECT, tags=TAGS, opt={"permission": PROJECTS_WRITE})
-async def delete_project(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest) -> None:
+async def delete_project(
+    project_id: uuid.UUID, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
+) -> None:
     """Delete the project with its board, tasks and comments."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before = await Board(session, tenant.id).delete_project(project_id)
-        await _audit(request, session, tenant, "projects.project.deleted", "project", project_id, before=before)
+    async with _board(services, tenant, request) as board:
+        await board.delete_project(project_id)
 
 
 # --- tasks ----------------------------------------------------------------------------------------
@@ -144,21 +123,20 @@ async def delete_project(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.
 
 
 @get(PROJECT + "/columns", tags=TAGS, opt={"permission": PROJECTS_READ})
-async def list_columns(project_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel) -> ColumnList:
+async def list_columns(project_id: uuid.UUID, tenant: sdk.Tenant, services: sdk.Services) -> ColumnList:
     """The board's columns, left to right."""
-    async with kernel.db.tenant(tenant.id) as session:
-        return ColumnList(columns=await Board(session, tenant.id).list_columns(project_id))
+    async with _board(services, tenant) as board:
+        return ColumnList(columns=await board.list_columns(project_id))
 
 
 @post(PROJECT + "/columns", tags=TAGS, opt={"permission": PROJECTS_WRITE})
 async def add_column(
-    project_id: uuid.UUID, data: ColumnIn, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest
+    project_id: uuid.UUID, data: ColumnIn, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
 ) -> ColumnList:
     """Add a column at ``position`` (default last); answers the board's columns, renumbered.
     ``is_done`` makes it the done column: its tasks complete, the old done column's reopen."""
-    async with kernel.db.tenant(tenant.id) as session:
-        column, columns = await Board(session, tenant.id).add_column(project_id, data)
-        await _audit(request, session, tenant, "projects.column.created", "column", column.id, after=column)
+    async with _board(services, tenant, request) as board:
+        _, columns = await board.add_column(project_id, data)
     return ColumnList(columns=columns)
 
 
@@ -168,16 +146,12 @@ async def update_column(
     column_id: uuid.UUID,
     data: ColumnPatch,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> ColumnList:
     """Rename a column, move it to ``position`` or make it the done column; answers the board's columns."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before, after, columns = await Board(session, tenant.id).update_column(project_id, column_id, data)
-        if after != before:
-            await _audit(
-                request, session, tenant, "projects.column.updated", "column", column_id, before=before, after=after
-            )
+    async with _board(services, tenant, request) as board:
+        _, _, columns = await board.update_column(project_id, column_id, data)
     return ColumnList(columns=columns)
 
 
@@ -186,24 +160,14 @@ async def delete_column(
     project_id: uuid.UUID,
     column_id: uuid.UUID,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
     move_to: uuid.UUID | None = None,
 ) -> ColumnList:
     """Delete a column; while tasks are in it, 409 (``tasks``: how many) unless ``move_to`` names
     another column, where they go last in their order. The done column stays (409)."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before, moved, columns = await Board(session, tenant.id).delete_column(project_id, column_id, move_to)
-        await sdk.audit(
-            request,
-            session,
-            tenant_id=tenant.id,
-            action="projects.column.deleted",
-            resource_type="column",
-            resource_id=str(column_id),
-            before=_data(before),
-            after={"moved_tasks": moved, "move_to": str(move_to) if moved else None},
-        )
+    async with _board(services, tenant, request) as board:
+        _, _, columns = await board.delete_column(project_id, column_id, move_to)
     return ColumnList(columns=columns)
 
 
@@ -214,7 +178,7 @@ async def delete_column(
 async def list_tasks(
     project_id: uuid.UUID,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     page: int = 1,
     limit: int = MAX_LIMIT,
     sort: str = "board",
@@ -244,8 +208,8 @@ async def list_tasks(
         parent_task_id=parent_task_id,
         done=done,
     )
-    async with kernel.db.tenant(tenant.id) as session:
-        tasks, total = await Board(session, tenant.id).list_tasks(
+    async with _board(services, tenant) as board:
+        tasks, total = await board.list_tasks(
             project_id, filters, page=page, limit=limit, sort=sort
         )
     return TaskPage(tasks=tasks, pagination=pagination(page, limit, total))
@@ -253,19 +217,18 @@ async def list_tasks(
 
 @post(PROJECT + "/tasks", tags=TAGS, opt={"permission": TASKS_WRITE})
 async def create_task(
-    project_id: uuid.UUID, data: TaskIn, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest
+    project_id: uuid.UUID, data: TaskIn, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
 ) -> TaskOut:
     """A task (or, with ``parent_task_id``, a subtask) at the end of its column."""
-    async with kernel.db.tenant(tenant.id) as session:
-        task = await Board(session, tenant.id).create_task(project_id, data)
-        await _audit(request, session, tenant, "projects.task.created", "task", task.id, after=task)
+    async with _board(services, tenant, request) as board:
+        task = await board.create_task(project_id, data)
     return task
 
 
 @get(TASK, tags=TAGS, opt={"permission": TASKS_READ})
-async def get_task(project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel) -> TaskOut:
-    async with kernel.db.tenant(tenant.id) as session:
-        return await Board(session, tenant.id).get_task(project_id, task_id)
+async def get_task(project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, services: sdk.Services) -> TaskOut:
+    async with _board(services, tenant) as board:
+        return await board.get_task(project_id, task_id)
 
 
 @patch(TASK, tags=TAGS, opt={"permission": TASKS_WRITE})
@@ -274,13 +237,12 @@ async def update_task(
     task_id: uuid.UUID,
     data: TaskPatch,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> TaskOut:
     """Change a task's fields; ``assignee_id`` must be a member of the tenant (else 422)."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before, after = await Board(session, tenant.id).update_task(project_id, task_id, data)
-        await _audit(request, session, tenant, "projects.task.updated", "task", task_id, before=before, after=after)
+    async with _board(services, tenant, request) as board:
+        _, after = await board.update_task(project_id, task_id, data)
     return after
 
 
@@ -290,24 +252,22 @@ async def move_task(
     task_id: uuid.UUID,
     data: TaskMove,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> TaskOut:
     """Move a task to a column and position; entering the done column completes it."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before, after = await Board(session, tenant.id).move_task(project_id, task_id, data)
-        await _audit(request, session, tenant, "projects.task.moved", "task", task_id, before=before, after=after)
+    async with _board(services, tenant, request) as board:
+        _, after = await board.move_task(project_id, task_id, data)
     return after
 
 
 @delete(TASK, tags=TAGS, opt={"permission": TASKS_WRITE})
 async def delete_task(
-    project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel, request: AnyRequest
+    project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest
 ) -> None:
     """Delete a task with its subtasks and comments."""
-    async with kernel.db.tenant(tenant.id) as session:
-        before = await Board(session, tenant.id).delete_task(project_id, task_id)
-        await _audit(request, session, tenant, "projects.task.deleted", "task", task_id, before=before)
+    async with _board(services, tenant, request) as board:
+        await board.delete_task(project_id, task_id)
 
 
 # --- comments -------------------------------------------------------------------------------------
@@ -315,11 +275,16 @@ async def delete_task(
 
 @get(TASK + "/comments", tags=TAGS, opt={"permission": COMMENTS_READ})
 async def list_comments(
-    project_id: uuid.UUID, task_id: uuid.UUID, tenant: sdk.Tenant, kernel: sdk.Kernel, page: int = 1, limit: int = 25
+    project_id: uuid.UUID,
+    task_id: uuid.UUID,
+    tenant: sdk.Tenant,
+    services: sdk.Services,
+    page: int = 1,
+    limit: int = 25,
 ) -> CommentPage:
     """A task's comments, oldest first."""
-    async with kernel.db.tenant(tenant.id) as session:
-        comments, total = await Board(session, tenant.id).list_comments(project_id, task_id, page=page, limit=limit)
+    async with _board(services, tenant) as board:
+        comments, total = await board.list_comments(project_id, task_id, page=page, limit=limit)
     return CommentPage(comments=comments, pagination=pagination(page, limit, total))
 
 
@@ -329,23 +294,15 @@ async def create_comment(
     task_id: uuid.UUID,
     data: CommentIn,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> CommentOut:
     """A comment on a task; its author is the caller."""
-    async with kernel.db.tenant(tenant.id) as session:
-        comment = await Board(session, tenant.id).add_comment(
-            project_id, task_id, data, author=sdk.request_actor(request)
+    async with _board(services, tenant, request) as board:
+        comment = await board.add_comment(
+            project_id, task_id, data
         )
-        await _audit(request, session, tenant, "projects.comment.created", "comment", comment.id, after=comment)
     return comment
-
-
-async def _caller(request: AnyRequest, tenant: sdk.Tenant, kernel: sdk.Kernel) -> Caller:
-    """The caller, and whether they may change others' comments (the tenant's owners and admins)."""
-    principal = sdk.principal_of(request)
-    moderates = principal is not None and principal.kind == "user" and principal.role in ("owner", "admin")
-    return Caller(actor=sdk.request_actor(request), moderates=moderates)
 
 
 @patch(COMMENT, tags=TAGS, opt={"permission": COMMENTS_WRITE})
@@ -355,17 +312,14 @@ async def edit_comment(
     comment_id: uuid.UUID,
     data: CommentPatch,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> CommentOut:
-    """Change a comment's text: one's own (anyone else's: 403, unless an owner or admin)."""
-    caller = await _caller(request, tenant, kernel)
-    async with kernel.db.tenant(tenant.id) as session:
-        before, after = await Board(session, tenant.id).edit_comment(
-            project_id, task_id, comment_id, data.body, caller=caller
-        )
-        await _audit(
-            request, session, tenant, "projects.comment.updated", "comment", comment_id, before=before, after=after
+    """Change a comment's text: one's own (anyone else's: 403, unless one holds
+    ``projects.comments.moderate``, as owners and admins do by default)."""
+    async with _board(services, tenant, request) as board:
+        _, after = await board.edit_comment(
+            project_id, task_id, comment_id, data.body
         )
     return after
 
@@ -376,14 +330,13 @@ async def delete_comment(
     task_id: uuid.UUID,
     comment_id: uuid.UUID,
     tenant: sdk.Tenant,
-    kernel: sdk.Kernel,
+    services: sdk.Services,
     request: AnyRequest,
 ) -> None:
-    """Delete a comment: one's own (anyone else's: 403, unless an owner or admin)."""
-    caller = await _caller(request, tenant, kernel)
-    async with kernel.db.tenant(tenant.id) as session:
-        before = await Board(session, tenant.id).delete_comment(project_id, task_id, comment_id, caller=caller)
-        await _audit(request, session, tenant, "projects.comment.deleted", "comment", comment_id, before=before)
+    """Delete a comment: one's own (anyone else's: 403, unless one holds
+    ``projects.comments.moderate``, as owners and admins do by default)."""
+    async with _board(services, tenant, request) as board:
+        await board.delete_comment(project_id, task_id, comment_id)
 
 
 ROUTES = [

@@ -37,7 +37,7 @@ from plugins.projects.schemas import (
     TaskPatch,
 )
 
-__all__ = ["DEFAULT_COLUMNS", "EVENTS", "MAX_LIMIT", "Board", "TaskFilters", "emit", "pagination"]
+__all__ = ["DEFAULT_COLUMNS", "EVENTS", "MAX_LIMIT", "MODERATE", "Board", "TaskFilters", "pagination"]
 
 DEFAULT_COLUMNS = (("To do", False), ("In progress", False), ("Done", True))
 
@@ -52,6 +52,9 @@ EVENTS = {
     "projects.column.updated": "A board column was renamed, moved or made the done column",
     "projects.column.deleted": "A board column was deleted (its tasks moved elsewhere)",
 }
+
+MODERATE = "projects.comments.moderate"
+"""The permission to change and delete others' comments (owners and admins hold it by default)."""
 
 MAX_LIMIT = 100
 MAX_PAGE = 1_000_000
@@ -134,26 +137,12 @@ _DESCENDANTS = text(
 )
 
 
-async def emit(session: AsyncSession, *, tenant_id: uuid.UUID, event: str, payload: dict[str, Any]) -> None:
-    """Put a domain event in the kernel's outbox, in ``session``'s transaction."""
-    await sdk.emit(session, tenant_id=tenant_id, event=event, payload=payload)
-
-
 def _not_found(kind: str, ident: uuid.UUID) -> sdk.NotFound:
     return sdk.NotFound(f"{kind} {ident} not found")
 
 
 def _invalid(field: str, message: str) -> sdk.Unprocessable:
     return sdk.Unprocessable(f"invalid value for: {field}", errors=[sdk.FieldError(field=field, message=message)])
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks, for rules that depend on it: the audit-style ``actor`` (``user:<id>`` or
-    ``api_key:<id>``) and whether they may change what others wrote (owners and admins)."""
-
-    actor: str | None
-    moderates: bool = False
 
 
 def task_snapshot(task: TaskOut) -> dict[str, Any]:
@@ -164,11 +153,20 @@ def task_snapshot(task: TaskOut) -> dict[str, Any]:
 
 class Board:
     """Projects, their board and their tasks as one tenant sees them (row-level security scopes
-    every query to the session's tenant, so another tenant's ids are simply not found)."""
+    every query to the session's tenant, so another tenant's ids are simply not found).
 
-    def __init__(self, session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    Every change is audited (as ``actor``) and its events emitted in the session's transaction, so
+    routes and workflow nodes record the same rows; a read-only board needs no actor.
+    """
+
+    def __init__(
+        self, session: AsyncSession, tenant_id: uuid.UUID, services: sdk.Services, actor: sdk.Actor | None = None
+    ) -> None:
         self.session = session
         self.tenant_id = tenant_id
+        self.changes = services.changes
+        self.members = services.members
+        self.actor = actor
 
     # --- projects ---------------------------------------------------------------------------------
 
@@ -212,7 +210,9 @@ class Board:
                 )
             )
         await self.session.flush()
-        return await self.get_project(project.id)
+        created = await self.get_project(project.id)
+        await self._audit("projects.project.created", created.id, after=created)
+        return created
 
     async def update_project(self, project_id: uuid.UUID, data: ProjectPatch) -> tuple[ProjectOut, ProjectOut]:
         """Apply ``data``; returns the project before and after."""
@@ -224,7 +224,9 @@ class Board:
             project.description = data.description
         project.updated_at = sdk.utcnow()
         await self.session.flush()
-        return before, await self.get_project(project_id)
+        after = await self.get_project(project_id)
+        await self._audit("projects.project.updated", project_id, before=before, after=after)
+        return before, after
 
     async def delete_project(self, project_id: uuid.UUID) -> ProjectOut:
         """Delete the project with its board, tasks and comments; returns what was deleted."""
@@ -233,6 +235,7 @@ class Board:
             delete(Project).where(Project.id == project_id).execution_options(synchronize_session=False)
         )
         self.session.expunge_all()
+        await self._audit("projects.project.deleted", project_id, before=before)
         return before
 
     # --- board columns ----------------------------------------------------------------------------
@@ -259,7 +262,8 @@ class Board:
         if data.is_done:
             await self._make_done(columns, column)
         created = self._column_out(column)
-        await emit(
+        await self._audit("projects.column.created", created.id, after=created)
+        await self.changes.emit(
             self.session,
             tenant_id=self.tenant_id,
             event="projects.column.created",
@@ -289,7 +293,8 @@ class Board:
             await self._make_done(columns, column)
         after = self._column_out(column)
         if after != before:
-            await emit(
+            await self._audit("projects.column.updated", column_id, before=before, after=after)
+            await self.changes.emit(
                 self.session,
                 tenant_id=self.tenant_id,
                 event="projects.column.updated",
@@ -331,7 +336,11 @@ class Board:
         columns.remove(column)
         self._renumber_columns(columns)
         await self.session.flush()
-        await emit(
+        await self._audit(
+            "projects.column.deleted", column_id, before=before,
+            after={"moved_tasks": count, "move_to": str(target.id) if target else None},
+        )
+        await self.changes.emit(
             self.session,
             tenant_id=self.tenant_id,
             event="projects.column.deleted",
@@ -486,6 +495,7 @@ class Board:
         self.session.add(task)
         await self.session.flush()
         created = await self.get_task(project_id, task.id)
+        await self._audit("projects.task.created", created.id, after=created)
         await self._emit("projects.task.created", created)
         if created.assignee_id is not None:
             await self._emit("projects.task.assigned", created)
@@ -506,6 +516,7 @@ class Board:
         task.updated_at = sdk.utcnow()
         await self.session.flush()
         after = await self.get_task(project_id, task_id)
+        await self._audit("projects.task.updated", task_id, before=before, after=after)
         if after.assignee_id is not None and after.assignee_id != before.assignee_id:
             await self._emit("projects.task.assigned", after)
         return before, after
@@ -544,6 +555,7 @@ class Board:
             .execution_options(synchronize_session=False)
         )
         after = await self.get_task(project_id, task_id)
+        await self._audit("projects.task.moved", task_id, before=before, after=after)
         if after.completed_at is not None and before.completed_at is None:
             await self._emit("projects.task.completed", after)
         return before, after
@@ -557,6 +569,7 @@ class Board:
         await self.session.execute(delete(Task).where(Task.id == task_id).execution_options(synchronize_session=False))
         await self.session.execute(_RENUMBER, {"columns": columns})
         self.session.expunge_all()
+        await self._audit("projects.task.deleted", task_id, before=before)
         return before
 
     # --- comments ---------------------------------------------------------------------------------
@@ -572,27 +585,27 @@ class Board:
         return [self._comment_out(c) for c in comments], total
 
     async def edit_comment(
-        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, body: str, *, caller: Caller
+        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, body: str
     ) -> tuple[CommentOut, CommentOut]:
-        """Change a comment's text (its author, or an admin); returns it before and after."""
-        comment = await self._own_comment(project_id, task_id, comment_id, caller, "change")
+        """Change a comment's text (its author, or a moderator); returns it before and after."""
+        comment = await self._own_comment(project_id, task_id, comment_id, "change")
         before = self._comment_out(comment)
         comment.body = body
         comment.edited_at = sdk.utcnow()
         await self.session.flush()
         after = self._comment_out(comment)
+        await self._audit("projects.comment.updated", comment_id, before=before, after=after)
         await self._emit_comment("projects.comment.updated", after, project_id)
         return before, after
 
-    async def delete_comment(
-        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, *, caller: Caller
-    ) -> CommentOut:
-        """Delete a comment (its author, or an admin); returns what was deleted."""
-        comment = await self._own_comment(project_id, task_id, comment_id, caller, "delete")
+    async def delete_comment(self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID) -> CommentOut:
+        """Delete a comment (its author, or a moderator); returns what was deleted."""
+        comment = await self._own_comment(project_id, task_id, comment_id, "delete")
         before = self._comment_out(comment)
         await self.session.delete(comment)
         await self.session.flush()
-        await emit(
+        await self._audit("projects.comment.deleted", comment_id, before=before)
+        await self.changes.emit(
             self.session,
             tenant_id=self.tenant_id,
             event="projects.comment.deleted",
@@ -601,7 +614,7 @@ class Board:
         return before
 
     async def _own_comment(
-        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, caller: Caller, verb: str
+        self, project_id: uuid.UUID, task_id: uuid.UUID, comment_id: uuid.UUID, verb: str
     ) -> Comment:
         await self._task(project_id, task_id)
         comment = (
@@ -611,19 +624,22 @@ class Board:
         ).one_or_none()
         if comment is None:
             raise _not_found("comment", comment_id)
-        if not caller.moderates and (caller.actor is None or comment.author != caller.actor):
-            raise sdk.Forbidden(f"only a comment's author or an admin may {verb} it")
+        actor = self._actor()
+        principal = actor.principal
+        moderates = principal is not None and MODERATE in principal.permissions
+        if not moderates and (actor.name is None or comment.author != actor.name):
+            raise sdk.Forbidden(f"only a comment's author or a moderator ({MODERATE}) may {verb} it")
         return comment
 
     async def _emit_comment(self, event: str, comment: CommentOut, project_id: uuid.UUID) -> None:
         payload = {**msgspec.to_builtins(comment), "project_id": str(project_id)}
-        await emit(self.session, tenant_id=self.tenant_id, event=event, payload=payload)
+        await self.changes.emit(self.session, tenant_id=self.tenant_id, event=event, payload=payload)
 
-    async def add_comment(
-        self, project_id: uuid.UUID, task_id: uuid.UUID, data: CommentIn, *, author: str | None
-    ) -> CommentOut:
-        """A comment by ``author`` (``user:<id>`` or ``api_key:<id>``, as the audit log names callers)."""
+    async def add_comment(self, project_id: uuid.UUID, task_id: uuid.UUID, data: CommentIn) -> CommentOut:
+        """A comment by the board's actor (``user:<id>`` or ``api_key:<id>``, as the audit log names
+        callers)."""
         await self._task(project_id, task_id)
+        author = self._actor().name
         author_id = None
         if author is not None and author.startswith("user:"):
             author_id = uuid.UUID(author.removeprefix("user:"))
@@ -638,13 +654,32 @@ class Board:
         self.session.add(comment)
         await self.session.flush()
         created = self._comment_out(comment)
+        await self._audit("projects.comment.created", created.id, after=created)
         await self._emit_comment("projects.comment.created", created, project_id)
         return created
 
     # --- internals --------------------------------------------------------------------------------
 
     async def _emit(self, event: str, task: TaskOut) -> None:
-        await emit(self.session, tenant_id=self.tenant_id, event=event, payload=task_snapshot(task))
+        await self.changes.emit(self.session, tenant_id=self.tenant_id, event=event, payload=task_snapshot(task))
+
+    def _actor(self) -> sdk.Actor:
+        if self.actor is None:
+            raise RuntimeError("a change needs a Board built with an actor")
+        return self.actor
+
+    async def _audit(self, action: str, resource_id: uuid.UUID, *, before: Any = None, after: Any = None) -> None:
+        """The audit row of a change: resource type ``projects.<entity>`` from ``action``."""
+        await self.changes.audit(
+            self.session,
+            self._actor(),
+            tenant_id=self.tenant_id,
+            action=action,
+            resource_type=action.rsplit(".", 1)[0],
+            resource_id=resource_id,
+            before=msgspec.to_builtins(before) if isinstance(before, msgspec.Struct) else before,
+            after=msgspec.to_builtins(after) if isinstance(after, msgspec.Struct) else after,
+        )
 
     async def _page(
         self, query: Select[Any], order: list[ColumnElement[Any]], page: int, limit: int
@@ -673,7 +708,7 @@ class Board:
         return task
 
     async def _check_member(self, user_id: uuid.UUID) -> None:
-        if not await sdk.is_member(self.session, user_id):
+        if not await self.members.is_member(self.session, user_id):
             raise _invalid("assignee_id", "not a member of this tenant")
 
     async def _count(self, column_id: uuid.UUID) -> int:

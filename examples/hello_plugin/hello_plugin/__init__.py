@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from sqlalchemy import MetaData, func, select
 
-from hello_plugin.models import Base
+from hello_plugin.models import Base, Ping
 from hello_plugin.routes import ping
 from kernel import sdk
 
 manifest = sdk.Manifest(
     name="hello",
     version="0.1.0",
-    kernel_api=">=1.0,<2",
+    kernel_api=">=1.1,<2",
     title="Hello",
     description="Answers pings and counts them per tenant.",
 )
@@ -34,8 +35,21 @@ class SayHelloConfig(msgspec.Struct):
     name: str
 
 
-async def say_hello(config: SayHelloConfig, **_: Any) -> dict[str, str]:
-    return {"message": f"hello, {config.name}"}
+class SayHelloOutput(msgspec.Struct):
+    message: str
+    pings: int
+    """The tenant's ping count, this greeting included."""
+
+
+async def say_hello(ctx: sdk.NodeContext, config: SayHelloConfig) -> SayHelloOutput:
+    """Greet ``config.name``, counting the greeting as one of the tenant's pings."""
+    message = f"hello, {config.name}"
+    async with ctx.services.data.tenant(ctx.tenant_id) as session:
+        session.add(Ping(tenant_id=ctx.tenant_id, message=message))
+        await session.flush()
+        count = (await session.execute(select(func.count()).select_from(Ping))).scalar_one()
+    ctx.logger.info("said hello", extra={"step": ctx.idempotency_key})
+    return SayHelloOutput(message=message, pings=count)
 
 
 @sdk.hookimpl
@@ -44,7 +58,7 @@ def businessos_routes() -> list[Any]:
 
 
 @sdk.hookimpl
-def businessos_metadata() -> Any:
+def businessos_metadata() -> MetaData:
     return Base.metadata
 
 
@@ -72,6 +86,7 @@ def businessos_workflow_nodes() -> list[sdk.NodeSpec]:
             title="Say hello",
             description="Produces a greeting for a name.",
             config=SayHelloConfig,
+            output=SayHelloOutput,
             run=say_hello,
         )
     ]

@@ -5,7 +5,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel import sdk
 
-Base = sdk.declarative_base()
+
+class Base(sdk.Model):
+    """The plugin's declarative base: its own MetaData, returned by ``businessos_metadata``."""
 
 
 class Ping(sdk.TenantScoped, Base):

@@ -7,14 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kernel.app import load_app_plugins
+from kernel.runtime import open_kernel
 from kernel.settings import Settings
-from tests.conftest import SECRET, new_tenant, open_client
+from tests.conftest import SECRET, new_tenant, node_context, open_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,3 +117,16 @@ async def test_installed_plugin_migrates_lists_and_serves_only_where_enabled(
         assert put.status_code == 200 and put.json()["settings"] == {"greeting": "hi"}
         assert (await client.get("/api/hello/ping", headers=hb)).json()["message"] == "hi"
         assert (await client.get("/api/hello/ping", headers=ha)).json()["message"] == "pong"
+
+        # The workflow node through the contract, once per tenant: each greeting counts as one
+        # of that tenant's pings, which its next ping over HTTP shows.
+        node = hello.nodes[0]
+        assert node.run is not None and node.config is not None and node.output is not None
+        async with open_kernel(settings, plugins) as kernel:
+            said_a = await node.run(node_context(kernel, "hello", uuid.UUID(a["id"])), node.config(name="Ada"))
+            said_b = await node.run(node_context(kernel, "hello", uuid.UUID(b["id"])), node.config(name="Bo"))
+        assert isinstance(said_a, node.output) and isinstance(said_b, node.output)
+        assert msgspec.to_builtins(said_a) == {"message": "hello, Ada", "pings": 4}
+        assert msgspec.to_builtins(said_b) == {"message": "hello, Bo", "pings": 3}
+        assert (await client.get("/api/hello/ping", headers=ha)).json()["pings"] == 5
+        assert (await client.get("/api/hello/ping", headers=hb)).json()["pings"] == 4

@@ -302,3 +302,28 @@ async def test_a_viewer_reads_columns_and_comments_but_changes_none(api: AsyncTe
     ):
         problem(await api.request(method, path, json=body, headers=as_viewer), 403)
     assert ok(await api.get(f"{base}/columns", headers=at(a)))["columns"] == project["columns"]
+
+
+async def test_moderating_comments_is_a_permission_tenants_can_move(api: AsyncTestClient[Any]) -> None:
+    a = await tenant_with_projects(api)
+    member, admin = await member_of(api, a, "member"), await member_of(api, a, "admin")
+    as_member, as_admin = at(a, member["access_token"]), at(a, admin["access_token"])
+    roles = {r["role"]: set(r["permissions"]) for r in ok(await api.get("/api/roles", headers=at(a)))["roles"]}
+    assert "projects.comments.moderate" in roles["admin"] and "projects.comments.moderate" in roles["owner"]
+    assert "projects.comments.moderate" not in roles["member"] | roles["viewer"]
+    assert "projects.comments.write" in roles["member"]
+
+    project = await new_project(api, a)
+    task = await new_task(api, a, project, "Discuss")
+    url = f"/api/projects/{project['id']}/tasks/{task['id']}/comments"
+    owners = ok(await api.post(url, json={"body": "By the owner"}, headers=at(a)), 201)
+    problem(await api.patch(f"{url}/{owners['id']}", json={"body": "x"}, headers=as_member), 403)
+
+    # The tenant moves the right: members moderate, admins no longer do.
+    grant = sorted(roles["member"] | {"projects.comments.moderate"})
+    ok(await api.put("/api/roles/member", json={"permissions": grant}, headers=at(a)))
+    ok(await api.put("/api/roles/admin", json={"permissions": sorted(roles["member"])}, headers=at(a)))
+    edited = ok(await api.patch(f"{url}/{owners['id']}", json={"body": "Moderated"}, headers=as_member))
+    assert edited["body"] == "Moderated"
+    body = problem(await api.delete(f"{url}/{owners['id']}", headers=as_admin), 403)
+    assert "projects.comments.moderate" in body["detail"]

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from kernel import sdk
@@ -21,6 +20,7 @@ from kernel.settings import Settings
 from tests.conftest import eventually, new_tenant, open_client, settings_for
 from tests.fake_openai import REPLY, FakeOpenAI, fake_openai
 from tests.plugin_factory import FakePlugin, installed, plugin_source, unique
+from tests.test_ai import _owner_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = f"sk-proj-SDKKEY{uuid.uuid4().hex}Qx7z"
@@ -132,19 +132,6 @@ def provider() -> Iterator[FakeOpenAI]:
         yield server
 
 
-async def _rows(settings: Settings, tenant_id: str, query: str) -> list[asyncpg.Record]:
-    """Rows as the runtime role sees them under ``tenant_id``'s row-level security."""
-    assert settings.database_url
-    conn = await asyncpg.connect(settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        async with conn.transaction():
-            await conn.execute("set local role businessos_runtime")
-            await conn.execute("select set_config('app.tenant_id', $1, true)", tenant_id)
-            return list(await conn.fetch(query))
-    finally:
-        await conn.close()
-
-
 async def test_a_plugin_calls_ai_as_itself_and_records_its_change(
     settings: Settings,  # the suite's database, migrated
     database_url: str, servers: tuple[str, str], tmp_path: Path, provider: FakeOpenAI
@@ -200,10 +187,10 @@ async def test_a_plugin_calls_ai_as_itself_and_records_its_change(
     query = "select surface, object_type, object_id, status, principal_kind, principal_id from ai_usage"
 
     async def ledger_complete() -> bool:
-        return len(await _rows(settings, a["id"], query)) == 3
+        return len(await _owner_rows(settings, a["id"], query)) == 3
 
     await eventually(ledger_complete)
-    rows = await _rows(settings, a["id"], query)
+    rows = await _owner_rows(settings, a["id"], query)
     assert sorted((r["surface"], r["object_type"], r["object_id"], r["status"]) for r in rows) == sorted(
         [
             (f"plugin:{name}", f"{name}.thing", str(thing), "ok"),
@@ -212,6 +199,7 @@ async def test_a_plugin_calls_ai_as_itself_and_records_its_change(
         ]
     )
     assert {(r["principal_kind"], str(r["principal_id"])) for r in rows} == {("user", a["user_id"])}
-    assert await _rows(settings, b["id"], query) == []
-    events = await _rows(settings, a["id"], f"select payload from events_outbox where event = '{name}.summary.created'")
+    assert await _owner_rows(settings, b["id"], query) == []
+    outbox = f"select payload from events_outbox where event = '{name}.summary.created'"
+    events = await _owner_rows(settings, a["id"], outbox)
     assert [json.loads(e["payload"]) for e in events] == [{"text": TEXT}]

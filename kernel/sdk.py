@@ -17,6 +17,19 @@ from kernel.db.reader import Query, Reader
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
+from kernel.listing import (
+    Pagination,
+    PreconditionFailed,
+    PreconditionRequired,
+    check_list,
+    check_version,
+    decode_cursor,
+    encode_cursor,
+    etag,
+    list_and_count,
+    list_rows,
+    parse_if_match,
+)
 from kernel.plugins.contract import (
     EventContext,
     EventHandler,
@@ -56,7 +69,10 @@ __all__ = [
     "NodeRunner",
     "NodeSpec",
     "NotFound",
+    "Pagination",
     "Permission",
+    "PreconditionFailed",
+    "PreconditionRequired",
     "Principal",
     "Problem",
     "Query",
@@ -67,12 +83,20 @@ __all__ = [
     "TenantScoped",
     "Tenants",
     "Unprocessable",
+    "check_list",
+    "check_version",
     "create_tenant_table",
     "declarative_base",
+    "decode_cursor",
     "enable_tenant_rls",
+    "encode_cursor",
+    "etag",
     "grant_runtime",
     "hookimpl",
+    "list_and_count",
+    "list_rows",
     "open_services",
+    "parse_if_match",
     "utcnow",
     "uuid7",
 ]

@@ -74,6 +74,9 @@ async def test_limit_above_100_is_refused(api: AsyncTestClient[Any]) -> None:
     t = await crm_tenant(api)
     body = problem(await api.get("/api/crm/contacts", params={"limit": 101}, headers=t["h"]), 422)
     assert body["errors"][0]["field"] == "limit"
+    bad = {"limit": 101, "page": 0, "sort": "colour"}
+    body = problem(await api.get("/api/crm/contacts", params=bad, headers=t["h"]), 422)
+    assert [e["field"] for e in body["errors"]] == ["page", "limit", "sort"]
     assert (await api.get("/api/crm/contacts", params={"limit": 100}, headers=t["h"])).status_code == 200
 
 

@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import UUID
 
 from kernel import sdk
 from plugins.crm import schemas as s
-from plugins.crm import service
 from plugins.crm.models import Contact
 
 __all__ = ["list_contacts"]
@@ -86,8 +85,8 @@ async def list_contacts(
     created_after: datetime | None,
     created_before: datetime | None,
 ) -> tuple[list[s.ContactOut], int | None, str | None]:
-    """(contacts, total or None in cursor mode, next cursor); same rules as ``service.list_rows``."""
-    service.check_list(page, limit, sort, _SORTS, cursor)
+    """(contacts, total or None in cursor mode, next cursor); same rules as ``sdk.list_rows``."""
+    sdk.check_list(page, limit, sort, _SORTS, cursor)
     values: dict[str, Any] = {
         "q": q if q is not None and q.strip() else None, "company_id": company_id, "owner_id": owner_id,
         "created_after": created_after, "created_before": created_before,
@@ -102,9 +101,9 @@ async def list_contacts(
             total = int(await reader.fetchval(_query(sort, filters, "count"), **values)) if page > 1 else 0
         return [_out(r) for r in rows], total, None
     if cursor:
-        values["after_created"], values["after_id"] = service.decode_cursor(cursor)
+        values["after_created"], values["after_id"] = sdk.decode_cursor(cursor)
     rows = await reader.fetch(_query(sort, filters, "after" if cursor else "first"), **values, limit=limit + 1)
     more = len(rows) > limit
     contacts = [_out(r) for r in rows[:limit]]
-    next_cursor = service.encode_cursor(contacts[-1].created_at, contacts[-1].id) if more and contacts else None
+    next_cursor = sdk.encode_cursor(contacts[-1].created_at, contacts[-1].id) if more and contacts else None
     return contacts, None, next_cursor

@@ -27,11 +27,11 @@ def _actor(services: sdk.Services, request: Request[Any, Any, Any], tenant: sdk.
 
 
 def _if_match(request: Request[Any, Any, Any]) -> int | None:
-    return service.parse_if_match(request.headers.get("if-match"))
+    return sdk.parse_if_match(request.headers.get("if-match"))
 
 
 def _tagged(body: Any, version: int, status: int = 200) -> Response[Any]:
-    return Response(content=body, status_code=status, headers={"ETag": service.etag(version)})
+    return Response(content=body, status_code=status, headers={"ETag": sdk.etag(version)})
 
 
 # ---- contacts ----------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ async def list_contacts(
         )
     if total is None:
         return s.ContactCursorPage(contacts=rows, next_cursor=nxt)
-    return s.ContactPage(contacts=rows, pagination=service.pagination(page, limit, total))
+    return s.ContactPage(contacts=rows, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post("/api/crm/contacts", opt={"permission": "crm.contacts.write"}, tags=["crm"])
@@ -144,7 +144,7 @@ async def list_companies(
         )
     if total is None:
         return s.CompanyCursorPage(companies=rows, next_cursor=nxt)
-    return s.CompanyPage(companies=rows, pagination=service.pagination(page, limit, total))
+    return s.CompanyPage(companies=rows, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post("/api/crm/companies", opt={"permission": "crm.companies.write"}, tags=["crm"])
@@ -326,7 +326,7 @@ async def list_deals(
         )
     if total is None:
         return s.DealCursorPage(deals=rows, next_cursor=nxt)
-    return s.DealPage(deals=rows, pagination=service.pagination(page, limit, total))
+    return s.DealPage(deals=rows, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post("/api/crm/deals", opt={"permission": "crm.deals.write"}, tags=["crm"])
@@ -425,7 +425,7 @@ async def list_activities(
         )
     if total is None:
         return s.ActivityCursorPage(activities=rows, next_cursor=nxt)
-    return s.ActivityPage(activities=rows, pagination=service.pagination(page, limit, total))
+    return s.ActivityPage(activities=rows, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post("/api/crm/activities", opt={"permission": "crm.activities.write"}, tags=["crm"])

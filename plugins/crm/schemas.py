@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from kernel import sdk
+
 __all__ = [
     "ActivityCreate",
     "ActivityCursorPage",
@@ -68,11 +70,8 @@ Version = Annotated[int, msgspec.Meta(ge=1)]
 Position = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 
 
-class Pagination(msgspec.Struct, frozen=True):
-    page: int
-    limit: int
-    total: int
-    pages: int
+Pagination = sdk.Pagination
+"""Where an offset page sits in its list (the SDK's, shared by every plugin's lists)."""
 
 
 # ---- companies ---------------------------------------------------------------------------------

@@ -1,23 +1,20 @@
 """The CRM's rules: listing, optimistic concurrency, same-tenant references, audit and events.
 
-Every function takes the caller's tenant session (``kernel.db.tenant(...)``), so the change, its
-audit row and its events commit or roll back together. Handlers stay thin and call these.
+Every function takes the caller's tenant session (``services.data.tenant(...)``), so the change, its
+audit row and its events commit or roll back together; paging, cursors and version checks are the
+SDK's (``sdk.list_rows``, ``sdk.check_version``). Handlers stay thin and call these.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
 import uuid
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,30 +22,12 @@ from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm.models import Activity, Company, Contact, Deal, DealStageHistory, Pipeline, PipelineStage
 
-__all__ = [
-    "MAX_LIMIT",
-    "PreconditionFailed",
-    "PreconditionRequired",
-]
+__all__ = ["DEFAULT_LIMIT", "MEMBERS"]
 
 # Membership checks need no handle on the running platform: the tenant session is enough.
 MEMBERS = sdk.Members()
 
-MAX_LIMIT = 100
-MAX_PAGE = 1_000_000
 DEFAULT_LIMIT = 25
-
-
-class PreconditionFailed(sdk.Problem):
-    """412: the ``If-Match`` version is not the current one."""
-
-    status, slug, title = 412, "precondition-failed", "Precondition failed"
-
-
-class PreconditionRequired(sdk.Problem):
-    """428: a change without ``If-Match`` or a ``version`` could overwrite someone else's."""
-
-    status, slug, title = 428, "precondition-required", "Precondition required"
 
 
 async def _check_owner(session: AsyncSession, owner_id: uuid.UUID | None) -> None:
@@ -65,89 +44,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---- listing -----------------------------------------------------------------------------------
-
-
-def check_paging(page: int, limit: int) -> None:
-    errors = []
-    if page < 1 or page > MAX_PAGE:
-        errors.append(sdk.FieldError("page", f"must be between 1 and {MAX_PAGE} (use a cursor for deep lists)"))
-    if limit < 1 or limit > MAX_LIMIT:
-        errors.append(sdk.FieldError("limit", f"must be between 1 and {MAX_LIMIT}"))
-    if errors:
-        raise sdk.Unprocessable("invalid paging", errors=errors)
-
-
-def check_list(page: int, limit: int, sort: str, sorts: Iterable[str], cursor: str | None) -> None:
-    """A list request's paging, sort and cursor rules (422 naming the field): a cursor walks
-    ``(created_at, id)``, so it needs a created_at sort."""
-    check_paging(page, limit)
-    if sort not in sorts:
-        raise sdk.Unprocessable("unknown sort", errors=[sdk.FieldError("sort", f"one of {', '.join(sorts)}")])
-    if cursor is not None and sort not in ("created_at", "-created_at"):
-        raise sdk.Unprocessable(
-            "cursor paging needs a created_at sort",
-            errors=[sdk.FieldError("sort", "created_at or -created_at with a cursor")],
-        )
-
-
-def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = msgspec.json.encode([created_at.isoformat(), str(row_id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, row_id = msgspec.json.decode(raw, type=tuple[datetime, uuid.UUID])
-    except (binascii.Error, msgspec.ValidationError, msgspec.DecodeError, ValueError):
-        raise sdk.Unprocessable(
-            "invalid cursor", errors=[sdk.FieldError("cursor", "not a cursor this API gave out")]
-        ) from None
-    return created, row_id
-
-
-async def list_rows(
-    session: AsyncSession,
-    model: Any,
-    *,
-    sorts: Mapping[str, list[ColumnElement[Any]]],
-    page: int,
-    limit: int,
-    sort: str,
-    cursor: str | None,
-    where: list[ColumnElement[bool]],
-) -> tuple[list[Any], int | None, str | None]:
-    """Rows of ``model`` matching ``where``: (rows, total or None in cursor mode, next cursor).
-
-    Offset mode (no ``cursor``) counts the matches. Cursor mode (``cursor`` given; empty starts
-    at the beginning) walks ``(created_at, id)`` in the ``sort`` direction without OFFSET, so
-    rows inserted meanwhile cause neither gaps nor duplicates.
-    """
-    check_list(page, limit, sort, sorts, cursor)
-    stmt: Select[Any] = select(model).where(*where)
-    if cursor is not None:
-        descending = sort.startswith("-")
-        if cursor:
-            created, row_id = decode_cursor(cursor)
-            key = (model.created_at, model.id)
-            after = (
-                or_(key[0] < created, and_(key[0] == created, key[1] < row_id))
-                if descending
-                else or_(key[0] > created, and_(key[0] == created, key[1] > row_id))
-            )
-            stmt = stmt.where(after)
-        rows = list((await session.execute(stmt.order_by(*sorts[sort]).limit(limit + 1))).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-        return rows, None, next_cursor
-    total = (await session.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
-    stmt = stmt.order_by(*sorts[sort]).offset((page - 1) * limit).limit(limit)
-    return list((await session.execute(stmt)).scalars()), total, None
-
-
-def pagination(page: int, limit: int, total: int) -> s.Pagination:
-    return s.Pagination(page=page, limit=limit, total=total, pages=math.ceil(total / limit) if total else 0)
 
 
 def _search(model: Any, q: str | None) -> list[ColumnElement[bool]]:
@@ -188,47 +84,6 @@ ACTIVITY_SORTS: dict[str, list[ColumnElement[Any]]] = {
     "due_at": [Activity.due_at.asc().nulls_last(), Activity.id.asc()],
     "-due_at": [Activity.due_at.desc().nulls_last(), Activity.id.desc()],
 }
-
-
-# ---- concurrency -------------------------------------------------------------------------------
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def parse_if_match(header: str | None) -> int | None:
-    """The version an ``If-Match`` header names (``"3"`` or ``W/"3"``); 412 for anything else."""
-    if header is None:
-        return None
-    value = header.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise PreconditionFailed('If-Match must be the ETag this API gave out, such as "3"')
-    return int(value)
-
-
-def check_version(current: int, if_match: int | None, body_version: int | None, *, required: bool = True) -> None:
-    """Refuse a change made against another version than ``current``.
-
-    ``If-Match`` wins (stale: 412); otherwise a ``version`` in the body (stale: 409); with
-    neither, 428 when ``required``.
-    """
-    if if_match is not None:
-        if if_match != current:
-            raise PreconditionFailed(
-                f"the record changed: it is at version {current}, If-Match names {if_match}",
-                extra={"current_version": current},
-            )
-        return
-    if body_version is not None:
-        if body_version != current:
-            raise sdk.Conflict(
-                f"the record changed: it is at version {current}, the change was made against {body_version}",
-                extra={"current_version": current},
-            )
-        return
-    if required:
-        raise PreconditionRequired("send If-Match with the record's ETag, or its version in the body")
 
 
 async def _get(session: AsyncSession, model: Any, row_id: uuid.UUID, what: str, *, lock: bool = False) -> Any:
@@ -288,7 +143,7 @@ async def list_companies(
     where = [*_search(Company, q), *_created(Company, created_after, created_before)]
     if owner_id is not None:
         where.append(Company.owner_id == owner_id)
-    rows, total, nxt = await list_rows(
+    rows, total, nxt = await sdk.list_rows(
         session, Company, sorts=COMPANY_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
     )
     return [company_out(r) for r in rows], total, nxt
@@ -313,7 +168,7 @@ async def update_company(
 ) -> s.CompanyOut:
     row = await _get(session, Company, company_id, "company", lock=True)
     values, version = _changes(patch)
-    check_version(row.version, if_match, version)
+    sdk.check_version(row.version, if_match, version)
     if values.get("owner_id") is not None:
         await _check_owner(session, values["owner_id"])
     before = company_out(row)
@@ -335,7 +190,7 @@ async def delete_company(
     session: AsyncSession, actor: sdk.ChangeLog, company_id: uuid.UUID, if_match: int | None
 ) -> None:
     row = await _get(session, Company, company_id, "company", lock=True)
-    check_version(row.version, if_match, None, required=False)
+    sdk.check_version(row.version, if_match, None, required=False)
     before = company_out(row)
     await session.execute(update(Contact).where(Contact.company_id == row.id).values(company_name=None))
     await session.execute(update(Deal).where(Deal.company_id == row.id).values(company_name=None))
@@ -407,7 +262,7 @@ async def update_contact(
 ) -> s.ContactOut:
     row = await _get(session, Contact, contact_id, "contact", lock=True)
     values, version = _changes(patch)
-    check_version(row.version, if_match, version)
+    sdk.check_version(row.version, if_match, version)
     if values.get("owner_id") is not None:
         await _check_owner(session, values["owner_id"])
     before = contact_out(row)
@@ -431,7 +286,7 @@ async def delete_contact(
     session: AsyncSession, actor: sdk.ChangeLog, contact_id: uuid.UUID, if_match: int | None
 ) -> None:
     row = await _get(session, Contact, contact_id, "contact", lock=True)
-    check_version(row.version, if_match, None, required=False)
+    sdk.check_version(row.version, if_match, None, required=False)
     before = contact_out(row)
     await session.execute(update(Deal).where(Deal.contact_id == row.id).values(contact_name=None))
     await session.delete(row)
@@ -575,7 +430,7 @@ def _deal_where(f: DealFilters) -> list[ColumnElement[bool]]:
 async def list_deals(
     session: AsyncSession, *, page: int, limit: int, sort: str, cursor: str | None, filters: DealFilters
 ) -> tuple[list[s.DealOut], int | None, str | None]:
-    rows, total, nxt = await list_rows(
+    rows, total, nxt = await sdk.list_rows(
         session, Deal, sorts=DEAL_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=_deal_where(filters)
     )
     return [deal_out(r) for r in rows], total, nxt
@@ -647,7 +502,7 @@ async def update_deal(
 ) -> s.DealOut:
     row = await _get(session, Deal, deal_id, "deal", lock=True)
     values, version = _changes(patch)
-    check_version(row.version, if_match, version)
+    sdk.check_version(row.version, if_match, version)
     if values.get("owner_id") is not None:
         await _check_owner(session, values["owner_id"])
     if "amount" in values:
@@ -673,7 +528,7 @@ async def move_deal(
     """Put a deal in another stage of its pipeline: history, audit, ``crm.deal.stage_changed`` and,
     for a won or lost stage, ``crm.deal.won`` / ``crm.deal.lost``. Moving to the current stage is a no-op."""
     row = await _get(session, Deal, deal_id, "deal", lock=True)
-    check_version(row.version, if_match, None, required=False)
+    sdk.check_version(row.version, if_match, None, required=False)
     stage = await _stage_of(session, row.pipeline_id, stage_id)
     if stage.id == row.stage_id:
         return deal_out(row)
@@ -732,7 +587,7 @@ async def deal_history(session: AsyncSession, deal_id: uuid.UUID) -> list[s.Stag
 
 async def delete_deal(session: AsyncSession, actor: sdk.ChangeLog, deal_id: uuid.UUID, if_match: int | None) -> None:
     row = await _get(session, Deal, deal_id, "deal", lock=True)
-    check_version(row.version, if_match, None, required=False)
+    sdk.check_version(row.version, if_match, None, required=False)
     before = deal_out(row)
     await session.delete(row)
     await session.flush()
@@ -797,7 +652,7 @@ async def list_activities(
         where.append(Activity.due_at >= f.due_after)
     if f.due_before is not None:
         where.append(Activity.due_at < f.due_before)
-    rows, total, nxt = await list_rows(
+    rows, total, nxt = await sdk.list_rows(
         session, Activity, sorts=ACTIVITY_SORTS, page=page, limit=limit, sort=sort, cursor=cursor, where=where
     )
     return [activity_out(r) for r in rows], total, nxt
@@ -832,7 +687,7 @@ async def update_activity(
 ) -> s.ActivityOut:
     row = await _get(session, Activity, activity_id, "activity", lock=True)
     values, version = _changes(patch)
-    check_version(row.version, if_match, version)
+    sdk.check_version(row.version, if_match, version)
     before = activity_out(row)
     for name, value in values.items():
         setattr(row, name, value)
@@ -848,7 +703,7 @@ async def delete_activity(
     session: AsyncSession, actor: sdk.ChangeLog, activity_id: uuid.UUID, if_match: int | None
 ) -> None:
     row = await _get(session, Activity, activity_id, "activity", lock=True)
-    check_version(row.version, if_match, None, required=False)
+    sdk.check_version(row.version, if_match, None, required=False)
     before = activity_out(row)
     await session.delete(row)
     await session.flush()

@@ -33,7 +33,7 @@ from plugins.projects.schemas import (
     TaskPage,
     TaskPatch,
 )
-from plugins.projects.service import MAX_LIMIT, Board, TaskFilters, pagination
+from plugins.projects.service import MAX_LIMIT, Board, TaskFilters
 
 __all__ = ["ROUTES"]
 
@@ -79,7 +79,7 @@ async def list_projects(
         projects, total = await board.list_projects(
             page=page, limit=limit, sort=sort, q=q, created_after=created_after, created_before=created_before
         )
-    return ProjectPage(projects=projects, pagination=pagination(page, limit, total))
+    return ProjectPage(projects=projects, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post("/api/projects", tags=TAGS, opt={"permission": PROJECTS_WRITE})
@@ -212,7 +212,7 @@ async def list_tasks(
         tasks, total = await board.list_tasks(
             project_id, filters, page=page, limit=limit, sort=sort
         )
-    return TaskPage(tasks=tasks, pagination=pagination(page, limit, total))
+    return TaskPage(tasks=tasks, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post(PROJECT + "/tasks", tags=TAGS, opt={"permission": TASKS_WRITE})
@@ -285,7 +285,7 @@ async def list_comments(
     """A task's comments, oldest first."""
     async with _board(services, tenant) as board:
         comments, total = await board.list_comments(project_id, task_id, page=page, limit=limit)
-    return CommentPage(comments=comments, pagination=pagination(page, limit, total))
+    return CommentPage(comments=comments, pagination=sdk.Pagination.of(page, limit, total))
 
 
 @post(TASK + "/comments", tags=TAGS, opt={"permission": COMMENTS_WRITE})

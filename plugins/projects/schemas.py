@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from kernel import sdk
+
 __all__ = [
     "ColumnIn",
     "ColumnList",
@@ -37,13 +39,8 @@ Position = Annotated[int, msgspec.Meta(ge=0)]
 CommentBody = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
 
 
-class Pagination(msgspec.Struct, frozen=True):
-    """Where a page sits in a list: the same shape as the CRM's lists."""
-
-    page: int
-    limit: int
-    total: int
-    pages: int
+Pagination = sdk.Pagination
+"""Where an offset page sits in its list (the SDK's, shared by every plugin's lists)."""
 
 
 class ColumnOut(msgspec.Struct, frozen=True):

@@ -8,7 +8,6 @@ deferred unique constraint on ``(column_id, position)`` backs this at commit.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from plugins.projects.schemas import (
     ColumnPatch,
     CommentIn,
     CommentOut,
-    Pagination,
     ProjectIn,
     ProjectOut,
     ProjectPatch,
@@ -37,7 +35,7 @@ from plugins.projects.schemas import (
     TaskPatch,
 )
 
-__all__ = ["DEFAULT_COLUMNS", "EVENTS", "MAX_LIMIT", "MODERATE", "Board", "TaskFilters", "pagination"]
+__all__ = ["DEFAULT_COLUMNS", "EVENTS", "MAX_LIMIT", "MODERATE", "Board", "TaskFilters"]
 
 DEFAULT_COLUMNS = (("To do", False), ("In progress", False), ("Done", True))
 
@@ -57,7 +55,7 @@ MODERATE = "projects.comments.moderate"
 """The permission to change and delete others' comments (owners and admins hold it by default)."""
 
 MAX_LIMIT = 100
-MAX_PAGE = 1_000_000
+"""The most rows a page holds (the SDK's bound), and a task list's default."""
 
 PROJECT_SORTS: dict[str, list[ColumnElement[Any]]] = {
     "created_at": [Project.created_at.asc(), Project.id.asc()],
@@ -96,22 +94,6 @@ class TaskFilters:
     """Words found in the title or description."""
     parent_task_id: uuid.UUID | None = None
     done: bool | None = None
-
-
-def check_paging(page: int, limit: int, sort: str, sorts: dict[str, Any]) -> None:
-    errors = []
-    if page < 1 or page > MAX_PAGE:
-        errors.append(sdk.FieldError("page", f"must be between 1 and {MAX_PAGE}"))
-    if limit < 1 or limit > MAX_LIMIT:
-        errors.append(sdk.FieldError("limit", f"must be between 1 and {MAX_LIMIT}"))
-    if sort not in sorts:
-        errors.append(sdk.FieldError("sort", f"one of {', '.join(sorts)}"))
-    if errors:
-        raise sdk.Unprocessable("invalid paging or sort", errors=errors)
-
-
-def pagination(page: int, limit: int, total: int) -> Pagination:
-    return Pagination(page=page, limit=limit, total=total, pages=math.ceil(total / limit) if total else 0)
 
 
 def _contains(column: Any, q: str) -> ColumnElement[bool]:
@@ -181,7 +163,7 @@ class Board:
         created_before: datetime | None = None,
     ) -> tuple[list[ProjectOut], int]:
         """One page of projects and how many match; ``q`` looks in names and descriptions."""
-        check_paging(page, limit, sort, PROJECT_SORTS)
+        sdk.check_list(page, limit, sort, PROJECT_SORTS)
         where: list[ColumnElement[bool]] = []
         if q is not None and q.strip():
             where.append(or_(_contains(Project.name, q.strip()), _contains(Project.description, q.strip())))
@@ -437,7 +419,7 @@ class Board:
     ) -> tuple[list[TaskOut], int]:
         """One page of the project's tasks matching ``filters`` and how many match."""
         await self._project(project_id)
-        check_paging(page, limit, sort, TASK_SORTS)
+        sdk.check_list(page, limit, sort, TASK_SORTS)
         f = filters or TaskFilters()
         if f.priority is not None and f.priority not in PRIORITIES:
             raise _invalid("priority", f"one of {', '.join(PRIORITIES)}")
@@ -579,7 +561,7 @@ class Board:
     ) -> tuple[list[CommentOut], int]:
         """One page of a task's comments, oldest first, and how many it has."""
         await self._task(project_id, task_id)
-        check_paging(page, limit, "created_at", {"created_at": None})
+        sdk.check_list(page, limit, "created_at", ("created_at",))
         query = select(Comment).where(Comment.task_id == task_id)
         total, comments = await self._page(query, [Comment.created_at.asc(), Comment.id.asc()], page, limit)
         return [self._comment_out(c) for c in comments], total
@@ -685,12 +667,11 @@ class Board:
         self, query: Select[Any], order: list[ColumnElement[Any]], page: int, limit: int
     ) -> tuple[int, list[Any]]:
         """(how many rows ``query`` matches, the rows of ``page`` in ``order``)."""
-        total = int(await self.session.scalar(select(func.count()).select_from(query.subquery())) or 0)
         # Fresh rows: a bulk renumbering earlier in this transaction bypasses the identity map.
-        rows = await self.session.scalars(
-            query.order_by(*order).offset((page - 1) * limit).limit(limit).execution_options(populate_existing=True)
+        rows, total = await sdk.list_and_count(
+            self.session, query.execution_options(populate_existing=True), order, page, limit
         )
-        return total, list(rows.all())
+        return total, rows
 
     async def _lock_board(self, project_id: uuid.UUID) -> None:
         await self.session.execute(_BOARD_LOCK, {"t": str(self.tenant_id), "p": str(project_id)})

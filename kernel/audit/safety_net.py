@@ -1,7 +1,7 @@
 """A floor under plugin routes: a mutating request that succeeded leaves an audit row even when
 its handler wrote none.
 
-Plugins should audit their changes with ``sdk.audit`` in the transaction that makes them (that
+Plugins should audit their changes with ``services.changes`` in the transaction that makes them (that
 row has the resource and before/after). When a plugin route answers a POST, PUT, PATCH or DELETE
 with a success and did not, this hook records a generic ``http.<method>`` row just before the
 response goes out, so no change by a plugin goes unrecorded.

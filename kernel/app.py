@@ -47,6 +47,7 @@ from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
 from kernel.tenants import models as _tenant_models  # noqa: E402,F401
+from kernel.vault import models as _vault_models  # noqa: E402,F401
 
 
 def kernel_route_handlers() -> list[Any]:

@@ -25,6 +25,7 @@ from kernel.plugins.hookspecs import hookimpl
 from kernel.plugins.services import Data, Members, Services
 from kernel.runtime import open_kernel_from_environment as open_kernel
 from kernel.tenants.schemas import Tenant
+from kernel.vault.service import SecretUnreadable, Vault
 
 __all__ = [
     "AUTHENTICATED",
@@ -49,10 +50,12 @@ __all__ = [
     "Query",
     "Reader",
     "RequestMeta",
+    "SecretUnreadable",
     "Services",
     "Tenant",
     "TenantScoped",
     "Unprocessable",
+    "Vault",
     "audit",
     "audit_record",
     "create_tenant_table",

@@ -26,6 +26,9 @@ from kernel.plugins.services import Data, Members, Services
 from kernel.runtime import open_kernel_from_environment as open_kernel
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import SecretUnreadable, Vault
+from kernel.webhooks.contract import InboundWebhook, WebhookReply, WebhookRoute
+from kernel.webhooks.service import WebhookEndpoint, WebhookEndpointCreated, Webhooks
+from kernel.webhooks.signatures import HmacScheme, InvalidSignature, verify_hmac, verify_standard_webhook
 
 __all__ = [
     "AUTHENTICATED",
@@ -39,6 +42,9 @@ __all__ = [
     "EventType",
     "FieldError",
     "Forbidden",
+    "HmacScheme",
+    "InboundWebhook",
+    "InvalidSignature",
     "Kernel",
     "Manifest",
     "Members",
@@ -56,6 +62,11 @@ __all__ = [
     "TenantScoped",
     "Unprocessable",
     "Vault",
+    "WebhookEndpoint",
+    "WebhookEndpointCreated",
+    "WebhookReply",
+    "WebhookRoute",
+    "Webhooks",
     "audit",
     "audit_record",
     "create_tenant_table",
@@ -73,4 +84,6 @@ __all__ = [
     "request_meta",
     "utcnow",
     "uuid7",
+    "verify_hmac",
+    "verify_standard_webhook",
 ]

@@ -57,6 +57,7 @@ def _credential(headers: dict[str, str]) -> tuple[str, str] | None:
 
 class AuthenticationMiddleware(ASGIMiddleware):
     scopes = ("http",)  # type: ignore[assignment]
+    exclude_opt_key = "skip_authentication"  # inbound webhooks: their Authorization is the sender's
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.db.reader import Reader
 from kernel.identity.access import is_member
 from kernel.vault.service import Vault
+from kernel.webhooks.service import Webhooks
 
 if TYPE_CHECKING:
     from kernel.context import Kernel
@@ -65,6 +66,7 @@ class Services:
         self.data = Data(kernel)
         self.members = Members()
         self.vault = Vault(kernel.db, kernel.box, plugin)
+        self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -81,5 +81,6 @@ NOT_SEALED: Mapping[tuple[str, str], str] = {
     ("refresh_tokens", "token_hash"): "SHA-256 of the token: nothing to open",
     ("invitations", "token_hash"): "SHA-256 of the token: nothing to open",
     ("user_recovery_codes", "code_hash"): "SHA-256 of a recovery code: nothing to open",
+    ("webhook_endpoints", "token_hash"): "SHA-256 of the URL token: nothing to open",
     ("ai_provider_keys", "last_four"): "the key's last four characters, shown to recognise it",
 }

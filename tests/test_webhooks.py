@@ -20,9 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 from standardwebhooks.webhooks import Webhook
 
+from kernel import sdk
+from kernel.app import load_app_plugins
 from kernel.identity.tokens import OpaqueSecret
 from kernel.settings import Settings
 from tests.conftest import new_tenant, open_client, settings_for
@@ -321,3 +324,50 @@ async def test_deliveries_are_rate_limited_per_token(settings: Settings, tmp_pat
                 a["paths"]["slack"], content=slack, headers=slack_headers(a["secrets"]["slack"], slack)
             )
             assert other.status_code == 204
+
+
+def test_the_sdk_hmac_schemes_of_common_providers() -> None:
+    body, secret = b'{"action": "opened"}', "provider-secret"
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    github = sdk.HmacScheme(header="X-Hub-Signature-256", prefix="sha256=")
+    shopify = sdk.HmacScheme(header="X-Shopify-Hmac-Sha256", encoding="base64")
+    sdk.verify_hmac(secret, body, {"x-hub-signature-256": "sha256=" + mac.hex()}, github)
+    sdk.verify_hmac(secret, body, {"X-Shopify-Hmac-SHA256": base64.b64encode(mac).decode()}, shopify)
+    for headers, scheme in (
+        ({"X-Hub-Signature-256": mac.hex()}, github),  # prefix missing
+        ({"X-Hub-Signature-256": "sha256=" + mac.hex()[:-2]}, github),  # truncated
+        ({"X-Hub-Signature-256": "sha256=not-hex"}, github),
+        ({"X-Shopify-Hmac-Sha256": mac.hex()}, shopify),  # hex where base64 is expected
+        ({}, shopify),
+    ):
+        with pytest.raises(sdk.InvalidSignature):
+            sdk.verify_hmac(secret, body, headers, scheme)
+    # A timestamp far from now is refused even with a valid MAC over it.
+    slack = sdk.HmacScheme(header="S", prefix="v0=", timestamp_header="T", template="v0:{timestamp}:{body}")
+    stamp = "1000000000"
+    signed = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    sdk.verify_hmac(secret, body, {"S": "v0=" + signed, "T": stamp}, slack, now=1000000100)
+    with pytest.raises(sdk.InvalidSignature, match="tolerance"):
+        sdk.verify_hmac(secret, body, {"S": "v0=" + signed, "T": stamp}, slack, now=1000000301)
+    with pytest.raises(ValueError):
+        sdk.HmacScheme(header="S", algorithm="md5")  # type: ignore[arg-type]
+
+
+def test_a_plugin_declaring_a_webhook_route_twice_or_badly_is_disabled(tmp_path: Path) -> None:
+    twice, bad = unique("hk"), unique("hk")
+    body = """
+async def handle(hook: sdk.InboundWebhook) -> None: ...
+
+@sdk.hookimpl
+def businessos_webhook_routes() -> list[sdk.WebhookRoute]:
+    return [sdk.WebhookRoute(%r, handle), sdk.WebhookRoute(%r, handle)]
+"""
+    with installed(
+        tmp_path,
+        FakePlugin(twice, plugin_source(twice, body % ("events", "events"))),
+        FakePlugin(bad, plugin_source(bad, body % ("events", "Not-An-Identifier"))),
+    ):
+        plugins = load_app_plugins(frozenset({twice, bad}))
+        for name in (twice, bad):
+            record = plugins.get(name)
+            assert record is not None and not record.active and "webhook route" in (record.reason or "")

@@ -23,17 +23,16 @@ from kernel.audit.log import record, request_meta
 from kernel.context import Kernel
 from kernel.errors import NotFound, Problem, TooManyRequests
 from kernel.http.ratelimit import DEFAULT_PERIOD, EXEMPT_POLICY, RATE_LIMIT_OPT, check, ip_bucket
+from kernel.identity.auth import SKIP_AUTHENTICATION
 from kernel.identity.permissions import PUBLIC
 from kernel.webhooks.contract import InboundWebhook, WebhookReply
 from kernel.webhooks.models import WebhookEndpointRow
 from kernel.webhooks.service import HOOKS_PREFIX, find_endpoint
 
-__all__ = ["SKIP_AUTHENTICATION", "receive_webhook"]
+__all__ = ["receive_webhook"]
 
 log = logging.getLogger("businessos.webhooks")
 
-SKIP_AUTHENTICATION = "skip_authentication"
-"""Route ``opt`` key that keeps the authentication middleware from reading the request's headers."""
 # Unknown tokens per client address and minute, as a multiple of the strict auth limit.
 BAD_TOKEN_FACTOR = 6
 _MAX_TOKEN = 200

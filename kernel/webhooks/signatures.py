@@ -20,16 +20,19 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from kernel.errors import Problem
 
 __all__ = ["HmacScheme", "InvalidSignature", "verify_hmac", "verify_standard_webhook"]
+
+log = logging.getLogger("businessos.webhooks")
 
 _DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
@@ -75,10 +78,16 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 def verify_standard_webhook(secret: str, body: bytes, headers: Mapping[str, str]) -> None:
     """Check a Standard Webhooks signature (five-minute tolerance); :class:`InvalidSignature` if not."""
     try:
-        Webhook(secret).verify(body, _lower(headers), json_parse=False)
-    except Exception as exc:  # the package raises several types, and ValueError on malformed input
-        reason = str(exc) if type(exc).__name__ == "WebhookVerificationError" else "malformed signature headers"
-        raise InvalidSignature(f"webhook signature rejected: {reason}") from None
+        verifier = Webhook(secret)
+    except Exception:  # not base64, or empty: the tenant's secret is unusable, not the sender's fault
+        log.warning("a Standard Webhooks signing secret is not a whsec_ base64 value")
+        raise InvalidSignature("webhook signature cannot be verified") from None
+    try:
+        verifier.verify(body, _lower(headers), json_parse=False)
+    except WebhookVerificationError as exc:
+        raise InvalidSignature(f"webhook signature rejected: {exc}") from None
+    except Exception:  # ValueError, binascii.Error, UnicodeDecodeError on malformed headers or body
+        raise InvalidSignature("webhook signature rejected: malformed signature headers or body") from None
 
 
 def verify_hmac(

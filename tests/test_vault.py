@@ -148,6 +148,16 @@ async def test_a_secret_stays_in_its_tenant_and_fails_closed_when_moved_or_alter
             assert (await client.delete(f"/api/{name}/secrets/stripe.key", headers=ha)).json() == {"deleted": False}
             assert (await client.get(f"/api/{name}/secrets/stripe.key", headers=ha)).status_code == 404
 
+            # Purging the module's data (once disabled) takes its secrets with it, in that tenant only.
+            await client.put(f"/api/{name}/secrets/kept", json={"value": VALUE_A}, headers=ha)
+            await client.put(f"/api/{name}/secrets/kept", json={"value": VALUE_B}, headers=hb)
+            await client.post(f"/api/modules/{name}/disable", headers=ha)
+            purged = await client.delete(f"/api/modules/{name}/data", headers=ha)
+            assert purged.status_code == 200 and purged.json()["deleted"] == {"vault_secrets": 1}, purged.text
+            await client.post(f"/api/modules/{name}/enable", headers=ha)
+            assert (await client.get(f"/api/{name}/secrets", headers=ha)).json() == []
+            assert (await client.get(f"/api/{name}/secrets", headers=hb)).json() == ["kept", "stripe.key"]
+
             # The audit log names the secret, never its value.
             logs = (await client.get("/api/audit/logs", headers=ha)).text
             assert "vault.secret.stored" in logs and "vault.secret.deleted" in logs

@@ -300,6 +300,15 @@ async def test_unknown_revoked_rotated_and_disabled_endpoints_answer_the_same_40
         assert await status(new_path) == 404
         assert await status(f"/hooks/{name}/{b_token}", b) == 200
 
+        # Purging the module's data removes its endpoints in that tenant only.
+        await client.post(f"/api/modules/{name}/disable", headers=a["headers"])
+        purged = await client.delete(f"/api/modules/{name}/data", headers=a["headers"])
+        assert purged.json()["deleted"]["webhook_endpoints"] == 2, purged.text
+        await client.post(f"/api/modules/{name}/enable", headers=a["headers"])
+        assert await status(a["paths"]["slack"]) == 404
+        assert (await client.get(f"/api/{name}/endpoints", headers=a["headers"])).json() == []
+        assert await status(f"/hooks/{name}/{b_token}", b) == 200
+
 
 async def test_deliveries_are_rate_limited_per_token(settings: Settings, tmp_path: Path) -> None:
     name = unique("hk")

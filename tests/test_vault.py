@@ -165,7 +165,10 @@ async def test_a_secret_stays_in_its_tenant_and_fails_closed_when_moved_or_alter
 
 
 # Names that suggest a column holds a secret (or something derived from one).
-SECRET_LOOKING = re.compile(r"seal|secret|credential|passw|token|api_key|private|_key$|code|otp", re.IGNORECASE)
+SECRET_LOOKING = re.compile(
+    r"seal|secret|credential|passw|token|api_key|private|_key$|code|otp|oauth|refresh|signing|bearer|cipher|encrypt",
+    re.IGNORECASE,
+)
 
 
 async def test_every_column_that_looks_secret_is_a_registered_sealed_column_or_explained(

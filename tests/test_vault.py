@@ -125,6 +125,8 @@ async def test_a_secret_stays_in_its_tenant_and_fails_closed_when_moved_or_alter
             assert problem["type"].endswith("/secret-unreadable")
             assert "cannot be opened" in problem["detail"] and problem["name"] == "stripe.key"
             assert VALUE_A not in moved.text and VALUE_B not in moved.text and sealed_a not in moved.text
+            # (Stored again, so that no unopenable secret is left for a later `secrets rotate`.)
+            await client.put(f"/api/{name}/secrets/stripe.key", json={"value": VALUE_B}, headers=hb)
 
             # Tampering: one altered character of A's own ciphertext fails closed too.
             body = sealed_a[3:]

@@ -35,6 +35,7 @@ from kernel.plugins.services import Services
 from kernel.runtime import open_kernel
 from kernel.settings import Settings, load_settings
 from kernel.tenants import routes as tenant_routes
+from kernel.webhooks.routes import receive_webhook
 
 __all__ = ["create_app", "kernel_route_handlers", "load_app_plugins"]
 
@@ -47,6 +48,8 @@ from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
 from kernel.tenants import models as _tenant_models  # noqa: E402,F401
+from kernel.vault import models as _vault_models  # noqa: E402,F401
+from kernel.webhooks import models as _webhook_models  # noqa: E402,F401
 
 
 def kernel_route_handlers() -> list[Any]:
@@ -68,6 +71,7 @@ def kernel_route_handlers() -> list[Any]:
         *ai_library_routes.handlers,
         *ai_retrieval_routes.handlers,
         *ai_openai_routes.handlers,
+        receive_webhook,
     ]
 
 

@@ -168,7 +168,7 @@ def secrets() -> None:
 
 @secrets.command("rotate")
 def secrets_rotate() -> None:
-    """Re-seal every stored secret (TOTP seeds, AI provider keys) under the newest master key.
+    """Re-seal every stored secret (TOTP seeds, AI provider keys, plugins' vault) under the newest master key.
 
     Add the new key to BUSINESSOS_MASTER_KEYS (version:base64url key) on every process first;
     keep the old ones until this command reports no failures.

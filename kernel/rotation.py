@@ -1,21 +1,25 @@
 """Re-seal every stored secret under the newest master key.
 
-Secrets live in two places: users' TOTP seeds (global table, context ``user:<id>``) and
-tenants' AI provider keys (a tenant table, context ``tenant:<id>``, reached through each tenant's
-own transaction so row-level security holds). A value already under the newest version is left
-alone, so a rotation that stopped half-way can simply be run again.
+What is sealed, where, and with which associated data is declared once, in
+:data:`kernel.vault.sealed.SEALED_COLUMNS` (users' TOTP seeds, tenants' AI provider keys, the
+plugins' vault); this module walks that registry and knows no table by name. Global tables are
+re-sealed in a transaction without a tenant; tenant tables inside each tenant's own transaction, so
+row-level security holds. A value already under the newest version is left alone, and each update
+only replaces the value it read, so a rotation that stopped half-way (or raced a write) can simply
+be run again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import column, select, table, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.ai.models import ProviderKeyRow
 from kernel.context import Kernel
-from kernel.crypto import SecretBoxError
-from kernel.identity.models import UserRow
+from kernel.crypto import SecretBox, SecretBoxError
+from kernel.vault.sealed import SEALED_COLUMNS, SealedColumn
 
 __all__ = ["RotationReport", "rotate_secrets"]
 
@@ -28,35 +32,40 @@ class RotationReport:
     failures: list[str] = field(default_factory=list)
 
 
+async def _reseal(session: AsyncSession, box: SecretBox, sealed: SealedColumn, report: RotationReport) -> None:
+    """Re-seal the values of one column visible to ``session``."""
+    names = ["id", *sealed.reads]
+    target = table(sealed.table, *(column(n) for n in dict.fromkeys([*names, sealed.column])))
+    value = target.c[sealed.column]
+    rows = (await session.execute(select(*(target.c[n] for n in names), value).where(value.is_not(None)))).all()
+    for row in rows:
+        values: dict[str, Any] = dict(row._mapping)
+        old = values[sealed.column]
+        if not box.needs_reseal(old):
+            report.current += 1
+            continue
+        context = sealed.context(values)
+        try:
+            fresh = box.seal(box.open(old, context), context)
+        except SecretBoxError:
+            report.failures.append(f"{sealed.describe(values)} cannot be opened")
+            continue
+        where = [target.c[n] == values[n] for n in names if n in ("id", "tenant_id")]
+        await session.execute(update(target).where(*where, value == old).values({sealed.column: fresh}))
+        report.resealed += 1
+
+
 async def rotate_secrets(kernel: Kernel) -> RotationReport:
+    """Re-seal every value of every registered sealed column under the newest master key."""
     box = kernel.box
     report = RotationReport(version=box.current)
     async with kernel.db.global_() as session:
-        query = select(UserRow.id, UserRow.mfa_secret).where(UserRow.mfa_secret.is_not(None))
-        for user_id, sealed in (await session.execute(query)).all():
-            if sealed is None or not box.needs_reseal(sealed):
-                report.current += 1
-                continue
-            context = f"user:{user_id}"
-            try:
-                fresh = box.seal(box.open(sealed, context), context)
-            except SecretBoxError:
-                report.failures.append(f"user {user_id}: TOTP seed cannot be opened")
-                continue
-            await session.execute(update(UserRow).where(UserRow.id == user_id).values(mfa_secret=fresh))
-            report.resealed += 1
+        for sealed in SEALED_COLUMNS:
+            if not sealed.tenant_scoped:
+                await _reseal(session, box, sealed, report)
     for tenant in await kernel.tenants.list():
         async with kernel.db.tenant(tenant.id) as session:
-            rows = (await session.execute(select(ProviderKeyRow))).scalars().all()
-            for row in rows:
-                if not box.needs_reseal(row.sealed_key):
-                    report.current += 1
-                    continue
-                context = f"tenant:{tenant.id}"
-                try:
-                    row.sealed_key = box.seal(box.open(row.sealed_key, context), context)
-                except SecretBoxError:
-                    report.failures.append(f"tenant {tenant.slug}: {row.provider} key cannot be opened")
-                    continue
-                report.resealed += 1
+            for sealed in SEALED_COLUMNS:
+                if sealed.tenant_scoped:
+                    await _reseal(session, box, sealed, report)
     return report

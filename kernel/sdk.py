@@ -44,6 +44,10 @@ from kernel.plugins.hookspecs import hookimpl
 from kernel.plugins.services import AI, Actor, AIAnswer, ChangeLog, Changes, Data, Members, Services, Tenants
 from kernel.runtime import open_services
 from kernel.tenants.schemas import Tenant
+from kernel.vault.service import SecretUnreadable, Vault
+from kernel.webhooks.contract import InboundWebhook, WebhookReply, WebhookRoute
+from kernel.webhooks.service import WebhookEndpoint, WebhookEndpointCreated, Webhooks
+from kernel.webhooks.signatures import HmacScheme, InvalidSignature, verify_hmac, verify_standard_webhook
 
 __all__ = [
     "AI",
@@ -62,6 +66,9 @@ __all__ = [
     "EventType",
     "FieldError",
     "Forbidden",
+    "HmacScheme",
+    "InboundWebhook",
+    "InvalidSignature",
     "Manifest",
     "Members",
     "Model",
@@ -78,11 +85,18 @@ __all__ = [
     "Query",
     "Reader",
     "RequestMeta",
+    "SecretUnreadable",
     "Services",
     "Tenant",
     "TenantScoped",
     "Tenants",
     "Unprocessable",
+    "Vault",
+    "WebhookEndpoint",
+    "WebhookEndpointCreated",
+    "WebhookReply",
+    "WebhookRoute",
+    "Webhooks",
     "check_list",
     "check_version",
     "create_tenant_table",
@@ -99,4 +113,6 @@ __all__ = [
     "parse_if_match",
     "utcnow",
     "uuid7",
+    "verify_hmac",
+    "verify_standard_webhook",
 ]

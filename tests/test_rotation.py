@@ -1,13 +1,18 @@
 """`businessos secrets rotate`: every stored secret moves to the newest master key, nothing lost."""
+# The secrets: a user's TOTP seed, a tenant's AI provider key and a plugin's vault secret, each
+# declared once in kernel.vault.sealed (tests/test_vault.py checks that nothing sealed is missing).
 
 from __future__ import annotations
 
 import base64
 import os
+import uuid
 from pathlib import Path
 
 import asyncpg
 
+from kernel.app import load_app_plugins
+from kernel.runtime import open_kernel
 from kernel.settings import Settings
 from tests.conftest import SECRET, _dsn, new_tenant, open_client, settings_for
 from tests.test_cli import run_cli
@@ -16,7 +21,7 @@ from tests.test_mfa import _enable, _mfa_token, _setup, _verify, current_step, r
 NEW_KEY = "2:" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 
 
-async def test_rotation_reseals_totp_seeds_and_provider_keys_under_the_new_key(
+async def test_rotation_reseals_totp_seeds_provider_keys_and_vault_secrets_under_the_new_key(
     settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
     assert settings.redis_url
@@ -31,6 +36,10 @@ async def test_rotation_reseals_totp_seeds_and_provider_keys_under_the_new_key(
             "/api/ai/keys/openai", json={"api_key": key, "api_base": "http://127.0.0.1:9/v1"}, headers=headers
         )
         assert put.status_code == 200, put.text
+    # A plugin's vault secret, stored through the facade (the vault's table is the kernel's).
+    vault_value = "whsec_rotation-test-signing-secret"
+    async with open_kernel(before, load_app_plugins(frozenset())) as kernel:
+        await kernel.services("rotplugin").vault.put(uuid.UUID(tenant["id"]), "signing", vault_value)
 
     env = {
         "DATABASE_URL": database_url,
@@ -51,11 +60,14 @@ async def test_rotation_reseals_totp_seeds_and_provider_keys_under_the_new_key(
         sealed = await owner.fetchval(
             "select sealed_key from ai_provider_keys where tenant_id = $1::uuid", tenant["id"]
         )
+        vaulted = await owner.fetchval(
+            "select sealed_value from vault_secrets where tenant_id = $1::uuid and plugin = 'rotplugin'", tenant["id"]
+        )
     finally:
         await owner.close()
-    assert seed.startswith("v2:") and sealed.startswith("v2:")
+    assert seed.startswith("v2:") and sealed.startswith("v2:") and vaulted.startswith("v2:")
 
-    # With the new key configured, both secrets still work.
+    # With the new key configured, all three secrets still work.
     after = settings_for(
         database_url,
         settings.redis_url,
@@ -63,6 +75,8 @@ async def test_rotation_reseals_totp_seeds_and_provider_keys_under_the_new_key(
         BUSINESSOS_MASTER_KEYS=NEW_KEY,
         BUSINESSOS_AI_ALLOW_PRIVATE_BASES="1",
     )
+    async with open_kernel(after, load_app_plugins(frozenset())) as kernel:
+        assert await kernel.services("rotplugin").vault.open(uuid.UUID(tenant["id"]), "signing") == vault_value
     async with open_client(after) as client:
         keys = (await client.get("/api/ai/keys", headers={"X-Tenant-ID": tenant["slug"]})).json()
         assert "cdef" in str(keys) and key not in str(keys)

@@ -26,9 +26,13 @@ from kernel.identity.principal import Principal
 from kernel.identity.service import Unauthorized
 from kernel.identity.tokens import TokenError
 
-__all__ = ["AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
+__all__ = ["SKIP_AUTHENTICATION", "AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
 
 log = logging.getLogger("businessos.auth")
+
+SKIP_AUTHENTICATION = "skip_authentication"
+"""Route ``opt`` key: the middleware leaves the request's credentials unread (inbound webhooks,
+whose ``Authorization`` header, if any, is the sender's business)."""
 
 # Rejected tokens and keys per client address and minute, as a multiple of the strict auth limit
 # (a client whose token just expired must not be locked out by its own retries).
@@ -57,6 +61,7 @@ def _credential(headers: dict[str, str]) -> tuple[str, str] | None:
 
 class AuthenticationMiddleware(ASGIMiddleware):
     scopes = ("http",)  # type: ignore[assignment]
+    exclude_opt_key = SKIP_AUTHENTICATION
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

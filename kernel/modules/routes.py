@@ -74,7 +74,8 @@ class Purged(msgspec.Struct, frozen=True):
 
 @delete("/api/modules/{name:str}/data", status_code=200, tags=["modules"], opt={"permission": PURGE})
 async def purge_module_data(name: str, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]) -> Purged:
-    """Delete this tenant's data of a disabled module (its rows and settings). Other tenants keep theirs."""
+    """Delete this tenant's data of a disabled module (its rows, settings, vault secrets and webhook
+    endpoints). Other tenants keep theirs."""
     deleted = await kernel.modules.purge(tenant.id, name, actor=request_actor(request), meta=request_meta(request))
     return Purged(module=name, deleted=deleted)
 

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,8 @@ from kernel.errors import Conflict, FieldError, NotFound, Unprocessable
 from kernel.modules.models import TenantModuleRow
 from kernel.modules.schemas import Module
 from kernel.plugins.loader import PluginRecord, PluginSet
+from kernel.vault.models import VaultSecretRow
+from kernel.webhooks.models import WebhookEndpointRow
 
 __all__ = ["ModuleService"]
 
@@ -156,9 +158,10 @@ class ModuleService:
     async def purge(
         self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
     ) -> dict[str, int]:
-        """Delete this tenant's rows in every table of module ``name`` and its settings; other
-        tenants' rows are untouched (row-level security and an explicit filter). The module must be
-        disabled first. Returns the rows deleted per table; audited as ``module.purged``."""
+        """Delete this tenant's rows in every table of module ``name``, its settings, and its vault
+        secrets and webhook endpoints; other tenants' rows are untouched (row-level security and an
+        explicit filter). The module must be disabled first. Returns the rows deleted per table
+        (the kernel's tables only when the plugin had rows there); audited as ``module.purged``."""
         record = self._plugin(name)
         deleted: dict[str, int] = {}
         async with self.db.tenant(tenant_id) as session:
@@ -169,6 +172,11 @@ class ModuleService:
             for table in reversed(record.metadata.sorted_tables if record.metadata is not None else []):
                 result = await session.execute(table.delete().where(table.c.tenant_id == tenant_id))
                 deleted[table.name] = int(result.rowcount)  # type: ignore[attr-defined]
+            # The plugin's vault secrets and webhook endpoints live in kernel tables keyed by plugin.
+            for kept in (VaultSecretRow, WebhookEndpointRow):
+                result = await session.execute(delete(kept).where(kept.plugin == name))
+                if result.rowcount:  # type: ignore[attr-defined]
+                    deleted[kept.__tablename__] = int(result.rowcount)  # type: ignore[attr-defined]
             settings = await session.execute(
                 update(TenantModuleRow).where(TenantModuleRow.plugin == name).values(settings={}, updated_at=utcnow())
             )

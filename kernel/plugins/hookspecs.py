@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
     from kernel.plugins.contract import EventHandler, EventType, LifespanFactory, NodeSpec, Permission
+    from kernel.webhooks.contract import WebhookRoute
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -99,3 +100,14 @@ def businessos_lifespan() -> LifespanFactory:
 @hookspec
 def businessos_cli_commands() -> Sequence[click.Command]:
     """Return click commands added under ``businessos <plugin> ...``."""
+
+
+@hookspec
+def businessos_webhook_routes() -> Sequence[WebhookRoute]:
+    """Return the plugin's inbound webhook routes, each an ``sdk.WebhookRoute(name, handler)``.
+
+    Deliveries arrive at ``/hooks/<plugin>/<token>`` of an endpoint the plugin created for a tenant
+    (``services.webhooks.create``); the tenant comes from the token, never from a header. The
+    kernel answers 404 for unknown or revoked tokens and disabled modules, rate-limits per token,
+    audits each delivery and calls ``handler(sdk.InboundWebhook)``, which verifies the signature.
+    """

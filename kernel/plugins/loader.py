@@ -35,6 +35,7 @@ from kernel.plugins.contract import (
     NodeSpec,
     Permission,
 )
+from kernel.webhooks.contract import WEBHOOK_NAME, WebhookRoute
 
 __all__ = ["ENTRY_POINT_GROUP", "BootError", "PluginRecord", "PluginSet", "load_plugins", "route_keys"]
 
@@ -68,6 +69,7 @@ class PluginRecord:
     settings_schema: type[msgspec.Struct] | None = None
     lifespan: LifespanFactory | None = None
     cli_commands: list[Any] = field(default_factory=list)
+    webhooks: list[WebhookRoute] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -202,6 +204,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_settings_schema",
         "businessos_lifespan",
         "businessos_cli_commands",
+        "businessos_webhook_routes",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -252,6 +255,9 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     record.lifespan = value
                 case "businessos_cli_commands":
                     record.cli_commands = list(value)
+                case "businessos_webhook_routes":
+                    record.webhooks = list(value)
+                    _check_webhooks(record)
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -289,6 +295,18 @@ def _check_route_permissions(record: PluginRecord) -> None:
                     f"route {route.path} requires {permission!r}, which the plugin does not declare"
                 )
                 return
+
+
+def _check_webhooks(record: PluginRecord) -> None:
+    names = []
+    for route in record.webhooks:
+        if not isinstance(route, WebhookRoute) or not callable(route.handler):
+            record.disable("businessos_webhook_routes must return sdk.WebhookRoute values")
+            return
+        if not WEBHOOK_NAME.match(route.name) or route.name in names:
+            record.disable(f"webhook route {route.name!r} is declared twice or is not a lower-case identifier")
+            return
+        names.append(route.name)
 
 
 _DOTTED = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")

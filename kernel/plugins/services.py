@@ -26,6 +26,8 @@ from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal
 from kernel.tenants.schemas import Tenant
+from kernel.vault.service import Vault
+from kernel.webhooks.service import Webhooks
 
 if TYPE_CHECKING:
     from kernel.ai.proxy import AIProxy, Caller, PreparedCall
@@ -366,6 +368,8 @@ class Services:
         self.changes = Changes(plugin)
         self.ai = AI(kernel, plugin)
         self.tenants = Tenants(kernel, plugin)
+        self.vault = Vault(kernel.db, kernel.box, plugin)
+        self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -1,0 +1,193 @@
+"""Inbound webhook endpoints: a plugin's public URLs, one per tenant and purpose.
+
+An endpoint's URL is ``/hooks/<plugin>/<token>``. The token (``whk_...``, the same shape as an API
+key: the tenant id, 32 random bytes, a checksum) is shown once, when the endpoint is created or
+rotated; only its SHA-256 is stored. The tenant comes from the token, and the endpoint is looked up
+by hash inside that tenant's transaction, so row-level security holds and no header is trusted:
+a token for tenant A can only ever find tenant A's endpoint.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.audit.log import RequestMeta, record
+from kernel.db.models import utcnow, uuid7
+from kernel.errors import FieldError, NotFound, Unprocessable
+from kernel.identity.tokens import OpaqueSecret, TokenError
+from kernel.webhooks.models import WebhookEndpointRow
+
+if TYPE_CHECKING:
+    from kernel.db.engine import Database
+    from kernel.plugins.loader import PluginSet
+
+__all__ = [
+    "HOOKS_PREFIX",
+    "WEBHOOK_TOKEN_KIND",
+    "WebhookEndpoint",
+    "WebhookEndpointCreated",
+    "Webhooks",
+    "find_endpoint",
+]
+
+WEBHOOK_TOKEN_KIND = "whk"
+HOOKS_PREFIX = "/hooks"
+
+
+class WebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """An endpoint as listed: never its token."""
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    rotated_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class WebhookEndpointCreated(msgspec.Struct, frozen=True, kw_only=True):
+    """A new (or rotated) endpoint with its URL path: the only time the token is shown."""
+
+    id: uuid.UUID
+    name: str
+    path: str
+    """``/hooks/<plugin>/<token>``: give it to the sender, prefixed with the public base URL."""
+    prefix: str
+    created_at: datetime
+
+
+def _info(row: WebhookEndpointRow) -> WebhookEndpoint:
+    return WebhookEndpoint(
+        id=row.id, name=row.name, prefix=row.prefix, created_at=row.created_at,
+        rotated_at=row.rotated_at, revoked_at=row.revoked_at,
+    )
+
+
+async def find_endpoint(db: Database, plugin: str, token: str) -> WebhookEndpointRow | None:
+    """The live endpoint of ``plugin`` that ``token`` opens, or ``None`` (malformed, unknown,
+    revoked, another plugin's). Looked up by hash in the tenant the token names."""
+    try:
+        secret = OpaqueSecret.parse(WEBHOOK_TOKEN_KIND, token)
+    except TokenError:
+        return None
+    async with db.tenant(secret.tenant_id) as session:
+        row = (
+            await session.execute(
+                select(WebhookEndpointRow).where(
+                    WebhookEndpointRow.token_hash == secret.hash,
+                    WebhookEndpointRow.plugin == plugin,
+                    WebhookEndpointRow.revoked_at.is_(None),
+                )
+            )
+        ).scalar_one_or_none()
+        if row is not None:
+            session.expunge(row)
+    return row
+
+
+class Webhooks:
+    """A plugin's inbound webhook endpoints, per tenant (``services.webhooks``, bound to the plugin).
+
+    The plugin declares its webhook routes (``businessos_webhook_routes``); for each tenant that
+    wants deliveries it creates an endpoint for one of them, hands the returned ``path`` to the
+    sender once, and may rotate (new token, old one dead at once) or revoke it. Every change is
+    audited (``webhook.endpoint.created`` / ``rotated`` / ``revoked``), without the token.
+    """
+
+    def __init__(self, db: Database, plugins: PluginSet, plugin: str) -> None:
+        self._db = db
+        self._plugins = plugins
+        self.plugin = plugin
+
+    def _declared(self, name: str) -> str:
+        record_ = self._plugins.get(self.plugin)
+        names = [w.name for w in record_.webhooks] if record_ is not None else []
+        if name not in names:
+            raise Unprocessable(
+                f"plugin {self.plugin} declares no webhook route {name!r} (declared: {', '.join(names) or 'none'})",
+                errors=[FieldError(field="name", message="not a declared webhook route")],
+            )
+        return name
+
+    def _created(self, row: WebhookEndpointRow, secret: OpaqueSecret) -> WebhookEndpointCreated:
+        return WebhookEndpointCreated(
+            id=row.id, name=row.name, path=f"{HOOKS_PREFIX}/{self.plugin}/{secret.value}",
+            prefix=row.prefix, created_at=row.created_at,
+        )
+
+    async def create(
+        self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> WebhookEndpointCreated:
+        """A new endpoint for the declared webhook route ``name``; its path is shown only now."""
+        self._declared(name)
+        secret = OpaqueSecret.new(WEBHOOK_TOKEN_KIND, tenant_id)
+        row = WebhookEndpointRow(
+            tenant_id=tenant_id, id=uuid7(), plugin=self.plugin, name=name, token_hash=secret.hash,
+            prefix=secret.display_prefix, created_at=utcnow(),
+        )
+        async with self._db.tenant(tenant_id) as session:
+            session.add(row)
+            await self._audit(session, tenant_id, "webhook.endpoint.created", row, actor, meta)
+        return self._created(row, secret)
+
+    async def rotate(
+        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> WebhookEndpointCreated:
+        """A new token for a live endpoint (same id and route); the old path stops working at once."""
+        secret = OpaqueSecret.new(WEBHOOK_TOKEN_KIND, tenant_id)
+        async with self._db.tenant(tenant_id) as session:
+            row = await self._get(session, endpoint_id)
+            if row.revoked_at is not None:
+                raise NotFound(f"webhook endpoint {endpoint_id} is revoked")
+            row.token_hash, row.prefix, row.rotated_at = secret.hash, secret.display_prefix, utcnow()
+            await self._audit(session, tenant_id, "webhook.endpoint.rotated", row, actor, meta)
+        return self._created(row, secret)
+
+    async def revoke(
+        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> WebhookEndpoint:
+        """Revoke the endpoint: its path answers 404 from now on (repeating is harmless)."""
+        async with self._db.tenant(tenant_id) as session:
+            row = await self._get(session, endpoint_id)
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                await self._audit(session, tenant_id, "webhook.endpoint.revoked", row, actor, meta)
+            return _info(row)
+
+    async def list(self, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:
+        """The plugin's endpoints in the tenant, oldest first, revoked ones included."""
+        async with self._db.tenant(tenant_id) as session:
+            rows = await session.execute(
+                select(WebhookEndpointRow)
+                .where(WebhookEndpointRow.plugin == self.plugin)
+                .order_by(WebhookEndpointRow.created_at, WebhookEndpointRow.id)
+            )
+            return [_info(r) for r in rows.scalars()]
+
+    async def _get(self, session: AsyncSession, endpoint_id: uuid.UUID) -> WebhookEndpointRow:
+        row = (
+            await session.execute(
+                select(WebhookEndpointRow).where(
+                    WebhookEndpointRow.id == endpoint_id, WebhookEndpointRow.plugin == self.plugin
+                )
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+        return row
+
+    async def _audit(
+        self, session: AsyncSession, tenant_id: uuid.UUID, action: str, row: WebhookEndpointRow,
+        actor: str | None, meta: RequestMeta | None,
+    ) -> None:
+        await record(
+            session, tenant_id=tenant_id, actor=actor or f"plugin:{self.plugin}", action=action,
+            resource_type="webhook.endpoint", resource_id=str(row.id),
+            meta=meta, details={"plugin": self.plugin, "name": row.name, "prefix": row.prefix},
+        )

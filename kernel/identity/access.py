@@ -19,6 +19,7 @@ from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
+from kernel.events import catalog as events
 from kernel.identity.models import ApiKeyRow, MembershipRow, RoleGrantRow
 from kernel.identity.permissions import KERNEL_PERMISSIONS, ROLES, default_grants
 from kernel.identity.principal import Principal
@@ -230,6 +231,10 @@ class AccessService:
                 resource_type="api_key", resource_id=str(row.id), meta=meta,
                 after={"name": row.name, "prefix": row.prefix, "role": row.role, "scopes": row.scopes},
             )
+            await events.publish(session, principal.tenant_id, events.ApiKeyCreated(
+                actor=principal.actor, api_key_id=row.id, name=row.name, prefix=row.prefix, role=row.role,
+                scopes=row.scopes, expires_at=row.expires_at,
+            ))
         return ApiKeyCreated(
             id=row.id,
             name=row.name,
@@ -271,6 +276,9 @@ class AccessService:
                     session, tenant_id=principal.tenant_id, actor=principal.actor, action="api_key.revoked",
                     resource_type="api_key", resource_id=str(row.id), meta=meta,
                 )
+                await events.publish(session, principal.tenant_id, events.ApiKeyRevoked(
+                    actor=principal.actor, api_key_id=row.id, name=row.name, prefix=row.prefix
+                ))
             key_hash = row.key_hash
         await self._publish(KEY_TOPIC, self._keys, key_hash.hex())
         return row

@@ -17,6 +17,7 @@ from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import Conflict, FieldError, NotFound, Unprocessable
+from kernel.events.catalog import ModuleDisabled, ModuleEnabled, ModulePurged, publish
 from kernel.modules.models import TenantModuleRow
 from kernel.modules.schemas import Module
 from kernel.plugins.loader import PluginRecord, PluginSet
@@ -113,6 +114,8 @@ class ModuleService:
                 resource_id=name, meta=meta, before={"enabled": name in already},
                 after={"enabled": True, "changed": added},
             )
+            for plugin in added:
+                await publish(session, tenant_id, ModuleEnabled(actor=actor, module=plugin, requested=name))
         await self._invalidate(tenant_id)
         return added
 
@@ -150,6 +153,7 @@ class ModuleService:
                 session, tenant_id=tenant_id, actor=actor, action="module.disabled", resource_type="module",
                 resource_id=name, meta=meta, before={"enabled": True}, after={"enabled": False},
             )
+            await publish(session, tenant_id, ModuleDisabled(actor=actor, module=name))
         await self._invalidate(tenant_id)
         return True
 
@@ -177,6 +181,7 @@ class ModuleService:
                 resource_id=name, meta=meta,
                 details={"deleted": deleted, "settings_reset": bool(settings.rowcount)},  # type: ignore[attr-defined]
             )
+            await publish(session, tenant_id, ModulePurged(actor=actor, module=name, deleted=deleted))
         return deleted
 
     async def get_settings(self, tenant_id: uuid.UUID, name: str) -> dict[str, Any]:

@@ -43,7 +43,9 @@ log = logging.getLogger("businessos.plugins")
 ENTRY_POINT_GROUP = "businessos.plugins"
 KERNEL = "kernel"
 # Names whose namespace (routes, permissions, tables) the kernel uses itself.
-RESERVED_NAMES = frozenset({KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1"})
+RESERVED_NAMES = frozenset(
+    {KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1", "events"}
+)
 
 
 class BootError(RuntimeError):
@@ -416,7 +418,10 @@ def load_plugins(
         _claim(owners, "node key", (n.key for n in record.nodes), name)
         _claim(owners, "event", (e.name for e in record.event_types), name)
 
-    declared = {e.name for r in records.values() if r.active for e in r.event_types}
+    from kernel.events.catalog import KERNEL_EVENT_TYPES
+
+    declared = {e.name for e in KERNEL_EVENT_TYPES}
+    declared |= {e.name for r in records.values() if r.active for e in r.event_types}
     for name in order:
         record = records[name]
         for handler in record.event_handlers if record.active else ():

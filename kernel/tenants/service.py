@@ -15,6 +15,7 @@ from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.errors import BadRequest, Conflict, Forbidden, NotFound
+from kernel.events.catalog import TenantActivated, TenantCreated, TenantSuspended, publish
 from kernel.tenants.models import TenantRow
 from kernel.tenants.schemas import Status, Tenant, TenantCreate
 
@@ -49,6 +50,10 @@ class TenantService:
                 await _audit(
                     session, row.id, actor, "tenant.created", meta,
                     after={"name": row.name, "slug": row.slug, "plan": row.plan},
+                )
+                await publish(
+                    session, row.id,
+                    TenantCreated(actor=actor, tenant_id=row.id, name=row.name, slug=row.slug, plan=row.plan),
                 )
         except IntegrityError as exc:
             if "uq_tenants_slug" in str(exc.orig):
@@ -109,6 +114,9 @@ class TenantService:
                 session, tenant.id, actor, "tenant.status.updated", meta,
                 before={"status": before}, after={"status": status},
             )
+            if before != status:
+                change = TenantSuspended if status == "suspended" else TenantActivated
+                await publish(session, tenant.id, change(actor=actor, tenant_id=tenant.id, slug=tenant.slug))
         await self._invalidate(str(tenant.id), tenant.slug)
         return msgspec.structs.replace(tenant, status=status)
 

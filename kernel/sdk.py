@@ -14,7 +14,17 @@ from kernel.context import Kernel, current_tenant, get_kernel
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
-from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
+from kernel.entitlements import Entitlement, EntitlementProvider, EntitlementQuery, Entitlements
+from kernel.errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PaymentRequired,
+    Problem,
+    Unprocessable,
+)
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.auth import principal_of
@@ -33,6 +43,10 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "Data",
+    "Entitlement",
+    "EntitlementProvider",
+    "EntitlementQuery",
+    "Entitlements",
     "EventContext",
     "EventHandler",
     "EventType",
@@ -43,6 +57,7 @@ __all__ = [
     "Members",
     "NodeSpec",
     "NotFound",
+    "PaymentRequired",
     "Permission",
     "Principal",
     "Problem",

@@ -18,6 +18,7 @@ from kernel.audit.log import RequestMeta, record
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
 from kernel.events import catalog as events
 from kernel.identity.models import ApiKeyRow, MembershipRow, RoleGrantRow
@@ -51,7 +52,14 @@ async def is_member(session: AsyncSession, user_id: uuid.UUID) -> bool:
 
 
 class AccessService:
-    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        plugins: PluginSet,
+        bus: InvalidationBus | None,
+        entitlements: EntitlementGate | None = None,
+    ) -> None:
+        self.entitlements = entitlements
         self.db = db
         self.bus = bus
         self.catalog: dict[str, tuple[Permission, str]] = {p.name: (p, "kernel") for p in KERNEL_PERMISSIONS}
@@ -212,6 +220,8 @@ class AccessService:
         beyond = sorted(wanted - principal.permissions)
         if beyond:
             raise Forbidden(f"you cannot grant what you do not have: {', '.join(beyond)}")
+        if self.entitlements is not None:
+            await self.entitlements.require(principal.tenant_id, "kernel.api_keys")
         secret = OpaqueSecret.new(API_KEY_KIND, principal.tenant_id)
         row = ApiKeyRow(
             tenant_id=principal.tenant_id,

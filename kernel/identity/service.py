@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.audit.log import RequestMeta, record
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, Problem, Unprocessable
 from kernel.events.catalog import (
     InvitationAccepted,
@@ -102,9 +103,11 @@ class IdentityService:
         keys: KeySet,
         tenants: TenantService,
         access: AccessService,
+        entitlements: EntitlementGate,
         *,
         refresh_days: int,
     ) -> None:
+        self.entitlements = entitlements
         self.db = db
         self.redis = redis
         self.keys = keys
@@ -140,7 +143,8 @@ class IdentityService:
             data.owner.password, field="owner.password", context=[email, data.name, data.slug]
         )
         await self._check_lock(email)
-        tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
+        plan = self.entitlements.plan(data.plan)
+        tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=plan, status="active")
         try:
             async with self.db.global_() as session:
                 tenant_row.allow_signup = data.allow_signup
@@ -175,7 +179,7 @@ class IdentityService:
             raise
         tenant = Tenant(
             id=tenant_row.id, name=tenant_row.name, slug=tenant_row.slug, status="active",
-            plan=data.plan, created_at=tenant_row.created_at, allow_signup=tenant_row.allow_signup,
+            plan=plan, created_at=tenant_row.created_at, allow_signup=tenant_row.allow_signup,
         )
         return TenantWithOwner(
             tenant=tenant, user_id=user.id, access_token=pair.access_token,
@@ -233,6 +237,7 @@ class IdentityService:
                 ).scalar_one()
             if not allowed:
                 raise Forbidden(f"tenant {tenant.slug!r} accepts new members by invitation only")
+        await self.entitlements.require(tenant.id, "kernel.members")
         try:
             async with self.db.tenant(tenant.id) as session:
                 if invite is not None:

@@ -16,6 +16,7 @@ from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, NotFound, Unprocessable
 from kernel.events.catalog import ModuleDisabled, ModuleEnabled, ModulePurged, publish
 from kernel.modules.models import TenantModuleRow
@@ -28,8 +29,16 @@ TOPIC = "modules"
 
 
 class ModuleService:
-    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None, ttl: float = 60.0):
+    def __init__(
+        self,
+        db: Database,
+        plugins: PluginSet,
+        bus: InvalidationBus | None,
+        entitlements: EntitlementGate | None = None,
+        ttl: float = 60.0,
+    ):
         self.db = db
+        self.entitlements = entitlements
         self.plugins = plugins
         self.bus = bus
         self._cache: TTLCache[str, object] = TTLCache(ttl)
@@ -100,6 +109,10 @@ class ModuleService:
             await self._lock(session, tenant_id)
             already = await self._enabled_in(session)
             added = [n for n in wanted if n not in already]
+            # Every module the call switches on, dependencies too, must be in the tenant's plan.
+            for plugin in added:
+                if self.entitlements is not None:
+                    await self.entitlements.require(tenant_id, f"kernel.module.{plugin}")
             for plugin in added:
                 stmt = insert(TenantModuleRow).values(
                     tenant_id=tenant_id, id=uuid7(), plugin=plugin, enabled=True, settings={}

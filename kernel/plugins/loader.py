@@ -25,6 +25,7 @@ from packaging.version import Version
 from sqlalchemy import MetaData
 
 from kernel import KERNEL_API_VERSION
+from kernel.entitlements import EntitlementProvider
 from kernel.plugins import hookspecs
 from kernel.plugins.contract import (
     PLUGIN_NAME,
@@ -70,6 +71,7 @@ class PluginRecord:
     settings_schema: type[msgspec.Struct] | None = None
     lifespan: LifespanFactory | None = None
     cli_commands: list[Any] = field(default_factory=list)
+    entitlements: EntitlementProvider | None = None
 
     @property
     def active(self) -> bool:
@@ -204,6 +206,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_settings_schema",
         "businessos_lifespan",
         "businessos_cli_commands",
+        "businessos_entitlements",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -254,6 +257,11 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     record.lifespan = value
                 case "businessos_cli_commands":
                     record.cli_commands = list(value)
+                case "businessos_entitlements":
+                    if not isinstance(value, EntitlementProvider):
+                        record.disable("businessos_entitlements must return a sdk.EntitlementProvider")
+                    else:
+                        record.entitlements = value
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -417,6 +425,13 @@ def load_plugins(
         _claim(owners, "permission", (p.name for p in record.permissions), name)
         _claim(owners, "node key", (n.key for n in record.nodes), name)
         _claim(owners, "event", (e.name for e in record.event_types), name)
+
+    answering = [records[n].name for n in order if records[n].active and records[n].entitlements is not None]
+    if len(answering) > 1:
+        raise BootError(
+            f"plugins {' and '.join(answering)} both answer entitlements (businessos_entitlements): "
+            "only one plugin may decide what tenants are entitled to; uninstall or disallow all but one"
+        )
 
     from kernel.events.catalog import KERNEL_EVENT_TYPES
 

@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db.reader import Reader
+from kernel.entitlements import Entitlements
 from kernel.identity.access import is_member
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Services:
         self._kernel = kernel
         self.data = Data(kernel)
         self.members = Members()
+        self.entitlements = Entitlements(kernel.entitlements, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

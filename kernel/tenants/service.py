@@ -14,6 +14,7 @@ from kernel.audit import log as audit_log
 from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
+from kernel.entitlements import DEFAULT_PLAN, EntitlementGate
 from kernel.errors import BadRequest, Conflict, Forbidden, NotFound
 from kernel.events.catalog import TenantActivated, TenantCreated, TenantSuspended, publish
 from kernel.tenants.models import TenantRow
@@ -32,6 +33,8 @@ class TenantService:
     def __init__(self, db: Database, bus: InvalidationBus | None = None, ttl: float = 30.0) -> None:
         self.db = db
         self.bus = bus
+        self.entitlements: EntitlementGate | None = None
+        """Validates plan codes; set once the gate exists (it looks tenants up through us)."""
         # Keyed by the canonical reference the client sent: the id's text or the lower-case slug.
         self._cache: TTLCache[str, object] = TTLCache(ttl)
         if bus is not None:
@@ -41,7 +44,8 @@ class TenantService:
         self, data: TenantCreate, *, actor: str | None = None, meta: RequestMeta | None = None
     ) -> Tenant:
         """A new tenant; audited as ``tenant.created`` in the same transaction."""
-        row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
+        plan = self.entitlements.plan(data.plan) if self.entitlements else data.plan or DEFAULT_PLAN
+        row = TenantRow(name=data.name.strip(), slug=data.slug, plan=plan, status="active")
         try:
             async with self.db.global_() as session:
                 session.add(row)

@@ -24,6 +24,7 @@ from kernel.audit.safety_net import audit_unaudited_mutations
 from kernel.context import get_kernel, provide_kernel, provide_tenant
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
+from kernel.events.catalog import list_event_types
 from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
 from kernel.identity import routes as identity_routes
@@ -58,6 +59,7 @@ def kernel_route_handlers() -> list[Any]:
         ready,
         tenant_routes.create_tenant,
         tenant_routes.get_current_tenant,
+        list_event_types,
         module_routes.list_modules,
         module_routes.enable_module,
         module_routes.disable_module,

@@ -206,12 +206,12 @@ def _with_kernel(action: Any) -> Any:
 @tenants.command("create")
 @click.argument("name")
 @click.option("--slug", required=True, help="Unique, lower-case: letters, digits, hyphens.")
-@click.option("--plan", type=click.Choice(["free", "pro", "enterprise"]), default="free", show_default=True)
+@click.option("--plan", help="Plan code (the entitlement provider's default when omitted).")
 @click.option(
     "--owner-email",
     help="Also create the owner account (the password is asked for, or read from standard input).",
 )
-def tenants_create(name: str, slug: str, plan: str, owner_email: str | None) -> None:
+def tenants_create(name: str, slug: str, plan: str | None, owner_email: str | None) -> None:
     """Create a tenant, and with --owner-email its owner.
 
     Without an owner nobody can sign in to the tenant until one is added; an operator's tool.

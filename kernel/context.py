@@ -13,6 +13,7 @@ from kernel.ai.retrieval.service import RetrievalService
 from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
+from kernel.entitlements import EntitlementGate
 from kernel.errors import BadRequest, Forbidden
 from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
@@ -44,6 +45,7 @@ class Kernel:
     access: AccessService
     identity: IdentityService
     limiter: RateLimiter
+    entitlements: EntitlementGate
     ai: AIProxy = field(init=False)
     retrieval: RetrievalService = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
@@ -51,6 +53,7 @@ class Kernel:
     def __post_init__(self) -> None:
         self.ai = AIProxy(self.db, self.box, self.settings, self.bus)
         self.retrieval = RetrievalService(self.db, self.ai)
+        self.entitlements.attach(self.services)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

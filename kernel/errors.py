@@ -23,6 +23,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "PaymentRequired",
     "Problem",
     "ServiceUnavailable",
     "TooManyRequests",
@@ -80,6 +81,13 @@ class NotFound(Problem):
 
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
+
+
+class PaymentRequired(Problem):
+    """402: the tenant's plan does not allow the action; ``extra`` names the limit and the way to
+    lift it (``feature``, ``limit``, ``remaining``, ``lift``)."""
+
+    status, slug, title = 402, "payment-required", "Payment required"
 
 
 class PayloadTooLarge(Problem):
@@ -226,6 +234,7 @@ _HTTP_SLUGS = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     413: ("payload-too-large", "Payload too large"),
+    402: ("payment-required", "Payment required"),
     415: ("unsupported-media-type", "Unsupported media type"),
     429: ("rate-limited", "Too many requests"),
     503: ("service-unavailable", "Service unavailable"),

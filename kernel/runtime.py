@@ -16,6 +16,7 @@ from kernel.db import migrate
 from kernel.db.engine import Database
 from kernel.db.urls import runtime_url
 from kernel.embedded import EmbeddedServices
+from kernel.entitlements import EntitlementGate
 from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
 from kernel.identity.service import IdentityService
@@ -114,7 +115,8 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
         stack.push_async_callback(bus.stop)
         tenants = TenantService(db, bus)
         keys = KeySet.from_config(settings.secret_key, settings.jwt_keys)
-        access = AccessService(db, plugins, bus)
+        entitlements = tenants.entitlements = EntitlementGate(plugins, tenants)
+        access = AccessService(db, plugins, bus, entitlements)
         kernel = Kernel(
             settings=settings,
             plugins=plugins,
@@ -122,14 +124,15 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
             redis=redis,
             bus=bus,
             tenants=tenants,
-            modules=ModuleService(db, plugins, bus),
+            modules=ModuleService(db, plugins, bus, entitlements),
             keys=keys,
             box=SecretBox.from_secret(settings.secret_key, settings.master_keys),
             access=access,
             identity=IdentityService(
-                db, redis, keys, tenants, access, refresh_days=settings.refresh_token_days
+                db, redis, keys, tenants, access, entitlements, refresh_days=settings.refresh_token_days
             ),
             limiter=RateLimiter(redis),
+            entitlements=entitlements,
         )
         try:
             yield kernel

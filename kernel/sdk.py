@@ -14,7 +14,17 @@ from kernel.audit.log import RequestMeta
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import Model, TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
-from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
+from kernel.entitlements import Entitlement, EntitlementProvider, EntitlementQuery, Entitlements
+from kernel.errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PaymentRequired,
+    Problem,
+    Unprocessable,
+)
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.listing import (
@@ -61,6 +71,10 @@ __all__ = [
     "Changes",
     "Conflict",
     "Data",
+    "Entitlement",
+    "EntitlementProvider",
+    "EntitlementQuery",
+    "Entitlements",
     "EventContext",
     "EventHandler",
     "EventType",
@@ -77,6 +91,7 @@ __all__ = [
     "NodeSpec",
     "NotFound",
     "Pagination",
+    "PaymentRequired",
     "Permission",
     "PreconditionFailed",
     "PreconditionRequired",

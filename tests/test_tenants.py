@@ -58,7 +58,7 @@ async def test_invalid_body_names_the_field(client: AsyncTestClient[Any]) -> Non
     assert "name" in body["detail"]
     body = _is_problem(
         await client.post(
-            "/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "gold", "owner": OWNER}
+            "/api/tenants", json={"name": "x", "slug": "ok-slug", "plan": "Not A Plan", "owner": OWNER}
         ),
         422,
     )

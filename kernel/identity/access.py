@@ -18,7 +18,9 @@ from kernel.audit.log import RequestMeta, record
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
+from kernel.events import catalog as events
 from kernel.identity.models import ApiKeyRow, MembershipRow, RoleGrantRow
 from kernel.identity.permissions import KERNEL_PERMISSIONS, ROLES, default_grants
 from kernel.identity.principal import Principal
@@ -50,7 +52,14 @@ async def is_member(session: AsyncSession, user_id: uuid.UUID) -> bool:
 
 
 class AccessService:
-    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        plugins: PluginSet,
+        bus: InvalidationBus | None,
+        entitlements: EntitlementGate | None = None,
+    ) -> None:
+        self.entitlements = entitlements
         self.db = db
         self.bus = bus
         self.catalog: dict[str, tuple[Permission, str]] = {p.name: (p, "kernel") for p in KERNEL_PERMISSIONS}
@@ -211,6 +220,8 @@ class AccessService:
         beyond = sorted(wanted - principal.permissions)
         if beyond:
             raise Forbidden(f"you cannot grant what you do not have: {', '.join(beyond)}")
+        if self.entitlements is not None:
+            await self.entitlements.require(principal.tenant_id, "kernel.api_keys")
         secret = OpaqueSecret.new(API_KEY_KIND, principal.tenant_id)
         row = ApiKeyRow(
             tenant_id=principal.tenant_id,
@@ -230,6 +241,10 @@ class AccessService:
                 resource_type="api_key", resource_id=str(row.id), meta=meta,
                 after={"name": row.name, "prefix": row.prefix, "role": row.role, "scopes": row.scopes},
             )
+            await events.publish(session, principal.tenant_id, events.ApiKeyCreated(
+                actor=principal.actor, api_key_id=row.id, name=row.name, prefix=row.prefix, role=row.role,
+                scopes=row.scopes, expires_at=row.expires_at,
+            ))
         return ApiKeyCreated(
             id=row.id,
             name=row.name,
@@ -271,6 +286,9 @@ class AccessService:
                     session, tenant_id=principal.tenant_id, actor=principal.actor, action="api_key.revoked",
                     resource_type="api_key", resource_id=str(row.id), meta=meta,
                 )
+                await events.publish(session, principal.tenant_id, events.ApiKeyRevoked(
+                    actor=principal.actor, api_key_id=row.id, name=row.name, prefix=row.prefix
+                ))
             key_hash = row.key_hash
         await self._publish(KEY_TOPIC, self._keys, key_hash.hex())
         return row

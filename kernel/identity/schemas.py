@@ -59,7 +59,7 @@ class TenantSignup(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     slug: Slug
     owner: Owner
-    plan: Plan = "free"
+    plan: Plan | None = None
     allow_signup: bool = False
 
 

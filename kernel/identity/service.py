@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.audit.log import RequestMeta, record
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, Problem, Unprocessable
+from kernel.events.catalog import (
+    InvitationAccepted,
+    InvitationCreated,
+    MemberAdded,
+    TenantCreated,
+    publish,
+)
 from kernel.identity.access import AccessService
 from kernel.identity.models import InvitationRow, MembershipRow, RefreshTokenRow, UserRow
 from kernel.identity.passwords import PasswordPolicy, check_password_strength
@@ -95,9 +103,11 @@ class IdentityService:
         keys: KeySet,
         tenants: TenantService,
         access: AccessService,
+        entitlements: EntitlementGate,
         *,
         refresh_days: int,
     ) -> None:
+        self.entitlements = entitlements
         self.db = db
         self.redis = redis
         self.keys = keys
@@ -133,7 +143,8 @@ class IdentityService:
             data.owner.password, field="owner.password", context=[email, data.name, data.slug]
         )
         await self._check_lock(email)
-        tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
+        plan = self.entitlements.plan(data.plan)
+        tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=plan, status="active")
         try:
             async with self.db.global_() as session:
                 tenant_row.allow_signup = data.allow_signup
@@ -150,6 +161,14 @@ class IdentityService:
                     resource_type="tenant", resource_id=str(tenant_row.id), meta=meta,
                     after={"name": tenant_row.name, "slug": tenant_row.slug, "plan": tenant_row.plan},
                 )
+                actor = f"user:{user.id}"
+                await publish(session, tenant_row.id, TenantCreated(
+                    actor=actor, tenant_id=tenant_row.id, name=tenant_row.name, slug=tenant_row.slug,
+                    plan=tenant_row.plan,
+                ))
+                await publish(session, tenant_row.id, MemberAdded(
+                    actor=actor, user_id=user.id, role="owner", via="tenant_creation"
+                ))
                 await session.refresh(tenant_row)
         except IntegrityError as exc:
             if "uq_tenants_slug" in str(exc.orig):
@@ -160,7 +179,7 @@ class IdentityService:
             raise
         tenant = Tenant(
             id=tenant_row.id, name=tenant_row.name, slug=tenant_row.slug, status="active",
-            plan=data.plan, created_at=tenant_row.created_at, allow_signup=tenant_row.allow_signup,
+            plan=plan, created_at=tenant_row.created_at, allow_signup=tenant_row.allow_signup,
         )
         return TenantWithOwner(
             tenant=tenant, user_id=user.id, access_token=pair.access_token,
@@ -201,6 +220,7 @@ class IdentityService:
         await self._check_lock(email)
         role = "member"
         invite = None
+        invitation_id: uuid.UUID | None = None
         if data.invitation_token:
             try:
                 invite = OpaqueSecret.parse(INVITE_KIND, data.invitation_token)
@@ -217,6 +237,7 @@ class IdentityService:
                 ).scalar_one()
             if not allowed:
                 raise Forbidden(f"tenant {tenant.slug!r} accepts new members by invitation only")
+        await self.entitlements.require(tenant.id, "kernel.members")
         try:
             async with self.db.tenant(tenant.id) as session:
                 if invite is not None:
@@ -230,12 +251,12 @@ class IdentityService:
                                 func.lower(InvitationRow.email) == email,
                             )
                             .values(accepted_at=func.now())
-                            .returning(InvitationRow.role)
+                            .returning(InvitationRow.role, InvitationRow.id)
                         )
                     ).first()
                     if row is None:
                         raise Forbidden("the invitation is not valid, expired, used, or for another e-mail")
-                    role = row.role
+                    role, invitation_id = row.role, row.id
                 user = await self._user_for_signup(session, email, data.password, data.name)
                 session.add(MembershipRow(tenant_id=tenant.id, user_id=user.id, role=role))
                 await session.flush()
@@ -245,6 +266,14 @@ class IdentityService:
                     resource_type="user", resource_id=str(user.id), meta=meta,
                     details={"role": role, "via": "invitation" if invite else "open sign-up"},
                 )
+                actor = f"user:{user.id}"
+                if invitation_id is not None:
+                    await publish(session, tenant.id, InvitationAccepted(
+                        actor=actor, invitation_id=invitation_id, user_id=user.id, role=role
+                    ))
+                await publish(session, tenant.id, MemberAdded(
+                    actor=actor, user_id=user.id, role=role, via="invitation" if invite else "open_signup"
+                ))
         except IntegrityError as exc:
             if "uq_memberships_tenant_id_user_id" in str(exc.orig):
                 raise Conflict("you are already a member of this tenant: log in instead") from None
@@ -276,6 +305,10 @@ class IdentityService:
                 resource_type="invitation", resource_id=str(row.id), meta=meta,
                 after={"email": row.email, "role": row.role},
             )
+            await publish(session, principal.tenant_id, InvitationCreated(
+                actor=principal.actor, invitation_id=row.id, email=row.email, role=row.role,
+                expires_at=row.expires_at,
+            ))
         return Invitation(
             id=row.id, email=row.email, role=row.role, expires_at=row.expires_at, token=secret.value
         )

@@ -16,7 +16,9 @@ from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, NotFound, Unprocessable
+from kernel.events.catalog import ModuleDisabled, ModuleEnabled, ModulePurged, publish
 from kernel.modules.models import TenantModuleRow
 from kernel.modules.schemas import Module
 from kernel.plugins.loader import PluginRecord, PluginSet
@@ -29,8 +31,16 @@ TOPIC = "modules"
 
 
 class ModuleService:
-    def __init__(self, db: Database, plugins: PluginSet, bus: InvalidationBus | None, ttl: float = 60.0):
+    def __init__(
+        self,
+        db: Database,
+        plugins: PluginSet,
+        bus: InvalidationBus | None,
+        entitlements: EntitlementGate | None = None,
+        ttl: float = 60.0,
+    ):
         self.db = db
+        self.entitlements = entitlements
         self.plugins = plugins
         self.bus = bus
         self._cache: TTLCache[str, object] = TTLCache(ttl)
@@ -101,6 +111,10 @@ class ModuleService:
             await self._lock(session, tenant_id)
             already = await self._enabled_in(session)
             added = [n for n in wanted if n not in already]
+            # Every module the call switches on, dependencies too, must be in the tenant's plan.
+            for plugin in added:
+                if self.entitlements is not None:
+                    await self.entitlements.require(tenant_id, f"kernel.module.{plugin}")
             for plugin in added:
                 stmt = insert(TenantModuleRow).values(
                     tenant_id=tenant_id, id=uuid7(), plugin=plugin, enabled=True, settings={}
@@ -115,6 +129,8 @@ class ModuleService:
                 resource_id=name, meta=meta, before={"enabled": name in already},
                 after={"enabled": True, "changed": added},
             )
+            for plugin in added:
+                await publish(session, tenant_id, ModuleEnabled(actor=actor, module=plugin, requested=name))
         await self._invalidate(tenant_id)
         return added
 
@@ -152,6 +168,7 @@ class ModuleService:
                 session, tenant_id=tenant_id, actor=actor, action="module.disabled", resource_type="module",
                 resource_id=name, meta=meta, before={"enabled": True}, after={"enabled": False},
             )
+            await publish(session, tenant_id, ModuleDisabled(actor=actor, module=name))
         await self._invalidate(tenant_id)
         return True
 
@@ -185,6 +202,7 @@ class ModuleService:
                 resource_id=name, meta=meta,
                 details={"deleted": deleted, "settings_reset": bool(settings.rowcount)},  # type: ignore[attr-defined]
             )
+            await publish(session, tenant_id, ModulePurged(actor=actor, module=name, deleted=deleted))
         return deleted
 
     async def get_settings(self, tenant_id: uuid.UUID, name: str) -> dict[str, Any]:

@@ -65,6 +65,8 @@ class EventType(msgspec.Struct, frozen=True):
 
     name: str
     description: str = ""
+    payload: type[msgspec.Struct] | None = None
+    """The payload's msgspec Struct; ``GET /api/events/types`` publishes its JSON Schema."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
     from sqlalchemy import MetaData
 
+    from kernel.entitlements import EntitlementProvider
     from kernel.plugins.contract import EventHandler, EventType, LifespanFactory, NodeSpec, Permission
     from kernel.webhooks.contract import WebhookRoute
 
@@ -95,6 +96,16 @@ def businessos_settings_schema() -> type[msgspec.Struct]:
 def businessos_lifespan() -> LifespanFactory:
     """Return a factory of an async context manager entered when the API process starts and
     exited when it stops (open clients, start background tasks)."""
+
+
+@hookspec
+def businessos_entitlements() -> EntitlementProvider:
+    """Return the provider that answers "may this tenant do X, and how much of Y remains".
+
+    At most one installed plugin may implement it (billing); a second stops the boot. The kernel
+    asks it before enabling a module, adding a member and creating an API key; plugins ask it
+    through ``services.entitlements``. Without a provider everything is allowed.
+    """
 
 
 @hookspec

@@ -25,6 +25,7 @@ from packaging.version import Version
 from sqlalchemy import MetaData
 
 from kernel import KERNEL_API_VERSION
+from kernel.entitlements import EntitlementProvider
 from kernel.plugins import hookspecs
 from kernel.plugins.contract import (
     PLUGIN_NAME,
@@ -44,7 +45,9 @@ log = logging.getLogger("businessos.plugins")
 ENTRY_POINT_GROUP = "businessos.plugins"
 KERNEL = "kernel"
 # Names whose namespace (routes, permissions, tables) the kernel uses itself.
-RESERVED_NAMES = frozenset({KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1"})
+RESERVED_NAMES = frozenset(
+    {KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1", "events"}
+)
 
 
 class BootError(RuntimeError):
@@ -70,6 +73,7 @@ class PluginRecord:
     lifespan: LifespanFactory | None = None
     cli_commands: list[Any] = field(default_factory=list)
     webhooks: list[WebhookRoute] = field(default_factory=list)
+    entitlements: EntitlementProvider | None = None
 
     @property
     def active(self) -> bool:
@@ -205,6 +209,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_lifespan",
         "businessos_cli_commands",
         "businessos_webhook_routes",
+        "businessos_entitlements",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -258,6 +263,11 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                 case "businessos_webhook_routes":
                     record.webhooks = list(value)
                     _check_webhooks(record)
+                case "businessos_entitlements":
+                    if not isinstance(value, EntitlementProvider):
+                        record.disable("businessos_entitlements must return a sdk.EntitlementProvider")
+                    else:
+                        record.entitlements = value
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -434,7 +444,17 @@ def load_plugins(
         _claim(owners, "node key", (n.key for n in record.nodes), name)
         _claim(owners, "event", (e.name for e in record.event_types), name)
 
-    declared = {e.name for r in records.values() if r.active for e in r.event_types}
+    answering = [records[n].name for n in order if records[n].active and records[n].entitlements is not None]
+    if len(answering) > 1:
+        raise BootError(
+            f"plugins {' and '.join(answering)} both answer entitlements (businessos_entitlements): "
+            "only one plugin may decide what tenants are entitled to; uninstall or disallow all but one"
+        )
+
+    from kernel.events.catalog import KERNEL_EVENT_TYPES
+
+    declared = {e.name for e in KERNEL_EVENT_TYPES}
+    declared |= {e.name for r in records.values() if r.active for e in r.event_types}
     for name in order:
         record = records[name]
         for handler in record.event_handlers if record.active else ():

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel.audit.log import RequestMeta, request_meta
 from kernel.audit.log import record as audit_record
 from kernel.db.reader import Reader
+from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal
@@ -370,6 +371,7 @@ class Services:
         self.tenants = Tenants(kernel, plugin)
         self.vault = Vault(kernel.db, kernel.box, plugin)
         self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
+        self.entitlements = Entitlements(kernel.entitlements, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -6,9 +6,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from kernel.entitlements import PlanCode
+
 __all__ = ["Plan", "Status", "Tenant", "TenantCreate"]
 
-Plan = Literal["free", "pro", "enterprise"]
+Plan = PlanCode
+"""A plan code; which codes exist is the entitlement provider's to say (any, without one)."""
 Status = Literal["active", "suspended"]
 
 Slug = Annotated[
@@ -26,7 +29,8 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     slug: Slug
-    plan: Plan = "free"
+    plan: Plan | None = None
+    """``None``: the entitlement provider's default plan (``free`` without one)."""
 
 
 class Tenant(msgspec.Struct, frozen=True):
@@ -34,6 +38,6 @@ class Tenant(msgspec.Struct, frozen=True):
     name: str
     slug: str
     status: Status
-    plan: Plan
+    plan: str
     created_at: datetime
     allow_signup: bool = False

@@ -14,7 +14,9 @@ from kernel.audit import log as audit_log
 from kernel.audit.log import RequestMeta
 from kernel.cache import InvalidationBus, TTLCache
 from kernel.db.engine import Database
+from kernel.entitlements import DEFAULT_PLAN, EntitlementGate
 from kernel.errors import BadRequest, Conflict, Forbidden, NotFound
+from kernel.events.catalog import TenantActivated, TenantCreated, TenantSuspended, publish
 from kernel.tenants.models import TenantRow
 from kernel.tenants.schemas import Status, Tenant, TenantCreate
 
@@ -31,6 +33,8 @@ class TenantService:
     def __init__(self, db: Database, bus: InvalidationBus | None = None, ttl: float = 30.0) -> None:
         self.db = db
         self.bus = bus
+        self.entitlements: EntitlementGate | None = None
+        """Validates plan codes; set once the gate exists (it looks tenants up through us)."""
         # Keyed by the canonical reference the client sent: the id's text or the lower-case slug.
         self._cache: TTLCache[str, object] = TTLCache(ttl)
         if bus is not None:
@@ -40,7 +44,8 @@ class TenantService:
         self, data: TenantCreate, *, actor: str | None = None, meta: RequestMeta | None = None
     ) -> Tenant:
         """A new tenant; audited as ``tenant.created`` in the same transaction."""
-        row = TenantRow(name=data.name.strip(), slug=data.slug, plan=data.plan, status="active")
+        plan = self.entitlements.plan(data.plan) if self.entitlements else data.plan or DEFAULT_PLAN
+        row = TenantRow(name=data.name.strip(), slug=data.slug, plan=plan, status="active")
         try:
             async with self.db.global_() as session:
                 session.add(row)
@@ -49,6 +54,10 @@ class TenantService:
                 await _audit(
                     session, row.id, actor, "tenant.created", meta,
                     after={"name": row.name, "slug": row.slug, "plan": row.plan},
+                )
+                await publish(
+                    session, row.id,
+                    TenantCreated(actor=actor, tenant_id=row.id, name=row.name, slug=row.slug, plan=row.plan),
                 )
         except IntegrityError as exc:
             if "uq_tenants_slug" in str(exc.orig):
@@ -109,6 +118,9 @@ class TenantService:
                 session, tenant.id, actor, "tenant.status.updated", meta,
                 before={"status": before}, after={"status": status},
             )
+            if before != status:
+                change = TenantSuspended if status == "suspended" else TenantActivated
+                await publish(session, tenant.id, change(actor=actor, tenant_id=tenant.id, slug=tenant.slug))
         await self._invalidate(str(tenant.id), tenant.slug)
         return msgspec.structs.replace(tenant, status=status)
 

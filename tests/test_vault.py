@@ -173,6 +173,10 @@ SECRET_LOOKING = re.compile(
 )
 
 
+# What SecretBox.seal produces: a key version, then base64url of nonce, ciphertext and tag.
+SEALED_FORM = r"v[0-9]+:[A-Za-z0-9_-]{38,}={0,2}"
+
+
 async def test_every_column_that_looks_secret_is_a_registered_sealed_column_or_explained(
     settings: Settings, database_url: str
 ) -> None:
@@ -185,6 +189,17 @@ async def test_every_column_that_looks_secret_is_a_registered_sealed_column_or_e
             """select table_name, column_name, data_type from information_schema.columns
                 where table_schema = 'public' and data_type in ('text', 'bytea', 'character varying', 'jsonb')"""
         )
+        # And by content: a column (under any name) already holding a value of the sealed form,
+        # from whatever earlier tests of the session stored. The owner sees every tenant's rows.
+        holding = set()
+        for r in rows:
+            if r["data_type"] == "bytea":
+                continue
+            found = await owner.fetchval(
+                f'select exists (select 1 from "{r["table_name"]}" where "{r["column_name"]}"::text ~ $1)', SEALED_FORM
+            )
+            if found:
+                holding.add((r["table_name"], r["column_name"]))
     finally:
         await owner.close()
     columns = {(r["table_name"], r["column_name"]) for r in rows}
@@ -199,6 +214,8 @@ async def test_every_column_that_looks_secret_is_a_registered_sealed_column_or_e
         f"columns that look like secrets but are not in kernel.vault.sealed: {unknown}; declare each in "
         "SEALED_COLUMNS (so `secrets rotate` re-seals it) or explain it in NOT_SEALED"
     )
+    sealed_elsewhere = sorted(holding - registered)
+    assert not sealed_elsewhere, f"columns holding sealed values that `secrets rotate` would miss: {sealed_elsewhere}"
 
 
 @pytest.mark.parametrize("sealed", SEALED_COLUMNS, ids=lambda c: f"{c.table}.{c.column}")

@@ -35,8 +35,7 @@ class SecretIn(msgspec.Struct):
 async def store(
     name: str, data: SecretIn, tenant: sdk.Tenant, services: sdk.Services, request: Request[Any, Any, Any]
 ) -> None:
-    actor, meta = sdk.request_actor(request), sdk.request_meta(request)
-    await services.vault.put(tenant.id, name, data.value, actor=actor, meta=meta)
+    await services.vault.put(tenant.id, name, data.value, actor=sdk.Actor.of_request(request))
 
 @get(f"/api/{NAME}/secrets/{{name:str}}", opt=PERM)
 async def fingerprint(name: str, tenant: sdk.Tenant, services: sdk.Services) -> dict[str, str]:

@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.audit.log import RequestMeta, record
+from kernel.audit.log import record
 from kernel.crypto import SecretBox, SecretBoxError
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import FieldError, NotFound, Problem, Unprocessable
@@ -29,6 +29,7 @@ from kernel.vault.sealed import vault_context
 
 if TYPE_CHECKING:
     from kernel.db.engine import Database
+    from kernel.plugins.services import Actor
 
 __all__ = ["MAX_VALUE_BYTES", "SECRET_NAME", "SecretUnreadable", "Vault"]
 
@@ -84,11 +85,10 @@ class Vault:
         value: str,
         *,
         session: AsyncSession | None = None,
-        actor: str | None = None,
-        meta: RequestMeta | None = None,
+        actor: Actor | None = None,
     ) -> None:
         """Store (or replace) the secret ``name``; audited as ``vault.secret.stored`` with the
-        name only. ``actor`` is who asked (``sdk.request_actor(request)`` in a route); it defaults
+        name only. ``actor`` is who asked (``sdk.Actor.of_request(request)`` in a route); it defaults
         to ``plugin:<plugin>``."""
         self._check_name(name)
         if not isinstance(value, str) or not value or len(value.encode()) > MAX_VALUE_BYTES:
@@ -107,7 +107,7 @@ class Vault:
                     index_elements=["tenant_id", "plugin", "name"], set_={"sealed_value": sealed, "updated_at": now}
                 )
             )
-            await self._audit(s, tenant_id, "vault.secret.stored", name, actor, meta)
+            await self._audit(s, tenant_id, "vault.secret.stored", name, actor)
 
     async def open(self, tenant_id: uuid.UUID, name: str, *, session: AsyncSession | None = None) -> str:
         """The secret's value: 404 when the tenant has no such secret for this plugin,
@@ -139,8 +139,7 @@ class Vault:
         name: str,
         *,
         session: AsyncSession | None = None,
-        actor: str | None = None,
-        meta: RequestMeta | None = None,
+        actor: Actor | None = None,
     ) -> bool:
         """Delete the secret; whether there was one. Audited as ``vault.secret.deleted``."""
         self._check_name(name)
@@ -153,7 +152,7 @@ class Vault:
                 )
             ).first()
             if gone is not None:
-                await self._audit(s, tenant_id, "vault.secret.deleted", name, actor, meta)
+                await self._audit(s, tenant_id, "vault.secret.deleted", name, actor)
         return gone is not None
 
     async def names(self, tenant_id: uuid.UUID, *, session: AsyncSession | None = None) -> list[str]:
@@ -170,11 +169,15 @@ class Vault:
         tenant_id: uuid.UUID,
         action: str,
         name: str,
-        actor: str | None,
-        meta: RequestMeta | None,
+        actor: Actor | None,
     ) -> None:
+        if actor is not None:
+            actor._audited()
         await record(
-            session, tenant_id=tenant_id, actor=actor or f"plugin:{self.plugin}", action=action,
-            resource_type="vault.secret", resource_id=f"{self.plugin}/{name}", meta=meta,
+            session,
+            tenant_id=tenant_id,
+            actor=(actor.name if actor else None) or f"plugin:{self.plugin}",
+            action=action,
+            resource_type="vault.secret", resource_id=f"{self.plugin}/{name}", meta=actor.meta if actor else None,
             details={"plugin": self.plugin, "name": name},
         )

@@ -17,7 +17,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.audit.log import RequestMeta, record
+from kernel.audit.log import record
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import FieldError, NotFound, Unprocessable
 from kernel.identity.tokens import OpaqueSecret, TokenError
@@ -26,6 +26,7 @@ from kernel.webhooks.models import WebhookEndpointRow
 if TYPE_CHECKING:
     from kernel.db.engine import Database
     from kernel.plugins.loader import PluginSet
+    from kernel.plugins.services import Actor
 
 __all__ = [
     "HOOKS_PREFIX",
@@ -122,7 +123,7 @@ class Webhooks:
         )
 
     async def create(
-        self, tenant_id: uuid.UUID, name: str, *, actor: str | None = None, meta: RequestMeta | None = None
+        self, tenant_id: uuid.UUID, name: str, *, actor: Actor | None = None
     ) -> WebhookEndpointCreated:
         """A new endpoint for the declared webhook route ``name``; its path is shown only now."""
         self._declared(name)
@@ -133,11 +134,11 @@ class Webhooks:
         )
         async with self._db.tenant(tenant_id) as session:
             session.add(row)
-            await self._audit(session, tenant_id, "webhook.endpoint.created", row, actor, meta)
+            await self._audit(session, tenant_id, "webhook.endpoint.created", row, actor)
         return self._created(row, secret)
 
     async def rotate(
-        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: str | None = None, meta: RequestMeta | None = None
+        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: Actor | None = None
     ) -> WebhookEndpointCreated:
         """A new token for a live endpoint (same id and route); the old path stops working at once."""
         secret = OpaqueSecret.new(WEBHOOK_TOKEN_KIND, tenant_id)
@@ -146,18 +147,18 @@ class Webhooks:
             if row.revoked_at is not None:
                 raise NotFound(f"webhook endpoint {endpoint_id} is revoked")
             row.token_hash, row.prefix, row.rotated_at = secret.hash, secret.display_prefix, utcnow()
-            await self._audit(session, tenant_id, "webhook.endpoint.rotated", row, actor, meta)
+            await self._audit(session, tenant_id, "webhook.endpoint.rotated", row, actor)
         return self._created(row, secret)
 
     async def revoke(
-        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: str | None = None, meta: RequestMeta | None = None
+        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, *, actor: Actor | None = None
     ) -> WebhookEndpoint:
         """Revoke the endpoint: its path answers 404 from now on (repeating is harmless)."""
         async with self._db.tenant(tenant_id) as session:
             row = await self._get(session, endpoint_id)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-                await self._audit(session, tenant_id, "webhook.endpoint.revoked", row, actor, meta)
+                await self._audit(session, tenant_id, "webhook.endpoint.revoked", row, actor)
             return _info(row)
 
     async def list(self, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:
@@ -184,10 +185,15 @@ class Webhooks:
 
     async def _audit(
         self, session: AsyncSession, tenant_id: uuid.UUID, action: str, row: WebhookEndpointRow,
-        actor: str | None, meta: RequestMeta | None,
+        actor: Actor | None,
     ) -> None:
+        if actor is not None:
+            actor._audited()
         await record(
-            session, tenant_id=tenant_id, actor=actor or f"plugin:{self.plugin}", action=action,
+            session,
+            tenant_id=tenant_id,
+            actor=(actor.name if actor else None) or f"plugin:{self.plugin}",
+            action=action,
             resource_type="webhook.endpoint", resource_id=str(row.id),
-            meta=meta, details={"plugin": self.plugin, "name": row.name, "prefix": row.prefix},
+            meta=actor.meta if actor else None, details={"plugin": self.plugin, "name": row.name, "prefix": row.prefix},
         )

@@ -81,6 +81,9 @@ class EventHandler:
 
     event: str
     handler: Callable[[EventContext], Awaitable[None]]
+    name: str = ""
+    """Names the handler in its deliveries (``<plugin>:<name>``); defaults to the function's
+    qualified name. Keep it stable: renaming it orphans the deliveries still pending."""
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELIVER_JOB",
+    "QUEUE",
     "STATUSES",
     "Deliveries",
     "Delivery",
@@ -56,6 +57,8 @@ __all__ = [
 log = logging.getLogger("businessos.events")
 
 DELIVER_JOB = "kernel.deliver_event"
+QUEUE = "businessos:jobs"
+"""The worker's arq queue (the API enqueues redeliveries on it)."""
 STATUSES = ("pending", "running", "succeeded", "dead")
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 3600.0

@@ -9,15 +9,13 @@ from arq.connections import ArqRedis
 from litestar import get, post
 
 from kernel.context import Kernel
-from kernel.events.deliveries import Delivery, DeliveryPage
+from kernel.events.deliveries import QUEUE, Delivery, DeliveryPage
 from kernel.tenants.schemas import Tenant
 
 __all__ = ["handlers", "list_deliveries", "redeliver"]
 
 READ = "kernel.events.deliveries.read"
 WRITE = "kernel.events.deliveries.write"
-# The worker's queue (kernel.jobs.worker.QUEUE; not imported, the worker module is heavy).
-_QUEUE = "businessos:jobs"
 
 
 @get("/api/events/deliveries", tags=["events"], opt={"permission": READ})
@@ -49,7 +47,7 @@ async def redeliver(kernel: Kernel, tenant: Tenant, delivery_id: uuid.UUID) -> D
     """Run a succeeded or dead delivery again, with a fresh set of attempts (202: queued).
     One still pending or running answers 409."""
     queue = ArqRedis(connection_pool=kernel.redis.connection_pool)
-    return await kernel.deliveries.redeliver(tenant.id, delivery_id, queue, _QUEUE)
+    return await kernel.deliveries.redeliver(tenant.id, delivery_id, queue, QUEUE)
 
 
 handlers = [list_deliveries, redeliver]

@@ -24,7 +24,7 @@ from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
 
 from kernel.context import Kernel
-from kernel.events.deliveries import DELIVER_JOB
+from kernel.events.deliveries import DELIVER_JOB, QUEUE
 from kernel.events.loop import BackgroundLoop, LogEvery
 from kernel.events.outbox import OutboxDispatcher
 from kernel.plugins.contract import EventContext
@@ -43,7 +43,6 @@ __all__ = [
 
 log = logging.getLogger("businessos.worker")
 
-QUEUE = "businessos:jobs"
 LEGACY_EVENT_JOB = "kernel.run_event_handlers"
 # arq's default of 0.5 s between polls is slow for event-driven work; 50 ms costs little.
 POLL_DELAY = 0.05

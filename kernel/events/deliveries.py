@@ -251,6 +251,11 @@ class Deliveries:
         return "succeeded"
 
     async def _claim(self, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> _Claim | None:
+        # Shielded, like _record: a job cancelled mid-statement (its worker lost Redis) must not
+        # leave a connection idle in a transaction that holds the row's lock.
+        return await asyncio.shield(self._claim_now(tenant_id, delivery_id))
+
+    async def _claim_now(self, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> _Claim | None:
         # A job may start a moment before its row is due (arq uses the worker's clock, the row
         # the database's): a claim within a second of the due time is taken, not dropped.
         async with self.db.tenant(tenant_id) as session:
@@ -259,8 +264,9 @@ class Deliveries:
                     text(
                         "update event_deliveries set status = 'running', attempts = attempts + 1, "
                         "started_at = now(), lease_until = now() + make_interval(secs => :lease) "
-                        "where id = :id and ((status = 'pending' and next_attempt_at <= now() + "
-                        "interval '1 second') or (status = 'running' and lease_until < now())) "
+                        "where id = (select id from event_deliveries where id = :id and ((status = 'pending' "
+                        "and next_attempt_at <= now() + interval '1 second') or (status = 'running' and "
+                        "lease_until < now())) for update skip locked) "
                         "returning attempts, handler, event, event_id"
                     ),
                     {"id": delivery_id, "lease": self.lease},
@@ -283,6 +289,12 @@ class Deliveries:
     ) -> None:
         """The outcome of the claim ``attempt``, unless another worker has taken it over since.
         ``pending`` is due again after ``delay``; ``uncount`` gives the attempt back."""
+        await asyncio.shield(self._record_now(tenant_id, delivery_id, attempt, status, error, delay, uncount))
+
+    async def _record_now(
+        self, tenant_id: uuid.UUID, delivery_id: uuid.UUID, attempt: int, status: str, error: str | None,
+        delay: float, uncount: bool,
+    ) -> None:
         async with self.db.tenant(tenant_id) as session:
             await session.execute(
                 text(

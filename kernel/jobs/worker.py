@@ -263,6 +263,23 @@ class Supervisor:
             log.info("worker ready on queue %s", self.queue)
             await self._run_workers(kernel)
 
+    async def _close(self, worker: Worker) -> None:
+        """Close a worker Redis dropped. Its jobs in hand get a while to finish; then arq cancels
+        the rest (they run again once their lease expires) and waits for them, which raises the
+        cancellation: only a cancellation of the supervisor itself goes on."""
+        self._worker = None
+        in_hand = [task for task in worker.tasks.values() if not task.done()]
+        if in_hand:  # let them finish (they need PostgreSQL, not Redis) rather than cancel them
+            await asyncio.wait(in_hand, timeout=min(self.settings.event_lease_seconds / 2, RESTART_MAX))
+        try:
+            await worker.close()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:
+            log.debug("closing the job worker: %s", exc)
+
     async def _run_workers(self, kernel: Kernel) -> None:
         delay = RESTART_MIN
         while not self._stopping.is_set():
@@ -279,9 +296,7 @@ class Supervisor:
             except Exception as exc:  # Redis went away: rebuild the worker
                 self._trouble.warning("redis", "job worker lost Redis (%s); reconnecting", exc)
             finally:
-                with contextlib.suppress(Exception):
-                    await worker.close()
-                self._worker = None
+                await self._close(worker)
             if time.monotonic() - started > RESTART_MAX * 4:
                 delay = RESTART_MIN  # it had been running fine: this is a new outage
             await self._pause(delay)

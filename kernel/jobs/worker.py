@@ -22,6 +22,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.context import Kernel
 from kernel.events.deliveries import DELIVER_JOB, QUEUE
@@ -47,13 +48,26 @@ LEGACY_EVENT_JOB = "kernel.run_event_handlers"
 # arq's default of 0.5 s between polls is slow for event-driven work; 50 ms costs little.
 POLL_DELAY = 0.05
 # Seconds the supervisor waits before rebuilding a worker Redis dropped: doubling, capped.
-RESTART_MIN, RESTART_MAX = 0.5, 15.0
+RESTART_MIN, RESTART_MAX = 0.5, 5.0
+
+
+_database_trouble = LogEvery(log)
 
 
 async def deliver_event(ctx: dict[str, Any], tenant_id: str, delivery_id: str) -> str:
-    """Run one delivery (one handler of one event); see ``kernel.events.deliveries``."""
+    """Run one delivery (one handler of one event); see ``kernel.events.deliveries``.
+
+    PostgreSQL unreachable: the delivery stays as it is in the database (pending, or running
+    with a lease) and the sweeper offers it again; one warning per interval, not one per job.
+    """
     kernel: Kernel = ctx["kernel"]
-    return await kernel.deliveries.run(uuid.UUID(tenant_id), uuid.UUID(delivery_id), ctx["redis"], ctx["queue"])
+    try:
+        return await kernel.deliveries.run(
+            uuid.UUID(tenant_id), uuid.UUID(delivery_id), ctx["redis"], ctx["queue"]
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        _database_trouble.warning("db", "event deliveries wait for PostgreSQL (%s)", exc)
+        return "postponed"
 
 
 async def run_event_handlers(

@@ -20,7 +20,18 @@ from kernel.identity.access import is_member
 from kernel.identity.auth import principal_of
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
-from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
+from kernel.jobs.facade import Jobs
+from kernel.plugins.contract import (
+    EventContext,
+    EventHandler,
+    EventType,
+    JobContext,
+    JobSpec,
+    Manifest,
+    NodeSpec,
+    Permission,
+    Schedule,
+)
 from kernel.plugins.hookspecs import hookimpl
 from kernel.plugins.services import Data, Members, Services
 from kernel.runtime import open_kernel_from_environment as open_kernel
@@ -38,6 +49,9 @@ __all__ = [
     "EventType",
     "FieldError",
     "Forbidden",
+    "JobContext",
+    "JobSpec",
+    "Jobs",
     "Kernel",
     "Manifest",
     "Members",
@@ -49,6 +63,7 @@ __all__ = [
     "Query",
     "Reader",
     "RequestMeta",
+    "Schedule",
     "Services",
     "Tenant",
     "TenantScoped",

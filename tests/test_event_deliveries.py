@@ -19,7 +19,7 @@ from kernel.events.deliveries import QUEUE
 from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
 from tests.conftest import eventually, new_tenant, open_client
-from tests.plugin_factory import FakePlugin, installed, plugin_source, tenant_table_migration, unique
+from tests.plugin_factory import FakePlugin, installed, table_plugin, unique
 
 
 def delivery_plugin(name: str) -> FakePlugin:
@@ -72,14 +72,6 @@ def delivery_plugin(name: str) -> FakePlugin:
         return [make]
 
     @sdk.hookimpl
-    def businessos_metadata():
-        return Base.metadata
-
-    @sdk.hookimpl
-    def businessos_migrations():
-        return Path(__file__).parent / "migrations"
-
-    @sdk.hookimpl
     def businessos_event_types():
         return [sdk.EventType("{name}.thing.made")]
 
@@ -90,18 +82,8 @@ def delivery_plugin(name: str) -> FakePlugin:
             sdk.EventHandler("{name}.thing.made", fragile, name="fragile"),
         ]
     '''
-    return FakePlugin(
-        name=name,
-        source=plugin_source(name, body),
-        files={
-            "migrations/__init__.py": "",
-            "migrations/first.py": tenant_table_migration(
-                name,
-                f"{name}_rows",
-                'sa.Column("note", sa.Text(), nullable=False), sa.Column("kind", sa.Text(), nullable=False)',
-            ),
-        },
-    )
+    columns = 'sa.Column("note", sa.Text(), nullable=False), sa.Column("kind", sa.Text(), nullable=False)'
+    return table_plugin(name, body, f"{name}_rows", columns)
 
 
 @pytest.fixture

@@ -20,15 +20,17 @@ from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 from redis.asyncio import ConnectionPool
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.context import Kernel
-from kernel.events.deliveries import DELIVER_JOB, QUEUE
+from kernel.events.deliveries import DELIVER_JOB, QUEUE, backoff
 from kernel.events.loop import BackgroundLoop, LogEvery
 from kernel.events.outbox import OutboxDispatcher
-from kernel.plugins.contract import EventContext
+from kernel.jobs.facade import RUN_JOB
+from kernel.jobs.schedules import Scheduler
+from kernel.plugins.contract import EventContext, JobContext
 from kernel.plugins.loader import PluginSet
 from kernel.runtime import open_kernel
 from kernel.settings import Settings
@@ -39,6 +41,7 @@ __all__ = [
     "build_worker",
     "deliver_event",
     "run_event_handlers",
+    "run_job",
     "sweep_ai_reservations",
 ]
 
@@ -100,6 +103,38 @@ async def run_event_handlers(
     return ran
 
 
+async def run_job(ctx: dict[str, Any], name: str, tenant_id: str | None, payload: dict[str, Any]) -> str:
+    """Run a plugin's job (``sdk.Jobs.enqueue`` or a schedule). An exception is retried with
+    backoff until the job's ``max_attempts``; a job for a tenant that has not enabled the plugin,
+    or that no plugin here declares, is skipped with a warning."""
+    kernel: Kernel = ctx["kernel"]
+    plugin = name.split(".", 1)[0]
+    record = kernel.plugins.get(plugin)
+    spec = next((job for job in record.jobs if job.name == name), None) if record and record.active else None
+    if spec is None:
+        log.warning("no plugin here declares job %s; skipped", name)
+        return "unknown"
+    tenant = uuid.UUID(tenant_id) if tenant_id else None
+    if tenant is not None and plugin not in await kernel.modules.enabled(tenant):
+        log.warning("job %s skipped: the tenant %s has not enabled %s", name, tenant, plugin)
+        return "skipped"
+    attempt = int(ctx.get("job_try") or 1)
+    context = JobContext(
+        name=name, tenant_id=tenant, payload=payload, services=kernel.services(plugin),
+        job_id=str(ctx.get("job_id")), attempt=attempt,
+    )
+    try:
+        async with asyncio.timeout(spec.timeout):
+            await spec.run(context)
+    except Exception as exc:
+        if attempt < spec.max_attempts:
+            log.warning("job %s failed (attempt %d of %d): %s", name, attempt, spec.max_attempts, type(exc).__name__)
+            raise Retry(defer=backoff(attempt)) from exc
+        log.exception("job %s failed for good after %d attempts", name, attempt)
+        raise
+    return "done"
+
+
 async def sweep_ai_reservations(ctx: dict[str, Any]) -> int:
     """Release AI budget reservations whose call outlived its expiry (its process died mid-call);
     idempotent. Returns how many were released."""
@@ -141,6 +176,21 @@ async def _start_background(stack: AsyncExitStack, kernel: Kernel, queue: ArqRed
     sweeper = Sweeper(kernel, queue, queue_name, float(kernel.settings.event_sweep_seconds))
     sweeper.start()
     stack.push_async_callback(sweeper.stop)
+    scheduler = Scheduler(kernel.plugins, queue, queue_name)
+    if scheduler.schedules:
+        scheduler.start()
+        stack.push_async_callback(scheduler.stop)
+
+
+def _longest_job(plugins: PluginSet) -> float:
+    return max([300.0, *(job.timeout for record in plugins.active() for job in record.jobs)])
+
+
+async def _enter_lifespans(stack: AsyncExitStack, plugins: PluginSet) -> None:
+    """The plugins' lifespans, as in the API process."""
+    for record in plugins.active():
+        if record.lifespan is not None:
+            await stack.enter_async_context(record.lifespan())
 
 
 def build_worker(
@@ -157,7 +207,7 @@ def build_worker(
     """An arq worker bound to ``redis_url``.
 
     Without ``kernel`` the kernel's services open on start-up and close on shut-down, and
-    (``dispatch``) the outbox dispatcher and the delivery sweeper run beside it; the
+    (``dispatch``) the outbox dispatcher, the delivery sweeper and the scheduler run beside it; the
     :class:`Supervisor` passes its own ``kernel`` and runs those itself. ``cron_jobs=False``
     leaves the kernel's periodic jobs out (tests that count jobs).
     """
@@ -168,6 +218,7 @@ def build_worker(
         stack = AsyncExitStack()
         ctx["stack"] = stack
         opened = ctx["kernel"] = await stack.enter_async_context(open_kernel(settings, plugins))
+        await _enter_lifespans(stack, plugins)
         if dispatch:
             await _start_background(stack, opened, ctx["redis"], queue)
         log.info("worker ready on queue %s", queue)
@@ -190,6 +241,8 @@ def build_worker(
             func(deliver_event, name=DELIVER_JOB, keep_result=0, max_tries=3,  # type: ignore[arg-type]
                  timeout=settings.event_lease_seconds),
             func(run_event_handlers, name=LEGACY_EVENT_JOB),  # type: ignore[arg-type]
+            # The job's own max_attempts and timeout decide; arq's limits only stand behind them.
+            func(run_job, name=RUN_JOB, max_tries=1000, timeout=_longest_job(plugins) + 30),  # type: ignore[arg-type]
         ],
         # Every minute; arq runs a cron job once per tick across all workers (unique job id).
         cron_jobs=[cron(sweep_ai_reservations, name="kernel.sweep_ai_reservations", second=17)]  # type: ignore[arg-type]
@@ -268,9 +321,7 @@ class Supervisor:
             if kernel is None:
                 return
             self._trouble.recovered("opening the kernel", "kernel open")
-            for record in self.plugins.active():
-                if record.lifespan is not None:
-                    await stack.enter_async_context(record.lifespan())
+            await _enter_lifespans(stack, self.plugins)
             queue = _arq_pool(self.redis_url)
             stack.push_async_callback(queue.aclose)
             await _start_background(stack, kernel, queue, self.queue)

@@ -23,10 +23,13 @@ __all__ = [
     "EventContext",
     "EventHandler",
     "EventType",
+    "JobContext",
+    "JobSpec",
     "LifespanFactory",
     "Manifest",
     "NodeSpec",
     "Permission",
+    "Schedule",
 ]
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -99,6 +102,53 @@ class NodeSpec:
     """Schema of the node's configuration; ``None`` when it takes none."""
     run: Callable[..., Awaitable[Any]] | None = field(default=None, compare=False)
     """For actions: the coroutine that performs it (the workflow engine calls it)."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job function receives."""
+
+    name: str
+    """The job's ``<plugin>.<job>`` name."""
+    tenant_id: uuid.UUID | None
+    """The tenant it was enqueued for; ``None`` for installation-wide work (schedules)."""
+    payload: dict[str, Any]
+    services: Services = field(repr=False)
+    """The job's plugin's facade."""
+    job_id: str
+    """arq's job id: the same on every attempt of one job."""
+    attempt: int
+    """1 for the first run, 2 for the first retry, ..."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A background job a plugin runs in the worker: ``services.jobs.enqueue(name, ...)``.
+
+    ``run`` may run more than once for one enqueue (at least once: a worker killed mid-run, a
+    retry after an exception), so it must be idempotent. An exception is retried up to
+    ``max_attempts`` in all, with exponential backoff and jitter; ``timeout`` cancels a run."""
+
+    name: str
+    """``<plugin>.<job>``."""
+    run: Callable[[JobContext], Awaitable[Any]] = field(compare=False)
+    max_attempts: int = 3
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Enqueue the plugin's job ``job`` at every tick of ``cron`` (five fields) in ``timezone``
+    (an IANA name; DST is honoured: a tick in a skipped hour runs at its end, one in a repeated
+    hour runs once). Each tick runs once however many workers run: its job id names the tick."""
+
+    name: str
+    """``<plugin>.<schedule>``."""
+    cron: str
+    job: str
+    """A ``<plugin>.<job>`` the same plugin declares."""
+    timezone: str = "UTC"
+    payload: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 LifespanFactory = Callable[[], AbstractAsyncContextManager[None]]

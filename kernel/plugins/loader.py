@@ -30,10 +30,12 @@ from kernel.plugins.contract import (
     PLUGIN_NAME,
     EventHandler,
     EventType,
+    JobSpec,
     LifespanFactory,
     Manifest,
     NodeSpec,
     Permission,
+    Schedule,
 )
 
 __all__ = ["ENTRY_POINT_GROUP", "BootError", "PluginRecord", "PluginSet", "load_plugins", "route_keys"]
@@ -68,6 +70,8 @@ class PluginRecord:
     settings_schema: type[msgspec.Struct] | None = None
     lifespan: LifespanFactory | None = None
     cli_commands: list[Any] = field(default_factory=list)
+    jobs: list[JobSpec] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -202,6 +206,8 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_settings_schema",
         "businessos_lifespan",
         "businessos_cli_commands",
+        "businessos_jobs",
+        "businessos_schedules",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -252,6 +258,13 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     record.lifespan = value
                 case "businessos_cli_commands":
                     record.cli_commands = list(value)
+                case "businessos_jobs":
+                    record.jobs = list(value)
+                    _check_names(record, "job", [j.name for j in record.jobs], 2)
+                case "businessos_schedules":
+                    record.schedules = list(value)
+                    _check_names(record, "schedule", [s.name for s in record.schedules], 2)
+                    _check_schedules(record)
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -259,6 +272,18 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
             return
     if record.active and record.routes:
         _check_route_permissions(record)
+
+
+def _check_schedules(record: PluginRecord) -> None:
+    """Each schedule names a job of its own plugin, a cron expression and a time zone that parse."""
+    from kernel.jobs.schedules import check_schedule
+
+    jobs = {job.name for job in record.jobs}
+    for schedule in record.schedules:
+        problem = check_schedule(schedule, jobs)
+        if problem:
+            record.disable(f"schedule {schedule.name!r}: {problem}")
+            return
 
 
 def _check_route_permissions(record: PluginRecord) -> None:

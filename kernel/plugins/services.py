@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db.reader import Reader
 from kernel.identity.access import is_member
+from kernel.jobs.facade import Jobs
 
 if TYPE_CHECKING:
     from kernel.context import Kernel
@@ -63,6 +64,7 @@ class Services:
         self._kernel = kernel
         self.data = Data(kernel)
         self.members = Members()
+        self.jobs = Jobs(kernel, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -40,8 +40,8 @@ from tests.test_event_deliveries import delivery_plugin
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server program")
 
-REDIS_DOWN_SECONDS = 5.0
-POSTGRES_DOWN_SECONDS = 4.0
+REDIS_DOWN_SECONDS = 20.0
+POSTGRES_DOWN_SECONDS = 5.0
 
 
 class RedisServer:

@@ -32,7 +32,7 @@ from kernel.jobs.facade import RUN_JOB
 from kernel.jobs.schedules import Scheduler
 from kernel.plugins.contract import EventContext, JobContext
 from kernel.plugins.loader import PluginSet
-from kernel.runtime import open_kernel
+from kernel.runtime import DatabaseNotReady, open_kernel
 from kernel.settings import Settings
 
 __all__ = [
@@ -276,13 +276,11 @@ class Supervisor:
         redis_url: str,
         *,
         queue: str = QUEUE,
-        open_kernel_: Callable[[Settings, PluginSet], Any] = open_kernel,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.redis_url = redis_url
         self.queue = queue
-        self._open_kernel = open_kernel_
         self._stopping = asyncio.Event()
         self._worker: Worker | None = None
         self._trouble = LogEvery(log)
@@ -298,8 +296,8 @@ class Supervisor:
         while not self._stopping.is_set():
             try:
                 return await step()
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, DatabaseNotReady):
+                raise  # a schema behind the code is no outage: waiting would not mend it
             except Exception as exc:  # an outage: wait and try again
                 self._trouble.warning(what, "%s failed (%s); retrying", what, exc)
             await self._pause(delay)
@@ -314,7 +312,7 @@ class Supervisor:
         async with AsyncExitStack() as stack:
 
             async def open_() -> Kernel:
-                kernel: Kernel = await stack.enter_async_context(self._open_kernel(self.settings, self.plugins))
+                kernel: Kernel = await stack.enter_async_context(open_kernel(self.settings, self.plugins))
                 return kernel
 
             kernel = await self._retrying("opening the kernel", open_)

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
+from kernel.errors import ServiceUnavailable
 from kernel.events.deliveries import QUEUE
 
 if TYPE_CHECKING:
@@ -65,7 +67,8 @@ class Jobs:
         ``delay`` seconds or ``at`` a time (aware datetime). With ``dedup_key``, a second enqueue
         with the same name, tenant and key is refused while the first is queued, running, or
         finished less than an hour ago; the answer is then ``None``, otherwise the job id.
-        ``payload`` must be JSON-like. Raises ``ValueError`` for a job the plugin did not declare."""
+        ``payload`` must be JSON-like. Raises ``ValueError`` for a job the plugin did not declare,
+        and the 503 problem ``ServiceUnavailable`` while Redis is unreachable."""
         full = name if name.startswith(self._plugin + ".") else f"{self._plugin}.{name}"
         record = self._kernel.plugins.get(self._plugin)
         if record is None or full not in {job.name for job in record.jobs}:
@@ -76,7 +79,10 @@ class Jobs:
             raise ValueError("at must be an aware datetime")
         job_id = f"job:{full}:{tenant_id or '-'}:{dedup_key}" if dedup_key is not None else None
         queue = ArqRedis(connection_pool=self._kernel.redis.connection_pool)
-        return await enqueue_job(
-            queue, QUEUE, full, tenant_id=tenant_id, payload=payload or {},
-            at=at.astimezone(UTC) if at else None, delay=delay, job_id=job_id,
-        )
+        try:
+            return await enqueue_job(
+                queue, QUEUE, full, tenant_id=tenant_id, payload=payload or {},
+                at=at.astimezone(UTC) if at else None, delay=delay, job_id=job_id,
+            )
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc

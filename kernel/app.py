@@ -24,6 +24,7 @@ from kernel.audit.safety_net import audit_unaudited_mutations
 from kernel.context import get_kernel, provide_kernel, provide_tenant
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
+from kernel.events import routes as event_routes
 from kernel.events.catalog import list_event_types
 from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
@@ -68,6 +69,7 @@ def kernel_route_handlers() -> list[Any]:
         module_routes.purge_module_data,
         audit_routes.list_audit_logs,
         audit_routes.verify_audit_chain,
+        *event_routes.handlers,
         *identity_routes.handlers,
         *ai_routes.handlers,
         *ai_library_routes.handlers,

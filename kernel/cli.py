@@ -120,13 +120,32 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
 @cli.command()
 @click.option("--burst", is_flag=True, help="Run the queued jobs, then exit.")
 def worker(burst: bool) -> None:
-    """Run the job worker (arq)."""
-    from kernel.jobs.worker import build_worker
+    """Run the job worker (arq): event deliveries, plugin jobs and schedules.
+
+    It rides out Redis and PostgreSQL outages (reconnecting by itself) and stops on SIGTERM or
+    Ctrl-C after the jobs in hand.
+    """
+    import asyncio
+    import signal
+
+    from kernel.jobs.worker import Supervisor, build_worker
 
     with _services() as (settings, _):
         _setup_logging(settings.log_level)
         assert settings.redis_url
-        build_worker(settings, _plugins(settings.plugins_allowlist), settings.redis_url, burst=burst).run()
+        plugins = _plugins(settings.plugins_allowlist)
+        if burst:
+            build_worker(settings, plugins, settings.redis_url, burst=True).run()
+            return
+        supervisor = Supervisor(settings, plugins, settings.redis_url)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, supervisor.stop)
+            await supervisor.run()
+
+        asyncio.run(main())
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.entitlements import EntitlementGate
 from kernel.errors import BadRequest, Forbidden
+from kernel.events.deliveries import Deliveries
 from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
 from kernel.identity.service import IdentityService
@@ -48,12 +49,14 @@ class Kernel:
     entitlements: EntitlementGate
     ai: AIProxy = field(init=False)
     retrieval: RetrievalService = field(init=False)
+    deliveries: Deliveries = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ai = AIProxy(self.db, self.box, self.settings, self.bus)
         self.retrieval = RetrievalService(self.db, self.ai)
         self.entitlements.attach(self.services)
+        self.deliveries = Deliveries(self)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

@@ -27,6 +27,7 @@ from kernel.errors import (
 )
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
 from kernel.identity.principal import Principal
+from kernel.jobs.facade import Jobs
 from kernel.listing import (
     Pagination,
     PreconditionFailed,
@@ -44,11 +45,14 @@ from kernel.plugins.contract import (
     EventContext,
     EventHandler,
     EventType,
+    JobContext,
+    JobSpec,
     Manifest,
     NodeContext,
     NodeRunner,
     NodeSpec,
     Permission,
+    Schedule,
 )
 from kernel.plugins.hookspecs import hookimpl
 from kernel.plugins.services import AI, Actor, AIAnswer, ChangeLog, Changes, Data, Members, Services, Tenants
@@ -83,6 +87,9 @@ __all__ = [
     "HmacScheme",
     "InboundWebhook",
     "InvalidSignature",
+    "JobContext",
+    "JobSpec",
+    "Jobs",
     "Manifest",
     "Members",
     "Model",
@@ -100,6 +107,7 @@ __all__ = [
     "Query",
     "Reader",
     "RequestMeta",
+    "Schedule",
     "SecretUnreadable",
     "Services",
     "Tenant",

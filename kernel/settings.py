@@ -60,6 +60,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Let a tenant's AI ``api_base`` point at loopback and private addresses (development and tests)."""
     ai_timeout_seconds: int = 60
     """How long one AI provider call may take."""
+    event_max_attempts: int = 8
+    """Attempts of one event delivery (one handler, one event) before it is dead-lettered."""
+    event_lease_seconds: int = 300
+    """How long a delivery may run before another worker may take it over (its worker is
+    presumed dead); a handler is cancelled after half of it."""
+    event_sweep_seconds: int = 15
+    """How often the worker re-enqueues deliveries that are due but not on the queue (after a
+    Redis restart, a crash between commit and enqueue, an expired lease)."""
 
     @property
     def embedded_database(self) -> bool:
@@ -223,6 +231,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         auth_rate_limit_per_minute=_int(env, "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE", 10, 1, 1_000_000),
         ai_allow_private_bases=env.get("BUSINESSOS_AI_ALLOW_PRIVATE_BASES", "").strip().lower() in ("1", "true", "yes"),
         ai_timeout_seconds=_int(env, "BUSINESSOS_AI_TIMEOUT_SECONDS", 60, 1, 3600),
+        event_max_attempts=_int(env, "BUSINESSOS_EVENT_MAX_ATTEMPTS", 8, 1, 100),
+        event_lease_seconds=_int(env, "BUSINESSOS_EVENT_LEASE_SECONDS", 300, 2, 86_400),
+        event_sweep_seconds=_int(env, "BUSINESSOS_EVENT_SWEEP_SECONDS", 15, 1, 3600),
         database_url=database_url,
         database_app_url=database_app_url,
         redis_url=redis_url,

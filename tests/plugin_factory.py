@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["FakePlugin", "installed", "plugin_source", "tenant_table_migration", "unique"]
+__all__ = ["FakePlugin", "installed", "plugin_source", "table_plugin", "tenant_table_migration", "unique"]
 
 GROUP = "businessos.plugins"
 
@@ -64,11 +64,14 @@ def plugin_source(
     depends_on: Sequence[str] = (),
     version: str = "0.1.0",
     title: str = "",
+    tables: bool = False,
 ) -> str:
     """An ``__init__.py`` with the manifest, ``NAME`` bound to the plugin name, and ``body``.
 
     ``body`` is dedented; it can use ``sdk``, ``msgspec``, ``Path``, litestar's ``get``/``post``
-    and ``NAME``.
+    and ``NAME``. With ``tables``, the ``businessos_metadata`` (``Base.metadata``, a ``Base`` the
+    body defines) and ``businessos_migrations`` (the package's ``migrations`` folder) hooks are
+    added.
     """
     header = f"""\
 from __future__ import annotations
@@ -90,7 +93,20 @@ manifest = sdk.Manifest(
     title={title!r},
 )
 """
-    return header + "\n" + textwrap.dedent(body)
+    return header + "\n" + textwrap.dedent(body) + (_TABLE_HOOKS if tables else "")
+
+
+_TABLE_HOOKS = """
+
+@sdk.hookimpl
+def businessos_metadata():
+    return Base.metadata
+
+
+@sdk.hookimpl
+def businessos_migrations():
+    return Path(__file__).parent / "migrations"
+"""
 
 
 def tenant_table_migration(plugin: str, table: str, columns: str, *, revision: str = "") -> str:
@@ -127,6 +143,19 @@ def downgrade() -> None:
 
     op.drop_table({table!r})
 '''
+
+
+def table_plugin(name: str, body: str, table: str, columns: str) -> FakePlugin:
+    """A plugin whose ``body`` defines ``Base`` with one tenant table ``table``, created by its
+    first migration from ``columns`` (see :func:`tenant_table_migration`)."""
+    return FakePlugin(
+        name=name,
+        source=plugin_source(name, body, tables=True),
+        files={
+            "migrations/__init__.py": "",
+            "migrations/first.py": tenant_table_migration(name, table, columns),
+        },
+    )
 
 
 def _write_distribution(root: Path, plugin: FakePlugin) -> None:

@@ -19,7 +19,7 @@ from kernel.events.outbox import OutboxDispatcher
 from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
 from tests.conftest import SECRET, new_tenant, open_client, other_process
-from tests.plugin_factory import FakePlugin, installed, plugin_source, tenant_table_migration, unique
+from tests.plugin_factory import FakePlugin, installed, plugin_source, table_plugin, unique
 
 
 def _event_plugin(name: str) -> FakePlugin:
@@ -38,14 +38,6 @@ def _event_plugin(name: str) -> FakePlugin:
             session.add(Seen(tenant_id=ctx.tenant_id, note=ctx.payload["note"]))
 
     @sdk.hookimpl
-    def businessos_metadata():
-        return Base.metadata
-
-    @sdk.hookimpl
-    def businessos_migrations():
-        return Path(__file__).parent / "migrations"
-
-    @sdk.hookimpl
     def businessos_event_types():
         return [sdk.EventType("{name}.thing.happened")]
 
@@ -53,16 +45,7 @@ def _event_plugin(name: str) -> FakePlugin:
     def businessos_event_handlers():
         return [sdk.EventHandler("{name}.thing.happened", remember)]
     '''
-    return FakePlugin(
-        name=name,
-        source=plugin_source(name, body),
-        files={
-            "migrations/__init__.py": "",
-            "migrations/first.py": tenant_table_migration(
-                name, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)'
-            ),
-        },
-    )
+    return table_plugin(name, body, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)')
 
 
 async def test_worker_runs_event_handlers_only_for_tenants_that_enabled_the_plugin(
@@ -90,8 +73,11 @@ async def test_worker_runs_event_handlers_only_for_tenants_that_enabled_the_plug
                     f"{name}.thing.happened",
                     {"note": tenant["slug"]},
                 )
-            # Jobs are enqueued by hand here: the outbox dispatcher stays off.
-            worker = build_worker(scoped, plugins, settings.redis_url, burst=True, queue=queue, dispatch=False)
+            # Jobs are enqueued by hand here: the outbox dispatcher stays off, and so do the
+            # kernel's cron jobs (one would otherwise be counted whenever the test meets its tick).
+            worker = build_worker(
+                scoped, plugins, settings.redis_url, burst=True, queue=queue, dispatch=False, cron_jobs=False
+            )
             await worker.main()
             assert (worker.jobs_complete, worker.jobs_failed) == (2, 0)
             await worker.close()
@@ -262,14 +248,6 @@ def _outbox_plugin(name: str) -> FakePlugin:
         return [make]
 
     @sdk.hookimpl
-    def businessos_metadata():
-        return Base.metadata
-
-    @sdk.hookimpl
-    def businessos_migrations():
-        return Path(__file__).parent / "migrations"
-
-    @sdk.hookimpl
     def businessos_event_types():
         return [sdk.EventType("{name}.thing.made")]
 
@@ -277,16 +255,7 @@ def _outbox_plugin(name: str) -> FakePlugin:
     def businessos_event_handlers():
         return [sdk.EventHandler("{name}.thing.made", remember)]
     '''
-    return FakePlugin(
-        name=name,
-        source=plugin_source(name, body),
-        files={
-            "migrations/__init__.py": "",
-            "migrations/first.py": tenant_table_migration(
-                name, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)'
-            ),
-        },
-    )
+    return table_plugin(name, body, f"{name}_seen", 'sa.Column("note", sa.Text(), nullable=False)')
 
 
 async def test_events_commit_with_their_change_and_reach_handlers_through_the_outbox(
@@ -310,7 +279,7 @@ async def test_events_commit_with_their_change_and_reach_handlers_through_the_ou
 
             junk = await arq_pool(RedisSettings.from_dsn(settings.redis_url))
             try:
-                while await OutboxDispatcher(kernel.db, junk, f"junk-{uuid.uuid4().hex}").dispatch_once():
+                while await OutboxDispatcher(kernel.deliveries, junk, f"junk-{uuid.uuid4().hex}").dispatch_once():
                     pass
             finally:
                 await junk.aclose()

@@ -1,16 +1,14 @@
 """The transactional outbox and its dispatcher.
 
 ``emit`` inserts the event in the caller's transaction, so the change and its events commit
-together or not at all. The dispatcher (in the job worker) moves pending rows onto the arq queue,
-one job per event with the event id as the job id, and marks them dispatched in the same
-transaction that locked them. A crash between enqueue and commit leaves the row pending: it is
-enqueued again, and arq's job id plus idempotent handlers make the second delivery harmless.
+together or not at all. The dispatcher (in the job worker) turns pending rows into one delivery per
+handler (``kernel.events.deliveries``) in the transaction that marks them dispatched, and then
+enqueues one job per delivery. Delivery state lives in PostgreSQL; a queue lost with Redis is
+rebuilt from it by the worker's sweeper.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,14 +19,14 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.db.engine import Database
 from kernel.db.models import uuid7
+from kernel.events.deliveries import Deliveries, across_tenants
+from kernel.events.loop import BackgroundLoop
 
-__all__ = ["JOB", "OutboxDispatcher", "emit", "emit_many"]
+__all__ = ["OutboxDispatcher", "emit", "emit_many"]
 
 log = logging.getLogger("businessos.events")
 
-JOB = "kernel.run_event_handlers"
 _BATCH = 100
 
 
@@ -61,35 +59,41 @@ async def emit_many(
     )
 
 
-class OutboxDispatcher:
-    """Moves pending outbox rows onto the job queue."""
+class OutboxDispatcher(BackgroundLoop):
+    """Moves pending outbox rows into deliveries and their jobs onto the queue."""
 
-    def __init__(self, db: Database, queue: ArqRedis, queue_name: str, poll_interval: float = 0.1) -> None:
-        self.db = db
+    name = "outbox dispatch"
+
+    def __init__(
+        self, deliveries: Deliveries, queue: ArqRedis, queue_name: str, poll_interval: float = 0.1
+    ) -> None:
+        super().__init__(log, poll_interval)
+        self.deliveries = deliveries
+        self.db = deliveries.db
         self.queue = queue
         self.queue_name = queue_name
-        self.poll_interval = poll_interval
-        self._task: asyncio.Task[None] | None = None
+
+    async def step(self) -> bool:
+        return await self.dispatch_once() == _BATCH
 
     async def dispatch_once(self) -> int:
-        """Enqueue up to one batch of pending events; returns how many."""
-        async with self.db.global_() as session:
-            await session.execute(text("select set_config('app.outbox_dispatch', 'on', true)"))
+        """Turn up to one batch of pending events into deliveries; returns how many events.
+
+        The deliveries are created in the transaction that marks the events dispatched, and
+        enqueued only after it commits: a job never looks for a row that is not there, and an
+        enqueue that fails (Redis down) leaves a pending delivery the sweeper enqueues later.
+        """
+        async with across_tenants(self.db) as session:
             rows = (
                 await session.execute(
                     text(
-                        "select tenant_id, id, event, payload from events_outbox where status = 'pending' "
+                        "select tenant_id, id, event from events_outbox where status = 'pending' "
                         "order by created_at, id limit :n for update skip locked"
                     ),
                     {"n": _BATCH},
                 )
             ).all()
-            for row in rows:
-                payload = msgspec.json.decode(row.payload) if isinstance(row.payload, str | bytes) else row.payload
-                await self.queue.enqueue_job(
-                    JOB, str(row.tenant_id), row.event, payload, str(row.id),
-                    _job_id=f"event:{row.id}", _queue_name=self.queue_name,
-                )
+            created = await self.deliveries.create(session, [(r.tenant_id, r.id, r.event) for r in rows])
             if rows:
                 await session.execute(
                     text(
@@ -98,24 +102,9 @@ class OutboxDispatcher:
                     ),
                     {"ids": [row.id for row in rows]},
                 )
+        try:
+            for tenant_id, delivery_id in created:
+                await self.deliveries.enqueue(self.queue, self.queue_name, tenant_id, delivery_id, 1)
+        except Exception as exc:  # the sweeper enqueues what is left
+            self._trouble.warning("enqueue", "cannot enqueue event deliveries (%s); the sweeper will", exc)
         return len(rows)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                if await self.dispatch_once() == _BATCH:
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox dispatch failed; retrying")
-            await asyncio.sleep(self.poll_interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="businessos-outbox")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

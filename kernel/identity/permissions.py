@@ -36,6 +36,8 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.api_keys.read", "List API keys"),
     Permission("kernel.api_keys.write", "Create and revoke API keys"),
     Permission("kernel.audit.read", "Read and verify the audit log"),
+    Permission("kernel.events.deliveries.read", "See event deliveries, their attempts and dead letters"),
+    Permission("kernel.events.deliveries.write", "Redeliver an event to a handler"),
     Permission("kernel.ai.use", "Call AI models through the tenant's provider keys and budgets"),
     Permission("kernel.ai.keys.read", "See which AI provider keys are configured (never the keys)"),
     Permission("kernel.ai.keys.write", "Store and remove AI provider keys"),

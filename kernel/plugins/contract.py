@@ -23,12 +23,15 @@ __all__ = [
     "EventContext",
     "EventHandler",
     "EventType",
+    "JobContext",
+    "JobSpec",
     "LifespanFactory",
     "Manifest",
     "NodeContext",
     "NodeRunner",
     "NodeSpec",
     "Permission",
+    "Schedule",
 ]
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -88,6 +91,9 @@ class EventHandler:
 
     event: str
     handler: Callable[[EventContext], Awaitable[None]]
+    name: str = ""
+    """Names the handler in its deliveries (``<plugin>:<name>``); defaults to the function's
+    qualified name. Keep it stable: renaming it orphans the deliveries still pending."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,53 @@ class NodeSpec:
     filter: Callable[[Any, dict[str, Any]], bool] | None = field(default=None, compare=False)
     """For triggers: ``filter(config, payload)``, whether this event starts the workflow (``None``:
     every event of the type does)."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job function receives."""
+
+    name: str
+    """The job's ``<plugin>.<job>`` name."""
+    tenant_id: uuid.UUID | None
+    """The tenant it was enqueued for; ``None`` for installation-wide work (schedules)."""
+    payload: dict[str, Any]
+    services: Services = field(repr=False)
+    """The job's plugin's facade."""
+    job_id: str
+    """arq's job id: the same on every attempt of one job."""
+    attempt: int
+    """1 for the first run, 2 for the first retry, ..."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A background job a plugin runs in the worker: ``services.jobs.enqueue(name, ...)``.
+
+    ``run`` may run more than once for one enqueue (at least once: a worker killed mid-run, a
+    retry after an exception), so it must be idempotent. An exception is retried up to
+    ``max_attempts`` in all, with exponential backoff and jitter; ``timeout`` cancels a run."""
+
+    name: str
+    """``<plugin>.<job>``."""
+    run: Callable[[JobContext], Awaitable[Any]] = field(compare=False)
+    max_attempts: int = 3
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Enqueue the plugin's job ``job`` at every tick of ``cron`` (five fields) in ``timezone``
+    (an IANA name; DST is honoured: a tick in a skipped hour runs at its end, one in a repeated
+    hour runs once). Each tick runs once however many workers run: its job id names the tick."""
+
+    name: str
+    """``<plugin>.<schedule>``."""
+    cron: str
+    job: str
+    """A ``<plugin>.<job>`` the same plugin declares."""
+    timezone: str = "UTC"
+    payload: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 LifespanFactory = Callable[[], AbstractAsyncContextManager[None]]

@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
     from kernel.entitlements import EntitlementProvider
-    from kernel.plugins.contract import EventHandler, EventType, LifespanFactory, NodeSpec, Permission
+    from kernel.plugins.contract import (
+        EventHandler,
+        EventType,
+        JobSpec,
+        LifespanFactory,
+        NodeSpec,
+        Permission,
+        Schedule,
+    )
     from kernel.webhooks.contract import WebhookRoute
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -94,8 +102,20 @@ def businessos_settings_schema() -> type[msgspec.Struct]:
 
 @hookspec
 def businessos_lifespan() -> LifespanFactory:
-    """Return a factory of an async context manager entered when the API process starts and
-    exited when it stops (open clients, start background tasks)."""
+    """Return a factory of an async context manager entered when a process starts and exited
+    when it stops (open clients, start background tasks): the API, and the job worker."""
+
+
+@hookspec
+def businessos_jobs() -> Sequence[JobSpec]:
+    """Return the plugin's background jobs, named ``<plugin>.<job>``. The worker runs them; code
+    enqueues them through ``services.jobs.enqueue``. They run at least once: make them idempotent."""
+
+
+@hookspec
+def businessos_schedules() -> Sequence[Schedule]:
+    """Return cron schedules, named ``<plugin>.<schedule>``, each enqueuing one of the plugin's
+    jobs at every tick (in the schedule's time zone), once per tick across all workers."""
 
 
 @hookspec

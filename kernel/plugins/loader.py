@@ -31,10 +31,12 @@ from kernel.plugins.contract import (
     PLUGIN_NAME,
     EventHandler,
     EventType,
+    JobSpec,
     LifespanFactory,
     Manifest,
     NodeSpec,
     Permission,
+    Schedule,
 )
 from kernel.webhooks.contract import WEBHOOK_NAME, WebhookRoute
 
@@ -74,6 +76,8 @@ class PluginRecord:
     cli_commands: list[Any] = field(default_factory=list)
     webhooks: list[WebhookRoute] = field(default_factory=list)
     entitlements: EntitlementProvider | None = None
+    jobs: list[JobSpec] = field(default_factory=list)
+    schedules: list[Schedule] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -210,6 +214,8 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_cli_commands",
         "businessos_webhook_routes",
         "businessos_entitlements",
+        "businessos_jobs",
+        "businessos_schedules",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -268,6 +274,13 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                         record.disable("businessos_entitlements must return a sdk.EntitlementProvider")
                     else:
                         record.entitlements = value
+                case "businessos_jobs":
+                    record.jobs = list(value)
+                    _check_names(record, "job", [j.name for j in record.jobs], 2)
+                case "businessos_schedules":
+                    record.schedules = list(value)
+                    _check_names(record, "schedule", [s.name for s in record.schedules], 2)
+                    _check_schedules(record)
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -275,6 +288,18 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
             return
     if record.active and record.routes:
         _check_route_permissions(record)
+
+
+def _check_schedules(record: PluginRecord) -> None:
+    """Each schedule names a job of its own plugin, a cron expression and a time zone that parse."""
+    from kernel.jobs.schedules import check_schedule
+
+    jobs = {job.name for job in record.jobs}
+    for schedule in record.schedules:
+        problem = check_schedule(schedule, jobs)
+        if problem:
+            record.disable(f"schedule {schedule.name!r}: {problem}")
+            return
 
 
 def _check_route_permissions(record: PluginRecord) -> None:

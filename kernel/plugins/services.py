@@ -26,6 +26,7 @@ from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal
+from kernel.jobs.facade import Jobs
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import Vault
 from kernel.webhooks.service import Webhooks
@@ -372,6 +373,7 @@ class Services:
         self.vault = Vault(kernel.db, kernel.box, plugin)
         self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
         self.entitlements = Entitlements(kernel.entitlements, plugin)
+        self.jobs = Jobs(kernel, plugin)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -239,6 +239,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                 case "businessos_workflow_nodes":
                     record.nodes = list(value)
                     _check_names(record, "node key", [n.key for n in record.nodes], 2)
+                    _check_nodes(record)
                 case "businessos_settings_schema":
                     if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
                         record.disable("businessos_settings_schema must return a msgspec.Struct class")
@@ -303,6 +304,17 @@ def _check_names(record: PluginRecord, kind: str, names: Sequence[str], parts: i
             shape = ".".join([record.name, *(["<entity>", "<verb>"] if parts == 3 else ["<node>"])])
             record.disable(f"{kind} {name!r} must look like {shape}")
             return
+
+
+def _check_nodes(record: PluginRecord) -> None:
+    """An action has a runner; a trigger names the event it starts on (and maybe a filter)."""
+    for node in record.nodes:
+        if node.kind == "trigger" and node.run is not None:
+            record.disable(f"node {node.key!r} is a trigger: only actions have run")
+        elif node.kind == "action" and (node.event is not None or node.filter is not None):
+            record.disable(f"node {node.key!r} is an action: event and filter belong to triggers")
+        elif node.event is not None and (not _DOTTED.match(node.event) or node.event.count(".") != 2):
+            record.disable(f"node {node.key!r} starts on {node.event!r}, not an event name (<plugin>.<entity>.<verb>)")
 
 
 def route_keys(handlers: Sequence[Any]) -> list[tuple[str, str]]:

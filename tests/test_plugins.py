@@ -271,6 +271,13 @@ def businessos_settings_schema() -> Any:
             id="missing-migrations-folder",
         ),
         pytest.param(
+            "@get('/api/' + NAME + '/x', opt={'permission': sdk.AUTHENTICATED})\n"
+            "async def x(kernel: Any) -> dict:\n    return {}\n\n"
+            "@sdk.hookimpl\ndef businessos_routes() -> Any:\n    return [x]\n",
+            "asks for the kernel: take services: sdk.Services instead",
+            id="route-asking-for-the-kernel",
+        ),
+        pytest.param(
             "@sdk.hookimpl\ndef businessos_workflow_nodes() -> Any:\n"
             "    return [sdk.NodeSpec(key=NAME + '.sent', kind='trigger', title='Sent', event='sent')]\n",
             "not an event name",

@@ -10,6 +10,7 @@ stop the boot with a message naming both sides, because silently picking one wou
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -281,6 +282,10 @@ def _check_route_permissions(record: PluginRecord) -> None:
         for handler in getattr(route, "route_handlers", ()):
             if set(getattr(handler, "http_methods", ())) <= {"OPTIONS", "HEAD"}:
                 continue  # Litestar's own OPTIONS handler
+            if "kernel" in inspect.signature(handler.fn).parameters:
+                # The kernel object is the platform's internals: a plugin works through its facade.
+                record.disable(f"route {route.path} asks for the kernel: take services: sdk.Services instead")
+                return
             permission = handler.opt.get("permission")
             if permission is None:
                 record.disable(f"route {route.path} declares no permission (opt={{'permission': ...}})")

@@ -270,6 +270,25 @@ def businessos_settings_schema() -> Any:
             "does not exist",
             id="missing-migrations-folder",
         ),
+        pytest.param(
+            "@get('/api/' + NAME + '/x', opt={'permission': sdk.AUTHENTICATED})\n"
+            "async def x(kernel: Any) -> dict:\n    return {}\n\n"
+            "@sdk.hookimpl\ndef businessos_routes() -> Any:\n    return [x]\n",
+            "asks for the kernel: take services: sdk.Services instead",
+            id="route-asking-for-the-kernel",
+        ),
+        pytest.param(
+            "@sdk.hookimpl\ndef businessos_workflow_nodes() -> Any:\n"
+            "    return [sdk.NodeSpec(key=NAME + '.sent', kind='trigger', title='Sent', event='sent')]\n",
+            "not an event name",
+            id="trigger-event-not-an-event",
+        ),
+        pytest.param(
+            "@sdk.hookimpl\ndef businessos_workflow_nodes() -> Any:\n"
+            "    return [sdk.NodeSpec(key=NAME + '.send', kind='action', title='Send', event='crm.deal.won')]\n",
+            "event and filter belong to triggers",
+            id="action-with-an-event",
+        ),
     ],
 )
 def test_a_hook_returning_the_wrong_shape_disables_the_plugin(

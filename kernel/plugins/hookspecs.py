@@ -88,7 +88,11 @@ def businessos_event_handlers() -> Sequence[EventHandler]:
 
 @hookspec
 def businessos_workflow_nodes() -> Sequence[NodeSpec]:
-    """Return workflow node specs (actions and triggers), keyed ``<plugin>.<node>``."""
+    """Return workflow node specs (actions and triggers), keyed ``<plugin>.<node>``.
+
+    An action carries its runner, ``run(ctx: NodeContext, config) -> output``; a trigger names the
+    ``event`` it starts on and may carry a ``filter(config, payload)``.
+    """
 
 
 @hookspec

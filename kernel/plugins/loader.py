@@ -10,6 +10,7 @@ stop the boot with a message naming both sides, because silently picking one wou
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -253,6 +254,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                 case "businessos_workflow_nodes":
                     record.nodes = list(value)
                     _check_names(record, "node key", [n.key for n in record.nodes], 2)
+                    _check_nodes(record)
                 case "businessos_settings_schema":
                     if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
                         record.disable("businessos_settings_schema must return a msgspec.Struct class")
@@ -321,6 +323,10 @@ def _check_route_permissions(record: PluginRecord) -> None:
         for handler in getattr(route, "route_handlers", ()):
             if set(getattr(handler, "http_methods", ())) <= {"OPTIONS", "HEAD"}:
                 continue  # Litestar's own OPTIONS handler
+            if "kernel" in inspect.signature(handler.fn).parameters:
+                # The kernel object is the platform's internals: a plugin works through its facade.
+                record.disable(f"route {route.path} asks for the kernel: take services: sdk.Services instead")
+                return
             permission = handler.opt.get("permission")
             if permission is None:
                 record.disable(f"route {route.path} declares no permission (opt={{'permission': ...}})")
@@ -356,6 +362,17 @@ def _check_names(record: PluginRecord, kind: str, names: Sequence[str], parts: i
             shape = ".".join([record.name, *(["<entity>", "<verb>"] if parts == 3 else ["<node>"])])
             record.disable(f"{kind} {name!r} must look like {shape}")
             return
+
+
+def _check_nodes(record: PluginRecord) -> None:
+    """An action has a runner; a trigger names the event it starts on (and maybe a filter)."""
+    for node in record.nodes:
+        if node.kind == "trigger" and node.run is not None:
+            record.disable(f"node {node.key!r} is a trigger: only actions have run")
+        elif node.kind == "action" and (node.event is not None or node.filter is not None):
+            record.disable(f"node {node.key!r} is an action: event and filter belong to triggers")
+        elif node.event is not None and (not _DOTTED.match(node.event) or node.event.count(".") != 2):
+            record.disable(f"node {node.key!r} starts on {node.event!r}, not an event name (<plugin>.<entity>.<verb>)")
 
 
 def route_keys(handlers: Sequence[Any]) -> list[tuple[str, str]]:

@@ -12,13 +12,20 @@ them, when the document is first served (:class:`OpenAPIDocument` renders ``/sch
   its ``If-Match`` header, its method;
 - a raw request body a handler reads itself: ``opt["request_media_type"]`` (e.g. ``text/csv``)
   documents it; a ``data`` parameter with a default makes the JSON body optional;
-- statuses only the handler knows of (a budget, an outside provider): ``opt["problems"]``.
+- statuses only the handler knows of (a budget, an outside provider): ``opt["problems"]``;
+- a PATCH whose JSON body carries a ``version`` is optimistic (the CRM's records): its
+  ``If-Match`` header and the 412/428 it leads to;
+- request body schemas as msgspec states them: Litestar's own rendering of a ``msgspec.Struct``
+  drops ``forbid_unknown_fields`` (``additionalProperties: false``) and some bounds (those inside
+  ``UNSET`` unions, those of list items); msgspec's is what the server enforces (with one
+  correction: a ``Decimal`` is taken as a JSON number too, not only as a string).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.routes import HTTPRoute
 
@@ -154,12 +161,61 @@ def _handlers(app: Litestar) -> dict[tuple[str, str], HTTPRouteHandler]:
     return found
 
 
+def _request_schemas(handlers: dict[tuple[str, str], HTTPRouteHandler]) -> dict[str, dict[str, Any]]:
+    """msgspec's JSON schemas of the handlers' ``data`` types and of the types they contain."""
+    types = {
+        parameter.annotation
+        for handler in handlers.values()
+        if (parameter := handler.parsed_fn_signature.parameters.get("data")) is not None
+    }
+    found: dict[str, dict[str, Any]] = {}
+    for kind in sorted(types, key=repr):
+        try:
+            _, components = msgspec.json.schema_components([kind], ref_template="#/components/schemas/{name}")
+        except TypeError:
+            continue  # a type msgspec does not describe: Litestar's rendering stays
+        found.update(components)
+    return {name: _decimals_as_numbers_too(schema) for name, schema in found.items()}
+
+
+def _decimals_as_numbers_too(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_decimals_as_numbers_too(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    fixed = {key: _decimals_as_numbers_too(value) for key, value in schema.items()}
+    if fixed.get("format") == "decimal" and fixed.get("type") == "string":
+        fixed["type"] = ["string", "number"]
+    return fixed
+
+
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'The ETag of the version this change is based on, such as "3"',
+    "schema": {"type": "string"},
+}
+
+
+def _versioned(operation: dict[str, Any], schemas: dict[str, Any]) -> bool:
+    """Whether ``operation``'s JSON body can name the version it changes (``version``)."""
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    ref = body.get("$ref", "")
+    schema = schemas.get(ref.rpartition("/")[2], {}) if ref else body
+    return "version" in schema.get("properties", {})
+
+
 def complete_document(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
     """Add security and the error answers to ``document`` (Litestar's, as a dict), in place."""
     components = document.setdefault("components", {})
     components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
-    components.setdefault("schemas", {}).update(_SCHEMAS)
+    schemas = components.setdefault("schemas", {})
     handlers = _handlers(app)
+    for name, schema in _request_schemas(handlers).items():
+        if schemas.get(name, schema).get("title", name) == name:  # never a same-named other type
+            schemas[name] = schema
+    schemas.update(_SCHEMAS)
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
             handler = handlers.get((path, method))
@@ -167,6 +223,8 @@ def complete_document(app: Litestar, document: dict[str, Any]) -> dict[str, Any]
                 continue
             permission = handler.opt.get("permission")
             operation["security"] = [] if permission == PUBLIC else _AUTHENTICATED
+            if method == "patch" and _versioned(operation, schemas):
+                operation.setdefault("parameters", []).append(_IF_MATCH)
             responses = operation["responses"]
             for status in _statuses(handler, method, operation):
                 responses[str(status)] = _problem_response(status)

@@ -90,6 +90,9 @@ async def test_request_schemas_carry_what_the_server_enforces(api: AsyncTestClie
     )
     assert pipeline.status_code == 422 and pipeline.json()["errors"][0]["field"] == "is_default"
     assert pipeline.headers["content-type"] == "application/problem+json"
+    # A body field named like a dependency of the app (``tenant``) is checked like any other.
+    switch = await api.post("/api/auth/switch-tenant", json={"tenant": ""}, headers=headers)
+    assert switch.status_code == 422 and switch.json()["errors"][0]["field"] == "tenant"
 
 
 async def test_dates_in_queries_are_rfc3339_text(api: AsyncTestClient[Any]) -> None:

@@ -13,6 +13,7 @@ from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
 
 from kernel import __version__
 from kernel.ai import library_routes as ai_library_routes
@@ -28,6 +29,8 @@ from kernel.events import routes as event_routes
 from kernel.events.catalog import list_event_types
 from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
+from kernel.http.openapi import OpenAPIDocument
+from kernel.http.strict import strict_body_guard
 from kernel.identity import routes as identity_routes
 from kernel.identity.auth import AuthenticationMiddleware, access_guard
 from kernel.identity.permissions import KERNEL_PERMISSIONS
@@ -80,10 +83,11 @@ def kernel_route_handlers() -> list[Any]:
 
 
 async def kernel_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The rate limit, then access control, as one guard: Litestar copies the route handler for
-    every guard it runs, on every request."""
+    """The rate limit, access control, then the JSON body's strict types, as one guard: Litestar
+    copies the route handler for every guard it runs, on every request."""
     await rate_limit_guard(connection, handler)
     await access_guard(connection, handler)
+    await strict_body_guard(connection, handler)
 
 
 def load_app_plugins(allowlist: frozenset[str] | None) -> PluginSet:
@@ -142,7 +146,13 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             if settings.cors_origins
             else None
         ),
-        openapi_config=OpenAPIConfig(title="BusinessOS", version=__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="BusinessOS",
+            version=__version__,
+            path="/schema",
+            # openapi.json completed with security and error answers; the UI at /schema/scalar
+            render_plugins=[OpenAPIDocument(), ScalarRenderPlugin()],
+        ),
     )
     hardening(app, settings)  # outermost: wraps routing and CORS too
     return app

@@ -4,9 +4,10 @@ for its AI calls."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, delete, get, patch, post, put
+from litestar.params import Parameter
 
 from kernel.ai.conversations import ConversationService
 from kernel.ai.library_schemas import (
@@ -40,12 +41,18 @@ SETTINGS_WRITE = "kernel.ai.settings.write"
 
 Req = Request[Any, Any, Any]
 
+# Declared, so that the OpenAPI document says what is accepted and nothing larger reaches the
+# database (an offset or a version number must fit its integer column).
+PageNumber = Annotated[int, Parameter(ge=1, le=1_000_000, description="1-based page number")]
+PageSize = Annotated[int, Parameter(ge=1, le=100, description="rows per page")]
+VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1)]
+
 
 # --- prompt templates -----------------------------------------------------------------------------
 
 
 @get("/api/ai/prompts", tags=["ai"], opt={"permission": PROMPTS_READ})
-async def list_prompts(kernel: Kernel, tenant: Tenant, page: int = 1, limit: int = 20) -> PromptList:
+async def list_prompts(kernel: Kernel, tenant: Tenant, page: PageNumber = 1, limit: PageSize = 20) -> PromptList:
     """The tenant's prompt templates by name (``limit`` at most 100)."""
     return await PromptService(kernel.db).list(tenant.id, page, limit)
 
@@ -66,7 +73,9 @@ async def get_prompt(prompt_id: uuid.UUID, kernel: Kernel, tenant: Tenant) -> Pr
 
 
 @get("/api/ai/prompts/{prompt_id:uuid}/versions/{version:int}", tags=["ai"], opt={"permission": PROMPTS_READ})
-async def get_prompt_version(prompt_id: uuid.UUID, version: int, kernel: Kernel, tenant: Tenant) -> PromptVersion:
+async def get_prompt_version(
+    prompt_id: uuid.UUID, version: VersionNumber, kernel: Kernel, tenant: Tenant
+) -> PromptVersion:
     return await PromptService(kernel.db).version(tenant.id, prompt_id, version)
 
 
@@ -113,7 +122,7 @@ async def render_prompt(prompt_id: uuid.UUID, data: RenderRequest, kernel: Kerne
 
 @get("/api/ai/conversations", tags=["ai"], opt={"permission": USE})
 async def list_conversations(
-    kernel: Kernel, tenant: Tenant, request: Req, page: int = 1, limit: int = 20
+    kernel: Kernel, tenant: Tenant, request: Req, page: PageNumber = 1, limit: PageSize = 20
 ) -> ConversationList:
     """The caller's own conversations, most recently active first."""
     return await ConversationService(kernel.db).list(tenant.id, request_actor(request), page, limit)
@@ -129,7 +138,7 @@ async def create_conversation(data: ConversationCreate, kernel: Kernel, tenant: 
 
 @get("/api/ai/conversations/{conversation_id:uuid}", tags=["ai"], opt={"permission": USE})
 async def get_conversation(
-    conversation_id: uuid.UUID, kernel: Kernel, tenant: Tenant, request: Req, page: int = 1, limit: int = 50
+    conversation_id: uuid.UUID, kernel: Kernel, tenant: Tenant, request: Req, page: PageNumber = 1, limit: PageSize = 50
 ) -> ConversationDetail:
     """The conversation with a page of its messages, oldest first (404 unless the caller started it)."""
     return await ConversationService(kernel.db).get(tenant.id, conversation_id, request_actor(request), page, limit)

@@ -139,7 +139,7 @@ class PromptList(msgspec.Struct, frozen=True):
 
 class RenderRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     variables: dict[str, Any] = {}
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)] | None = None  # an int4 column
 
 
 class Rendered(msgspec.Struct, frozen=True):

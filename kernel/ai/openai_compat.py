@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -21,10 +21,10 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from kernel.ai.pricing import PROVIDERS, litellm_async, provider_models
-from kernel.ai.proxy import ChatParams, Completion
+from kernel.ai.proxy import CALL_PROBLEMS, ChatParams, Completion
 from kernel.ai.service import caller_of
 from kernel.context import Kernel
-from kernel.errors import BadRequest, Problem
+from kernel.errors import Problem
 from kernel.tenants.schemas import Tenant
 
 __all__ = ["handlers"]
@@ -48,7 +48,7 @@ class OpenAIChatRequest(msgspec.Struct, frozen=True):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     stop: list[str] | str | None = None
-    n: int | None = None
+    n: Literal[1] | None = None  # one choice per call
 
 
 def _usage(result: Completion) -> dict[str, Any]:
@@ -64,12 +64,10 @@ def _sse(data: Any) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
-@post("/v1/chat/completions", status_code=200, tags=["openai"], opt={"permission": USE})
+@post("/v1/chat/completions", status_code=200, tags=["openai"], opt={"permission": USE, **CALL_PROBLEMS})
 async def chat_completions(
     data: OpenAIChatRequest, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> Response[Any]:
-    if data.n not in (None, 1):
-        raise BadRequest("only n=1 is supported")
     params = ChatParams(
         model=data.model, messages=data.messages, stream=bool(data.stream),
         max_tokens=data.max_completion_tokens or data.max_tokens, temperature=data.temperature,
@@ -118,15 +116,13 @@ async def chat_completions(
 class OpenAIEmbeddingRequest(msgspec.Struct, frozen=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     input: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=2048)]
-    encoding_format: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
 
 
-@post("/v1/embeddings", status_code=200, tags=["openai"], opt={"permission": USE})
+@post("/v1/embeddings", status_code=200, tags=["openai"], opt={"permission": USE, **CALL_PROBLEMS})
 async def embeddings(
     data: OpenAIEmbeddingRequest, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> dict[str, Any]:
-    if data.encoding_format not in (None, "float", "base64"):
-        raise BadRequest("encoding_format must be float or base64")
     inputs = [data.input] if isinstance(data.input, str) else data.input
     vectors, result = await kernel.ai.embed(caller_of(request, tenant.id, "openai"), data.model, inputs)
     encode = data.encoding_format == "base64"

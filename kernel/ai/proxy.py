@@ -59,6 +59,7 @@ from kernel.settings import Settings
 
 __all__ = [
     "CALL_EVENT",
+    "CALL_PROBLEMS",
     "AIProxy",
     "Caller",
     "ChatParams",
@@ -84,6 +85,11 @@ _DEFAULT_BASES = {
     "groq": "https://api.groq.com/openai/v1",
     "anthropic": "https://api.anthropic.com",
 }
+
+
+CALL_PROBLEMS = {"problems": (402, 409, 502, 504)}
+"""Route ``opt`` entries of a route that calls a provider: what a budget (402), a missing key
+(409) or the provider (502, 504) can answer besides the usual (see kernel.http.openapi)."""
 
 
 class ProviderRejectedKey(Problem):

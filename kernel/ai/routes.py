@@ -14,7 +14,7 @@ from litestar.response import Stream
 from kernel.ai.budgets import check_scope
 from kernel.ai.compose import one_source
 from kernel.ai.pricing import PROVIDERS, litellm_async, provider_models
-from kernel.ai.proxy import ChatParams, Completion
+from kernel.ai.proxy import CALL_PROBLEMS, ChatParams, Completion
 from kernel.ai.retrieval.chat import augment
 from kernel.ai.retrieval.schemas import ChatSource
 from kernel.ai.schemas import (
@@ -106,7 +106,7 @@ def _event(name: str, data: Any) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
 
 
-@post("/api/ai/chat", status_code=200, tags=["ai"], opt={"permission": USE})
+@post("/api/ai/chat", status_code=200, tags=["ai"], opt={"permission": USE, **CALL_PROBLEMS})
 async def chat(data: ChatRequest, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]) -> Response[Any]:
     """A chat completion with the tenant's key. With ``stream: true``: server-sent events
     ``delta`` (``{"content"}``), then ``done`` (id, model, usage, cost) or ``error`` (a problem)."""

@@ -109,7 +109,8 @@ class ChatAnswer(msgspec.Struct, frozen=True):
 class BudgetUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     monthly_cost_limit: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
     monthly_token_limit: Annotated[int, msgspec.Meta(ge=0, le=10**15)] | None = None
-    soft_limit_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
+    # numeric(6, 5): a smaller ratio would round to 0, which the table refuses
+    soft_limit_ratio: Annotated[float, msgspec.Meta(ge=0.00001, le=1)] = 0.8
     principal: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     """``user:<id>`` or ``api_key:<id>`` for that principal's own budget; absent: the tenant's."""
 

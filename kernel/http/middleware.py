@@ -16,7 +16,10 @@ Per request it:
 - adds security headers to every response; HSTS only when the request came over TLS (scheme
   ``https``, or ``X-Forwarded-Proto: https`` from a trusted proxy); ``Cache-Control: no-store`` on
   ``/api/auth/*``, on responses that set cookies, and on routes with ``opt["no_store"] = True``;
-  the ``RateLimit-*`` headers of the rate-limit decision (see :mod:`kernel.http.ratelimit`).
+  the ``RateLimit-*`` headers of the rate-limit decision (see :mod:`kernel.http.ratelimit`);
+- answers ``OPTIONS`` with an ``Allow`` that lists every method of the path: Litestar makes the
+  automatic ``OPTIONS`` handler when a path's first handler is registered and lists only that
+  handler's methods, also after more handlers join the path (e.g. GET, then POST).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from litestar.routes import HTTPRoute
 
 from kernel.errors import PayloadTooLarge, problem_document
 
@@ -108,8 +112,9 @@ class _ProxyTrust:
 class HardeningMiddleware:
     """See the module docstring. Configure with :func:`hardening`."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, allow: dict[int, bytes] | None = None) -> None:
         self.app = app
+        self.allow = allow or {}  # id of a path's OPTIONS handler -> the path's Allow header
         self.max_body = settings.max_body_bytes
         self.proxies = _ProxyTrust(settings.trusted_proxies) if settings.trusted_proxies else None
 
@@ -178,6 +183,9 @@ class HardeningMiddleware:
                 ):
                     headers = [h for h in headers if h[0].lower() != b"cache-control"]
                     headers.append(_NO_STORE)
+                if handler is not None and id(handler) in self.allow:
+                    headers = [h for h in headers if h[0].lower() != b"allow"]
+                    headers.append((b"allow", self.allow[id(handler)]))
                 message["headers"] = headers
             await send(message)
 
@@ -230,6 +238,18 @@ class HardeningMiddleware:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _allow_headers(app: Any) -> dict[int, bytes]:
+    """The ``Allow`` of each path, keyed by the id of the path's ``OPTIONS`` handler."""
+    allow: dict[int, bytes] = {}
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            methods = ", ".join(sorted(route.methods)).encode()
+            for handler in route.route_handlers:
+                if set(handler.http_methods) == {"OPTIONS"}:
+                    allow[id(handler)] = methods
+    return allow
+
+
 def hardening(app: Any, settings: Settings) -> None:
     """Wrap a built Litestar app's handler in :class:`HardeningMiddleware` (outermost layer)."""
-    app.asgi_handler = HardeningMiddleware(app.asgi_handler, settings)
+    app.asgi_handler = HardeningMiddleware(app.asgi_handler, settings, _allow_headers(app))

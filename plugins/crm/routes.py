@@ -478,22 +478,25 @@ def _mode(mode: str) -> csvio.Mode:
     return mode  # type: ignore[return-value]
 
 
+CSV_BODY = {"request_media_type": "text/csv"}  # the body is read raw; this documents it (kernel.http.openapi)
+
+
 def _csv(text: str, name: str) -> Response[str]:
     return Response(
         content=text,
-        media_type="text/csv; charset=utf-8",
+        media_type="text/csv",  # Litestar adds "; charset=utf-8" to text types
         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
     )
 
 
-@get("/api/crm/contacts/export", opt={"permission": "crm.contacts.read"}, tags=["crm"])
+@get("/api/crm/contacts/export", opt={"permission": "crm.contacts.read"}, tags=["crm"], media_type="text/csv")
 async def export_contacts(tenant: sdk.Tenant, services: sdk.Services) -> Response[str]:
     """Every contact as CSV, oldest first (``company`` is the company's name, ``tags`` joined by ``;``)."""
     async with services.data.tenant(tenant.id) as session:
         return _csv(await csvio.export_contacts(session), "contacts")
 
 
-@post("/api/crm/contacts/import", opt={"permission": "crm.contacts.write"}, tags=["crm"], status_code=200)
+@post("/api/crm/contacts/import", opt={"permission": "crm.contacts.write", **CSV_BODY}, tags=["crm"], status_code=200)
 async def import_contacts(
     request: Request[Any, Any, Any], tenant: sdk.Tenant, services: sdk.Services, mode: str = "all_or_nothing"
 ) -> s.ImportReport:
@@ -506,14 +509,14 @@ async def import_contacts(
         return await csvio.import_contacts(session, _actor(services, request, tenant), body, chosen)
 
 
-@get("/api/crm/companies/export", opt={"permission": "crm.companies.read"}, tags=["crm"])
+@get("/api/crm/companies/export", opt={"permission": "crm.companies.read"}, tags=["crm"], media_type="text/csv")
 async def export_companies(tenant: sdk.Tenant, services: sdk.Services) -> Response[str]:
     """Every company as CSV, oldest first."""
     async with services.data.tenant(tenant.id) as session:
         return _csv(await csvio.export_companies(session), "companies")
 
 
-@post("/api/crm/companies/import", opt={"permission": "crm.companies.write"}, tags=["crm"], status_code=200)
+@post("/api/crm/companies/import", opt={"permission": "crm.companies.write", **CSV_BODY}, tags=["crm"], status_code=200)
 async def import_companies(
     request: Request[Any, Any, Any], tenant: sdk.Tenant, services: sdk.Services, mode: str = "all_or_nothing"
 ) -> s.ImportReport:

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, delete, get, post
 
+from kernel.ai.proxy import CALL_PROBLEMS
 from kernel.ai.retrieval.schemas import (
     DocumentCreate,
     DocumentDetail,
@@ -25,7 +26,7 @@ READ = "kernel.ai.documents.read"
 WRITE = "kernel.ai.documents.write"
 
 
-@post("/api/ai/documents", status_code=201, tags=["ai"], opt={"permission": WRITE})
+@post("/api/ai/documents", status_code=201, tags=["ai"], opt={"permission": WRITE, **CALL_PROBLEMS})
 async def ingest_document(
     data: DocumentCreate, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> DocumentOut:
@@ -56,7 +57,7 @@ async def delete_document(
     await kernel.retrieval.delete(caller_of(request, tenant.id, "api"), document_id)
 
 
-@post("/api/ai/search", status_code=200, tags=["ai"], opt={"permission": READ})
+@post("/api/ai/search", status_code=200, tags=["ai"], opt={"permission": READ, **CALL_PROBLEMS})
 async def search_documents(
     data: SearchRequest, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> SearchResult:

@@ -303,7 +303,11 @@ async def test_contact_changes_put_their_events_in_the_outbox(
     )
     await api.delete(f"/api/crm/contacts/{c['id']}", headers=t["h"])
     async with other_process(crm_settings) as kernel, kernel.db.tenant(uuid.UUID(t["id"])) as session:
-        rows = (await session.execute(text("select event, payload from events_outbox order by created_at, id"))).all()
+        rows = (
+            await session.execute(
+                text("select event, payload from events_outbox where event not like 'kernel.%' order by created_at, id")
+            )
+        ).all()
     # The refused change left no event: events commit with the change or not at all.
     assert [(r.event, r.payload.get("first_name")) for r in rows] == [
         ("crm.contact.created", "Ada"),

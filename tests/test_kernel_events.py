@@ -197,3 +197,50 @@ async def test_event_types_list_the_kernel_and_plugins_with_schemas(settings: Se
     assert made["source"] == name and made["description"] == "A thing"
     assert made["payload_schema"]["$defs"]["Thing"]["required"] == ["thing_id", "label"]
     assert types[f"{name}.thing.lost"]["payload_schema"] is None
+
+
+async def test_member_role_change_and_removal(settings: Settings, database_url: str) -> None:
+    async with open_client(settings) as client:
+        a, b = await new_tenant(client, "evr-a"), await new_tenant(client, "evr-b")
+        h = {"X-Tenant-ID": a["slug"]}
+        email, password = f"m-{uuid.uuid4().hex[:8]}@example.com", f"pw-{uuid.uuid4().hex}"
+        invitation = await client.post("/api/tenant/invitations", json={"email": email, "role": "member"}, headers=h)
+        joined = await client.post(
+            "/api/auth/register",
+            json={"email": email, "password": password, "invitation_token": invitation.json()["token"]},
+            headers=h,
+        )
+        assert joined.status_code == 201, joined.text
+        member_token = joined.json()["access_token"]
+        me = await client.get("/api/auth/me", headers={**h, "Authorization": f"Bearer {member_token}"})
+        member = me.json()["id"]
+        before = len(await outbox(database_url, a["id"]))
+
+        # Another tenant's owner cannot reach the member; nobody changes the owner.
+        hb = {"X-Tenant-ID": b["slug"]}
+        moved = await client.put(f"/api/tenant/members/{member}", json={"role": "viewer"}, headers=hb)
+        assert moved.status_code == 404, moved.text
+        assert (await client.delete(f"/api/tenant/members/{member}", headers=hb)).status_code == 404
+        owner_change = await client.put(f"/api/tenant/members/{a['user_id']}", json={"role": "admin"}, headers=h)
+        assert owner_change.status_code == 409, owner_change.text
+        bad = await client.put(f"/api/tenant/members/{member}", json={"role": "owner"}, headers=h)
+        assert bad.status_code == 422, bad.text
+
+        changed = await client.put(f"/api/tenant/members/{member}", json={"role": "viewer"}, headers=h)
+        assert changed.status_code == 200 and changed.json() == {"user_id": member, "role": "viewer"}
+        again = await client.put(f"/api/tenant/members/{member}", json={"role": "viewer"}, headers=h)
+        assert again.status_code == 200  # no change, no event
+        assert (await client.delete(f"/api/tenant/members/{member}", headers=h)).status_code == 204
+        assert (await client.delete(f"/api/tenant/members/{member}", headers=h)).status_code == 404
+        gone = await client.get("/api/tenants/current", headers={**h, "Authorization": f"Bearer {member_token}"})
+        assert gone.status_code in (401, 403), gone.text
+
+    actor = f"user:{a['user_id']}"
+    assert (await outbox(database_url, a["id"]))[before:] == [
+        (
+            "kernel.member.role_changed",
+            {"actor": actor, "user_id": member, "role": "viewer", "previous_role": "member"},
+        ),
+        ("kernel.member.removed", {"actor": actor, "user_id": member, "role": "viewer"}),
+    ]
+    assert len(await outbox(database_url, b["id"])) == 2

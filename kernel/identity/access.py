@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,13 +21,14 @@ from kernel.db.models import utcnow, uuid7
 from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
 from kernel.events import catalog as events
-from kernel.identity.models import ApiKeyRow, MembershipRow, RoleGrantRow
+from kernel.identity.models import ApiKeyRow, MembershipRow, RefreshTokenRow, RoleGrantRow
 from kernel.identity.permissions import KERNEL_PERMISSIONS, ROLES, default_grants
 from kernel.identity.principal import Principal
 from kernel.identity.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
+    MemberInfo,
     PermissionInfo,
     RoleGrants,
     RoleList,
@@ -176,6 +177,69 @@ class AccessService:
 
     async def forget_member(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
         await self._publish(MEMBER_TOPIC, self._members, f"{tenant_id}/{user_id}")
+
+    async def _member_to_change(self, session: AsyncSession, principal: Principal, user_id: uuid.UUID) -> str:
+        """The role of the member ``principal`` wants to change or remove, after the rules: the
+        owner stays, and only owners and admins touch admins."""
+        role = (
+            await session.execute(
+                select(MembershipRow.role).where(MembershipRow.user_id == user_id).with_for_update()
+            )
+        ).scalar_one_or_none()
+        if role is None:
+            raise NotFound(f"user {user_id} is not a member of this tenant")
+        if role == "owner":
+            raise Conflict("the owner's membership cannot be changed or removed")
+        if role == "admin" and principal.role not in ("owner", "admin"):
+            raise Forbidden("only owners and admins may change or remove an admin")
+        return role
+
+    async def set_member_role(
+        self, principal: Principal, user_id: uuid.UUID, role: str, meta: RequestMeta
+    ) -> MemberInfo:
+        """Give a member another role (not owner); like an invitation, never one that may do more
+        than the caller. Audited as ``member.role_changed`` with its event."""
+        if role == "admin" and principal.role not in ("owner", "admin"):
+            raise Forbidden("only owners and admins may make someone an admin")
+        beyond = sorted((await self.grants(principal.tenant_id))[role] - principal.permissions)
+        if beyond:
+            raise Forbidden(f"you cannot give the {role} role: it may do more than you ({', '.join(beyond)})")
+        async with self.db.tenant(principal.tenant_id) as session:
+            previous = await self._member_to_change(session, principal, user_id)
+            if previous != role:
+                await session.execute(
+                    update(MembershipRow).where(MembershipRow.user_id == user_id).values(role=role)
+                )
+                await record(
+                    session, tenant_id=principal.tenant_id, actor=principal.actor, action="member.role_changed",
+                    resource_type="member", resource_id=str(user_id), meta=meta,
+                    before={"role": previous}, after={"role": role},
+                )
+                await events.publish(session, principal.tenant_id, events.MemberRoleChanged(
+                    actor=principal.actor, user_id=user_id, role=role, previous_role=previous
+                ))
+        await self.forget_member(principal.tenant_id, user_id)
+        return MemberInfo(user_id=user_id, role=role)
+
+    async def remove_member(self, principal: Principal, user_id: uuid.UUID, meta: RequestMeta) -> None:
+        """Remove a member (not the owner) and end their sessions here. Audited as
+        ``member.removed`` with its event."""
+        async with self.db.tenant(principal.tenant_id) as session:
+            role = await self._member_to_change(session, principal, user_id)
+            await session.execute(delete(MembershipRow).where(MembershipRow.user_id == user_id))
+            await session.execute(
+                update(RefreshTokenRow)
+                .where(RefreshTokenRow.user_id == user_id, RefreshTokenRow.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            await record(
+                session, tenant_id=principal.tenant_id, actor=principal.actor, action="member.removed",
+                resource_type="member", resource_id=str(user_id), meta=meta, before={"role": role},
+            )
+            await events.publish(
+                session, principal.tenant_id, events.MemberRemoved(actor=principal.actor, user_id=user_id, role=role)
+            )
+        await self.forget_member(principal.tenant_id, user_id)
 
     async def user_principal(
         self, tenant_id: uuid.UUID, user_id: uuid.UUID, *, mfa: bool

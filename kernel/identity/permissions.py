@@ -31,6 +31,7 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.modules.purge", "Delete all of the tenant's data of a disabled module"),
     Permission("kernel.members.read", "List the tenant's members and invitations"),
     Permission("kernel.invitations.write", "Invite people to the tenant"),
+    Permission("kernel.members.write", "Change members' roles and remove members"),
     Permission("kernel.roles.read", "See what each role may do"),
     Permission("kernel.roles.write", "Change what each role may do"),
     Permission("kernel.api_keys.read", "List API keys"),

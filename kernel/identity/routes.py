@@ -23,6 +23,8 @@ from kernel.identity.schemas import (
     Login,
     LogoutRequest,
     Me,
+    MemberInfo,
+    MemberRoleUpdate,
     MfaChallenge,
     PasswordChange,
     RefreshRequest,
@@ -121,6 +123,27 @@ async def invite(data: InvitationCreate, request: Req, kernel: Kernel) -> Invita
     return await kernel.identity.invite(_user(request), data, request_meta(request))
 
 
+@put(
+    "/api/tenant/members/{user_id:uuid}",
+    tags=["tenants"],
+    opt={"permission": "kernel.members.write"},
+)
+async def set_member_role(user_id: uuid.UUID, data: MemberRoleUpdate, request: Req, kernel: Kernel) -> MemberInfo:
+    """Give a member another role (never the owner's, never one that may do more than you)."""
+    return await kernel.access.set_member_role(_principal(request), user_id, data.role, request_meta(request))
+
+
+@delete(
+    "/api/tenant/members/{user_id:uuid}",
+    status_code=204,
+    tags=["tenants"],
+    opt={"permission": "kernel.members.write"},
+)
+async def remove_member(user_id: uuid.UUID, request: Req, kernel: Kernel) -> None:
+    """Remove a member (not the owner); their sessions in this tenant end at once."""
+    await kernel.access.remove_member(_principal(request), user_id, request_meta(request))
+
+
 @get("/api/roles", tags=["roles"], opt={"permission": "kernel.roles.read"})
 async def list_roles(tenant: Tenant, kernel: Kernel) -> RoleList:
     """Every role's permissions in this tenant, and every permission there is."""
@@ -171,6 +194,8 @@ handlers = [
     switch_tenant,
     jwks,
     invite,
+    set_member_role,
+    remove_member,
     list_roles,
     update_role,
     create_api_key,

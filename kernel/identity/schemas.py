@@ -20,6 +20,8 @@ __all__ = [
     "InvitationCreate",
     "Login",
     "Me",
+    "MemberInfo",
+    "MemberRoleUpdate",
     "MfaChallenge",
     "Password",
     "PasswordChange",
@@ -169,6 +171,16 @@ class RoleList(msgspec.Struct, frozen=True):
 
 class RoleUpdate(msgspec.Struct, forbid_unknown_fields=True):
     permissions: list[Annotated[str, msgspec.Meta(max_length=200)]]
+
+
+class MemberRoleUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["admin", "member", "viewer"]
+    """The member's new role; ownership is not handed over this way."""
+
+
+class MemberInfo(msgspec.Struct, frozen=True):
+    user_id: uuid.UUID
+    role: str
 
 
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -111,9 +111,9 @@ class ModuleService:
             await self._lock(session, tenant_id)
             already = await self._enabled_in(session)
             added = [n for n in wanted if n not in already]
-            # Every module the call switches on, dependencies too, must be in the tenant's plan.
-            for plugin in added:
-                if self.entitlements is not None:
+            if self.entitlements is not None:
+                # Every module the call switches on, dependencies too, must be in the tenant's plan.
+                for plugin in added:
                     await self.entitlements.require(tenant_id, f"kernel.module.{plugin}")
             for plugin in added:
                 stmt = insert(TenantModuleRow).values(

@@ -28,8 +28,10 @@ from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
 from kernel.identity import routes as identity_routes
 from kernel.identity.auth import AuthenticationMiddleware, access_guard
-from kernel.identity.permissions import KERNEL_PERMISSIONS
+from kernel.identity.permissions import KERNEL_PERMISSIONS, OPERATOR
 from kernel.modules import routes as module_routes
+from kernel.operators import routes as operator_routes
+from kernel.operators.access import ADMIN_PREFIX, OPERATOR_AREA_OPT, provide_operator
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
 from kernel.plugins.services import Services
 from kernel.runtime import open_kernel
@@ -46,6 +48,7 @@ from kernel.ai import tables as _ai_tables  # noqa: E402,F401
 from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
+from kernel.operators import models as _operator_models  # noqa: E402,F401
 from kernel.tenants import models as _tenant_models  # noqa: E402,F401
 
 
@@ -68,6 +71,7 @@ def kernel_route_handlers() -> list[Any]:
         *ai_library_routes.handlers,
         *ai_retrieval_routes.handlers,
         *ai_openai_routes.handlers,
+        *operator_routes.handlers,
     ]
 
 
@@ -121,10 +125,25 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
         for record in plugins.active()
         if record.routes
     ]
+    admin_routers = [
+        Router(
+            path=f"{ADMIN_PREFIX}/{record.name}",
+            route_handlers=record.admin_routes,
+            # The operator guard applies whatever the handlers declare.
+            opt={"permission": OPERATOR, OPERATOR_AREA_OPT: True},
+            dependencies={"services": Provide(services_provider(record.name), sync_to_thread=False)},
+        )
+        for record in plugins.active()
+        if record.admin_routes
+    ]
     app = Litestar(
-        route_handlers=[*kernel_route_handlers(), *plugin_routers],
+        route_handlers=[*kernel_route_handlers(), *plugin_routers, *admin_routers],
         lifespan=[lifespan],
-        dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
+        dependencies={
+            "kernel": Provide(provide_kernel),
+            "tenant": Provide(provide_tenant),
+            "operator": Provide(provide_operator),
+        },
         before_send=[audit_unaudited_mutations],
         guards=[kernel_guard],
         middleware=[AuthenticationMiddleware()],

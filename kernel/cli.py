@@ -203,6 +203,14 @@ def _with_kernel(action: Any) -> Any:
         return asyncio.run(run(settings))
 
 
+def _password(prompt: str) -> str:
+    """A password typed twice at a terminal, or the first line of standard input (scripts)."""
+    if sys.stdin.isatty():
+        password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 @tenants.command("create")
 @click.argument("name")
 @click.option("--slug", required=True, help="Unique, lower-case: letters, digits, hyphens.")
@@ -230,10 +238,7 @@ def tenants_create(name: str, slug: str, plan: str, owner_email: str | None) -> 
         tenant = _with_kernel(lambda k: k.tenants.create(data, actor="cli"))
         click.echo(f"{tenant.id}  {tenant.slug}  {tenant.name}")
         return
-    if sys.stdin.isatty():
-        password = click.prompt("Owner password", hide_input=True, confirmation_prompt=True)
-    else:  # scripted: the first line of standard input
-        password = sys.stdin.readline().rstrip("\r\n")
+    password = _password("Owner password")
     try:
         signup = msgspec.convert(
             {"name": name, "slug": slug, "plan": plan, "owner": {"email": owner_email, "password": password}},
@@ -266,6 +271,37 @@ def tenants_activate(tenant: str) -> None:
     """Re-activate a suspended tenant."""
     t = _with_kernel(lambda k: k.tenants.set_status(tenant, "active"))
     click.echo(f"{t.slug} active")
+
+
+@cli.group()
+def operators() -> None:
+    """Manage the installation's operators (credentials for /api/admin and /metrics)."""
+
+
+@operators.command("create")
+@click.argument("email")
+def operators_create(email: str) -> None:
+    """Create an operator: the password is asked for, or read from the first line of standard input."""
+    password = _password("Operator password")
+    made = _with_kernel(lambda k: k.operators.create(email, password))
+    click.echo(f"{made.id}  {made.email}")
+
+
+@operators.command("list")
+def operators_list() -> None:
+    """List operators."""
+    for o in _with_kernel(lambda k: k.operators.list()):
+        state = "disabled" if o.disabled else "active"
+        last = o.last_login_at.isoformat(timespec="seconds") if o.last_login_at else "never"
+        click.echo(f"{o.id}  {o.email:<30}  {state:<8}  last log-in: {last}")
+
+
+@operators.command("disable")
+@click.argument("email")
+def operators_disable(email: str) -> None:
+    """Disable an operator: log-ins and tokens already issued are refused from now on."""
+    o = _with_kernel(lambda k: k.operators.disable(email))
+    click.echo(f"{o.email} disabled")
 
 
 def _add_plugin_commands() -> None:

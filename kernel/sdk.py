@@ -18,8 +18,9 @@ from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound,
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.auth import principal_of
-from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
 from kernel.identity.principal import Principal
+from kernel.operators.service import Operator
 from kernel.plugins.contract import EventContext, EventHandler, EventType, Manifest, NodeSpec, Permission
 from kernel.plugins.hookspecs import hookimpl
 from kernel.plugins.services import Data, Members, Services
@@ -29,6 +30,7 @@ from kernel.tenants.schemas import Tenant
 __all__ = [
     "AUTHENTICATED",
     "KERNEL_API_VERSION",
+    "OPERATOR",
     "PUBLIC",
     "BadRequest",
     "Conflict",
@@ -43,6 +45,7 @@ __all__ = [
     "Members",
     "NodeSpec",
     "NotFound",
+    "Operator",
     "Permission",
     "Principal",
     "Problem",

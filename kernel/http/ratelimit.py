@@ -200,8 +200,11 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         limit = kernel.settings.auth_rate_limit_per_minute
     else:
         principal = state.get("principal")
+        operator = state.get("operator")
         if principal is not None:
             key = principal_bucket(principal.tenant_id, principal.actor)
+        elif operator is not None:
+            key = f"req:{operator.actor}"
         else:
             key = ip_bucket("req", state.get("client_ip"))
         limit = kernel.settings.rate_limit_per_minute

@@ -21,10 +21,16 @@ from kernel.context import current_tenant, get_kernel
 from kernel.errors import Forbidden, NotFound
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
-from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.identity.service import Unauthorized
 from kernel.identity.tokens import TokenError
+from kernel.operators.access import (
+    OPERATOR_AREA_OPT,
+    authenticate_in_operator_area,
+    in_operator_area,
+    require_operator,
+)
 
 __all__ = ["AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
 
@@ -64,8 +70,12 @@ class AuthenticationMiddleware(ASGIMiddleware):
         if credential is not None:
             kernel = scope["app"].state.kernel
             kind, value = credential
+            principal = None
             try:
-                if kind == "api_key":
+                if in_operator_area(scope["path"]):
+                    # /api/admin and /metrics: only operator (or scrape) credentials count there.
+                    await authenticate_in_operator_area(scope, kind, value)
+                elif kind == "api_key":
                     principal = await kernel.access.api_key_principal(value)
                 else:
                     claims = kernel.keys.verify(value)
@@ -81,7 +91,8 @@ class AuthenticationMiddleware(ASGIMiddleware):
                     kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
                 )
                 raise Unauthorized(str(exc)) from None
-            scope.setdefault("state", {})["principal"] = principal
+            if principal is not None:
+                scope.setdefault("state", {})["principal"] = principal
         await next_app(scope, receive, send)
 
 
@@ -94,6 +105,9 @@ async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
             return  # the OpenAPI documents are public
         log.error("route %s declares no permission: refused", connection.scope["path"])
         raise Forbidden("this route declares no permission and is refused")
+    if permission == OPERATOR or handler.opt.get(OPERATOR_AREA_OPT):
+        require_operator(connection, handler)  # no tenant is involved: nothing else applies
+        return
     principal = principal_of(connection)
     module = handler.opt.get("module")
     if principal is None and permission != PUBLIC:

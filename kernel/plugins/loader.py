@@ -43,7 +43,9 @@ log = logging.getLogger("businessos.plugins")
 ENTRY_POINT_GROUP = "businessos.plugins"
 KERNEL = "kernel"
 # Names whose namespace (routes, permissions, tables) the kernel uses itself.
-RESERVED_NAMES = frozenset({KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1"})
+RESERVED_NAMES = frozenset(
+    {KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1", "admin"}
+)
 
 
 class BootError(RuntimeError):
@@ -59,6 +61,8 @@ class PluginRecord:
     manifest: Manifest | None = None
     reason: str | None = None
     routes: list[Any] = field(default_factory=list)
+    admin_routes: list[Any] = field(default_factory=list)
+    """Operator routes, mounted under ``/api/admin/<name>``."""
     metadata: MetaData | None = None
     migrations: Path | None = None
     permissions: list[Permission] = field(default_factory=list)
@@ -202,6 +206,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_settings_schema",
         "businessos_lifespan",
         "businessos_cli_commands",
+        "businessos_admin_routes",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -252,6 +257,8 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     record.lifespan = value
                 case "businessos_cli_commands":
                     record.cli_commands = list(value)
+                case "businessos_admin_routes":
+                    record.admin_routes = list(value)
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.

@@ -30,6 +30,10 @@ from kernel.identity import routes as identity_routes
 from kernel.identity.auth import AuthenticationMiddleware, access_guard
 from kernel.identity.permissions import KERNEL_PERMISSIONS, OPERATOR
 from kernel.modules import routes as module_routes
+from kernel.observability import routes as observability_routes
+from kernel.observability.logs import configure_logging
+from kernel.observability.metrics import MetricsMiddleware
+from kernel.observability.tracing import litestar_plugins, trace_engine
 from kernel.operators import routes as operator_routes
 from kernel.operators.access import ADMIN_PREFIX, OPERATOR_AREA_OPT, provide_operator
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
@@ -72,6 +76,7 @@ def kernel_route_handlers() -> list[Any]:
         *ai_retrieval_routes.handlers,
         *ai_openai_routes.handlers,
         *operator_routes.handlers,
+        observability_routes.metrics,
     ]
 
 
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             app.state.kernel = await stack.enter_async_context(open_kernel(settings, plugins))
+            trace_engine(app.state.kernel.db.engine)
             for record in plugins.active():
                 if record.lifespan is not None:
                     await stack.enter_async_context(record.lifespan())
@@ -154,6 +160,10 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             else None
         ),
         openapi_config=OpenAPIConfig(title="BusinessOS", version=__version__, path="/schema"),
+        plugins=litestar_plugins(),  # OpenTelemetry, when an OTLP endpoint is set
     )
+    if settings.log_format == "json":  # each API process, after Litestar set up its own logging
+        configure_logging(settings.log_level, "json")
+    app.asgi_handler = MetricsMiddleware(app.asgi_handler)  # sees the matched route's template
     hardening(app, settings)  # outermost: wraps routing and CORS too
     return app

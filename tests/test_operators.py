@@ -135,7 +135,7 @@ async def test_tenant_and_operator_credentials_never_cross(api: AsyncTestClient[
         await api.post("/api/api-keys", json={"name": "k", "role": "admin"}, headers=owner(tenant)), 201
     )["key"]
     for headers in (owner(tenant), bearer(tenant["access_token"]), {"X-API-Key": key}, bearer(key), {}):
-        for path in ("/api/admin/tenants", f"/api/admin/tenants/{tenant['slug']}"):
+        for path in ("/api/admin/tenants", f"/api/admin/tenants/{tenant['slug']}", "/metrics"):
             response = await api.get(path, headers=headers)
             assert response.status_code == 401, (path, headers, response.text)
         changed = await api.post(f"/api/admin/tenants/{tenant['id']}/suspend", headers=headers)

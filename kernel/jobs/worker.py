@@ -17,6 +17,7 @@ from arq.worker import Worker, func
 
 from kernel.context import Kernel
 from kernel.events.outbox import JOB, OutboxDispatcher
+from kernel.observability.metrics import instrument_worker
 from kernel.plugins.contract import EventContext
 from kernel.plugins.loader import PluginSet
 from kernel.runtime import open_kernel
@@ -91,7 +92,7 @@ def build_worker(
         if stack is not None:
             await stack.aclose()
 
-    return Worker(
+    worker = Worker(
         functions=[func(run_event_handlers, name=JOB)],  # type: ignore[arg-type]
         # Every minute; arq runs a cron job once per tick across all workers (unique job id).
         cron_jobs=[cron(sweep_ai_reservations, name="kernel.sweep_ai_reservations", second=17)],  # type: ignore[arg-type]
@@ -103,3 +104,5 @@ def build_worker(
         burst=burst,
         handle_signals=not burst,
     )
+    instrument_worker(worker)  # jobs by name and outcome, for /metrics
+    return worker

@@ -57,6 +57,8 @@ log = logging.getLogger("businessos.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "<unmatched>"
+# Any other method a client sends is counted as OTHER (labels must stay a bounded set).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 class _Metrics:
     """The counters and histograms, made on first use: prometheus_client decides at import whether
@@ -99,6 +101,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind: str = scope["type"]
@@ -121,9 +124,16 @@ class MetricsMiddleware:
             # Litestar writes the matched route's template into the scope it was given.
             route = scope.get("path_template") or UNMATCHED
             method = scope.get("method", "")
-            metrics = _metrics()
-            metrics.http_requests.labels(method, route, str(status)).inc()
-            metrics.http_latency.labels(method, route).observe(time.perf_counter() - started)
+            key = (method if method in _METHODS else "OTHER", route, status)
+            found = self._children.get(key)
+            if found is None:  # labels() costs more than the rest: each series is looked up once
+                metrics = _metrics()
+                found = self._children[key] = (
+                    metrics.http_requests.labels(key[0], route, str(status)),
+                    metrics.http_latency.labels(key[0], route),
+                )
+            found[0].inc()
+            found[1].observe(time.perf_counter() - started)
 
 
 @asynccontextmanager

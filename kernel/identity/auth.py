@@ -4,6 +4,10 @@
 request's state, early, so that everything after it (rate limits, guards, audit) can see it.
 ``access_guard`` then applies, in this order: the route's declared permission (a route that
 declares none is refused), authentication, the tenant binding, the module guard, the permission.
+
+The operator area (``/api/admin`` and ``/metrics``, see :mod:`kernel.operators.access`) is apart:
+there a credential is read as an operator token (or the scrape token), never as a tenant's, and
+its routes need an operator whatever else they declare; no tenant is involved.
 """
 
 from __future__ import annotations

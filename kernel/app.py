@@ -33,8 +33,14 @@ from kernel.http.openapi import OpenAPIDocument
 from kernel.http.strict import strict_body_guard
 from kernel.identity import routes as identity_routes
 from kernel.identity.auth import AuthenticationMiddleware, access_guard
-from kernel.identity.permissions import KERNEL_PERMISSIONS
+from kernel.identity.permissions import KERNEL_PERMISSIONS, OPERATOR
 from kernel.modules import routes as module_routes
+from kernel.observability import routes as observability_routes
+from kernel.observability.logs import configure_logging
+from kernel.observability.metrics import MetricsMiddleware
+from kernel.observability.tracing import litestar_plugins, trace_engine
+from kernel.operators import routes as operator_routes
+from kernel.operators.access import ADMIN_PREFIX, OPERATOR_AREA_OPT, provide_operator
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
 from kernel.plugins.services import Services
 from kernel.runtime import open_kernel
@@ -52,6 +58,7 @@ from kernel.ai import tables as _ai_tables  # noqa: E402,F401
 from kernel.audit import models as _audit_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
+from kernel.operators import models as _operator_models  # noqa: E402,F401
 from kernel.tenants import models as _tenant_models  # noqa: E402,F401
 from kernel.vault import models as _vault_models  # noqa: E402,F401
 from kernel.webhooks import models as _webhook_models  # noqa: E402,F401
@@ -79,6 +86,8 @@ def kernel_route_handlers() -> list[Any]:
         *ai_retrieval_routes.handlers,
         *ai_openai_routes.handlers,
         receive_webhook,
+        *operator_routes.handlers,
+        observability_routes.metrics,
     ]
 
 
@@ -118,6 +127,7 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             app.state.kernel = await stack.enter_async_context(open_kernel(settings, plugins))
+            trace_engine(app.state.kernel.db.engine)
             for record in plugins.active():
                 if record.lifespan is not None:
                     await stack.enter_async_context(record.lifespan())
@@ -133,10 +143,25 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
         for record in plugins.active()
         if record.routes
     ]
+    admin_routers = [
+        Router(
+            path=f"{ADMIN_PREFIX}/{record.name}",
+            route_handlers=record.admin_routes,
+            # The operator guard applies whatever the handlers declare.
+            opt={"permission": OPERATOR, OPERATOR_AREA_OPT: True},
+            dependencies={"services": Provide(services_provider(record.name), sync_to_thread=False)},
+        )
+        for record in plugins.active()
+        if record.admin_routes
+    ]
     app = Litestar(
-        route_handlers=[*kernel_route_handlers(), *plugin_routers],
+        route_handlers=[*kernel_route_handlers(), *plugin_routers, *admin_routers],
         lifespan=[lifespan],
-        dependencies={"kernel": Provide(provide_kernel), "tenant": Provide(provide_tenant)},
+        dependencies={
+            "kernel": Provide(provide_kernel),
+            "tenant": Provide(provide_tenant),
+            "operator": Provide(provide_operator),
+        },
         before_send=[audit_unaudited_mutations],
         guards=[kernel_guard],
         middleware=[AuthenticationMiddleware()],
@@ -153,6 +178,10 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             # openapi.json completed with security and error answers; the UI at /schema/scalar
             render_plugins=[OpenAPIDocument(), ScalarRenderPlugin()],
         ),
+        plugins=litestar_plugins(),  # OpenTelemetry, when an OTLP endpoint is set
     )
+    if settings.log_format == "json":  # each API process, after Litestar set up its own logging
+        configure_logging(settings.log_level, "json")
+    app.asgi_handler = MetricsMiddleware(app.asgi_handler)  # sees the matched route's template
     hardening(app, settings)  # outermost: wraps routing and CORS too
     return app

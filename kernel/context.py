@@ -21,6 +21,7 @@ from kernel.identity.access import AccessService
 from kernel.identity.service import IdentityService
 from kernel.identity.tokens import KeySet
 from kernel.modules.service import ModuleService
+from kernel.operators.service import OperatorService
 from kernel.plugins.loader import PluginSet
 from kernel.plugins.services import Services
 from kernel.settings import Settings
@@ -50,6 +51,7 @@ class Kernel:
     ai: AIProxy = field(init=False)
     retrieval: RetrievalService = field(init=False)
     deliveries: Deliveries = field(init=False)
+    operators: OperatorService = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class Kernel:
         self.retrieval = RetrievalService(self.db, self.ai)
         self.entitlements.attach(self.services)
         self.deliveries = Deliveries(self)
+        self.operators = OperatorService(self.db, self.redis, self.keys, self.tenants)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

@@ -25,7 +25,7 @@ from kernel.errors import (
     Problem,
     Unprocessable,
 )
-from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.jobs.facade import Jobs
 from kernel.listing import (
@@ -41,6 +41,7 @@ from kernel.listing import (
     list_rows,
     parse_if_match,
 )
+from kernel.operators.service import Operator
 from kernel.plugins.contract import (
     EventContext,
     EventHandler,
@@ -67,6 +68,7 @@ __all__ = [
     "AI",
     "AUTHENTICATED",
     "KERNEL_API_VERSION",
+    "OPERATOR",
     "PUBLIC",
     "AIAnswer",
     "Actor",
@@ -97,6 +99,7 @@ __all__ = [
     "NodeRunner",
     "NodeSpec",
     "NotFound",
+    "Operator",
     "Pagination",
     "PaymentRequired",
     "Permission",

@@ -68,6 +68,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_sweep_seconds: int = 15
     """How often the worker re-enqueues deliveries that are due but not on the queue (after a
     Redis restart, a crash between commit and enqueue, an expired lease)."""
+    metrics_token: str | None = None
+    """Bearer token a Prometheus scraper presents to ``/metrics`` (besides an operator token)."""
+    log_format: str = "text"
+    """``text`` (human lines) or ``json`` (one object a line, with request and tenant ids)."""
 
     @property
     def embedded_database(self) -> bool:
@@ -217,6 +221,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in _LOG_LEVELS:
         raise SettingsError(f"BUSINESSOS_LOG_LEVEL: must be one of {', '.join(_LOG_LEVELS)}")
 
+    log_format = env.get("BUSINESSOS_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise SettingsError("BUSINESSOS_LOG_FORMAT: must be text or json")
+    metrics_token = env.get("BUSINESSOS_METRICS_TOKEN", "").strip() or None
+    if metrics_token is not None and len(metrics_token) < 16:
+        raise SettingsError("BUSINESSOS_METRICS_TOKEN: must be at least 16 characters")
+
     runtime_role = env.get("BUSINESSOS_DB_RUNTIME_ROLE", "businessos_app").strip()
     if not runtime_role.isidentifier() or runtime_role.lower() != runtime_role:
         raise SettingsError("BUSINESSOS_DB_RUNTIME_ROLE: must be a lower-case SQL identifier")
@@ -243,5 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cors_origins=origins,
         db_pool_size=_int(env, "BUSINESSOS_DB_POOL_SIZE", 10, 1, 500),
         log_level=log_level,
+        log_format=log_format,
+        metrics_token=metrics_token,
         runtime_role=runtime_role,
     )

@@ -21,9 +21,10 @@ from litestar.routes import HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from kernel.app import load_app_plugins
-from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
+from kernel.operators.access import in_operator_area
 from kernel.settings import Settings
-from tests.conftest import _dsn, new_tenant, open_client, settings_for
+from tests.conftest import _dsn, new_tenant, open_client, other_process, settings_for
 from tests.plugin_factory import FakePlugin, installed, plugin_source, unique
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -476,9 +477,24 @@ async def status() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/stats", opt={"permission": sdk.OPERATOR})
+async def admin_stats(operator: sdk.Operator) -> dict[str, str]:
+    return {"operator": operator.email}
+
+
+@post("/touch", status_code=200, opt={"permission": sdk.PUBLIC})
+async def admin_touch() -> dict[str, str]:
+    return {"touched": "yes"}  # declared public, yet behind the operator guard like every admin route
+
+
 @sdk.hookimpl
 def businessos_routes() -> list[Any]:
     return [list_items, add_item, put_item, purge_item, whoami, status]
+
+
+@sdk.hookimpl
+def businessos_admin_routes() -> list[Any]:
+    return [admin_stats, admin_touch]
 
 
 @sdk.hookimpl
@@ -539,7 +555,16 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                 },
                 "owner": owner(tenant),
             }
-            permissions_of = {**granted, "api_key": key_scopes, "anonymous": set()}
+            # The installation's operator: the same tenant header, but credentials of no tenant.
+            operator_email = f"op-{uuid.uuid4().hex[:8]}@example.com"
+            async with other_process(s) as kernel:
+                await kernel.operators.create(operator_email, "an operator passphrase 9c2")
+            login = await client.post(
+                "/api/admin/auth/login", json={"email": operator_email, "password": "an operator passphrase 9c2"}
+            )
+            assert login.status_code == 200, login.text
+            callers["operator"] = at(tenant, login.json()["access_token"])
+            permissions_of = {**granted, "api_key": key_scopes, "anonymous": set(), "operator": set()}
             catalog = {
                 p["name"]
                 for p in (await client.get("/api/roles", headers=owner(tenant))).json()["permissions"]
@@ -559,7 +584,7 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                     if permission is None:
                         undeclared.append(f"{methods} {route.path}")
                         continue
-                    assert permission in (PUBLIC, AUTHENTICATED) or permission in catalog, (
+                    assert permission in (PUBLIC, AUTHENTICATED, OPERATOR) or permission in catalog, (
                         route.path,
                         permission,
                     )
@@ -574,7 +599,17 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                             )
                             status = response.status_code
                             expected: str
-                            if permission == PUBLIC:
+                            if in_operator_area(route.path):
+                                # Operators only (the log-in aside); tenant credentials are refused.
+                                if who == "operator" or (who == "anonymous" and permission == PUBLIC
+                                                         and route.path == "/api/admin/auth/login"):
+                                    ok, expected = status not in (401, 403), "not 401/403"
+                                else:
+                                    ok, expected = status == 401, "401"
+                            elif who == "operator":
+                                # An operator's token is no tenant credential: refused everywhere else.
+                                ok, expected = status == 401, "401"
+                            elif permission == PUBLIC:
                                 ok, expected = status not in (401, 403), "not 401/403"
                             elif who == "anonymous":
                                 ok, expected = status == 401, "401"
@@ -598,6 +633,10 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
                 "/api/roles",
                 "/api/api-keys/{key_id:uuid}",
                 f"/api/{name}/items",
+                "/api/admin/tenants",
+                "/api/admin/tenants/{ref:str}/plan",
+                f"/api/admin/{name}/stats",
+                f"/api/admin/{name}/touch",
             } <= paths
             assert len(walked) >= 25
 
@@ -607,5 +646,7 @@ async def test_every_route_answers_every_caller_as_it_declares(settings: Setting
             assert response.status_code in (204, 403), response.text
             # Every caller's credentials still work after the walk (nothing in it revoked them).
             for who, headers in callers.items():
-                if who != "anonymous":
+                if who not in ("anonymous", "operator"):
                     assert (await client.get(f"/api/{name}/whoami", headers=headers)).status_code == 200, who
+            stats = await client.get(f"/api/admin/{name}/stats", headers=callers["operator"])
+            assert stats.json() == {"operator": operator_email}

@@ -55,6 +55,7 @@ from kernel.db.models import uuid7
 from kernel.errors import Problem
 from kernel.events.outbox import emit_many
 from kernel.identity.principal import Principal
+from kernel.observability.metrics import record_ai_call
 from kernel.settings import Settings
 
 __all__ = [
@@ -647,6 +648,9 @@ class AIProxy:
             )
             await record_many(session, tenant_id, [s.audit for s in batch])
             await emit_many(session, tenant_id=tenant_id, events=[(CALL_EVENT, s.event) for s in batch])
+        for s in batch:  # committed: now they count
+            u = s.usage
+            record_ai_call(u["provider"], u["status"], u["prompt_tokens"], u["completion_tokens"], s.cost)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kernel.errors import ServiceUnavailable, TooManyRequests
+from kernel.observability.logs import RepeatFilter
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -58,6 +59,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("businessos.ratelimit")
+# During a Redis outage every request would log the fail-open warning: once a minute is enough.
+log.addFilter(RepeatFilter(60.0))
 
 KEY_PREFIX = "bos:rl:"
 RATE_LIMIT_OPT = "rate_limit"
@@ -200,8 +203,11 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         limit = kernel.settings.auth_rate_limit_per_minute
     else:
         principal = state.get("principal")
+        operator = state.get("operator")
         if principal is not None:
             key = principal_bucket(principal.tenant_id, principal.actor)
+        elif operator is not None:
+            key = f"req:{operator.actor}"
         else:
             key = ip_bucket("req", state.get("client_ip"))
         limit = kernel.settings.rate_limit_per_minute

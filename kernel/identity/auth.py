@@ -4,6 +4,10 @@
 request's state, early, so that everything after it (rate limits, guards, audit) can see it.
 ``access_guard`` then applies, in this order: the route's declared permission (a route that
 declares none is refused), authentication, the tenant binding, the module guard, the permission.
+
+The operator area (``/api/admin`` and ``/metrics``, see :mod:`kernel.operators.access`) is apart:
+there a credential is read as an operator token (or the scrape token), never as a tenant's, and
+its routes need an operator whatever else they declare; no tenant is involved.
 """
 
 from __future__ import annotations
@@ -21,10 +25,16 @@ from kernel.context import current_tenant, get_kernel
 from kernel.errors import Forbidden, NotFound
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
-from kernel.identity.permissions import AUTHENTICATED, PUBLIC
+from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.identity.service import Unauthorized
 from kernel.identity.tokens import TokenError
+from kernel.operators.access import (
+    OPERATOR_AREA_OPT,
+    authenticate_in_operator_area,
+    in_operator_area,
+    require_operator,
+)
 
 __all__ = ["SKIP_AUTHENTICATION", "AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
 
@@ -69,8 +79,12 @@ class AuthenticationMiddleware(ASGIMiddleware):
         if credential is not None:
             kernel = scope["app"].state.kernel
             kind, value = credential
+            principal = None
             try:
-                if kind == "api_key":
+                if in_operator_area(scope["path"]):
+                    # /api/admin and /metrics: only operator (or scrape) credentials count there.
+                    await authenticate_in_operator_area(scope, kind, value)
+                elif kind == "api_key":
                     principal = await kernel.access.api_key_principal(value)
                 else:
                     claims = kernel.keys.verify(value)
@@ -86,7 +100,8 @@ class AuthenticationMiddleware(ASGIMiddleware):
                     kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
                 )
                 raise Unauthorized(str(exc)) from None
-            scope.setdefault("state", {})["principal"] = principal
+            if principal is not None:
+                scope.setdefault("state", {})["principal"] = principal
         await next_app(scope, receive, send)
 
 
@@ -99,6 +114,9 @@ async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
             return  # the OpenAPI documents are public
         log.error("route %s declares no permission: refused", connection.scope["path"])
         raise Forbidden("this route declares no permission and is refused")
+    if permission == OPERATOR or handler.opt.get(OPERATOR_AREA_OPT):
+        require_operator(connection, handler)  # no tenant is involved: nothing else applies
+        return
     principal = principal_of(connection)
     module = handler.opt.get("module")
     if principal is None and permission != PUBLIC:

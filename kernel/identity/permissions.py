@@ -14,6 +14,7 @@ from kernel.plugins.contract import Permission
 __all__ = [
     "AUTHENTICATED",
     "KERNEL_PERMISSIONS",
+    "OPERATOR",
     "PUBLIC",
     "ROLES",
     "default_grants",
@@ -21,6 +22,8 @@ __all__ = [
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
+OPERATOR = "operator"
+"""Only the installation's operators (``/api/admin``): no tenant role ever has it."""
 
 ROLES = ("owner", "admin", "member", "viewer")
 

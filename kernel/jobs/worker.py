@@ -30,6 +30,7 @@ from kernel.events.loop import BackgroundLoop, LogEvery
 from kernel.events.outbox import OutboxDispatcher
 from kernel.jobs.facade import RUN_JOB
 from kernel.jobs.schedules import Scheduler
+from kernel.observability.metrics import instrument_worker
 from kernel.plugins.contract import EventContext, JobContext
 from kernel.plugins.loader import PluginSet
 from kernel.runtime import DatabaseNotReady, open_kernel
@@ -233,7 +234,7 @@ def build_worker(
     if kernel is not None:
         ctx["kernel"] = kernel
         redis_settings.conn_retries = 0  # the Supervisor retries, and logs it once per interval
-    return Worker(
+    worker = Worker(
         functions=[
             # Results are not kept, so a job id is free again once its job ends: the next attempt
             # or a redelivery can be enqueued, a copy of a queued or running one cannot. The
@@ -257,6 +258,8 @@ def build_worker(
         burst=burst,
         handle_signals=False if kernel is not None else not burst,
     )
+    instrument_worker(worker)  # jobs by name and outcome, for /metrics
+    return worker
 
 
 class Supervisor:

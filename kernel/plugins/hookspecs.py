@@ -133,6 +133,18 @@ def businessos_entitlements() -> EntitlementProvider:
 
 
 @hookspec
+def businessos_admin_routes() -> Sequence[ControllerRouterHandler]:
+    """Return route handlers for the installation's operators, mounted under
+    ``/api/admin/<plugin>`` (declare paths relative to it, e.g. ``@get("/stats")``).
+
+    They answer operators only (an operator token; tenant credentials get 401), whatever
+    permission they declare, for no tenant in particular: they receive ``operator`` (the calling
+    ``sdk.Operator``) and ``services`` (the plugin's facade) as dependencies. Record what they
+    change in the affected tenant's audit log, with ``operator.actor`` as the actor.
+    """
+
+
+@hookspec
 def businessos_cli_commands() -> Sequence[click.Command]:
     """Return click commands added under ``businessos <plugin> ...``."""
 

@@ -49,7 +49,7 @@ ENTRY_POINT_GROUP = "businessos.plugins"
 KERNEL = "kernel"
 # Names whose namespace (routes, permissions, tables) the kernel uses itself.
 RESERVED_NAMES = frozenset(
-    {KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1", "events"}
+    {KERNEL, "auth", "tenant", "tenants", "modules", "roles", "audit", "ai", "v1", "events", "admin"}
 )
 
 
@@ -66,6 +66,8 @@ class PluginRecord:
     manifest: Manifest | None = None
     reason: str | None = None
     routes: list[Any] = field(default_factory=list)
+    admin_routes: list[Any] = field(default_factory=list)
+    """Operator routes, mounted under ``/api/admin/<name>``."""
     metadata: MetaData | None = None
     migrations: Path | None = None
     permissions: list[Permission] = field(default_factory=list)
@@ -217,6 +219,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_entitlements",
         "businessos_jobs",
         "businessos_schedules",
+        "businessos_admin_routes",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -283,6 +286,8 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     record.schedules = list(value)
                     _check_names(record, "schedule", [s.name for s in record.schedules], 2)
                     _check_schedules(record)
+                case "businessos_admin_routes":
+                    record.admin_routes = list(value)
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.

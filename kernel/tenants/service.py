@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import select, text, update
@@ -18,14 +18,15 @@ from kernel.entitlements import DEFAULT_PLAN, EntitlementGate
 from kernel.errors import BadRequest, Conflict, Forbidden, NotFound
 from kernel.events.catalog import TenantActivated, TenantCreated, TenantSuspended, publish
 from kernel.tenants.models import TenantRow
-from kernel.tenants.schemas import Status, Tenant, TenantCreate
+from kernel.tenants.schemas import Plan, Status, Tenant, TenantCreate
 
-__all__ = ["TenantService"]
+__all__ = ["TenantService", "to_tenant"]
 
 TOPIC = "tenant"
 
 
-def _to_tenant(row: TenantRow) -> Tenant:
+def to_tenant(row: TenantRow) -> Tenant:
+    """The API shape of a tenant row."""
     return msgspec.convert(row, Tenant, from_attributes=True)
 
 
@@ -64,7 +65,7 @@ class TenantService:
                 raise Conflict(f"a tenant with slug {data.slug!r} already exists") from None
             raise
         await self._invalidate(row.slug)
-        return _to_tenant(row)
+        return to_tenant(row)
 
     async def find(self, ref: str) -> Tenant | None:
         """The tenant whose id or slug is ``ref``, or ``None``."""
@@ -82,7 +83,7 @@ class TenantService:
             row = (await session.execute(query)).scalar_one_or_none()
         if row is None:
             return None
-        tenant = _to_tenant(row)
+        tenant = to_tenant(row)
         self._cache.put(key, tenant, generation)
         return tenant
 
@@ -100,29 +101,46 @@ class TenantService:
     async def list(self) -> list[Tenant]:
         async with self.db.global_() as session:
             rows = (await session.execute(select(TenantRow).order_by(TenantRow.created_at))).scalars()
-            return [_to_tenant(r) for r in rows]
+            return [to_tenant(r) for r in rows]
 
     async def set_status(
         self, ref: str, status: Status, *, actor: str | None = None, meta: RequestMeta | None = None
     ) -> Tenant:
         """Suspend or reactivate a tenant; audited as ``tenant.status.updated``."""
+        return await self._set(ref, "status", status, actor, meta)
+
+    async def set_plan(
+        self, ref: str, plan: Plan, *, actor: str | None = None, meta: RequestMeta | None = None
+    ) -> Tenant:
+        """Move a tenant to another plan; audited as ``tenant.plan.updated``. The entitlement
+        provider, when there is one, decides which plan codes exist (422 naming ``plan``)."""
+        if self.entitlements is not None:
+            plan = self.entitlements.plan(plan)
+        return await self._set(ref, "plan", plan, actor, meta)
+
+    async def _set(
+        self, ref: str, column: Literal["status", "plan"], value: str, actor: str | None,
+        meta: RequestMeta | None,
+    ) -> Tenant:
+        """Change one column of the tenant, audited as ``tenant.<column>.updated`` with the value
+        before and after, in one transaction; then drop it from every process's cache."""
         tenant = await self.find(ref)
         if tenant is None:
             raise NotFound(f"tenant {ref!r} does not exist")
         async with self.db.global_() as session:
             before = (
-                await session.execute(select(TenantRow.status).where(TenantRow.id == tenant.id))
+                await session.execute(select(getattr(TenantRow, column)).where(TenantRow.id == tenant.id))
             ).scalar_one()
-            await session.execute(update(TenantRow).where(TenantRow.id == tenant.id).values(status=status))
+            await session.execute(update(TenantRow).where(TenantRow.id == tenant.id).values({column: value}))
             await _audit(
-                session, tenant.id, actor, "tenant.status.updated", meta,
-                before={"status": before}, after={"status": status},
+                session, tenant.id, actor, f"tenant.{column}.updated", meta,
+                before={column: before}, after={column: value},
             )
-            if before != status:
-                change = TenantSuspended if status == "suspended" else TenantActivated
+            if column == "status" and before != value:
+                change = TenantSuspended if value == "suspended" else TenantActivated
                 await publish(session, tenant.id, change(actor=actor, tenant_id=tenant.id, slug=tenant.slug))
         await self._invalidate(str(tenant.id), tenant.slug)
-        return msgspec.structs.replace(tenant, status=status)
+        return msgspec.structs.replace(tenant, **{column: value})
 
     async def _invalidate(self, *refs: str) -> None:
         for ref in refs:

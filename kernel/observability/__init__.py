@@ -1,0 +1,1 @@
+"""What the running platform tells its operators: Prometheus metrics, JSON logs, traces."""

@@ -1,0 +1,1 @@
+"""The installation's operators: credentials apart from every tenant, and ``/api/admin``."""

@@ -96,7 +96,7 @@ async def open_read_pool(url: URL, size: int) -> asyncpg.Pool:
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     pool = await asyncpg.create_pool(
         dsn, min_size=0, max_size=size, init=setup, server_settings={"application_name": "businessos"},
-        max_inactive_connection_lifetime=300, reset=_keep,
+        max_inactive_connection_lifetime=300, reset=_keep, timeout=5,
     )
     assert pool is not None
     return pool

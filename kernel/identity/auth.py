@@ -15,10 +15,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
+from redis.exceptions import RedisError
 
 from kernel.audit.log import record, request_meta
 from kernel.context import current_tenant, get_kernel
-from kernel.errors import Forbidden, NotFound
+from kernel.errors import Forbidden, NotFound, log_every
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
 from kernel.identity.permissions import AUTHENTICATED, PUBLIC
@@ -76,10 +77,15 @@ class AuthenticationMiddleware(ASGIMiddleware):
                         raise TokenError("no longer a member of this tenant")
             except TokenError as exc:
                 # Guessing keys or tokens costs the guesser: bad credentials are counted per address.
-                await check(
-                    kernel.limiter, ip_bucket("badauth", scope.get("state", {}).get("client_ip")),
-                    kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
-                )
+                # Without Redis the count is skipped (the answer is 401 either way; guessing a
+                # key or a signed token is hopeless without the throttle too).
+                try:
+                    await check(
+                        kernel.limiter, ip_bucket("badauth", scope.get("state", {}).get("client_ip")),
+                        kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
+                    )
+                except RedisError as redis_error:
+                    log_every(log, "badauth-open", 10.0, "bad credentials not counted: %s", type(redis_error).__name__)
                 raise Unauthorized(str(exc)) from None
             scope.setdefault("state", {})["principal"] = principal
         await next_app(scope, receive, send)

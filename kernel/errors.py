@@ -238,9 +238,46 @@ _HTTP_SLUGS = {
 }
 
 
+_BODY_AT = re.compile(r" - at `\$\.data\.?([^`]*)`")
+
+
+def _body_errors(exc: HTTPException) -> list[FieldError]:
+    """Field errors of a request body that Litestar took for a server error.
+
+    Litestar treats a validation error whose field is named like a dependency (a body field
+    ``tenant`` beside the app's ``tenant`` dependency) as a fault of the dependency, a bare 500;
+    its cause still says the error was in ``data``, the body.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, msgspec.ValidationError):
+        return []
+    errors: list[FieldError] = []
+    for item in getattr(cause, "errors", None) or [{"loc": None, "msg": str(cause)}]:
+        loc = item.get("loc")
+        message = str(item.get("msg", ""))
+        if loc:
+            if str(loc[0]) != "data":
+                return []
+            field = ".".join(str(part) for part in loc[1:]) or "body"
+        else:
+            found = _BODY_AT.search(message)
+            if found is None:
+                return []
+            field = found.group(1) or "body"
+        errors.append(FieldError(field=field, message=_AT_PATH.sub("", message)))
+    return errors
+
+
 def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
+    body_errors = _body_errors(exc) if status == 500 else []
+    if body_errors:
+        fields = ", ".join(sorted({e.field for e in body_errors}))
+        return problem_response(
+            request, status=422, slug="validation-error", title="Validation failed",
+            detail=f"invalid value for: {fields}", errors=body_errors,
+        )
     if status >= 500:
         log.error("HTTP %s on %s: %s", status, request.url.path, exc.detail)
         return problem_response(
@@ -335,7 +372,9 @@ def _input_problem(error: Any, sqlstate: str) -> Problem:
             errors=[FieldError(field=field, message=message)] if field else (),
             extra=extra,
         )
-    message = _INPUT_STATES[sqlstate]
+    if sqlstate == "23P01":
+        return Conflict("the entry overlaps another one", extra=extra)
+    message = _INPUT_STATES.get(sqlstate, "a value is not valid here")
     if constraint and not field:
         message = f"{message} ({constraint})"
     return Unprocessable(
@@ -368,12 +407,12 @@ def translate(exc: BaseException) -> Problem | None:
             state = str(getattr(item, "sqlstate", "") or "")
             if state.startswith("08") or state in _OUTAGE_STATES:
                 return _outage("the database")
-            if state in _INPUT_STATES or state in ("23505", "23503"):
+            if "invalid input for query argument" in str(item):
+                # Refused by the driver before it was sent: an argument that does not fit its type.
+                reason = str(item).rpartition(" (")[2].rstrip(")")
+                return Unprocessable(f"a value does not fit the database: {reason}")
+            if state.startswith(("22", "23")):  # data exception, integrity constraint violation
                 return _input_problem(item, state)
-        elif isinstance(item, asyncpg.exceptions._base.DataError):
-            # Refused by the driver before it was sent: an argument out of its column's range.
-            reason = str(item).rpartition(": ")[2]
-            return Unprocessable(f"a value does not fit the database: {reason}")
         elif isinstance(item, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError):
             return _outage("Redis")
     for item in chain:

@@ -26,6 +26,8 @@ from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.sql import ClauseElement
 
+from kernel.errors import FieldError, Unprocessable
+
 __all__ = ["Query", "Reader", "begin_statement", "end", "open_read_pool"]
 
 _DIALECT = PGDialect_asyncpg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -51,6 +53,12 @@ class Query:
         }
 
     def args(self, values: Mapping[str, Any]) -> list[Any]:
+        """The values in parameter order. A text value holding a NUL character (PostgreSQL cannot
+        store or compare one) is refused with a 422 naming the parameter."""
+        for name, value in values.items():
+            if _has_nul(value):
+                message = "must not contain NUL characters"
+                raise Unprocessable(f"{name} {message}", errors=[FieldError(field=name, message=message)])
         try:
             return [values[name] if name in values else self._defaults[name] for name in self.names]
         except KeyError as missing:  # a programming error: say which parameter
@@ -58,6 +66,14 @@ class Query:
 
     def __repr__(self) -> str:
         return f"Query({self.sql!r})"
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(isinstance(item, str) and "\x00" in item for item in value)
+    return False
 
 
 class Reader:

@@ -111,7 +111,7 @@ async def access_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     kernel = get_kernel(connection)
     if module is not None and module not in await kernel.modules.enabled(tenant.id):
         raise NotFound(
-            f"module {module!r} is not enabled for tenant {tenant.slug!r}", extra={"module": module}
+            f"module {module!r} is not enabled for this tenant", extra={"module": module}
         )
     if permission in (PUBLIC, AUTHENTICATED) or (
         principal is not None and permission in principal.permissions

@@ -9,7 +9,9 @@ again and checks that the API recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -45,8 +47,13 @@ class OwnPostgres:
 
 @pytest.fixture
 async def own_postgres(servers: tuple[str, str], tmp_path: Path) -> AsyncIterator[OwnPostgres]:
-    """A PostgreSQL of this test's own (migrated, CRM included) and the session's Redis."""
-    server = await asyncio.to_thread(pgserver.get_server, tmp_path / "pg", cleanup_mode=None)
+    """A PostgreSQL of this test's own (migrated, CRM included) and the session's Redis.
+
+    Its data lives outside pytest's temporary root, which pytest keeps at mode 0700: run as
+    root, the embedded PostgreSQL runs as the ``pgserver`` user and must reach its files.
+    """
+    pgdata = Path(tempfile.mkdtemp(prefix="bos-test-outage-")) / "pg"
+    server = await asyncio.to_thread(pgserver.get_server, pgdata, cleanup_mode=None)
     try:
         await asyncio.to_thread(server.psql, "create database businessos;")
         socket_dir = server.get_postmaster_info().socket_dir
@@ -56,6 +63,7 @@ async def own_postgres(servers: tuple[str, str], tmp_path: Path) -> AsyncIterato
         yield OwnPostgres(server, settings)
     finally:
         await asyncio.to_thread(server.stop)
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 class OwnRedis:

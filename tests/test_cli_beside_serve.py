@@ -6,6 +6,8 @@ where ``serve`` runs. They must use serve's embedded PostgreSQL and Redis and le
 
 from __future__ import annotations
 
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -30,6 +32,30 @@ def businessos(workdir: Path, data_dir: Path, *args: str, stdin: str = "") -> su
         text=True,
         timeout=180,
     )
+
+
+def on_a_terminal(workdir: Path, data_dir: Path, *args: str) -> str:
+    """What a command writes to its standard error when that is a terminal (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kernel.cli", *args], cwd=workdir, env=clean_env(BUSINESSOS_DATA_DIR=str(data_dir)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the command exited and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        process.wait(60)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def test_cli_commands_beside_serve_leave_its_servers_running(workdir: Path) -> None:
@@ -67,6 +93,11 @@ def test_cli_commands_beside_serve_leave_its_servers_running(workdir: Path) -> N
         assert "imported 1 row(s), 1 rejected" in imported.stdout
         # The row error is a line of its own, never glued to the progress bar.
         assert any(line.startswith("row 3: email:") for line in imported.stderr.splitlines()), imported.stderr
+
+        # On a terminal too: the refusal's row errors start lines of their own, after the bar.
+        refused = on_a_terminal(workdir, data_dir, "crm", "import", str(csv), "--tenant", slug)
+        assert "\nrow 3: email:" in refused.replace("\r\n", "\n"), repr(refused)
+        assert "\nbusinessos: error: 2 row(s) failed validation" in refused.replace("\r\n", "\n"), repr(refused)
 
         # Everything serve started still runs and still answers.
         for process in before.values():

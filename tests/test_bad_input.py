@@ -67,6 +67,15 @@ async def test_page_out_of_range_on_ai_lists_answers_4xx(api: AsyncTestClient[An
                 assert response.headers["content-type"].startswith("application/problem+json")
 
 
+async def test_page_out_of_range_on_the_raw_read_path_answers_4xx(api: AsyncTestClient[Any]) -> None:
+    t = await crm_tenant(api)
+    for page in (BIG, 2**62, 2**40):
+        response = await api.get("/api/crm/contacts", params={"page": page, "limit": 100}, headers=t["h"])
+        assert 400 <= response.status_code < 500 or response.status_code == 200, (page, response.text)
+        if response.status_code != 200:
+            assert response.headers["content-type"].startswith("application/problem+json")
+
+
 async def test_prompt_render_version_out_of_range_answers_4xx(api: AsyncTestClient[Any]) -> None:
     t = await crm_tenant(api)
     response = await api.post("/api/ai/prompts", json={"name": "greet", "template": "Hi {{ name }}"}, headers=t["h"])

@@ -182,6 +182,8 @@ async def test_postgres_stopped_answers_503_everywhere_and_the_api_recovers(
         response = await http.post("/api/tenants", json={"name": "x", "slug": slug, "owner": owner})
         statuses[response.status_code] += 1
         assert is_outage(response), response.text
+        # Liveness stays up, with or without a tenant to look up; readiness names PostgreSQL.
+        assert (await http.get("/health", headers={"X-Tenant-ID": t["slug"]})).status_code == 200
         ready = await http.get("/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["postgres"].startswith("down")
         assert ready.json()["checks"]["redis"] == "ok" and "postgres" in ready.json()["detail"]

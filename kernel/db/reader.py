@@ -16,6 +16,7 @@ call. Rows come back as asyncpg records, which index by column label.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -85,14 +86,37 @@ class Reader:
         self._connection = connection  # asyncpg.Connection
 
     async def fetch(self, query: Query, **values: Any) -> list[Any]:
-        rows: list[Any] = await self._connection.fetch(query.sql, *query.args(values))
+        try:
+            rows: list[Any] = await self._connection.fetch(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
         return rows
 
     async def fetchrow(self, query: Query, **values: Any) -> Any:
-        return await self._connection.fetchrow(query.sql, *query.args(values))
+        try:
+            return await self._connection.fetchrow(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
 
     async def fetchval(self, query: Query, **values: Any) -> Any:
-        return await self._connection.fetchval(query.sql, *query.args(values))
+        try:
+            return await self._connection.fetchval(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
+
+
+_ARGUMENT = re.compile(r"invalid input for query argument \$(\d+)\b.*\((.*)\)$", re.DOTALL)
+
+
+def _named(query: Query, exc: Exception) -> Exception:
+    """A value the driver refused (out of its column type's range) as a 422 naming the parameter;
+    any other data error as it was (``kernel.errors`` maps it)."""
+    found = _ARGUMENT.search(str(exc))
+    if found is None or not 0 < int(found.group(1)) <= len(query.names):
+        return exc
+    name = query.names[int(found.group(1)) - 1]
+    message = f"out of range: {found.group(2)}"
+    return Unprocessable(f"{name} is {message}", errors=[FieldError(field=name, message=message)])
 
 
 async def open_read_pool(url: URL, size: int) -> asyncpg.Pool:

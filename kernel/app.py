@@ -30,6 +30,7 @@ from kernel.events.catalog import list_event_types
 from kernel.health import health, ready
 from kernel.http import EXPOSED_HEADERS, hardening, rate_limit_guard
 from kernel.http.openapi import OpenAPIDocument
+from kernel.http.request import KernelRequest
 from kernel.http.strict import strict_body_guard
 from kernel.identity import routes as identity_routes
 from kernel.identity.auth import AuthenticationMiddleware, access_guard
@@ -166,6 +167,7 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
         guards=[kernel_guard],
         middleware=[AuthenticationMiddleware()],
         exception_handlers=exception_handlers,
+        request_class=KernelRequest,  # JSON bodies: depth limit and NUL refused (kernel.http.request)
         cors_config=(
             CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=list(EXPOSED_HEADERS))
             if settings.cors_origins

@@ -1,8 +1,9 @@
 """Small per-process caches kept coherent across processes through Redis pub/sub.
 
 A change publishes ``<topic>:<key>`` on one channel; every process drops that entry. Entries also
-expire after a TTL, and a process that loses its subscription clears everything, so a missed
-message costs at most one TTL of staleness.
+expire after a TTL. While a process is not subscribed (Redis unreachable, or not yet connected)
+its caches are bypassed: every read goes to the source, since no invalidation would reach them;
+once it subscribes again it starts from empty caches (a resync).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import time
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from kernel.errors import log_every
 
 __all__ = ["InvalidationBus", "TTLCache"]
 
@@ -38,8 +42,12 @@ class TTLCache(Generic[K, V]):
         self.max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
         self.generation = 0
+        self.bypassed = False
+        """While true, :meth:`get` misses and :meth:`put` keeps nothing (set by the bus)."""
 
     def get(self, key: K) -> V | None:
+        if self.bypassed:
+            return None
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -49,7 +57,7 @@ class TTLCache(Generic[K, V]):
         return entry[1]
 
     def put(self, key: K, value: V, generation: int | None = None) -> None:
-        if generation is not None and generation != self.generation:
+        if self.bypassed or (generation is not None and generation != self.generation):
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
@@ -75,7 +83,13 @@ class InvalidationBus:
         self.subscribed = asyncio.Event()
 
     def register(self, topic: str, cache: TTLCache[str, object]) -> None:
+        cache.bypassed = not self.subscribed.is_set()
         self._caches[topic] = cache
+
+    def _bypass(self, bypassed: bool) -> None:
+        for cache in self._caches.values():
+            cache.clear()
+            cache.bypassed = bypassed
 
     def _drop(self, message: str) -> None:
         topic, _, key = message.partition(":")
@@ -86,7 +100,12 @@ class InvalidationBus:
     async def publish(self, topic: str, key: str) -> None:
         """Drop ``key`` from ``topic``'s cache here and in every other process."""
         self._drop(f"{topic}:{key}")
-        await self.redis.publish(CHANNEL, f"{topic}:{key}")
+        try:
+            await self.redis.publish(CHANNEL, f"{topic}:{key}")
+        except RedisError as exc:
+            # The change is already stored; the other processes are not subscribed either while
+            # Redis is down, so they bypass their caches and resync when it is back.
+            log_every(log, "invalidation-publish", 10.0, "cache invalidation not published: %s", type(exc).__name__)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="businessos-invalidation")
@@ -103,8 +122,7 @@ class InvalidationBus:
                 async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     # Whatever happened while we were not listening is unknown: start clean.
-                    for cache in self._caches.values():
-                        cache.clear()
+                    self._bypass(False)
                     self.subscribed.set()
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
@@ -114,5 +132,9 @@ class InvalidationBus:
                 raise
             except Exception as exc:
                 self.subscribed.clear()
-                log.warning("cache invalidation subscription lost (%s); retrying", exc)
+                self._bypass(True)
+                log_every(
+                    log, "invalidation-lost", 10.0,
+                    "cache invalidation subscription lost (%s); caches bypassed, retrying", exc,
+                )
                 await asyncio.sleep(1.0)

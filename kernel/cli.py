@@ -10,11 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from kernel import __version__
 from kernel.settings import Settings, load_settings, plugins_allowlist
+
+if TYPE_CHECKING:
+    from kernel.embedded import EmbeddedServices
 
 __all__ = ["main"]
 
@@ -22,11 +26,14 @@ log = logging.getLogger("businessos.cli")
 
 
 @contextmanager
-def _services(*, redis: bool = True) -> Iterator[tuple[Settings, bool]]:
+def _services(*, redis: bool = True) -> Iterator[tuple[Settings, EmbeddedServices]]:
     """Settings with every URL filled in, starting the embedded servers where none is set.
 
-    Yields the settings and whether the database is the embedded one. The URLs are also put in
-    ``os.environ`` so that child processes (API workers, the job worker) use the same servers.
+    Yields the settings and the embedded servers' handle (``.settings.embedded_database`` says
+    whether the database is the embedded one). A server another process runs on the same data
+    directory (a ``serve`` beside this command) is used, and left running on exit. The URLs are
+    also put in ``os.environ`` so that child processes (API workers, the job worker) use the same
+    servers.
     """
     from kernel.embedded import EmbeddedServices
 
@@ -35,9 +42,29 @@ def _services(*, redis: bool = True) -> Iterator[tuple[Settings, bool]]:
     try:
         embedded.start(redis=redis)  # inside the try: if Redis fails, PostgreSQL is stopped again
         os.environ.update(embedded.environment())
-        yield embedded.resolved(), settings.embedded_database
+        yield embedded.resolved(), embedded
     finally:
         embedded.stop()
+
+
+def _where(embedded: EmbeddedServices, host: str, port: int) -> list[str]:
+    """What ``serve`` tells its operator: data directory, URL, where each server listens."""
+    settings = embedded.settings
+    started = embedded.started
+
+    def origin(name: str) -> str:
+        return "started here" if name in started else "already running, used as it is"
+
+    lines = [f"data directory: {settings.data_dir}", f"API: http://{host}:{port}"]
+    if settings.embedded_database:
+        lines.append(f"PostgreSQL (embedded, {origin('postgres')}): socket in {embedded.postgres_socket_dir}")
+    else:
+        lines.append("PostgreSQL: DATABASE_URL")
+    if settings.embedded_redis:
+        lines.append(f"Redis (embedded, {origin('redis')}): unix://{embedded.redis_socket}")
+    else:
+        lines.append("Redis: REDIS_URL")
+    return lines
 
 
 def _plugins(allowlist: frozenset[str] | None) -> Any:
@@ -57,6 +84,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="businessos", message="%(prog)s %(version)s")
 def cli() -> None:
     """BusinessOS: a multi-tenant business platform.
 
@@ -91,13 +119,16 @@ def serve(host: str, port: int, workers: int, jobs: bool | None) -> None:
     # disposition that kills this process before the `finally` blocks below run, leaving the job
     # worker, the embedded PostgreSQL and Redis behind. Turn it into an orderly exit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with _services() as (settings, embedded):
+    with _services() as (settings, servers):
         _setup_logging(settings)
         assert settings.database_url
+        embedded = servers.settings.embedded_database
         plugins = _plugins(settings.plugins_allowlist)
         asyncio.run(prepare_database(settings, plugins, settings.database_url, migrate_now=embedded))
         # Before any process counts: the API workers and the job worker then share their metrics.
         prepare_multiprocess_dir(settings.data_dir)
+        for line in _where(servers, host, port):
+            click.echo(f"businessos: {line}", err=True)
         worker = None
         if jobs if jobs is not None else embedded:
             worker = subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=dict(os.environ))
@@ -383,8 +414,12 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        exc.show()  # with the usage line, the way click shows it
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        # Every command's failure, the kernel's and the plugins' alike, in one format.
+        click.echo(f"businessos: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except SystemExit:
         raise

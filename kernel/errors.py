@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from redis import exceptions as redis_exceptions
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 
 __all__ = [
@@ -29,7 +33,9 @@ __all__ = [
     "TooManyRequests",
     "Unprocessable",
     "exception_handlers",
+    "log_every",
     "problem_document",
+    "translate",
 ]
 
 log = logging.getLogger("businessos.errors")
@@ -241,9 +247,46 @@ _HTTP_SLUGS = {
 }
 
 
+_BODY_AT = re.compile(r" - at `\$\.data\.?([^`]*)`")
+
+
+def _body_errors(exc: HTTPException) -> list[FieldError]:
+    """Field errors of a request body that Litestar took for a server error.
+
+    Litestar treats a validation error whose field is named like a dependency (a body field
+    ``tenant`` beside the app's ``tenant`` dependency) as a fault of the dependency, a bare 500;
+    its cause still says the error was in ``data``, the body.
+    """
+    cause = exc.__cause__
+    if not isinstance(cause, msgspec.ValidationError):
+        return []
+    errors: list[FieldError] = []
+    for item in getattr(cause, "errors", None) or [{"loc": None, "msg": str(cause)}]:
+        loc = item.get("loc")
+        message = str(item.get("msg", ""))
+        if loc:
+            if str(loc[0]) != "data":
+                return []
+            field = ".".join(str(part) for part in loc[1:]) or "body"
+        else:
+            found = _BODY_AT.search(message)
+            if found is None:
+                return []
+            field = found.group(1) or "body"
+        errors.append(FieldError(field=field, message=_AT_PATH.sub("", message)))
+    return errors
+
+
 def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
+    body_errors = _body_errors(exc) if status == 500 else []
+    if body_errors:
+        fields = ", ".join(sorted({e.field for e in body_errors}))
+        return problem_response(
+            request, status=422, slug="validation-error", title="Validation failed",
+            detail=f"invalid value for: {fields}", errors=body_errors,
+        )
     if status >= 500:
         log.error("HTTP %s on %s: %s", status, request.url.path, exc.detail)
         return problem_response(
@@ -258,20 +301,145 @@ def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     )
 
 
-def _on_database_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    # Text PostgreSQL cannot store (a NUL character) is the client's mistake, not ours.
-    if type(getattr(exc, "orig", None)).__name__ in _BAD_TEXT or "invalid byte sequence" in str(exc):
-        return problem_response(
-            request, status=422, slug="validation-error", title="Validation failed",
-            detail="text must not contain NUL characters",
+_RETRY_AFTER = "5"
+"""Seconds a client is told to wait when PostgreSQL or Redis is unreachable."""
+_OUTAGE_LOG_INTERVAL = 10.0
+_last_logged: dict[str, float] = {}
+
+
+def log_every(logger: logging.Logger, key: str, interval: float, message: str, *args: Any) -> bool:
+    """Log ``message`` as a warning at most once per ``interval`` seconds per ``key``.
+
+    An outage fails every request the same way; one line per interval says so without burying
+    the log. Returns whether it logged.
+    """
+    now = time.monotonic()
+    last = _last_logged.get(key)
+    if last is not None and now - last < interval:
+        return False
+    _last_logged[key] = now
+    logger.warning(message + " (repeats within %.0f s not logged)", *args, interval)
+    return True
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error SQLAlchemy wraps, and their causes, each once."""
+    found: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if item is None or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        todo.extend((getattr(item, "orig", None), item.__cause__, item.__context__))
+    return found
+
+
+# SQLSTATEs of an unreachable or restarting PostgreSQL: class 08 (connection exception) is
+# matched by prefix; 57P01-03 are admin/crash shutdown and "cannot connect now"; 53300 is
+# too many connections.
+_OUTAGE_STATES = {"57P01", "57P02", "57P03", "53300"}
+# SQLSTATEs that say the caller sent a value the database refuses, with the title to answer.
+_INPUT_STATES = {
+    "22001": "a text value is too long",
+    "22003": "a number is out of range",
+    "22007": "a date or time value is invalid",
+    "22008": "a date or time value is out of range",
+    "22021": "text must not contain NUL characters",
+    "22P02": "a value has the wrong form",
+    "22P05": "text must not contain NUL characters",
+    "2201W": "a limit is out of range",
+    "2201X": "an offset is out of range",
+    "23502": "a required value is missing",
+    "23514": "a value breaks a rule of the data",
+}
+_KEY = re.compile(r"Key \(([^)]+)\)")
+
+
+def _outage(service: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"{service} is unavailable; retry shortly", headers={"Retry-After": _RETRY_AFTER}
+    )
+
+
+def _input_problem(error: Any, sqlstate: str) -> Problem:
+    """A 409/422 naming the column or constraint the database names (never the values)."""
+    column = getattr(error, "column_name", None)
+    constraint = getattr(error, "constraint_name", None)
+    key = _KEY.search(getattr(error, "detail", None) or "")
+    field = column or (key.group(1) if key else None)
+    extra = {"constraint": constraint} if constraint else {}
+    if sqlstate == "23505":
+        what = f" ({field})" if field else ""
+        return Conflict(f"an entry with the same{what} already exists", extra=extra)
+    if sqlstate == "23503":
+        if "still referenced" in (getattr(error, "detail", None) or ""):
+            return Conflict("other data still refers to this entry", extra=extra)
+        message = "refers to something that does not exist"
+        return Unprocessable(
+            f"{field or 'a reference'} {message}",
+            errors=[FieldError(field=field, message=message)] if field else (),
+            extra=extra,
         )
-    return _on_unexpected(request, exc)
+    if sqlstate == "23P01":
+        return Conflict("the entry overlaps another one", extra=extra)
+    message = _INPUT_STATES.get(sqlstate, "a value is not valid here")
+    if constraint and not field:
+        message = f"{message} ({constraint})"
+    return Unprocessable(
+        message, errors=[FieldError(field=field, message=message)] if field else (), extra=extra
+    )
 
 
-_BAD_TEXT = {"UntranslatableCharacterError", "CharacterNotInRepertoireError"}
+# Failures of reaching PostgreSQL at all: refused or reset sockets, a pool checkout that timed
+# out, a connection SQLAlchemy found dead.
+_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+)
+
+
+def translate(exc: BaseException) -> Problem | None:
+    """The problem a database or Redis failure stands for, or ``None`` when it is our bug.
+
+    PostgreSQL or Redis unreachable, restarting or closing connections -> 503 with Retry-After;
+    a value PostgreSQL refuses (out of range, malformed, NUL, too long, a broken check, unique or
+    foreign key) -> 422/409 naming the field or constraint where the database names it.
+    """
+    chain = _chain(exc)
+    for item in chain:
+        if isinstance(item, asyncpg.PostgresError):
+            state = str(getattr(item, "sqlstate", "") or "")
+            if state.startswith("08") or state in _OUTAGE_STATES:
+                return _outage("the database")
+            if "invalid input for query argument" in str(item):
+                # Refused by the driver before it was sent: an argument that does not fit its type.
+                reason = str(item).rpartition(" (")[2].rstrip(")")
+                return Unprocessable(f"a value does not fit the database: {reason}")
+            if state.startswith(("22", "23")):  # data exception, integrity constraint violation
+                return _input_problem(item, state)
+        elif isinstance(item, redis_exceptions.ConnectionError | redis_exceptions.TimeoutError):
+            return _outage("Redis")
+    for item in chain:
+        if (
+            isinstance(item, _UNREACHABLE)
+            or (isinstance(item, DBAPIError) and item.connection_invalidated)
+            or (isinstance(item, asyncpg.InterfaceError) and "connection" in str(item))
+        ):
+            return _outage("the database")
+    return None
 
 
 def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    problem = translate(exc)
+    if problem is not None:
+        if problem.status == 503:
+            log_every(log, problem.detail, _OUTAGE_LOG_INTERVAL, "%s: %s", problem.detail, type(exc).__name__)
+        return _on_problem(request, problem)
     # The traceback goes to the log; the client learns only that it failed.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -283,6 +451,5 @@ exception_handlers: dict[type[Exception] | int, Any] = {
     Problem: _on_problem,
     ValidationException: _on_validation,
     HTTPException: _on_http,
-    DBAPIError: _on_database_error,
     Exception: _on_unexpected,
 }

@@ -11,7 +11,7 @@ from litestar import Request, get
 from sqlalchemy import text
 
 from kernel.context import TENANT_HEADER, Kernel
-from kernel.errors import Problem, ServiceUnavailable
+from kernel.errors import Problem, ServiceUnavailable, translate
 from kernel.identity.permissions import PUBLIC
 
 __all__ = ["health", "ready"]
@@ -39,6 +39,11 @@ async def health(request: Request[Any, Any, Any], kernel: Kernel) -> Health:
         try:
             found = await kernel.tenants.find(ref)
         except (Problem, ValueError):
+            found = None
+        except Exception as exc:
+            # Liveness says the process is up; a database that is down is /ready's to report.
+            if translate(exc) is None:
+                raise
             found = None
         tenant = str(found.id) if found else None
     return Health(status="OK", timestamp=datetime.now(UTC), tenant=tenant)

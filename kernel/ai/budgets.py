@@ -85,6 +85,25 @@ def check_scope(principal: str | None) -> str:
     return value
 
 
+# Row-level security limits both to the session's tenant.
+_PRINCIPAL_EXISTS = {
+    "user": text("select 1 from memberships where user_id = cast(:id as uuid) limit 1"),
+    "api_key": text("select 1 from api_keys where id = cast(:id as uuid) limit 1"),
+}
+
+
+async def _check_principal(session: AsyncSession, scope: str) -> None:
+    """A principal's budget must name a member or an API key of the session's tenant (else 422)."""
+    if scope == TENANT_SCOPE:
+        return
+    kind, _, ident = scope.partition(":")
+    if (await session.execute(_PRINCIPAL_EXISTS[kind], {"id": ident})).first() is None:
+        raise Unprocessable(
+            "principal is not a member or API key of this tenant",
+            errors=[FieldError(field="principal", message="no such member or API key in this tenant")],
+        )
+
+
 @dataclass(frozen=True)
 class Charge:
     """One call's real cost, for :meth:`BudgetService.settle_many`."""
@@ -241,6 +260,7 @@ class BudgetService:
             "updated_at": utcnow(),
         }
         async with self.db.tenant(tenant_id) as session:
+            await _check_principal(session, scope)
             stmt = insert(BudgetRow).values(tenant_id=tenant_id, id=uuid7(), scope=scope, **values)
             await session.execute(stmt.on_conflict_do_update(index_elements=["tenant_id", "scope"], set_=values))
             await record(

@@ -37,9 +37,14 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=False,
+            # A connection the server closed (a restart, an idle timeout) is found and replaced at
+            # checkout, so the first requests after PostgreSQL comes back succeed instead of
+            # failing on a dead socket; it costs one round trip per checkout.
+            pool_pre_ping=True,
             pool_recycle=1800,
-            connect_args={"server_settings": {"application_name": "businessos"}},
+            pool_timeout=10,
+            # An unreachable server fails the request (503) in seconds, not asyncpg's 60.
+            connect_args={"server_settings": {"application_name": "businessos"}, "timeout": 5},
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 

@@ -16,6 +16,7 @@ call. Rows come back as asyncpg records, which index by column label.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,8 @@ import msgspec
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.sql import ClauseElement
+
+from kernel.errors import FieldError, Unprocessable
 
 __all__ = ["Query", "Reader", "begin_statement", "end", "open_read_pool"]
 
@@ -51,6 +54,12 @@ class Query:
         }
 
     def args(self, values: Mapping[str, Any]) -> list[Any]:
+        """The values in parameter order. A text value holding a NUL character (PostgreSQL cannot
+        store or compare one) is refused with a 422 naming the parameter."""
+        for name, value in values.items():
+            if _has_nul(value):
+                message = "must not contain NUL characters"
+                raise Unprocessable(f"{name} {message}", errors=[FieldError(field=name, message=message)])
         try:
             return [values[name] if name in values else self._defaults[name] for name in self.names]
         except KeyError as missing:  # a programming error: say which parameter
@@ -58,6 +67,14 @@ class Query:
 
     def __repr__(self) -> str:
         return f"Query({self.sql!r})"
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(isinstance(item, str) and "\x00" in item for item in value)
+    return False
 
 
 class Reader:
@@ -69,14 +86,37 @@ class Reader:
         self._connection = connection  # asyncpg.Connection
 
     async def fetch(self, query: Query, **values: Any) -> list[Any]:
-        rows: list[Any] = await self._connection.fetch(query.sql, *query.args(values))
+        try:
+            rows: list[Any] = await self._connection.fetch(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
         return rows
 
     async def fetchrow(self, query: Query, **values: Any) -> Any:
-        return await self._connection.fetchrow(query.sql, *query.args(values))
+        try:
+            return await self._connection.fetchrow(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
 
     async def fetchval(self, query: Query, **values: Any) -> Any:
-        return await self._connection.fetchval(query.sql, *query.args(values))
+        try:
+            return await self._connection.fetchval(query.sql, *query.args(values))
+        except asyncpg.DataError as exc:
+            raise _named(query, exc) from exc
+
+
+_ARGUMENT = re.compile(r"invalid input for query argument \$(\d+)\b.*\((.*)\)$", re.DOTALL)
+
+
+def _named(query: Query, exc: Exception) -> Exception:
+    """A value the driver refused (out of its column type's range) as a 422 naming the parameter;
+    any other data error as it was (``kernel.errors`` maps it)."""
+    found = _ARGUMENT.search(str(exc))
+    if found is None or not 0 < int(found.group(1)) <= len(query.names):
+        return exc
+    name = query.names[int(found.group(1)) - 1]
+    message = f"out of range: {found.group(2)}"
+    return Unprocessable(f"{name} is {message}", errors=[FieldError(field=name, message=message)])
 
 
 async def open_read_pool(url: URL, size: int) -> asyncpg.Pool:
@@ -96,7 +136,7 @@ async def open_read_pool(url: URL, size: int) -> asyncpg.Pool:
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     pool = await asyncpg.create_pool(
         dsn, min_size=0, max_size=size, init=setup, server_settings={"application_name": "businessos"},
-        max_inactive_connection_lifetime=300, reset=_keep,
+        max_inactive_connection_lifetime=300, reset=_keep, timeout=5,
     )
     assert pool is not None
     return pool

@@ -13,6 +13,8 @@ Per request it:
   proxy (the leftmost entries are whatever the client chose to send);
 - refuses a body over ``settings.max_body_bytes`` with 413: at once when ``Content-Length`` says
   so, or as soon as a chunked body streams past it;
+- refuses a NUL character in the path or a query parameter with 422 naming the parameter
+  (PostgreSQL cannot store one; JSON bodies are checked in :mod:`kernel.http.request`);
 - adds security headers to every response; HSTS only when the request came over TLS (scheme
   ``https``, or ``X-Forwarded-Proto: https`` from a trusted proxy); ``Cache-Control: no-store`` on
   ``/api/auth/*``, on responses that set cookies, and on routes with ``opt["no_store"] = True``;
@@ -29,11 +31,12 @@ import os
 import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar.routes import HTTPRoute
 
-from kernel.errors import PayloadTooLarge, problem_document
+from kernel.errors import FieldError, PayloadTooLarge, Problem, Unprocessable, problem_document
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -164,7 +167,14 @@ class HardeningMiddleware:
         if length is not None and length.isdigit():
             declared = int(length) if len(length) < 19 else self.max_body + 1  # int() of 5000 digits raises
         if declared is not None and declared > self.max_body:
-            await self._too_large(scope, send, extra, state["request_id"])
+            too_large = PayloadTooLarge(f"the request body exceeds {self.max_body} bytes")
+            await self._refuse(scope, send, extra, state["request_id"], too_large)
+            return
+        nul = _nul_field(scope)
+        if nul is not None:
+            message = "must not contain NUL characters"
+            problem = Unprocessable(f"{nul} {message}", errors=[FieldError(field=nul, message=message)])
+            await self._refuse(scope, send, extra, state["request_id"], problem)
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -209,24 +219,25 @@ class HardeningMiddleware:
 
         return limited_receive
 
-    async def _too_large(
-        self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], request_id: str
+    async def _refuse(
+        self, scope: Scope, send: Send, headers: list[tuple[bytes, bytes]], request_id: str, problem: Problem
     ) -> None:
         # Answered here, before routing: the body is never read.
         body = msgspec.json.encode(
             problem_document(
-                status=PayloadTooLarge.status,
-                slug=PayloadTooLarge.slug,
-                title=PayloadTooLarge.title,
-                detail=f"the request body exceeds {self.max_body} bytes",
+                status=problem.status,
+                slug=problem.slug,
+                title=problem.title,
+                detail=problem.detail,
                 instance=scope["path"],
+                errors=problem.errors,
                 request_id=request_id,
             )
         )
         await send(
             {
                 "type": "http.response.start",
-                "status": PayloadTooLarge.status,
+                "status": problem.status,
                 "headers": [
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(body)).encode()),
@@ -248,6 +259,17 @@ def _allow_headers(app: Any) -> dict[int, bytes]:
                 if set(handler.http_methods) == {"OPTIONS"}:
                     allow[id(handler)] = methods
     return allow
+def _nul_field(scope: Scope) -> str | None:
+    """The query parameter (or ``path``) that holds a NUL character, which no column can store."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "\\u0000") or "query"
+    return None
 
 
 def hardening(app: Any, settings: Settings) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kernel.errors import ServiceUnavailable, TooManyRequests
+from kernel.errors import ServiceUnavailable, TooManyRequests, log_every
 from kernel.observability.logs import RepeatFilter
 
 if TYPE_CHECKING:
@@ -215,8 +215,11 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         decision = await kernel.limiter.hit(key, limit, DEFAULT_PERIOD)
     except RedisError as exc:
         if policy == AUTH_POLICY:
-            raise ServiceUnavailable("rate limiting is unavailable; try again shortly") from exc
-        log.warning("rate limiter unavailable, request let through: %s", type(exc).__name__)
+            raise ServiceUnavailable(
+                "rate limiting is unavailable; try again shortly", headers={"Retry-After": "5"}
+            ) from exc
+        # One line per interval: an outage would otherwise log every request it lets through.
+        log_every(log, "ratelimit-open", 10.0, "rate limiter unavailable, requests let through: %s", type(exc).__name__)
         return
     state["rate_limit"] = decision
     if not decision.allowed:

@@ -76,7 +76,9 @@ async def login(data: Login, request: Req, kernel: Kernel) -> TokenPair | MfaCha
 @post("/api/auth/refresh", status_code=200, tags=["auth"], opt=AUTH_LIMIT)
 async def refresh(data: RefreshRequest, request: Req, kernel: Kernel) -> TokenPair:
     """Rotate a refresh token. Presenting one already used ends its whole session family."""
-    return await kernel.identity.refresh(data.refresh_token, request_meta(request))
+    return await kernel.identity.refresh(
+        data.refresh_token, request_meta(request), tenant_ref=request.headers.get("x-tenant-id")
+    )
 
 
 @get("/api/auth/me", tags=["auth"], opt={"permission": AUTHENTICATED})

@@ -236,7 +236,7 @@ class IdentityService:
                     )
                 ).scalar_one()
             if not allowed:
-                raise Forbidden(f"tenant {tenant.slug!r} accepts new members by invitation only")
+                raise Forbidden("this tenant accepts new members by invitation only")  # never echo its slug
         await self.entitlements.require(tenant.id, "kernel.members")
         try:
             async with self.db.tenant(tenant.id) as session:
@@ -381,7 +381,7 @@ class IdentityService:
             raise Unauthorized("invalid e-mail or password")
         membership, tenant = chosen
         if tenant.status != "active":
-            raise Forbidden(f"tenant {tenant.slug!r} is {tenant.status}")
+            raise Forbidden(f"this tenant is {tenant.status}")
         await self.redis.delete(f"bos:login:fail:{_email_key(email)}")
         if PasswordPolicy.needs_rehash(user.password_hash):
             async with self.db.global_() as session:
@@ -455,7 +455,9 @@ class IdentityService:
 
     # -- refresh, log-out, password -----------------------------------------------------------
 
-    async def refresh(self, presented: str, meta: RequestMeta) -> TokenPair:
+    async def refresh(self, presented: str, meta: RequestMeta, *, tenant_ref: str | None = None) -> TokenPair:
+        """Rotate ``presented``. A ``tenant_ref`` (the request's ``X-Tenant-ID``) naming another
+        tenant than the token's is refused (403), as it is for an access token."""
         try:
             secret = OpaqueSecret.parse(REFRESH_KIND, presented)
         except TokenError:
@@ -463,6 +465,8 @@ class IdentityService:
         tenant = await self.tenants.find(str(secret.tenant_id))
         if tenant is None:
             raise Unauthorized("invalid refresh token")
+        if tenant_ref and tenant_ref.strip().lower() not in (str(tenant.id), tenant.slug):
+            raise Forbidden("the refresh token is for another tenant than X-Tenant-ID names")
         if tenant.status != "active":
             raise Forbidden(f"tenant {tenant.slug!r} is {tenant.status}")
         async with self.db.tenant(secret.tenant_id) as session:

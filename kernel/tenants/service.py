@@ -95,7 +95,7 @@ class TenantService:
         if tenant is None:
             raise NotFound(f"tenant {ref!r} does not exist")
         if tenant.status != "active":
-            raise Forbidden(f"tenant {tenant.slug!r} is {tenant.status}")
+            raise Forbidden(f"this tenant is {tenant.status}")  # anonymous callers: no slug
         return tenant
 
     async def list(self) -> list[Tenant]:

@@ -58,6 +58,7 @@ async def run_import(
 def import_file(file: Path, tenant_ref: str, mode: str, companies: bool) -> None:
     """Import contacts (or companies) from a CSV FILE, reporting bad rows by number."""
     body = file.read_bytes()
+    refused: sdk.Problem | None = None
     with click.progressbar(length=csvio.count_rows(body), label="importing", file=sys.stderr) as bar:
 
         async def run() -> ImportReport:
@@ -74,10 +75,13 @@ def import_file(file: Path, tenant_ref: str, mode: str, companies: bool) -> None
         try:
             report = asyncio.run(run())
         except sdk.Problem as exc:
-            rejected: list[dict[str, Any]] = exc.extra.get("errors", [])
-            for item in rejected:
-                click.echo(f"row {item['row']}: {item['field']}: {item['message']}", err=True)
-            raise click.ClickException(exc.detail) from None
+            refused = exc
+    # Only now, with the bar's line ended, the row errors: each on a line of its own.
+    if refused is not None:
+        rejected: list[dict[str, Any]] = refused.extra.get("errors", [])
+        for item in rejected:
+            click.echo(f"row {item['row']}: {item['field']}: {item['message']}", err=True)
+        raise click.ClickException(refused.detail)
     for e in report.errors:
         click.echo(f"row {e.row}: {e.field}: {e.message}", err=True)
     click.echo(f"imported {report.imported} row(s), {len(report.errors)} rejected")

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.crm import schemas as s
 from plugins.crm.models import Company, Contact
+from plugins.crm.service import MEMBERS
 
 __all__ = [
     "COMPANY_COLUMNS",
@@ -160,12 +161,11 @@ class _Plan:
 
 async def _contact_plan(session: AsyncSession, rows: list[tuple[int, dict[str, str]]]) -> _Plan:
     plan = _Plan()
-    companies: dict[str, tuple[uuid.UUID, str]] = {
-        name.lower(): (cid, name)
-        for cid, name in (await session.execute(select(Company.id, Company.name).order_by(Company.created_at)))
-        .tuples()
-        .all()[::-1]  # the oldest of several same-named companies wins
-    }
+    # Every company by its name; a name two companies share links nothing (a row error says so).
+    companies: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    for cid, name in (await session.execute(select(Company.id, Company.name))).tuples():
+        companies.setdefault(name.lower(), []).append((cid, name))
+    members = await _members(session, rows)
     emails = {r[1].get("email", "").lower() for r in rows if r[1].get("email")}
     taken = set()
     if emails:
@@ -190,14 +190,19 @@ async def _contact_plan(session: AsyncSession, rows: list[tuple[int, dict[str, s
             plan.errors.append(_validation_error(number, exc))
             continue
         values = msgspec.structs.asdict(contact)
+        if contact.owner_id is not None and contact.owner_id not in members:
+            plan.errors.append(_not_a_member(number))
+            continue
         if company:
-            found = companies.get(company.lower())
-            if found is None:
-                plan.errors.append(
-                    s.ImportRowError(row=number, field="company", message=f"no company named {company!r}")
+            found = companies.get(company.lower(), [])
+            if len(found) != 1:
+                message = (
+                    f"no company named {company!r}" if not found
+                    else f"{len(found)} companies are named {company!r}: rename one or link the contact by hand"
                 )
+                plan.errors.append(s.ImportRowError(row=number, field="company", message=message))
                 continue
-            values["company_id"], values["company_name"] = found
+            values["company_id"], values["company_name"] = found[0]
         if contact.email:
             key = contact.email.lower()
             if key in taken:
@@ -215,8 +220,25 @@ async def _contact_plan(session: AsyncSession, rows: list[tuple[int, dict[str, s
     return plan
 
 
-async def _company_plan(rows: list[tuple[int, dict[str, str]]]) -> _Plan:
+async def _members(session: AsyncSession, rows: list[tuple[int, dict[str, str]]]) -> set[uuid.UUID]:
+    """The ``owner_id`` values of ``rows`` that are members of the session's tenant."""
+    owners = set()
+    for _, cells in rows:
+        try:
+            owners.add(uuid.UUID(cells.get("owner_id") or ""))
+        except ValueError:
+            continue  # blank or malformed: the row's own validation reports it
+    return {owner for owner in owners if await MEMBERS.is_member(session, owner)}
+
+
+def _not_a_member(row: int) -> s.ImportRowError:
+    """As the JSON API answers (422 on ``owner_id``), for one row."""
+    return s.ImportRowError(row=row, field="owner_id", message="not a member of this tenant")
+
+
+async def _company_plan(session: AsyncSession, rows: list[tuple[int, dict[str, str]]]) -> _Plan:
     plan = _Plan()
+    members = await _members(session, rows)
     for number, cells in rows:
         if "__extra__" in cells:
             plan.errors.append(s.ImportRowError(row=number, field="row", message="more cells than header columns"))
@@ -227,6 +249,9 @@ async def _company_plan(rows: list[tuple[int, dict[str, str]]]) -> _Plan:
             company = msgspec.convert(cells, s.CompanyCreate, strict=False)
         except msgspec.ValidationError as exc:
             plan.errors.append(_validation_error(number, exc))
+            continue
+        if company.owner_id is not None and company.owner_id not in members:
+            plan.errors.append(_not_a_member(number))
             continue
         plan.good.append((number, msgspec.structs.asdict(company)))
     return plan
@@ -329,7 +354,7 @@ async def import_companies(
     session: AsyncSession, actor: sdk.ChangeLog, body: bytes, mode: Mode, progress: Progress | None = None
 ) -> s.ImportReport:
     rows = parse_csv(body, COMPANY_COLUMNS, "name")
-    plan = await _company_plan(rows)
+    plan = await _company_plan(session, rows)
     return await _run(session, actor, plan, Company, mode, "company", len(rows), progress)
 
 

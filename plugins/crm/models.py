@@ -1,7 +1,9 @@
 """The CRM's tables: companies, contacts, pipelines and their stages, deals, activities.
 
-Columns only; the foreign keys, the search columns' expressions and the indexes live in the
-migration (``migrations/crm_0001_core.py``), which is what creates the tables.
+The migration (``migrations/crm_0001_core.py``) creates the tables, with the search columns'
+expressions and the indexes. The same-tenant foreign keys are declared here as well, as the
+migration has them, so that the metadata orders the tables parents-first: the kernel purges a
+module's data children-first in that order.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CHAR, Boolean, Computed, DateTime, Integer, Numeric, Text
+from sqlalchemy import CHAR, Boolean, Computed, DateTime, ForeignKeyConstraint, Integer, Numeric, Text
 from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -40,6 +42,16 @@ DEAL_SEARCH = (
 )
 
 
+def _references(table: str, column: str, parent: str, on_delete: str) -> ForeignKeyConstraint:
+    """(tenant_id, column) -> parent (tenant_id, id), named and acting as in the migration."""
+    return ForeignKeyConstraint(
+        ["tenant_id", column],
+        [f"{parent}.tenant_id", f"{parent}.id"],
+        name=f"fk_{table}_{column}",
+        ondelete=on_delete,
+    )
+
+
 class _Versioned:
     version: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=sdk.utcnow)
@@ -57,6 +69,7 @@ class Company(sdk.TenantScoped, _Versioned, Base):
 
 class Contact(sdk.TenantScoped, _Versioned, Base):
     __tablename__ = "crm_contacts"
+    __table_args__ = (_references("crm_contacts", "company_id", "crm_companies", "SET NULL"),)
 
     first_name: Mapped[str] = mapped_column(Text)
     last_name: Mapped[str] = mapped_column(Text, default="")
@@ -80,6 +93,7 @@ class Pipeline(sdk.TenantScoped, Base):
 
 class PipelineStage(sdk.TenantScoped, Base):
     __tablename__ = "crm_pipeline_stages"
+    __table_args__ = (_references("crm_pipeline_stages", "pipeline_id", "crm_pipelines", "CASCADE"),)
 
     pipeline_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     name: Mapped[str] = mapped_column(Text)
@@ -90,6 +104,12 @@ class PipelineStage(sdk.TenantScoped, Base):
 
 class Deal(sdk.TenantScoped, _Versioned, Base):
     __tablename__ = "crm_deals"
+    __table_args__ = (
+        _references("crm_deals", "pipeline_id", "crm_pipelines", "RESTRICT"),
+        _references("crm_deals", "stage_id", "crm_pipeline_stages", "RESTRICT"),
+        _references("crm_deals", "company_id", "crm_companies", "SET NULL"),
+        _references("crm_deals", "contact_id", "crm_contacts", "SET NULL"),
+    )
 
     title: Mapped[str] = mapped_column(Text)
     amount: Mapped[Decimal] = mapped_column(Numeric(18, 2))
@@ -107,6 +127,7 @@ class Deal(sdk.TenantScoped, _Versioned, Base):
 
 class DealStageHistory(sdk.TenantScoped, Base):
     __tablename__ = "crm_deal_stage_history"
+    __table_args__ = (_references("crm_deal_stage_history", "deal_id", "crm_deals", "CASCADE"),)
 
     deal_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     from_stage_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
@@ -116,6 +137,11 @@ class DealStageHistory(sdk.TenantScoped, Base):
 
 class Activity(sdk.TenantScoped, _Versioned, Base):
     __tablename__ = "crm_activities"
+    __table_args__ = (
+        _references("crm_activities", "contact_id", "crm_contacts", "SET NULL"),
+        _references("crm_activities", "company_id", "crm_companies", "SET NULL"),
+        _references("crm_activities", "deal_id", "crm_deals", "SET NULL"),
+    )
 
     kind: Mapped[str] = mapped_column(Text)
     """``note``, ``call``, ``meeting`` or ``task``."""

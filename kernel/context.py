@@ -13,6 +13,7 @@ from kernel.ai.retrieval.service import RetrievalService
 from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
+from kernel.egress import EgressClient
 from kernel.errors import BadRequest, Forbidden
 from kernel.http.ratelimit import RateLimiter
 from kernel.identity.access import AccessService
@@ -46,11 +47,13 @@ class Kernel:
     limiter: RateLimiter
     ai: AIProxy = field(init=False)
     retrieval: RetrievalService = field(init=False)
+    egress: EgressClient = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ai = AIProxy(self.db, self.box, self.settings, self.bus)
         self.retrieval = RetrievalService(self.db, self.ai)
+        self.egress = EgressClient.from_settings(self.settings)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

@@ -14,6 +14,7 @@ from kernel.context import Kernel, current_tenant, get_kernel
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
+from kernel.egress import EgressClient, EgressFailed, EgressRefused, EgressResponse
 from kernel.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound, Problem, Unprocessable
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
@@ -33,6 +34,10 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "Data",
+    "EgressClient",
+    "EgressFailed",
+    "EgressRefused",
+    "EgressResponse",
     "EventContext",
     "EventHandler",
     "EventType",

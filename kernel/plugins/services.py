@@ -63,6 +63,7 @@ class Services:
         self._kernel = kernel
         self.data = Data(kernel)
         self.members = Members()
+        self.http = kernel.egress
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

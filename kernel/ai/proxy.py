@@ -273,7 +273,7 @@ class AIProxy:
         self.settings = settings
         self.cache = CallCache(bus)
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
-        self.budgets = BudgetService(db, self.cache)
+        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
         self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id)
         self.clients = ProviderClients(settings)
@@ -316,7 +316,7 @@ class AIProxy:
         attempts = (settings.retries + 1) * (1 + len(fallbacks))
         reservation = await self.budgets.reserve(
             caller.tenant_id, _actor(caller), cost, prompt_estimate + max_tokens,
-            ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS,
+            ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS, wait=False,
         )
         return PreparedCall(
             caller=caller, params=params, target=target, credentials=credentials, price=price,
@@ -416,7 +416,9 @@ class AIProxy:
         price = await self._price(target)
         api_base = credentials.api_base or _DEFAULT_BASES.get(target.provider)
         estimate = sum(len(text.encode()) + _PER_MESSAGE_TOKENS for text in inputs)
-        reservation = await self.budgets.reserve(caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate)
+        reservation = await self.budgets.reserve(
+            caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate, wait=False
+        )
         call = PreparedCall(
             caller=caller, params=ChatParams(model=model, messages=[]), target=target, credentials=credentials,
             price=price, max_tokens=0, prompt_estimate=estimate, reservation=reservation,

@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -409,3 +412,63 @@ def test_egress_settings_are_parsed_and_named_when_malformed(tmp_path: Path) -> 
     ):
         with pytest.raises(SettingsError, match=name):
             load_settings({**base, name: value})
+
+
+def _tls_contexts(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A private CA and a certificate for ``name``: (server context, client context)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egress test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(leaf.public_bytes(pem))
+        key.write_bytes(
+            leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())
+    return server, client
+
+
+async def test_tls_goes_to_the_judged_address_with_the_names_sni_and_certificate(
+    world: tuple[Listeners, Zone, EgressClient],
+) -> None:
+    state, zone, client = world
+    _names(zone)
+    server_context, client_context = _tls_contexts("allowed.test")
+    names: list[str | None] = []
+    server_context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    seen = Listeners(0)
+    server = await asyncio.start_server(_allowed_handler(seen), ALLOWED, 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    tls = EgressClient(allow_networks=(f"{ALLOWED}/32",), resolver=client.transport.resolver, verify=client_context)
+    try:
+        answer = await tls.get(f"https://allowed.test:{port}/echo")
+        assert answer.json() == {"host": f"allowed.test:{port}"} and names == ["allowed.test"]
+        # The same server by its address: the certificate is for the name, so the check fails.
+        with pytest.raises(EgressFailed):
+            await tls.get(f"https://{ALLOWED}:{port}/echo")
+    finally:
+        await tls.aclose()
+        server.close()
+    assert state.forbidden_connections == 0

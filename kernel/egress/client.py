@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,14 +84,15 @@ class _Refusal(Exception):
 class PinnedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that connects only to addresses the policy accepts, pinned per request."""
 
-    def __init__(self, policy: AddressPolicy, resolver: Resolver, *, verify: bool = True) -> None:
+    def __init__(self, policy: AddressPolicy, resolver: Resolver, *, verify: ssl.SSLContext | bool = True) -> None:
         self.policy = policy
         self.resolver = resolver
-        self._verify = verify
+        # One context for every pool (loading the CA bundle per host would cost milliseconds each).
+        self._verify = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
         self._pools: dict[str, httpx.AsyncHTTPTransport] = {}
         # Past _POOLED_HOSTS names, calls go through one pool without keep-alive.
         self._unpooled = httpx.AsyncHTTPTransport(
-            verify=verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+            verify=self._verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
         )
 
     def _pool(self, host: str) -> httpx.AsyncHTTPTransport:
@@ -183,8 +185,10 @@ class EgressClient:
         timeout: float = 30.0,
         max_redirects: int = 5,
         max_bytes: int = 10 * 1024 * 1024,
-        verify: bool = True,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """``verify``: certificate checking, ``True`` (the system's CAs) or an ``ssl.SSLContext``
+        (a private CA; tests)."""
         self.policy = AddressPolicy(allow_networks)
         self.transport = PinnedTransport(self.policy, resolver or SystemResolver(), verify=verify)
         self.timeout = timeout

@@ -151,12 +151,17 @@ _RESERVE = text(
        select array(select scope from admitted) as admitted, (select id from held) as held"""
 )
 _HOLD = text(
-    # The record of a reservation Redis admitted: no condition here, the admission was Redis's.
+    # The record of a reservation Redis admitted, in one statement: each month row created or
+    # locked in scope order with the reservation added (no condition: the admission was Redis's),
+    # and the ai_reservations row.
     """with held as (
-           update ai_budget_months
-              set reserved_cost = reserved_cost + cast(:c as numeric),
-                  reserved_tokens = reserved_tokens + cast(:k as bigint)
-            where tenant_id = :t and month = :m and scope = any(cast(:s as text[]))
+           insert into ai_budget_months (tenant_id, id, scope, month, reserved_cost, reserved_tokens)
+           select :t, u.id, u.scope, :m, cast(:c as numeric), cast(:k as bigint)
+             from unnest(cast(:ids as uuid[]), cast(:s as text[])) with ordinality as u(id, scope, n)
+            order by u.n
+           on conflict (tenant_id, scope, month) do update
+              set reserved_cost = ai_budget_months.reserved_cost + excluded.reserved_cost,
+                  reserved_tokens = ai_budget_months.reserved_tokens + excluded.reserved_tokens
        )
        insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at)
        values (:t, :i, :m, cast(:s as text[]), :c, :k, :e)"""
@@ -384,10 +389,11 @@ class BudgetService:
         self, tenant_id: uuid.UUID, month: date, scopes: list[str], cost: Decimal, tokens: int,
         held: uuid.UUID, expires: datetime,
     ) -> None:
+        ids = [uuid7() for _ in scopes]
         async with self.db.tenant(tenant_id) as session:
-            await session.execute(_CLAIM, {"t": tenant_id, "m": month, "s": scopes, "ids": [uuid7() for _ in scopes]})
             await session.execute(
-                _HOLD, {"t": tenant_id, "m": month, "s": scopes, "c": cost, "k": tokens, "i": held, "e": expires}
+                _HOLD,
+                {"t": tenant_id, "m": month, "s": scopes, "ids": ids, "c": cost, "k": tokens, "i": held, "e": expires},
             )
 
     @staticmethod

@@ -247,8 +247,12 @@ class BudgetGate:
     async def sweep(self) -> int:
         """Forget the reservations whose expiry passed and drop the balances they held."""
         swept = 0
-        while True:
-            count = int(await self._expire(keys=[_HELD, _DETAILS], args=[time.time(), _SWEEP_BATCH]))
-            swept += count
-            if count < _SWEEP_BATCH:
-                return swept
+        try:
+            while True:
+                count = int(await self._expire(keys=[_HELD, _DETAILS], args=[time.time(), _SWEEP_BATCH]))
+                swept += count
+                if count < _SWEEP_BATCH:
+                    return swept
+        except RedisError:
+            log.warning("budget sweep: Redis unreachable; expired reservations are swept on a later run")
+            return swept

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import uuid
 from collections import defaultdict
@@ -63,6 +64,8 @@ __all__ = [
     "check_scope",
     "current_month",
 ]
+
+log = logging.getLogger("businessos.ai")
 
 SOFT_LIMIT_EVENT = "ai.budget.soft_limit"
 # How long a reservation is held when the caller names no expiry.
@@ -222,6 +225,11 @@ def _remaining(limit: Any, spent: Any, reserved: Any) -> Any:
     return None if limit is None else max(limit - spent - reserved, 0)
 
 
+def _log_failed_record(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the PostgreSQL record of a budget reservation failed: %s", task.exception())
+
+
 def _exceeded(scope: str, remaining_cost: Any, remaining_tokens: Any, cost: Decimal, tokens: int) -> BudgetExceeded:
     return BudgetExceeded(
         "this call could exceed the " + ("tenant's" if scope == TENANT_SCOPE else f"{scope}'s") + " monthly AI budget",
@@ -378,6 +386,7 @@ class BudgetService:
             )
         expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
         recorded = asyncio.ensure_future(self._record(tenant_id, month, scopes, cost, tokens, held, expires))
+        recorded.add_done_callback(_log_failed_record)
         if wait:
             await recorded
         return Reservation(

@@ -24,6 +24,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
+import httpx
 import pytest
 from litestar import Litestar, post
 from litestar.testing import AsyncTestClient
@@ -198,6 +199,7 @@ def _names(zone: Zone) -> None:
         ("allowed.test", "A"): [[ALLOWED]],
         ("loopback.test", "A"): [["127.0.0.1"]],
         ("second.test", "A"): [["127.0.0.2"]],
+        ("xn--lcalhost-nbh.test", "A"): [["127.0.0.1"]],  # an IDN name (Cyrillic o), asked for in its ASCII form
         ("v6loop.test", "AAAA"): [["::1"]],
         ("mapped.test", "AAAA"): [["::ffff:127.0.0.1"]],
         ("nat64.test", "AAAA"): [["64:ff9b::7f00:1"]],
@@ -211,6 +213,13 @@ def _names(zone: Zone) -> None:
         # Rebinding: the allowed address first (standing in for a public one), loopback afterwards.
         ("rebind.test", "A"): [[ALLOWED], ["127.0.0.1"]],
     })
+
+
+def _host_of(url: str) -> str:
+    try:
+        return httpx.URL(url).raw_host.decode()
+    except httpx.InvalidURL:  # what httpx itself refuses to parse (0177.0.0.1)
+        return ""
 
 
 def corpus(port: int) -> list[str]:
@@ -229,7 +238,7 @@ def corpus(port: int) -> list[str]:
     ]
     names = [
         "loopback.test", "second.test", "v6loop.test", "mapped.test", "nat64.test", "metadata.test",
-        "private.test", "cgnat.test", "ula.test", "mixed.test", "mixed6.test", "nowhere.test",
+        "private.test", "cgnat.test", "ula.test", "mixed.test", "mixed6.test", "nowhere.test", "l\u043ecalhost.test",
     ]
     urls = [f"http://{host}:{port}/" for host in numeric + ipv6 + names]
     urls += [f"https://{host}:{port}/" for host in ("127.0.0.1", "[::1]", "loopback.test")]
@@ -259,16 +268,22 @@ async def test_the_corpus_never_reaches_a_forbidden_listener(
     _names(zone)
     urls = corpus(state.port)
     outcomes: dict[str, str] = {}
+    reasons: dict[str, str] = {}
     for url in urls:
         try:
             response = await client.get(url, field="webhook_url")
         except EgressRefused as refused:
             assert refused.status == 422 and refused.errors[0].field == "webhook_url"
             outcomes[url] = "refused"
+            reasons[url] = refused.reason
         else:
             outcomes[url] = f"answered {response.status_code}"
     assert state.forbidden_connections == 0
     assert {url: o for url, o in outcomes.items() if o != "refused"} == {}
+    # Names were refused for what they resolve to, not because the test DNS server failed them.
+    for name in ("loopback.test", "v6loop.test", "mapped.test", "metadata.test", "mixed6.test", "xn--lcalhost"):
+        judged = [reason for url, reason in reasons.items() if _host_of(url).startswith(name)]
+        assert judged and all("resolves to" in reason for reason in judged), (name, judged)
     print(f"egress corpus: {len(urls)} URLs, all refused, {state.forbidden_connections} forbidden connections")
 
 

@@ -81,6 +81,11 @@ class _Refusal(Exception):
         self.reason = reason
 
 
+def _host(url: httpx.URL) -> str:
+    """The host as it goes on the wire: IDNA-encoded names, IPv6 without brackets."""
+    return url.raw_host.decode("ascii").lower()
+
+
 class PinnedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that connects only to addresses the policy accepts, pinned per request."""
 
@@ -108,22 +113,22 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     async def address_for(self, url: httpx.URL) -> Address:
         """The one address a request to ``url`` will connect to; :class:`_Refusal` otherwise."""
-        shown = str(url)
+        shown, host = str(url), _host(url)
         if url.scheme not in ("http", "https"):
             raise _Refusal(shown, "only http and https URLs may be called")
-        if not url.host:
+        if not host:
             raise _Refusal(shown, "the URL has no host")
         try:
-            literal = literal_address(url.host)
+            literal = literal_address(host)
         except ValueError as error:
-            raise _Refusal(shown, f"host {url.host!r} {error}") from None
-        addresses = [literal] if literal is not None else await self.resolver.resolve(url.host)
+            raise _Refusal(shown, f"host {host!r} {error}") from None
+        addresses = [literal] if literal is not None else await self.resolver.resolve(host)
         if not addresses:
-            raise _Refusal(shown, f"host {url.host!r} does not resolve")
+            raise _Refusal(shown, f"host {host!r} does not resolve")
         for address in addresses:
             reason = self.policy.refusal(address)
             if reason is not None:
-                named = f"host {url.host!r} resolves to {address}: " if literal is None else ""
+                named = f"host {host!r} resolves to {address}: " if literal is None else ""
                 raise _Refusal(shown, named + reason)
         first = addresses[0]
         mapped = first.ipv4_mapped if isinstance(first, ipaddress.IPv6Address) else None
@@ -135,8 +140,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         headers = httpx.Headers(request.headers)
         if "host" not in headers:
             headers["host"] = request.url.netloc.decode("ascii")
-        if request.url.scheme == "https" and literal_address(request.url.host) is None:
-            extensions["sni_hostname"] = request.url.host  # certificate checked for the name
+        host = _host(request.url)
+        if request.url.scheme == "https" and literal_address(host) is None:
+            extensions["sni_hostname"] = host  # the certificate is checked for the name
         pinned = httpx.Request(
             request.method,
             request.url.copy_with(host=str(address)),
@@ -144,7 +150,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             stream=request.stream,
             extensions=extensions,
         )
-        return await self._pool(request.url.host).handle_async_request(pinned)
+        return await self._pool(host).handle_async_request(pinned)
 
     async def aclose(self) -> None:
         for pool in [*self._pools.values(), self._unpooled]:
@@ -164,7 +170,10 @@ class EgressResponse:
     @property
     def text(self) -> str:
         found = _CHARSET.search(self.headers.get("content-type", ""))
-        return self.content.decode(found.group(1) if found else "utf-8", "replace")
+        try:
+            return self.content.decode(found.group(1) if found else "utf-8", "replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
         return msgspec.json.decode(self.content)

@@ -30,7 +30,7 @@ from litestar import Litestar, post
 from litestar.testing import AsyncTestClient
 
 from kernel.ai.pricing import litellm_async
-from kernel.ai.provider_clients import ProviderClients
+from kernel.ai.provider_clients import ProviderClients, _aiohttp_pool
 from kernel.egress import EgressClient, EgressFailed, EgressRefused, NameserverResolver
 from kernel.errors import exception_handlers
 from kernel.settings import load_settings
@@ -340,11 +340,12 @@ async def test_proxy_variables_are_ignored(
     proxy = f"http://127.0.0.1:{state.port}"
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.setenv(name, proxy)
-    fresh = EgressClient(allow_networks=(f"{ALLOWED}/32",), resolver=client.transport.resolver)
-    try:
-        assert (await fresh.get(f"http://allowed.test:{state.port}/")).status_code == 200
-    finally:
-        await fresh.aclose()
+    for pool in (None, _aiohttp_pool):
+        fresh = EgressClient(allow_networks=(f"{ALLOWED}/32",), resolver=client.transport.resolver, pool=pool)
+        try:
+            assert (await fresh.get(f"http://allowed.test:{state.port}/")).status_code == 200
+        finally:
+            await fresh.aclose()
     assert state.forbidden_connections == 0
 
 
@@ -476,14 +477,21 @@ async def test_tls_goes_to_the_judged_address_with_the_names_sni_and_certificate
     seen = Listeners(0)
     server = await asyncio.start_server(_allowed_handler(seen), ALLOWED, 0, ssl=server_context)
     port = server.sockets[0].getsockname()[1]
-    tls = EgressClient(allow_networks=(f"{ALLOWED}/32",), resolver=client.transport.resolver, verify=client_context)
     try:
-        answer = await tls.get(f"https://allowed.test:{port}/echo")
-        assert answer.json() == {"host": f"allowed.test:{port}"} and names == ["allowed.test"]
-        # The same server by its address: the certificate is for the name, so the check fails.
-        with pytest.raises(EgressFailed):
-            await tls.get(f"https://{ALLOWED}:{port}/echo")
+        # httpx's own connections (plugins) and litellm's aiohttp transport (AI calls) alike.
+        for pool in (None, _aiohttp_pool):
+            names.clear()
+            tls = EgressClient(
+                allow_networks=(f"{ALLOWED}/32",), resolver=client.transport.resolver, verify=client_context, pool=pool
+            )
+            try:
+                answer = await tls.get(f"https://allowed.test:{port}/echo")
+                assert answer.json() == {"host": f"allowed.test:{port}"} and names == ["allowed.test"], pool
+                # The same server by its address: the certificate is for the name, so the check fails.
+                with pytest.raises(EgressFailed):
+                    await tls.get(f"https://{ALLOWED}:{port}/echo")
+            finally:
+                await tls.aclose()
     finally:
-        await tls.aclose()
         server.close()
     assert state.forbidden_connections == 0

@@ -15,7 +15,10 @@ between that check and litellm's connection is the gap that remains there.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from typing import TYPE_CHECKING, Any, cast
+
+import httpx
 
 from kernel.egress import EgressClient, resolver_for
 from kernel.settings import Settings
@@ -31,6 +34,20 @@ PRIVATE_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "19
 _KEPT = 1024
 
 
+def _aiohttp_pool(context: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """litellm's aiohttp transport (what its own calls use, faster than httpcore) for one host's
+    connections, with the environment's proxies switched off. It sends ``sni_hostname`` as
+    aiohttp's ``server_hostname``, so TLS keeps the name while connecting to the judged address."""
+    from aiohttp import ClientSession
+    from litellm.llms.custom_httpx.aiohttp_transport import LiteLLMAiohttpTransport
+
+    class _Direct(LiteLLMAiohttpTransport):
+        async def _get_proxy_settings(self, request: httpx.Request) -> None:
+            return None  # never a proxy from the environment
+
+    return _Direct(client=lambda: ClientSession(trust_env=False), ssl_verify=context)
+
+
 class ProviderClients:
     """``client=`` arguments for litellm, built on one egress client for AI bases."""
 
@@ -40,6 +57,7 @@ class ProviderClients:
             allow_networks=settings.egress_allow_networks + private,
             resolver=resolver_for(settings.egress_nameservers),
             timeout=settings.ai_timeout_seconds,
+            pool=_aiohttp_pool,
         )
         self._openai: dict[tuple[str, str], AsyncOpenAI] = {}
 

@@ -32,7 +32,7 @@ import asyncio
 import ipaddress
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,18 +89,28 @@ def _host(url: httpx.URL) -> str:
 class PinnedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that connects only to addresses the policy accepts, pinned per request."""
 
-    def __init__(self, policy: AddressPolicy, resolver: Resolver, *, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolver: Resolver,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        pool: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
+        """``pool`` builds the transport that holds one host name's connections (default: httpx's
+        own); whatever it is must honour the ``sni_hostname`` extension and ignore proxies."""
         self.policy = policy
         self.resolver = resolver
         # One context for every pool (loading the CA bundle per host would cost milliseconds each).
         self._verify = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
-        self._pools: dict[str, httpx.AsyncHTTPTransport] = {}
+        self._new_pool = pool or (lambda context: httpx.AsyncHTTPTransport(verify=context, trust_env=False))
+        self._pools: dict[str, httpx.AsyncBaseTransport] = {}
         # Past _POOLED_HOSTS names, calls go through one pool without keep-alive.
         self._unpooled = httpx.AsyncHTTPTransport(
             verify=self._verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
         )
 
-    def _pool(self, host: str) -> httpx.AsyncHTTPTransport:
+    def _pool(self, host: str) -> httpx.AsyncBaseTransport:
         """Connections are kept per host *name*: httpcore keys its pool by the address we pass,
         and a connection (TLS session, certificate checked for one name) must never serve another
         name that happens to resolve to the same address."""
@@ -108,7 +118,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         if pool is None:
             if len(self._pools) >= _POOLED_HOSTS:
                 return self._unpooled
-            pool = self._pools[host] = httpx.AsyncHTTPTransport(verify=self._verify, trust_env=False)
+            pool = self._pools[host] = self._new_pool(self._verify)
         return pool
 
     async def address_for(self, url: httpx.URL) -> Address:
@@ -195,11 +205,12 @@ class EgressClient:
         max_redirects: int = 5,
         max_bytes: int = 10 * 1024 * 1024,
         verify: ssl.SSLContext | bool = True,
+        pool: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         """``verify``: certificate checking, ``True`` (the system's CAs) or an ``ssl.SSLContext``
-        (a private CA; tests)."""
+        (a private CA; tests). ``pool``: see :class:`PinnedTransport`."""
         self.policy = AddressPolicy(allow_networks)
-        self.transport = PinnedTransport(self.policy, resolver or SystemResolver(), verify=verify)
+        self.transport = PinnedTransport(self.policy, resolver or SystemResolver(), verify=verify, pool=pool)
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.max_bytes = max_bytes

@@ -13,6 +13,7 @@ from kernel.ai.retrieval.service import RetrievalService
 from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
+from kernel.egress import EgressClient
 from kernel.entitlements import EntitlementGate
 from kernel.errors import BadRequest, Forbidden
 from kernel.events.deliveries import Deliveries
@@ -52,6 +53,7 @@ class Kernel:
     retrieval: RetrievalService = field(init=False)
     deliveries: Deliveries = field(init=False)
     operators: OperatorService = field(init=False)
+    egress: EgressClient = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class Kernel:
         self.entitlements.attach(self.services)
         self.deliveries = Deliveries(self)
         self.operators = OperatorService(self.db, self.redis, self.keys, self.tenants)
+        self.egress = EgressClient.from_settings(self.settings)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

@@ -138,3 +138,4 @@ async def open_kernel(settings: Settings, plugins: PluginSet) -> AsyncIterator[K
             yield kernel
         finally:
             await kernel.ai.drain()  # AI calls answered but not yet settled
+            await kernel.egress.aclose()

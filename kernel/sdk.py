@@ -14,6 +14,7 @@ from kernel.audit.log import RequestMeta
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import Model, TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
+from kernel.egress import EgressClient, EgressFailed, EgressRefused, EgressResponse
 from kernel.entitlements import Entitlement, EntitlementProvider, EntitlementQuery, Entitlements
 from kernel.errors import (
     BadRequest,
@@ -77,6 +78,10 @@ __all__ = [
     "Changes",
     "Conflict",
     "Data",
+    "EgressClient",
+    "EgressFailed",
+    "EgressRefused",
+    "EgressResponse",
     "Entitlement",
     "EntitlementProvider",
     "EntitlementQuery",

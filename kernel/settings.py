@@ -72,6 +72,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Bearer token a Prometheus scraper presents to ``/metrics`` (besides an operator token)."""
     log_format: str = "text"
     """``text`` (human lines) or ``json`` (one object a line, with request and tenant ids)."""
+    egress_allow_networks: tuple[str, ...] = ()
+    """Networks (CIDR) outbound calls may reach although they are not public (``kernel.egress``)."""
+    egress_nameservers: tuple[str, ...] = ()
+    """DNS servers (``ip`` or ``ip:port``) outbound calls resolve through; empty: the system's."""
+    egress_timeout_seconds: int = 30
+    """How long one outbound call may take in all: resolution, redirects and reading the body."""
+    egress_max_redirects: int = 5
+    egress_max_response_bytes: int = 10 * 1024 * 1024
 
     @property
     def embedded_database(self) -> bool:
@@ -184,6 +192,19 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _nameservers(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    from kernel.egress.resolver import parse_nameserver
+
+    servers = []
+    for item in filter(None, (part.strip() for part in env.get(name, "").split(","))):
+        try:
+            parse_nameserver(item)
+        except ValueError:
+            raise SettingsError(f"{name}: {item!r} is not ip, ip:port or [ipv6]:port") from None
+        servers.append(item)
+    return tuple(servers)
+
+
 def plugins_allowlist(env: Mapping[str, str] | None = None) -> frozenset[str] | None:
     """``BUSINESSOS_PLUGINS``: comma-separated plugin names; unset or ``*`` allows every plugin."""
     env = os.environ if env is None else env
@@ -245,6 +266,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         event_max_attempts=_int(env, "BUSINESSOS_EVENT_MAX_ATTEMPTS", 8, 1, 100),
         event_lease_seconds=_int(env, "BUSINESSOS_EVENT_LEASE_SECONDS", 300, 2, 86_400),
         event_sweep_seconds=_int(env, "BUSINESSOS_EVENT_SWEEP_SECONDS", 15, 1, 3600),
+        egress_allow_networks=_networks(env, "BUSINESSOS_EGRESS_ALLOW_NETWORKS"),
+        egress_nameservers=_nameservers(env, "BUSINESSOS_EGRESS_NAMESERVERS"),
+        egress_timeout_seconds=_int(env, "BUSINESSOS_EGRESS_TIMEOUT_SECONDS", 30, 1, 3600),
+        egress_max_redirects=_int(env, "BUSINESSOS_EGRESS_MAX_REDIRECTS", 5, 0, 20),
+        egress_max_response_bytes=_int(env, "BUSINESSOS_EGRESS_MAX_RESPONSE_BYTES", 10 * 1024 * 1024, 1024, 1 << 31),
         database_url=database_url,
         database_app_url=database_app_url,
         redis_url=redis_url,

@@ -1,2 +1,3 @@
 """The AI proxy: tenants' own provider keys (BYOK), calls through litellm, a usage ledger priced
-from a versioned table, and budgets reserved in PostgreSQL so concurrent calls cannot overspend."""
+from a versioned table, and budgets admitted in Redis and recorded in PostgreSQL so concurrent
+calls cannot overspend."""

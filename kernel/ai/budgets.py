@@ -1,6 +1,11 @@
 """Monthly budgets that concurrent calls cannot overspend: the tenant's, and optionally one
 principal's (a user or an API key).
 
+With Redis (``kernel.ai.budget_gate``, the API and worker always have it) a call is admitted by one
+Redis script against a balance derived from PostgreSQL, and the reservation's PostgreSQL record
+below is written beside the provider call instead of before it; Redis unreachable refuses budgeted
+calls with 503. Without Redis (a bare ``BudgetService``) the PostgreSQL path below admits:
+
 Before a call the proxy reserves an upper bound of its cost and tokens in every budget that
 applies (the tenant's and the caller's) with one conditional ``UPDATE`` on their month rows
 (``spent + reserved + estimate <= limit``), after locking those rows in a fixed order. PostgreSQL
@@ -23,19 +28,24 @@ after a sweep, returns nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.ai.budget_gate import BudgetGate, Limits
 from kernel.ai.call_cache import CallCache
 from kernel.ai.models import BudgetRow
 from kernel.ai.schemas import Budget, BudgetUpdate
@@ -54,6 +64,8 @@ __all__ = [
     "check_scope",
     "current_month",
 ]
+
+log = logging.getLogger("businessos.ai")
 
 SOFT_LIMIT_EVENT = "ai.budget.soft_limit"
 # How long a reservation is held when the caller names no expiry.
@@ -123,6 +135,9 @@ class Reservation:
     """The budgets this reservation holds (those of the call's scopes that have a limit)."""
     id: uuid.UUID | None = None
     """Its ``ai_reservations`` row."""
+    tenant_id: uuid.UUID | None = None
+    recorded: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
+    """The write of its PostgreSQL record, when it runs beside the call (awaited before settling)."""
 
 
 _CLAIM = text(
@@ -156,6 +171,26 @@ _RESERVE = text(
            returning id
        )
        select array(select scope from admitted) as admitted, (select id from held) as held"""
+)
+_HOLD = text(
+    # The record of a reservation Redis admitted, in one statement: each month row created or
+    # locked in scope order with the reservation added (no condition: the admission was Redis's),
+    # and the ai_reservations row.
+    """with held as (
+           insert into ai_budget_months (tenant_id, id, scope, month, reserved_cost, reserved_tokens)
+           select :t, u.id, u.scope, :m, cast(:c as numeric), cast(:k as bigint)
+             from unnest(cast(:ids as uuid[]), cast(:s as text[])) with ordinality as u(id, scope, n)
+            order by u.n
+           on conflict (tenant_id, scope, month) do update
+              set reserved_cost = ai_budget_months.reserved_cost + excluded.reserved_cost,
+                  reserved_tokens = ai_budget_months.reserved_tokens + excluded.reserved_tokens
+       )
+       insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at)
+       values (:t, :i, :m, cast(:s as text[]), :c, :k, :e)"""
+)
+_IN_USE = text(
+    """select scope, spent_cost + reserved_cost as cost, spent_tokens + reserved_tokens as tokens
+         from ai_budget_months where month = :m and scope = any(cast(:s as text[]))"""
 )
 _STATE = text(
     """select b.monthly_cost_limit, b.monthly_token_limit, b.soft_limit_ratio,
@@ -209,21 +244,43 @@ def _remaining(limit: Any, spent: Any, reserved: Any) -> Any:
     return None if limit is None else max(limit - spent - reserved, 0)
 
 
+def _log_failed_record(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("the PostgreSQL record of a budget reservation failed: %s", task.exception())
+
+
+def _exceeded(scope: str, remaining_cost: Any, remaining_tokens: Any, cost: Decimal, tokens: int) -> BudgetExceeded:
+    return BudgetExceeded(
+        "this call could exceed the " + ("tenant's" if scope == TENANT_SCOPE else f"{scope}'s") + " monthly AI budget",
+        extra={
+            "scope": scope,
+            "remaining_cost": None if remaining_cost is None else str(remaining_cost),
+            "remaining_tokens": remaining_tokens,
+            "estimated_cost": str(cost),
+            "estimated_tokens": tokens,
+        },
+    )
+
+
 def _scopes(principal: str | None) -> list[str]:
     return [TENANT_SCOPE] if principal is None else sorted({TENANT_SCOPE, principal})
 
 
 class BudgetService:
-    def __init__(self, db: Database, cache: CallCache) -> None:
+    def __init__(self, db: Database, cache: CallCache, redis: Redis | None = None) -> None:
         self.db = db
         self.cache = cache
+        self.gate = None if redis is None else BudgetGate(redis)
 
-    async def _budgeted(self, tenant_id: uuid.UUID) -> frozenset[str]:
-        """The scopes of the tenant that have a budget (cached; dropped when one is set)."""
+    async def _budgeted(self, tenant_id: uuid.UUID) -> dict[str, Limits]:
+        """The tenant's budgets by scope (cached; dropped when one is set)."""
 
-        async def read() -> frozenset[str]:
+        async def read() -> dict[str, Limits]:
             async with self.db.tenant(tenant_id) as session:
-                return frozenset((await session.execute(text("select scope from ai_budgets"))).scalars())
+                rows = await session.execute(
+                    text("select scope, monthly_cost_limit, monthly_token_limit from ai_budgets")
+                )
+                return {row.scope: Limits(row.monthly_cost_limit, row.monthly_token_limit) for row in rows}
 
         return await self.cache.get(CallCache.key(tenant_id, "budgets"), read)
 
@@ -282,15 +339,23 @@ class BudgetService:
         cost: Decimal,
         tokens: int,
         ttl_seconds: float = DEFAULT_RESERVATION_TTL,
+        *,
+        wait: bool = True,
     ) -> Reservation | None:
         """Reserve ``cost`` and ``tokens`` in every budget of the tenant and of ``principal``
         (``user:<id>`` / ``api_key:<id>``) for at most ``ttl_seconds`` (then the sweeper releases
         it); ``None`` when none applies; 402 with what remains in the budget that refused,
-        reserving nothing, when the call does not fit."""
-        budgeted = sorted(set(_scopes(principal)) & await self._budgeted(tenant_id))
+        reserving nothing, when the call does not fit. With Redis, ``wait=False`` returns as soon
+        as Redis admitted the call and writes the PostgreSQL record beside it (settling awaits it)."""
+        limits = await self._budgeted(tenant_id)
+        budgeted = sorted(set(_scopes(principal)) & set(limits))
         if not budgeted:
             return None  # the common case: no budget, no transaction
         month = current_month()
+        if self.gate is not None:
+            return await self._admit(
+                tenant_id, month, {s: limits[s] for s in budgeted}, cost, tokens, ttl_seconds, wait=wait
+            )
         async with self.db.tenant(tenant_id) as session:
             await session.execute(
                 _CLAIM, {"t": tenant_id, "m": month, "s": budgeted, "ids": [uuid7() for _ in budgeted]}
@@ -313,18 +378,61 @@ class BudgetService:
             remaining_cost = _remaining(state.monthly_cost_limit, state.spent_cost, state.reserved_cost)
             remaining_tokens = _remaining(state.monthly_token_limit, state.spent_tokens, state.reserved_tokens)
             # Raised inside the transaction: the other budgets' reservations roll back with it.
-            raise BudgetExceeded(
-                "this call could exceed the "
-                + ("tenant's" if refused == TENANT_SCOPE else f"{refused}'s")
-                + " monthly AI budget",
-                extra={
-                    "scope": refused,
-                    "remaining_cost": None if remaining_cost is None else str(remaining_cost),
-                    "remaining_tokens": remaining_tokens,
-                    "estimated_cost": str(cost),
-                    "estimated_tokens": tokens,
-                },
+            raise _exceeded(refused, remaining_cost, remaining_tokens, cost, tokens)
+
+    async def _admit(
+        self, tenant_id: uuid.UUID, month: date, limits: dict[str, Limits], cost: Decimal, tokens: int,
+        ttl_seconds: float, *, wait: bool,
+    ) -> Reservation:
+        assert self.gate is not None
+        scopes = sorted(limits)
+
+        async def in_use() -> dict[str, tuple[Decimal, int]]:
+            async with self.db.tenant(tenant_id) as session:
+                rows = await session.execute(_IN_USE, {"m": month, "s": scopes})
+                return {row.scope: (Decimal(row.cost), int(row.tokens)) for row in rows}
+
+        held = uuid7()
+        admission = await self.gate.admit(tenant_id, month, limits, cost, tokens, held, ttl_seconds, in_use)
+        if not admission.admitted:
+            refused = admission.refused_scope or TENANT_SCOPE
+            limit = limits[refused]
+            raise _exceeded(
+                refused,
+                None if limit.cost is None else max(Decimal(limit.cost) - admission.used_cost, Decimal(0)),
+                None if limit.tokens is None else max(limit.tokens - admission.used_tokens, 0),
+                cost,
+                tokens,
             )
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        recorded = asyncio.ensure_future(self._record(tenant_id, month, scopes, cost, tokens, held, expires))
+        recorded.add_done_callback(_log_failed_record)
+        if wait:
+            await recorded
+        return Reservation(
+            month=month, cost=cost, tokens=tokens, scopes=tuple(scopes), id=held, tenant_id=tenant_id,
+            recorded=recorded,
+        )
+
+    async def _record(
+        self, tenant_id: uuid.UUID, month: date, scopes: list[str], cost: Decimal, tokens: int,
+        held: uuid.UUID, expires: datetime,
+    ) -> None:
+        ids = [uuid7() for _ in scopes]
+        async with self.db.tenant(tenant_id) as session:
+            await session.execute(
+                _HOLD,
+                {"t": tenant_id, "m": month, "s": scopes, "ids": ids, "c": cost, "k": tokens, "i": held, "e": expires},
+            )
+
+    @staticmethod
+    async def _recorded(reservations: Sequence[Reservation | None]) -> None:
+        """Wait for the PostgreSQL records still being written (a failed one simply is not there:
+        settling then finds nothing to take back there)."""
+        for reservation in reservations:
+            if reservation is not None and reservation.recorded is not None:
+                with contextlib.suppress(Exception):
+                    await reservation.recorded
 
     async def settle(
         self,
@@ -346,6 +454,7 @@ class BudgetService:
         checked once against the batch's total."""
         if not charges:
             return
+        await self._recorded([c.reservation for c in charges])
         ids = [c.reservation.id for c in charges if c.reservation is not None and c.reservation.id is not None]
         taken = set((await session.execute(_TAKE_MANY, {"ids": ids})).scalars()) if ids else set()
         spent: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
@@ -385,6 +494,9 @@ class BudgetService:
             if row.budgeted:
                 total_cost, total_tokens = spent[(row.scope, row.month)]
                 await self._soft_limit(session, tenant_id, row.scope, row.month, row, row, total_cost, total_tokens)
+        if self.gate is not None:
+            held_here = [c.reservation.id for c in charges if c.reservation is not None and c.reservation.id]
+            await self.gate.settle(tenant_id, held_here, {k: (v[0], v[1]) for k, v in spent.items()})
 
     async def _soft_limit(
         self, session: AsyncSession, tenant_id: uuid.UUID, scope: str, month: date,
@@ -420,6 +532,9 @@ class BudgetService:
         return (await session.execute(_TAKE, {"i": reservation.id})).first() is not None
 
     async def release(self, session: AsyncSession, reservation: Reservation | None) -> None:
+        await self._recorded([reservation])
+        if self.gate is not None and reservation is not None and reservation.id and reservation.tenant_id:
+            await self.gate.settle(reservation.tenant_id, [reservation.id], {})
         if await self._take(session, reservation) and reservation is not None:
             await session.execute(
                 _RELEASE,
@@ -448,4 +563,6 @@ class BudgetService:
                         )
                         released += 1
             if len(rows) < _SWEEP_BATCH:
+                if self.gate is not None:
+                    await self.gate.sweep()
                 return released

@@ -5,17 +5,17 @@ so a sealed value copied into another tenant's row does not open. Responses, aud
 carry the provider, the last four characters and dates only.
 
 ``api_base`` must be http(s) and must not resolve to a loopback, private, link-local or otherwise
-non-public address (server-side request forgery), unless ``BUSINESSOS_AI_ALLOW_PRIVATE_BASES`` is
-on (development and tests), which allows loopback and private networks but never link-local
-(cloud metadata). The address is checked when the key is stored and again before every call; a DNS
-answer that changes between that check and litellm's own connection is not covered.
+non-public address (server-side request forgery; the egress client's rules, ``kernel.egress``),
+unless ``BUSINESSOS_AI_ALLOW_PRIVATE_BASES`` is on (development and tests), which allows loopback
+and private networks but never link-local (cloud metadata). The address is checked when the key is
+stored and again before calls. OpenAI-path calls then connect through the egress client, which
+judges again and pins the address (``kernel.ai.provider_clients``); for Groq and Anthropic
+litellm connects by itself, and a DNS answer that changes between the check and that connection
+is not covered.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,11 +26,13 @@ from sqlalchemy.dialects.postgresql import insert
 from kernel.ai.call_cache import CallCache
 from kernel.ai.models import ProviderKeyRow
 from kernel.ai.pricing import PROVIDERS
+from kernel.ai.provider_clients import PRIVATE_NETWORKS
 from kernel.ai.schemas import KeyInfo, KeyUpdate
 from kernel.audit.log import RequestMeta, record
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
+from kernel.egress import AddressPolicy, SystemResolver, literal_address
 from kernel.errors import FieldError, NotFound, Problem, Unprocessable
 
 __all__ = ["Credentials", "KeyService", "MissingProviderKey", "check_api_base"]
@@ -62,7 +64,7 @@ async def check_api_base(api_base: str, *, allow_private: bool) -> str:
     try:
         parts = urlsplit(api_base.strip())
         host = parts.hostname
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
         raise _invalid_base("is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not host:
@@ -70,15 +72,18 @@ async def check_api_base(api_base: str, *, allow_private: bool) -> str:
     if parts.username or parts.password:
         raise _invalid_base("must not carry credentials")
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise _invalid_base("names a host that does not resolve") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if address.is_link_local or address.is_multicast or address.is_unspecified:
-            raise _invalid_base("must not point at a link-local, multicast or unspecified address")
-        if not address.is_global and not (allow_private and (address.is_loopback or address.is_private)):
-            raise _invalid_base("must not point at a loopback or private address")
+        literal = literal_address(host)
+    except ValueError as error:
+        raise _invalid_base(f"names a host that {error}") from None
+    addresses = [literal] if literal is not None else await SystemResolver().resolve(host)
+    if not addresses:
+        raise _invalid_base("names a host that does not resolve")
+    policy = AddressPolicy(PRIVATE_NETWORKS if allow_private else ())
+    for address in addresses:
+        if policy.refusal(address) is not None:
+            if allow_private:
+                raise _invalid_base("must not point at a link-local, multicast or unspecified address")
+            raise _invalid_base("must not point at a loopback, private or otherwise non-public address")
     return api_base.strip().rstrip("/")
 
 

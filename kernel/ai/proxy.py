@@ -45,6 +45,7 @@ from kernel.ai.conversations import ConversationPlan, store_exchange
 from kernel.ai.keys import Credentials, KeyService
 from kernel.ai.models import UsageRow
 from kernel.ai.pricing import PROVIDERS, Price, Target, litellm_async, price_for, resolve_model
+from kernel.ai.provider_clients import ProviderClients
 from kernel.ai.settler import Settler
 from kernel.ai.tenant_settings import DEFAULTS, TenantAISettings, TenantSettingsService
 from kernel.audit.log import Entry, RequestMeta, record_many
@@ -279,9 +280,10 @@ class AIProxy:
         self.settings = settings
         self.cache = CallCache(bus)
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
-        self.budgets = BudgetService(db, self.cache)
+        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
         self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id)
+        self.clients = ProviderClients(settings)
 
     async def _price(self, target: Target) -> Price:
         """The model's price (an operator's override, else litellm's map), cached for a minute."""
@@ -321,7 +323,7 @@ class AIProxy:
         attempts = (settings.retries + 1) * (1 + len(fallbacks))
         reservation = await self.budgets.reserve(
             caller.tenant_id, _actor(caller), cost, prompt_estimate + max_tokens,
-            ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS,
+            ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS, wait=False,
         )
         return PreparedCall(
             caller=caller, params=params, target=target, credentials=credentials, price=price,
@@ -361,6 +363,9 @@ class AIProxy:
             "num_retries": 0,
             "max_retries": 0,
         }
+        arguments.update(
+            self.clients.arguments(call.target.litellm_model, call.credentials.api_key, arguments["api_base"])
+        )
         for name in ("temperature", "top_p", "stop"):
             value = getattr(params, name)
             if value is not None:
@@ -407,6 +412,7 @@ class AIProxy:
     async def drain(self) -> None:
         """Write every settlement still queued (at shutdown)."""
         await self._settler.drain()
+        await self.clients.aclose()
 
     async def embed(
         self, caller: Caller, model: str, inputs: list[str], *, object_type: str | None = None,
@@ -419,8 +425,11 @@ class AIProxy:
         target = resolve_model(model)
         credentials = await self.keys.for_call(caller.tenant_id, target.provider)
         price = await self._price(target)
+        api_base = credentials.api_base or _DEFAULT_BASES.get(target.provider)
         estimate = sum(len(text.encode()) + _PER_MESSAGE_TOKENS for text in inputs)
-        reservation = await self.budgets.reserve(caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate)
+        reservation = await self.budgets.reserve(
+            caller.tenant_id, _actor(caller), price.cost(estimate, 0), estimate, wait=False
+        )
         call = PreparedCall(
             caller=caller, params=ChatParams(model=model, messages=[], object_type=object_type, object_id=object_id),
             target=target, credentials=credentials,
@@ -429,9 +438,9 @@ class AIProxy:
         response = await self._call_provider(
             call,
             litellm.aembedding(
-                model=target.litellm_model, input=inputs, api_key=credentials.api_key,
-                api_base=credentials.api_base or _DEFAULT_BASES.get(target.provider),
+                model=target.litellm_model, input=inputs, api_key=credentials.api_key, api_base=api_base,
                 timeout=self.settings.ai_timeout_seconds, max_retries=0,
+                **self.clients.arguments(target.litellm_model, credentials.api_key, api_base),
             ),
         )
         prompt = int(getattr(response.usage, "prompt_tokens", 0) or 0) if response.usage else 0

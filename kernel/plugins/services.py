@@ -374,6 +374,7 @@ class Services:
         self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
         self.entitlements = Entitlements(kernel.entitlements, plugin)
         self.jobs = Jobs(kernel, plugin)
+        self.http = kernel.egress
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

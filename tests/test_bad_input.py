@@ -104,7 +104,7 @@ async def test_deal_amount_filter_overflow_answers_422(api: AsyncTestClient[Any]
 async def test_nul_characters_answer_422_naming_the_field(api: AsyncTestClient[Any]) -> None:
     t = await crm_tenant(api)
     response = await api.post("/api/ai/prompts", json={"name": "nul", "template": "a\u0000b"}, headers=t["h"])
-    assert [e["field"] for e in problem(response, 422)["errors"]] == ["template"]
+    assert [e["field"] for e in problem(response, 422)["errors"]] == ["template"], response.text
     response = await api.post("/api/crm/contacts", json={"first_name": "A", "tags": ["x\u0000"]}, headers=t["h"])
     assert [e["field"] for e in problem(response, 422)["errors"]] == ["tags[0]"]
     # Query parameters, the raw asyncpg read path (contact search) included.

@@ -12,11 +12,10 @@ import re
 from typing import Any
 
 from litestar import Request
-from litestar.types import Empty
 
 from kernel.errors import BadRequest, FieldError, Unprocessable
 
-__all__ = ["MAX_JSON_DEPTH", "KernelRequest", "json_too_deep", "nul_path"]
+__all__ = ["MAX_JSON_DEPTH", "KernelRequest", "checked_json", "json_too_deep", "nul_path"]
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a JSON body may have."""
@@ -67,22 +66,26 @@ def nul_path(value: Any, path: str = "") -> str | None:
     return None
 
 
+async def checked_json(request: Request[Any, Any, Any]) -> Any:
+    """The request's JSON body, decoded once, with the checks above: 400 past the depth limit
+    (before decoding), 422 naming the first field that holds a NUL character."""
+    body = await request.body()
+    if json_too_deep(body):
+        raise BadRequest(
+            f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels", extra={"max_depth": MAX_JSON_DEPTH}
+        )
+    value = await Request.json(request)
+    if _ESCAPED_NUL in body:
+        field = nul_path(value)
+        if field is not None:
+            message = "must not contain NUL characters"
+            raise Unprocessable(f"{field} {message}", errors=[FieldError(field=field, message=message)])
+    return value
+
+
 class KernelRequest(Request[Any, Any, Any]):
     """Litestar's request with the checks above on :meth:`json`, which route handlers' ``data``
     parameters are decoded through."""
 
     async def json(self) -> Any:
-        if self._json is not Empty or self._connection_state.json is not Empty:
-            return await super().json()
-        body = await self.body()
-        if json_too_deep(body):
-            raise BadRequest(
-                f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels", extra={"max_depth": MAX_JSON_DEPTH}
-            )
-        value = await super().json()
-        if _ESCAPED_NUL in body:
-            field = nul_path(value)
-            if field is not None:
-                message = "must not contain NUL characters"
-                raise Unprocessable(f"{field} {message}", errors=[FieldError(field=field, message=message)])
-        return value
+        return await checked_json(self)

@@ -20,7 +20,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 
-from kernel.errors import FieldError, Unprocessable
+from kernel.errors import FieldError, Problem, Unprocessable
+from kernel.http.request import checked_json
 
 __all__ = ["strict_body_guard"]
 
@@ -66,7 +67,9 @@ async def strict_body_guard(connection: ASGIConnection[Any, Any, Any, Any], hand
     if not await connection.body():
         return  # no body: Litestar says whether one is required
     try:
-        value = await connection.json()
+        value = await checked_json(connection)  # the kernel's checks (depth, NUL) answer first
+    except Problem:
+        raise
     except Exception:  # not JSON: Litestar answers it, in its place
         return
     try:

@@ -76,6 +76,7 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
 NOT_SEALED: Mapping[tuple[str, str], str] = {
     # Columns whose names look secret but hold no sealed value, and why that is right.
     ("users", "password_hash"): "an Argon2 hash: nothing to open",
+    ("operators", "password_hash"): "an Argon2 hash (PasswordPolicy, as users): nothing to open",
     ("api_keys", "key_hash"): "SHA-256 of the key: nothing to open",
     ("api_keys", "prefix"): "the key's public first characters, shown to recognise it",
     ("refresh_tokens", "token_hash"): "SHA-256 of the token: nothing to open",

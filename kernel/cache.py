@@ -17,11 +17,13 @@ from typing import Generic, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kernel.errors import log_every
+from kernel.observability.logs import limit_repeats
 
 __all__ = ["InvalidationBus", "TTLCache"]
 
 log = logging.getLogger("businessos.cache")
+# While Redis is down every change and every reconnection attempt would warn.
+limit_repeats(log, 10.0)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -105,7 +107,7 @@ class InvalidationBus:
         except RedisError as exc:
             # The change is already stored; the other processes are not subscribed either while
             # Redis is down, so they bypass their caches and resync when it is back.
-            log_every(log, "invalidation-publish", 10.0, "cache invalidation not published: %s", type(exc).__name__)
+            log.warning("cache invalidation not published: %s", type(exc).__name__)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="businessos-invalidation")
@@ -133,8 +135,8 @@ class InvalidationBus:
             except Exception as exc:
                 self.subscribed.clear()
                 self._bypass(True)
-                log_every(
-                    log, "invalidation-lost", 10.0,
+                log.warning(
                     "cache invalidation subscription lost (%s); caches bypassed, retrying", exc,
+                    extra={"repeat_key": "invalidation-lost"},
                 )
                 await asyncio.sleep(1.0)

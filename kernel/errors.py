@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -19,6 +18,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from redis import exceptions as redis_exceptions
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
+
+from kernel.observability.logs import limit_repeats
 
 __all__ = [
     "BadRequest",
@@ -33,7 +34,6 @@ __all__ = [
     "TooManyRequests",
     "Unprocessable",
     "exception_handlers",
-    "log_every",
     "problem_document",
     "translate",
 ]
@@ -303,23 +303,8 @@ def _on_http(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
 
 _RETRY_AFTER = "5"
 """Seconds a client is told to wait when PostgreSQL or Redis is unreachable."""
-_OUTAGE_LOG_INTERVAL = 10.0
-_last_logged: dict[str, float] = {}
-
-
-def log_every(logger: logging.Logger, key: str, interval: float, message: str, *args: Any) -> bool:
-    """Log ``message`` as a warning at most once per ``interval`` seconds per ``key``.
-
-    An outage fails every request the same way; one line per interval says so without burying
-    the log. Returns whether it logged.
-    """
-    now = time.monotonic()
-    last = _last_logged.get(key)
-    if last is not None and now - last < interval:
-        return False
-    _last_logged[key] = now
-    logger.warning(message + " (repeats within %.0f s not logged)", *args, interval)
-    return True
+# An outage fails every request the same way: one warning per interval says so.
+limit_repeats(log, 10.0)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -438,7 +423,7 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
     problem = translate(exc)
     if problem is not None:
         if problem.status == 503:
-            log_every(log, problem.detail, _OUTAGE_LOG_INTERVAL, "%s: %s", problem.detail, type(exc).__name__)
+            log.warning("%s: %s", problem.detail, type(exc).__name__, extra={"repeat_key": problem.detail})
         return _on_problem(request, problem)
     # The traceback goes to the log; the client learns only that it failed.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

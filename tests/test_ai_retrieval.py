@@ -16,11 +16,11 @@ import asyncpg
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy.engine import make_url
 
 from kernel.ai.retrieval.service import _search_sql
 from kernel.db import migrate
 from kernel.settings import Settings
+from kernel.testing import create_database, drop_database
 from tests.conftest import _dsn, new_tenant, open_client, settings_for
 from tests.fake_openai import FakeOpenAI, fake_openai
 
@@ -439,11 +439,7 @@ async def _database_without_retrieval_tables(servers: tuple[str, str], tmp_path:
     """A new migrated database on the suite's server with the retrieval tables dropped, as if
     the server had had no pgvector when it was migrated; its URL. Dropped afterwards."""
     base = servers[0]
-    name = f"bos_rag_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(_dsn(base))
-    await admin.execute(f'create database "{name}"')
-    await admin.close()
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    url = await create_database(base)
     try:
         await migrate.upgrade(settings_for(url, servers[1], tmp_path), url, {})
         conn = await asyncpg.connect(_dsn(url))
@@ -453,9 +449,7 @@ async def _database_without_retrieval_tables(servers: tuple[str, str], tmp_path:
             await conn.close()
         yield url
     finally:
-        admin = await asyncpg.connect(_dsn(base))
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+        await drop_database(base, url)
 
 
 async def test_migrate_creates_the_retrieval_tables_once_pgvector_is_there(

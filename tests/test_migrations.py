@@ -1,30 +1,24 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 
 from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.runtime import DatabaseNotReady, prepare_database
 from kernel.settings import Settings
+from kernel.testing import create_database, drop_database
 from tests.conftest import _dsn
 
 
 @pytest.fixture
 async def empty_database(servers: tuple[str, str]) -> AsyncIterator[str]:
-    name = f"bos_empty_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_dsn(servers[0]))
-    await admin.execute(f'create database "{name}"')
-    await admin.close()
-    yield make_url(servers[0]).set(database=name).render_as_string(hide_password=False)
-    admin = await asyncpg.connect(_dsn(servers[0]))
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
+    url = await create_database(servers[0])
+    yield url
+    await drop_database(servers[0], url)
 
 
 async def test_an_external_database_behind_the_code_is_refused_with_the_command(

@@ -22,13 +22,12 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
 import pytest
-from sqlalchemy.engine import make_url
 
-from tests.conftest import SECRET, _dsn
+from kernel.testing import create_database, drop_database
+from tests.conftest import SECRET
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
@@ -230,15 +229,10 @@ async def test_serve_refuses_an_unmigrated_external_database(
     servers: tuple[str, str], tmp_path: Path
 ) -> None:
     owner = servers[0]
-    name = f"bos_unmigrated_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(_dsn(owner))
-    try:
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
+    url = await create_database(owner)
     try:
         env = clean_env(
-            DATABASE_URL=make_url(owner).set(database=name).render_as_string(hide_password=False),
+            DATABASE_URL=url,
             REDIS_URL=servers[1],
             BUSINESSOS_SECRET_KEY=SECRET,
             BUSINESSOS_DATA_DIR=str(tmp_path / "data"),
@@ -253,11 +247,7 @@ async def test_serve_refuses_an_unmigrated_external_database(
             timeout=120,
         )
     finally:
-        admin = await asyncpg.connect(_dsn(owner))
-        try:
-            await admin.execute(f'drop database if exists "{name}" with (force)')
-        finally:
-            await admin.close()
+        await drop_database(owner, url)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar.connection import ASGIConnection
@@ -38,6 +38,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db.models import uuid7
+
+if TYPE_CHECKING:
+    from kernel.plugins.services import Actor
 
 __all__ = [
     "GENESIS",
@@ -49,6 +52,7 @@ __all__ = [
     "chain_hash",
     "format_time",
     "record",
+    "record_for_plugin",
     "record_many",
     "redact",
     "request_actor",
@@ -169,6 +173,28 @@ async def record(
         meta=meta, before=before, after=after, details=details,
     )
     await record_many(session, tenant_id, [entry])
+
+
+async def record_for_plugin(
+    session: AsyncSession,
+    plugin: str,
+    actor: Actor | None,
+    *,
+    tenant_id: uuid.UUID,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    details: dict[str, Any],
+) -> None:
+    """An audit row of a kernel service acting for ``plugin`` (its vault, its webhook endpoints),
+    naming ``actor`` (who asked, with the request's meta) or ``plugin:<plugin>`` without one. The
+    actor's request then gets no generic row from the safety net."""
+    if actor is not None:
+        actor._audited()
+    await record(
+        session, tenant_id=tenant_id, actor=(actor.name if actor else None) or f"plugin:{plugin}", action=action,
+        resource_type=resource_type, resource_id=resource_id, meta=actor.meta if actor else None, details=details,
+    )
 
 
 async def record_many(session: AsyncSession, tenant_id: uuid.UUID, entries: Sequence[Entry]) -> None:

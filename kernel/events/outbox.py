@@ -106,5 +106,5 @@ class OutboxDispatcher(BackgroundLoop):
             for tenant_id, delivery_id in created:
                 await self.deliveries.enqueue(self.queue, self.queue_name, tenant_id, delivery_id, 1)
         except Exception as exc:  # the sweeper enqueues what is left
-            self._trouble.warning("enqueue", "cannot enqueue event deliveries (%s); the sweeper will", exc)
+            log.warning("cannot enqueue event deliveries (%s); the sweeper will", exc, extra={"repeat_key": "enqueue"})
         return len(rows)

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from kernel.errors import ServiceUnavailable, TooManyRequests, log_every
-from kernel.observability.logs import RepeatFilter
+from kernel.errors import ServiceUnavailable, TooManyRequests
+from kernel.observability.logs import limit_repeats
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger("businessos.ratelimit")
 # During a Redis outage every request would log the fail-open warning: once a minute is enough.
-log.addFilter(RepeatFilter(60.0))
+limit_repeats(log, 60.0)
 
 KEY_PREFIX = "bos:rl:"
 RATE_LIMIT_OPT = "rate_limit"
@@ -218,8 +218,8 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
             raise ServiceUnavailable(
                 "rate limiting is unavailable; try again shortly", headers={"Retry-After": "5"}
             ) from exc
-        # One line per interval: an outage would otherwise log every request it lets through.
-        log_every(log, "ratelimit-open", 10.0, "rate limiter unavailable, requests let through: %s", type(exc).__name__)
+        # The logger's repeat filter keeps this to one line per interval during an outage.
+        log.warning("rate limiter unavailable, requests let through: %s", type(exc).__name__)
         return
     state["rate_limit"] = decision
     if not decision.allowed:

@@ -23,13 +23,14 @@ from redis.exceptions import RedisError
 
 from kernel.audit.log import record, request_meta
 from kernel.context import current_tenant, get_kernel
-from kernel.errors import Forbidden, NotFound, log_every
+from kernel.errors import Forbidden, NotFound
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
 from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
 from kernel.identity.principal import Principal
 from kernel.identity.service import Unauthorized
 from kernel.identity.tokens import TokenError
+from kernel.observability.logs import limit_repeats
 from kernel.operators.access import (
     OPERATOR_AREA_OPT,
     authenticate_in_operator_area,
@@ -40,6 +41,8 @@ from kernel.operators.access import (
 __all__ = ["SKIP_AUTHENTICATION", "AuthenticationMiddleware", "access_guard", "principal_of", "request_meta"]
 
 log = logging.getLogger("businessos.auth")
+# Without Redis every bad credential would warn: one line per interval.
+limit_repeats(log, 10.0)
 
 SKIP_AUTHENTICATION = "skip_authentication"
 """Route ``opt`` key: the middleware leaves the request's credentials unread (inbound webhooks,
@@ -104,7 +107,7 @@ class AuthenticationMiddleware(ASGIMiddleware):
                         kernel.settings.auth_rate_limit_per_minute * BAD_CREDENTIALS_FACTOR, 60,
                     )
                 except RedisError as redis_error:
-                    log_every(log, "badauth-open", 10.0, "bad credentials not counted: %s", type(redis_error).__name__)
+                    log.warning("bad credentials not counted: %s", type(redis_error).__name__)
                 raise Unauthorized(str(exc)) from None
             if principal is not None:
                 scope.setdefault("state", {})["principal"] = principal

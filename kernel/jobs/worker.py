@@ -26,10 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.context import Kernel
 from kernel.events.deliveries import DELIVER_JOB, QUEUE, backoff
-from kernel.events.loop import BackgroundLoop, LogEvery
+from kernel.events.loop import TROUBLE_INTERVAL, BackgroundLoop
 from kernel.events.outbox import OutboxDispatcher
 from kernel.jobs.facade import RUN_JOB
 from kernel.jobs.schedules import Scheduler
+from kernel.observability.logs import limit_repeats
 from kernel.observability.metrics import instrument_worker
 from kernel.plugins.contract import EventContext, JobContext
 from kernel.plugins.loader import PluginSet
@@ -55,7 +56,7 @@ POLL_DELAY = 0.05
 RESTART_MIN, RESTART_MAX = 0.5, 5.0
 
 
-_database_trouble = LogEvery(log)
+_trouble = limit_repeats(log, TROUBLE_INTERVAL)
 
 
 async def deliver_event(ctx: dict[str, Any], tenant_id: str, delivery_id: str) -> str:
@@ -70,7 +71,7 @@ async def deliver_event(ctx: dict[str, Any], tenant_id: str, delivery_id: str) -
             uuid.UUID(tenant_id), uuid.UUID(delivery_id), ctx["redis"], ctx["queue"]
         )
     except (SQLAlchemyError, OSError) as exc:
-        _database_trouble.warning("db", "event deliveries wait for PostgreSQL (%s)", exc)
+        log.warning("event deliveries wait for PostgreSQL (%s)", exc, extra={"repeat_key": "db"})
         return "postponed"
 
 
@@ -286,7 +287,6 @@ class Supervisor:
         self.queue = queue
         self._stopping = asyncio.Event()
         self._worker: Worker | None = None
-        self._trouble = LogEvery(log)
 
     def stop(self) -> None:
         """Ask the worker to finish (from a signal handler)."""
@@ -302,7 +302,7 @@ class Supervisor:
             except (asyncio.CancelledError, DatabaseNotReady):
                 raise  # a schema behind the code is no outage: waiting would not mend it
             except Exception as exc:  # an outage: wait and try again
-                self._trouble.warning(what, "%s failed (%s); retrying", what, exc)
+                log.warning("%s failed (%s); retrying", what, exc, extra={"repeat_key": what})
             await self._pause(delay)
             delay = min(delay * 2, RESTART_MAX)
         return None
@@ -321,7 +321,8 @@ class Supervisor:
             kernel = await self._retrying("opening the kernel", open_)
             if kernel is None:
                 return
-            self._trouble.recovered("opening the kernel", "kernel open")
+            if _trouble.recovered("opening the kernel"):
+                log.warning("kernel open")
             await _enter_lifespans(stack, self.plugins)
             queue = _arq_pool(self.redis_url)
             stack.push_async_callback(queue.aclose)
@@ -360,7 +361,7 @@ class Supervisor:
                     break
                 raise
             except Exception as exc:  # Redis went away: rebuild the worker
-                self._trouble.warning("redis", "job worker lost Redis (%s); reconnecting", exc)
+                log.warning("job worker lost Redis (%s); reconnecting", exc, extra={"repeat_key": "redis"})
             finally:
                 await self._close(worker)
             if time.monotonic() - started > RESTART_MAX * 4:

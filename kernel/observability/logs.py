@@ -6,9 +6,11 @@ the request being served: :func:`bind_request` (called per HTTP request) keeps a
 request's state, which later fills in the tenant once it is known; outside a request both are
 ``null``.
 
-:class:`RepeatFilter` lets one identical record through per interval and counts the rest; the
-next one let through says how many were held back. Put it on a logger whose warning can repeat
-on every request (the rate limiter's fail-open warning during a Redis outage).
+:class:`RepeatFilter` is the one way the kernel rate-limits a warning that repeats (an outage
+seen by every request or every poll): on a logger (:func:`limit_repeats`), it lets one warning
+per key through per interval and counts the rest; the next one let through says how many were
+held back. The key is the record's text unless the call names one with
+``extra={"repeat_key": ...}`` (when the text varies, e.g. carries the exception's message).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "RepeatFilter", "RequestContextFilter", "bind_request", "configure_logging"]
+__all__ = [
+    "JsonFormatter",
+    "RepeatFilter",
+    "RequestContextFilter",
+    "bind_request",
+    "configure_logging",
+    "limit_repeats",
+]
 
 _request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("businessos_request", default=None)
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -74,9 +83,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """One identical record (same logger, level and message) per ``interval`` seconds.
+    """One warning per key per ``interval`` seconds; errors and other levels always pass (an
+    error carries its own traceback).
 
-    A record let through after some were held back ends with ``(N identical suppressed)``.
+    The key is ``(logger, level, repeat_key)`` when the record has a ``repeat_key`` attribute
+    (``extra={"repeat_key": ...}``), else ``(logger, level, text)``. A record let through after
+    some were held back ends with ``(N identical suppressed)`` (``similar`` for a named key).
     ``clock`` is ``time.monotonic`` unless a test drives its own.
     """
 
@@ -89,7 +101,10 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, record.getMessage())
+        if record.levelno != logging.WARNING:
+            return True
+        named = getattr(record, "repeat_key", None)
+        key = (record.name, record.levelno, str(named) if named is not None else record.getMessage())
         now = self.clock()
         found = self._seen.get(key)
         if found is not None and now - found[0] < self.interval:
@@ -100,9 +115,28 @@ class RepeatFilter(logging.Filter):
             self._seen.clear()  # bounded: forgetting only lets one more through
         self._seen[key] = (now, 0)
         if suppressed:
-            record.msg = f"{record.getMessage()} ({suppressed} identical suppressed)"
+            kind = "identical" if named is None else "similar"
+            record.msg = f"{record.getMessage()} ({suppressed} {kind} suppressed)"
             record.args = None
         return True
+
+    def recovered(self, repeat_key: str) -> bool:
+        """Forget ``repeat_key``; whether a warning under it had been let through (so the caller
+        says once that the trouble is over, and the next trouble is reported at once)."""
+        found = [key for key in self._seen if key[2] == repeat_key]
+        for key in found:
+            del self._seen[key]
+        return bool(found)
+
+
+def limit_repeats(logger: logging.Logger, interval: float) -> RepeatFilter:
+    """The logger's :class:`RepeatFilter`, added with ``interval`` if it has none yet."""
+    for existing in logger.filters:
+        if isinstance(existing, RepeatFilter):
+            return existing
+    repeats = RepeatFilter(interval)
+    logger.addFilter(repeats)
+    return repeats
 
 
 def configure_logging(level: str, log_format: str) -> None:

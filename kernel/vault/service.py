@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.audit.log import record
+from kernel.audit.log import record_for_plugin
 from kernel.crypto import SecretBox, SecretBoxError
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import FieldError, NotFound, Problem, Unprocessable
@@ -171,13 +171,7 @@ class Vault:
         name: str,
         actor: Actor | None,
     ) -> None:
-        if actor is not None:
-            actor._audited()
-        await record(
-            session,
-            tenant_id=tenant_id,
-            actor=(actor.name if actor else None) or f"plugin:{self.plugin}",
-            action=action,
-            resource_type="vault.secret", resource_id=f"{self.plugin}/{name}", meta=actor.meta if actor else None,
-            details={"plugin": self.plugin, "name": name},
+        await record_for_plugin(
+            session, self.plugin, actor, tenant_id=tenant_id, action=action, resource_type="vault.secret",
+            resource_id=f"{self.plugin}/{name}", details={"plugin": self.plugin, "name": name},
         )

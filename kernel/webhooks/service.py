@@ -17,7 +17,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.audit.log import record
+from kernel.audit.log import record_for_plugin
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import FieldError, NotFound, Unprocessable
 from kernel.identity.tokens import OpaqueSecret, TokenError
@@ -187,13 +187,7 @@ class Webhooks:
         self, session: AsyncSession, tenant_id: uuid.UUID, action: str, row: WebhookEndpointRow,
         actor: Actor | None,
     ) -> None:
-        if actor is not None:
-            actor._audited()
-        await record(
-            session,
-            tenant_id=tenant_id,
-            actor=(actor.name if actor else None) or f"plugin:{self.plugin}",
-            action=action,
-            resource_type="webhook.endpoint", resource_id=str(row.id),
-            meta=actor.meta if actor else None, details={"plugin": self.plugin, "name": row.name, "prefix": row.prefix},
+        await record_for_plugin(
+            session, self.plugin, actor, tenant_id=tenant_id, action=action, resource_type="webhook.endpoint",
+            resource_id=str(row.id), details={"plugin": self.plugin, "name": row.name, "prefix": row.prefix},
         )

@@ -27,7 +27,7 @@ from kernel.errors import Forbidden, NotFound
 from kernel.http.ratelimit import check, ip_bucket
 from kernel.identity.access import API_KEY_KIND
 from kernel.identity.permissions import AUTHENTICATED, OPERATOR, PUBLIC
-from kernel.identity.principal import Principal
+from kernel.identity.principal import principal_of
 from kernel.identity.service import Unauthorized
 from kernel.identity.tokens import TokenError
 from kernel.observability.logs import limit_repeats
@@ -51,11 +51,6 @@ whose ``Authorization`` header, if any, is the sender's business)."""
 # Rejected tokens and keys per client address and minute, as a multiple of the strict auth limit
 # (a client whose token just expired must not be locked out by its own retries).
 BAD_CREDENTIALS_FACTOR = 6
-
-
-def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
-    principal: Principal | None = connection.scope.get("state", {}).get("principal")
-    return principal
 
 
 def _credential(headers: dict[str, str]) -> tuple[str, str] | None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Principal"]
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+
+__all__ = ["Principal", "principal_of"]
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,10 @@ class Principal:
     @property
     def user_id(self) -> uuid.UUID | None:
         return self.id if self.kind == "user" else None
+
+
+def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    """The principal the authentication middleware found for ``connection``, if any."""
+    state = connection.scope.get("state")
+    principal = state.get("principal") if isinstance(state, dict) else None
+    return principal if isinstance(principal, Principal) else None

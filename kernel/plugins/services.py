@@ -25,7 +25,7 @@ from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit
 from kernel.identity.access import is_member
-from kernel.identity.principal import Principal
+from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import Vault
@@ -36,14 +36,6 @@ if TYPE_CHECKING:
     from kernel.context import Kernel
 
 __all__ = ["AI", "AIAnswer", "Actor", "ChangeLog", "Changes", "ChatOptions", "Data", "Members", "Services", "Tenants"]
-
-
-def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
-    # What the authentication middleware stored (kernel.identity.auth.principal_of, which this
-    # module cannot import: that module needs kernel.context, which needs this one).
-    state = request.scope.get("state")
-    principal = state.get("principal") if isinstance(state, dict) else None
-    return principal if isinstance(principal, Principal) else None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from litestar import Request
+from litestar.types import Empty
 
 from kernel.errors import BadRequest, FieldError, Unprocessable
 
@@ -69,6 +70,8 @@ def nul_path(value: Any, path: str = "") -> str | None:
 async def checked_json(request: Request[Any, Any, Any]) -> Any:
     """The request's JSON body, decoded once, with the checks above: 400 past the depth limit
     (before decoding), 422 naming the first field that holds a NUL character."""
+    if request._connection_state.json is not Empty:
+        return await Request.json(request)  # decoded, and checked, earlier in this request
     body = await request.body()
     if json_too_deep(body):
         raise BadRequest(

@@ -68,6 +68,11 @@ _SWEEP_BATCH = 500
 _MAX_FILTER = 200
 
 
+ANY_EVENT = "*"
+"""An ``EventHandler.event`` that receives every event (workflow triggers, outgoing webhooks,
+metering)."""
+
+
 def handler_key(plugin: str, handler: EventHandler) -> str:
     """``<plugin>:<name>``: the handler's declared name, or its function's qualified name."""
     return f"{plugin}:{handler.name or getattr(handler.handler, '__qualname__', repr(handler.handler))}"
@@ -168,7 +173,7 @@ class Deliveries:
         once it commits. Only plugins the tenant has enabled get one."""
         rows: list[dict[str, Any]] = []
         for tenant_id, event_id, event in events:
-            targets = self.by_event.get(event)
+            targets = self.by_event.get(event, []) + self.by_event.get(ANY_EVENT, [])
             if not targets:
                 continue
             enabled = await self.kernel.modules.enabled(tenant_id)

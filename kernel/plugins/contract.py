@@ -90,6 +90,7 @@ class EventHandler:
     """Run ``handler`` for each ``event`` of a tenant that enabled the handler's plugin."""
 
     event: str
+    """The event's name, or ``"*"`` for every event (one delivery per event for this handler)."""
     handler: Callable[[EventContext], Awaitable[None]]
     name: str = ""
     """Names the handler in its deliveries (``<plugin>:<name>``); defaults to the function's

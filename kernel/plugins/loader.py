@@ -505,7 +505,7 @@ def load_plugins(
     for name in order:
         record = records[name]
         for handler in record.event_handlers if record.active else ():
-            if handler.event not in declared:
+            if handler.event != "*" and handler.event not in declared:
                 log.warning("plugin %s handles undeclared event %s", name, handler.event)
 
     ordered = {name: records[name] for name in order}

@@ -1,0 +1,408 @@
+"""Delivering events to subscriptions: Standard Webhooks signatures, Svix's retry schedule.
+
+PostgreSQL holds the truth; Redis only wakes workers up:
+
+1. ``fan_out`` (an event handler on every event, ``"*"``) stores the event as a message (the exact
+   body every subscriber gets), inserts one delivery per matching enabled subscription (unique per
+   message, subscription and origin, so a handler run twice creates nothing twice), commits, and
+   makes the first attempt at once.
+2. Each attempt signs the body (``webhook-id`` = the message id, ``webhook-timestamp``,
+   ``webhook-signature`` with one ``v1,`` signature per live secret) and POSTs it through the
+   egress client (``services.http``: the URL is judged again, so a name that now resolves to a
+   private address is refused). A 2xx within 15 s is a success; anything else is recorded and the
+   delivery is due again after the next step of :data:`SCHEDULE`, or ``failed`` once it is spent.
+3. A retry is a job (``webhooks.attempt``) enqueued with the delay. The job *claims* the delivery
+   (``pending`` and due, or ``running`` with an expired lease) in one statement, so copies of a
+   job never attempt twice at once. ``webhooks.sweep`` (every minute) re-enqueues deliveries that
+   are due but on no queue: Redis flushed, a worker killed mid-attempt (its lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from standardwebhooks import Webhook
+
+from connectors.webhooks import service
+from connectors.webhooks import schemas as s
+from kernel import sdk
+
+__all__ = [
+    "ATTEMPT_SECONDS",
+    "LEASE_SECONDS",
+    "SCHEDULE",
+    "Outcome",
+    "Target",
+    "fan_out",
+    "message_id",
+    "retry_delay",
+    "run_attempt",
+    "send",
+    "sweep",
+]
+
+log = logging.getLogger("businessos.webhooks")
+
+SCHEDULE: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+"""Seconds before each attempt, counted from the failure of the one before (Svix's schedule):
+immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h. Eight attempts over about 27.6 hours."""
+ATTEMPT_SECONDS = 15.0
+"""An attempt succeeds with a 2xx answered within this time (resolution and body included)."""
+LEASE_SECONDS = 60.0
+"""How long a claimed delivery is left to its worker before the sweeper offers it again."""
+SWEEP_GRACE_SECONDS = 30.0
+"""The sweeper leaves a due delivery this long to the job enqueued for it."""
+SWEEP_BATCH = 1000
+LOG_LIMIT = 4096
+"""Request and response bodies are kept to this many characters in the attempt log."""
+READ_LIMIT = 1 << 20
+"""The largest answer read from a receiver (a larger one fails the attempt)."""
+_HEADERS_KEPT = 50
+_USER_AGENT = "BusinessOS-Webhooks/1"
+
+
+def retry_delay(step: int) -> int | None:
+    """Seconds before the attempt that follows a failed attempt at schedule position ``step``
+    (0-based); ``None`` when the schedule is spent."""
+    return SCHEDULE[step + 1] if step + 1 < len(SCHEDULE) else None
+
+
+def message_id(event_id: uuid.UUID) -> str:
+    """The ``webhook-id`` of an event's message: the same on every attempt, redelivery and replay."""
+    return f"msg_{event_id.hex}"
+
+
+def occurred_at(event_id: uuid.UUID) -> datetime:
+    """When the event was recorded: the time a version 7 UUID carries (else now)."""
+    if event_id.version == 7:
+        return datetime.fromtimestamp((event_id.int >> 80) / 1000, UTC)
+    return datetime.now(UTC)
+
+
+def message_body(event: str, occurred: datetime, payload: Any) -> str:
+    """``{"type", "timestamp", "data"}``: the body of every delivery of the event."""
+    return msgspec.json.encode({"type": event, "timestamp": occurred.isoformat(), "data": payload}).decode()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One claimed attempt: where to send what, signed with which secrets."""
+
+    delivery_id: uuid.UUID
+    subscription_id: uuid.UUID
+    attempt: int
+    step: int
+    url: str
+    message: str
+    body: str
+    secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    target: Target
+    succeeded: bool
+    duration_ms: int
+    request_headers: dict[str, str]
+    status: int | None = None
+    response_headers: dict[str, str] | None = None
+    response_body: str | None = None
+    error: str | None = None
+
+
+def sign(target: Target, now: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt: one ``v1,`` signature per live secret."""
+    signatures = " ".join(Webhook(secret).sign(target.message, now, target.body) for secret in target.secrets)
+    return {
+        "content-type": "application/json",
+        "user-agent": _USER_AGENT,
+        "webhook-id": target.message,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signatures,
+    }
+
+
+async def send(http: sdk.EgressClient, target: Target) -> Outcome:
+    """Make one attempt; never raises for what the receiver or the network does."""
+    headers = sign(target, datetime.now(UTC))
+    started = time.perf_counter()
+
+    def elapsed() -> int:
+        return int((time.perf_counter() - started) * 1000)
+
+    try:
+        response = await http.post(
+            target.url, content=target.body.encode(), headers=headers, field="url", seconds=ATTEMPT_SECONDS,
+            max_redirects=0, max_bytes=READ_LIMIT,
+        )
+    except sdk.EgressRefused as refused:
+        return Outcome(target, False, elapsed(), headers, error=f"refused: {refused.reason}")
+    except sdk.EgressFailed as failed:
+        return Outcome(target, False, elapsed(), headers, error=failed.detail or "the call failed")
+    except Exception as exc:  # whatever else, the attempt is recorded, never lost
+        log.warning("webhook attempt %s failed unexpectedly", target.delivery_id, exc_info=True)
+        return Outcome(target, False, elapsed(), headers, error=type(exc).__name__)
+    ok = 200 <= response.status_code < 300
+    kept = dict(list(response.headers.items())[:_HEADERS_KEPT])
+    return Outcome(
+        target, ok, elapsed(), headers, status=response.status_code, response_headers=kept,
+        response_body=response.text[:LOG_LIMIT], error=None if ok else f"HTTP {response.status_code}",
+    )
+
+
+# -- recording ------------------------------------------------------------------------------------
+
+_INSERT_ATTEMPT = text(
+    "insert into webhooks_attempts (tenant_id, id, delivery_id, subscription_id, number, url, succeeded, "
+    "duration_ms, request_headers, request_body, response_status, response_headers, response_body, error) "
+    "values (:t, :i, :d, :s, :n, :u, :ok, :ms, cast(:qh as jsonb), :qb, :rs, cast(:rh as jsonb), :rb, :e)"
+)
+_SUCCEEDED = text(
+    "update webhooks_deliveries set status = 'succeeded', lease_until = null, last_status = :st, "
+    "last_error = null, finished_at = now() where id = :id and status = 'running' and attempts = :a"
+)
+_RETRY = text(
+    "update webhooks_deliveries set status = 'pending', lease_until = null, last_status = :st, last_error = :e, "
+    "step = :step, next_attempt_at = now() + make_interval(secs => :d) "
+    "where id = :id and status = 'running' and attempts = :a"
+)
+_FAILED = text(
+    "update webhooks_deliveries set status = 'failed', lease_until = null, last_status = :st, last_error = :e, "
+    "finished_at = now() where id = :id and status = 'running' and attempts = :a"
+)
+_HEALTHY = text(
+    "update webhooks_subscriptions set failing_since = null where id = any(:ids) and failing_since is not null"
+)
+_FAILING = text(
+    "update webhooks_subscriptions set failing_since = coalesce(failing_since, now()) where id = any(:ids) "
+    "and enabled and failing_since is null"
+)
+
+
+def _json(value: dict[str, str] | None) -> str | None:
+    return msgspec.json.encode(value).decode() if value is not None else None
+
+
+async def record(
+    services: sdk.Services, tenant_id: uuid.UUID, outcomes: Sequence[Outcome]
+) -> list[tuple[uuid.UUID, int]]:
+    """Log the attempts and move their deliveries on, in one transaction; returns the retries to
+    enqueue as ``(delivery id, delay)``. A delivery another worker took over meanwhile is left to it."""
+    if not outcomes:
+        return []
+    retries: list[tuple[uuid.UUID, int]] = []
+    async with services.data.tenant(tenant_id) as session:
+        await session.execute(
+            _INSERT_ATTEMPT,
+            [
+                {
+                    "t": tenant_id, "i": sdk.uuid7(), "d": o.target.delivery_id, "s": o.target.subscription_id,
+                    "n": o.target.attempt, "u": o.target.url, "ok": o.succeeded, "ms": o.duration_ms,
+                    "qh": _json(o.request_headers), "qb": o.target.body[:LOG_LIMIT], "rs": o.status,
+                    "rh": _json(o.response_headers), "rb": o.response_body, "e": o.error,
+                }
+                for o in outcomes
+            ],
+        )
+        done = [o for o in outcomes if o.succeeded]
+        if done:
+            await session.execute(
+                _SUCCEEDED, [{"st": o.status, "id": o.target.delivery_id, "a": o.target.attempt} for o in done]
+            )
+            await session.execute(_HEALTHY, {"ids": list({o.target.subscription_id for o in done})})
+        failed = [o for o in outcomes if not o.succeeded]
+        if failed:
+            await _failures(session, services, tenant_id, failed, retries)
+    return retries
+
+
+async def _failures(
+    session: AsyncSession, services: sdk.Services, tenant_id: uuid.UUID, failed: list[Outcome],
+    retries: list[tuple[uuid.UUID, int]],
+) -> None:
+    for o in failed:
+        params = {"st": o.status, "e": o.error, "id": o.target.delivery_id, "a": o.target.attempt}
+        delay = retry_delay(o.target.step)
+        if delay is None:
+            await session.execute(_FAILED, params)
+        else:
+            moved = await session.execute(_RETRY, {**params, "step": o.target.step + 1, "d": delay})
+            if moved.rowcount:  # type: ignore[attr-defined]
+                retries.append((o.target.delivery_id, delay))
+    subscriptions = list({o.target.subscription_id for o in failed})
+    await session.execute(_FAILING, {"ids": subscriptions})
+    settings: s.WebhookSettings = await services.settings(tenant_id)
+    changes = services.changes.by(sdk.Actor.system("webhooks"), tenant_id)
+    for subscription_id in subscriptions:
+        await service.disable_failing(session, changes, subscription_id, settings.disable_after_days)
+
+
+async def enqueue_attempts(services: sdk.Services, tenant_id: uuid.UUID, due: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Wake a worker for each delivery when it is due; with Redis away, the sweeper will."""
+    for delivery_id, delay in due:
+        try:
+            await services.jobs.enqueue(
+                "attempt", tenant_id=tenant_id, payload={"delivery_id": str(delivery_id)}, delay=delay or None
+            )
+        except sdk.Problem:
+            log.warning("could not enqueue webhook delivery %s; the sweeper will", delivery_id)
+            return
+
+
+# -- the first attempt, from the event ------------------------------------------------------------
+
+_SUBSCRIBED = text(
+    "select id, url, event_types, filter, secret_version, previous_secret_version, "
+    "coalesce(previous_secret_until > now(), false) as rotating from webhooks_subscriptions where enabled"
+)
+_STORE_MESSAGE = text(
+    "insert into webhooks_messages (tenant_id, id, event_type, occurred_at, body) values (:t, :i, :e, :o, :b) "
+    "on conflict do nothing"
+)
+_CREATE_DELIVERY = text(
+    "insert into webhooks_deliveries (tenant_id, id, subscription_id, message_id, event_type, origin, status, "
+    "attempts, lease_until) values (:t, :i, :s, :m, :e, '', 'running', 1, now() + make_interval(secs => :lease)) "
+    "on conflict do nothing returning id, subscription_id"
+)
+
+
+async def _secrets(
+    services: sdk.Services, session: AsyncSession, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
+    version: int, previous: int | None, rotating: bool,
+) -> tuple[str, ...]:
+    names = [service.secret_name(subscription_id, version)]
+    if rotating and previous is not None:
+        names.append(service.secret_name(subscription_id, previous))
+    return tuple([await services.vault.open(tenant_id, name, session=session) for name in names])
+
+
+async def fan_out(ctx: sdk.EventContext) -> None:
+    """Store the event and deliver it to the tenant's matching subscriptions (see the module)."""
+    if ctx.event_id is None:
+        return
+    services, tenant_id = ctx.services, ctx.tenant_id
+    body = message_body(ctx.event, occurred_at(ctx.event_id), ctx.payload)
+    msg = message_id(ctx.event_id)
+    targets: list[Target] = []
+    async with services.data.tenant(tenant_id) as session:
+        await session.execute(
+            _STORE_MESSAGE,
+            {"t": tenant_id, "i": ctx.event_id, "e": ctx.event, "o": occurred_at(ctx.event_id), "b": body},
+        )
+        wanted = {
+            row.id: row
+            for row in (await session.execute(_SUBSCRIBED)).all()
+            if service.matches(row.event_types, ctx.event) and service.passes_filter(row.filter, ctx.payload)
+        }
+        if not wanted:
+            return
+        created = await _create_each(session, tenant_id, list(wanted), ctx)
+        for delivery_id, subscription_id in created:
+            row = wanted[subscription_id]
+            secrets = await _secrets(
+                services, session, tenant_id, row.id, row.secret_version, row.previous_secret_version, row.rotating
+            )
+            targets.append(Target(delivery_id, row.id, 1, 0, row.url, msg, body, secrets))
+    outcomes = await asyncio.gather(*(send(services.http, target) for target in targets))
+    await enqueue_attempts(services, tenant_id, await record(services, tenant_id, outcomes))
+
+
+async def _create_each(
+    session: AsyncSession, tenant_id: uuid.UUID, subscriptions: list[uuid.UUID], ctx: sdk.EventContext
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    # executemany does not hand back RETURNING rows: one statement per subscription.
+    created = []
+    for sid in subscriptions:
+        row = (
+            await session.execute(
+                _CREATE_DELIVERY,
+                {"t": tenant_id, "i": sdk.uuid7(), "s": sid, "m": ctx.event_id, "e": ctx.event, "lease": LEASE_SECONDS},
+            )
+        ).first()
+        if row is not None:
+            created.append((row.id, row.subscription_id))
+    return created
+
+
+# -- later attempts, from jobs --------------------------------------------------------------------
+
+_CLAIM = text(
+    "update webhooks_deliveries set status = 'running', attempts = attempts + 1, "
+    "lease_until = now() + make_interval(secs => :lease) "
+    "where id = (select id from webhooks_deliveries where id = :id and ((status = 'pending' and "
+    "next_attempt_at <= now() + interval '1 second') or (status = 'running' and lease_until < now())) "
+    "for update skip locked) returning attempts, step, subscription_id, message_id"
+)
+_TARGET = text(
+    "select s.url, s.enabled, s.secret_version, s.previous_secret_version, "
+    "coalesce(s.previous_secret_until > now(), false) as rotating, m.body "
+    "from webhooks_subscriptions s, webhooks_messages m where s.id = :s and m.id = :m"
+)
+_ABANDON = text(
+    "update webhooks_deliveries set status = 'failed', lease_until = null, last_error = :e, finished_at = now() "
+    "where id = :id"
+)
+
+
+async def claim(services: sdk.Services, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Target | None:
+    """Take the delivery for one attempt if it is due (or its lease expired); ``None`` otherwise.
+    A delivery of a disabled subscription is closed as ``failed`` instead."""
+    async with services.data.tenant(tenant_id) as session:
+        claimed = (await session.execute(_CLAIM, {"id": delivery_id, "lease": LEASE_SECONDS})).first()
+        if claimed is None:
+            return None
+        row = (await session.execute(_TARGET, {"s": claimed.subscription_id, "m": claimed.message_id})).first()
+        if row is None or not row.enabled:
+            await session.execute(_ABANDON, {"id": delivery_id, "e": "the subscription is disabled"})
+            return None
+        secrets = await _secrets(
+            services, session, tenant_id, claimed.subscription_id, row.secret_version, row.previous_secret_version,
+            row.rotating,
+        )
+    return Target(
+        delivery_id, claimed.subscription_id, claimed.attempts, claimed.step, row.url,
+        message_id(claimed.message_id), row.body, secrets,
+    )
+
+
+async def run_attempt(ctx: sdk.JobContext) -> None:
+    """``webhooks.attempt``: one attempt of the delivery named in the payload, if it is due."""
+    assert ctx.tenant_id is not None
+    delivery_id = uuid.UUID(str(ctx.payload["delivery_id"]))
+    target = await claim(ctx.services, ctx.tenant_id, delivery_id)
+    if target is None:
+        return
+    outcome = await send(ctx.services.http, target)
+    await enqueue_attempts(ctx.services, ctx.tenant_id, await record(ctx.services, ctx.tenant_id, [outcome]))
+
+
+_DUE = text(
+    "select id from webhooks_deliveries where (status = 'pending' and "
+    "next_attempt_at <= now() - make_interval(secs => :grace)) or (status = 'running' and lease_until < now()) "
+    "order by next_attempt_at limit :n"
+)
+
+
+async def sweep(ctx: sdk.JobContext) -> None:
+    """``webhooks.sweep`` (every minute): re-enqueue every tenant's deliveries that are due but were
+    left behind (a flushed Redis, a killed worker whose lease expired)."""
+    services = ctx.services
+    grace = float(ctx.payload.get("grace_seconds", SWEEP_GRACE_SECONDS))
+    offered = 0
+    for tenant_id in await services.tenants.with_module():
+        async with services.data.tenant(tenant_id) as session:
+            due = (await session.execute(_DUE, {"grace": grace, "n": SWEEP_BATCH})).scalars().all()
+        await enqueue_attempts(services, tenant_id, [(delivery_id, 0) for delivery_id in due])
+        offered += len(due)
+    if offered:
+        log.info("webhooks sweep offered %d delivery(ies) again", offered)

@@ -210,7 +210,9 @@ class TestWorker:
 
     settings: Settings
 
-    async def enqueue(self, job: str, *, tenant_id: str | uuid.UUID | None = None, payload: dict[str, Any] | None = None) -> None:
+    async def enqueue(
+        self, job: str, *, tenant_id: str | uuid.UUID | None = None, payload: dict[str, Any] | None = None
+    ) -> None:
         """Put a plugin's job (``<plugin>.<job>``) on the worker's queue now, as a schedule's
         tick or ``services.jobs.enqueue`` would (a sweeper a test wants to run at once, say)."""
         from arq.connections import ArqRedis, RedisSettings, create_pool

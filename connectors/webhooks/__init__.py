@@ -52,9 +52,12 @@ EVENT_TYPES = [
         "webhooks.subscription.disabled", "A subscription was disabled after days of failed attempts",
         payload=SubscriptionEvent,
     ),
-    sdk.EventType("webhooks.subscription.enabled", "A disabled subscription was enabled again", payload=SubscriptionEvent),
     sdk.EventType(
-        "webhooks.subscription.secret_rotated", "A subscription's signing secret was rotated", payload=SecretRotatedEvent
+        "webhooks.subscription.enabled", "A disabled subscription was enabled again", payload=SubscriptionEvent
+    ),
+    sdk.EventType(
+        "webhooks.subscription.secret_rotated", "A subscription's signing secret was rotated",
+        payload=SecretRotatedEvent,
     ),
 ]
 

@@ -33,8 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
-from connectors.webhooks import service
 from connectors.webhooks import schemas as s
+from connectors.webhooks import service
 from kernel import sdk
 
 __all__ = [

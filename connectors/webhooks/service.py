@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.webhooks import schemas as s
@@ -59,10 +59,7 @@ def secret_name(subscription_id: uuid.UUID, version: int) -> str:
 
 def matches(event_types: Iterable[str], event: str) -> bool:
     """Whether ``event`` is one of ``event_types``: an exact name or a ``<prefix>.*`` pattern."""
-    for wanted in event_types:
-        if wanted == event or (wanted.endswith(".*") and event.startswith(wanted[:-1])):
-            return True
-    return False
+    return any(wanted == event or (wanted.endswith(".*") and event.startswith(wanted[:-1])) for wanted in event_types)
 
 
 def _at(payload: Any, path: str) -> Any:
@@ -152,9 +149,10 @@ async def list_subscriptions(
     stmt: Select[Any] = select(Subscription)
     if enabled is not None:
         stmt = stmt.where(Subscription.enabled.is_(enabled))
-    order = [Subscription.created_at.desc(), Subscription.id.desc()] if sort.startswith("-") else [
-        Subscription.created_at, Subscription.id
-    ]
+    order: list[ColumnElement[Any]] = (
+        [Subscription.created_at.desc(), Subscription.id.desc()] if sort.startswith("-")
+        else [Subscription.created_at.asc(), Subscription.id.asc()]
+    )
     rows, total = await sdk.list_and_count(session, stmt, order, page, limit)
     return [to_out(r) for r in rows], total
 
@@ -167,8 +165,8 @@ async def create(
     event_types = check_event_types(services, data.event_types)
     await services.http.check(data.url, field="url")
     row = Subscription(
-        tenant_id=log.tenant_id, id=sdk.uuid7(), url=data.url, event_types=event_types, filter=data.filter, description=data.description,
-        enabled=data.enabled, version=1, secret_version=1, updated_at=sdk.utcnow(),
+        tenant_id=log.tenant_id, id=sdk.uuid7(), url=data.url, event_types=event_types, filter=data.filter,
+        description=data.description, enabled=data.enabled, version=1, secret_version=1, updated_at=sdk.utcnow(),
     )
     session.add(row)
     await session.flush()

@@ -52,7 +52,7 @@ async def deliveries(client: AsyncTestClient[Any], headers: dict[str, str], sub:
 
 async def settled(
     client: AsyncTestClient[Any], headers: dict[str, str], sub: dict[str, Any], count: int = 1,
-    status: str | None = None, attempts: int | None = None, timeout: float = 15.0,
+    status: str | None = None, attempts: int | None = None, within: float = 15.0,
 ) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
@@ -65,7 +65,7 @@ async def settled(
             for d in found
         )
 
-    await eventually(check, timeout=timeout)
+    await eventually(check, timeout=within)
     return found
 
 
@@ -103,7 +103,8 @@ async def test_events_arrive_signed_and_logged_and_stay_in_their_tenant(
     await new_key(client, a, "plain")
     await new_key(client, a, "special")
     [first, second] = sorted(await settled(client, a, sub, count=2, status="succeeded"), key=lambda d: d["created_at"])
-    assert (await settled(client, a, only_special, count=1, status="succeeded"))[0]["event_type"] == "kernel.api_key.created"
+    [special] = await settled(client, a, only_special, count=1, status="succeeded")
+    assert special["event_type"] == "kernel.api_key.created"
 
     got = receiver.at("/a")
     assert len(got) == 2 and all(r.verified_by == [0] for r in got)

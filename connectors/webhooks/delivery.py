@@ -106,6 +106,8 @@ class Target:
     message: str
     body: str
     secrets: tuple[str, ...]
+    failing: bool = False
+    """The subscription has been failing: a success must clear its streak."""
 
 
 @dataclass(frozen=True)
@@ -162,23 +164,26 @@ async def send(http: sdk.EgressClient, target: Target) -> Outcome:
 
 # -- recording ------------------------------------------------------------------------------------
 
-_INSERT_ATTEMPT = text(
-    "insert into webhooks_attempts (tenant_id, id, delivery_id, subscription_id, number, url, succeeded, "
-    "duration_ms, request_headers, request_body, response_status, response_headers, response_body, error) "
-    "values (:t, :i, :d, :s, :n, :u, :ok, :ms, cast(:qh as jsonb), :qb, :rs, cast(:rh as jsonb), :rb, :e)"
-)
-_SUCCEEDED = text(
-    "update webhooks_deliveries set status = 'succeeded', lease_until = null, last_status = :st, "
-    "last_error = null, finished_at = now() where id = :id and status = 'running' and attempts = :a"
-)
-_RETRY = text(
-    "update webhooks_deliveries set status = 'pending', lease_until = null, last_status = :st, last_error = :e, "
-    "step = :step, next_attempt_at = now() + make_interval(secs => :d) "
-    "where id = :id and status = 'running' and attempts = :a"
-)
-_FAILED = text(
-    "update webhooks_deliveries set status = 'failed', lease_until = null, last_status = :st, last_error = :e, "
-    "finished_at = now() where id = :id and status = 'running' and attempts = :a"
+_RECORD = text(
+    # One round trip for a batch: log every attempt, then move each delivery on (unless another
+    # worker took it over meanwhile: status and attempt number must still be ours).
+    "with logged as (insert into webhooks_attempts (tenant_id, id, delivery_id, subscription_id, number, url, "
+    "succeeded, duration_ms, request_headers, request_body, response_status, response_headers, response_body, "
+    "error) select :t, a.id, a.delivery, a.sub, a.n, a.url, a.ok, a.ms, a.qh::jsonb, a.qb, a.rs, a.rh::jsonb, "
+    "a.rb, a.err from unnest(cast(:ids as uuid[]), cast(:deliveries as uuid[]), cast(:subs as uuid[]), "
+    "cast(:ns as int[]), cast(:urls as text[]), cast(:oks as bool[]), cast(:mss as int[]), cast(:qhs as text[]), "
+    "cast(:qbs as text[]), cast(:rss as int[]), cast(:rhs as text[]), cast(:rbs as text[]), cast(:errs as text[])) "
+    "as a(id, delivery, sub, n, url, ok, ms, qh, qb, rs, rh, rb, err)) "
+    "update webhooks_deliveries d set "
+    "status = case when v.ok then 'succeeded' when v.delay is null then 'failed' else 'pending' end, "
+    "lease_until = null, last_status = v.rs, last_error = v.err, "
+    "step = case when v.ok or v.delay is null then d.step else d.step + 1 end, "
+    "next_attempt_at = case when v.ok or v.delay is null then d.next_attempt_at "
+    "else now() + make_interval(secs => v.delay) end, "
+    "finished_at = case when v.ok or v.delay is null then now() else null end "
+    "from unnest(cast(:deliveries as uuid[]), cast(:ns as int[]), cast(:oks as bool[]), cast(:rss as int[]), "
+    "cast(:errs as text[]), cast(:delays as float8[])) as v(id, n, ok, rs, err, delay) "
+    "where d.id = v.id and d.status = 'running' and d.attempts = v.n returning d.id, d.status"
 )
 _HEALTHY = text(
     "update webhooks_subscriptions set failing_since = null where id = any(:ids) and failing_since is not null"
@@ -200,46 +205,48 @@ async def record(
     enqueue as ``(delivery id, delay)``. A delivery another worker took over meanwhile is left to it."""
     if not outcomes:
         return []
-    retries: list[tuple[uuid.UUID, int]] = []
+    delays = {o.target.delivery_id: None if o.succeeded else retry_delay(o.target.step) for o in outcomes}
     async with services.data.tenant(tenant_id) as session:
-        await session.execute(
-            _INSERT_ATTEMPT,
-            [
-                {
-                    "t": tenant_id, "i": sdk.uuid7(), "d": o.target.delivery_id, "s": o.target.subscription_id,
-                    "n": o.target.attempt, "u": o.target.url, "ok": o.succeeded, "ms": o.duration_ms,
-                    "qh": _json(o.request_headers), "qb": o.target.body[:LOG_LIMIT], "rs": o.status,
-                    "rh": _json(o.response_headers), "rb": o.response_body, "e": o.error,
-                }
-                for o in outcomes
-            ],
-        )
-        done = [o for o in outcomes if o.succeeded]
-        if done:
+        moved = (
             await session.execute(
-                _SUCCEEDED, [{"st": o.status, "id": o.target.delivery_id, "a": o.target.attempt} for o in done]
+                _RECORD,
+                {
+                    "t": tenant_id,
+                    "ids": [sdk.uuid7() for _ in outcomes],
+                    "deliveries": [o.target.delivery_id for o in outcomes],
+                    "subs": [o.target.subscription_id for o in outcomes],
+                    "ns": [o.target.attempt for o in outcomes],
+                    "urls": [o.target.url for o in outcomes],
+                    "oks": [o.succeeded for o in outcomes],
+                    "mss": [o.duration_ms for o in outcomes],
+                    "qhs": [_json(o.request_headers) for o in outcomes],
+                    "qbs": [o.target.body[:LOG_LIMIT] for o in outcomes],
+                    "rss": [o.status for o in outcomes],
+                    "rhs": [_json(o.response_headers) for o in outcomes],
+                    "rbs": [o.response_body for o in outcomes],
+                    "errs": [o.error for o in outcomes],
+                    "delays": [delays[o.target.delivery_id] for o in outcomes],
+                },
             )
-            await session.execute(_HEALTHY, {"ids": list({o.target.subscription_id for o in done})})
-        failed = [o for o in outcomes if not o.succeeded]
+        ).all()
+        recovered = list({o.target.subscription_id for o in outcomes if o.succeeded and o.target.failing})
+        if recovered:
+            await session.execute(_HEALTHY, {"ids": recovered})
+        failed = list({o.target.subscription_id for o in outcomes if not o.succeeded})
         if failed:
-            await _failures(session, services, tenant_id, failed, retries)
+            await _failures(session, services, tenant_id, failed)
+    retries: list[tuple[uuid.UUID, int]] = []
+    for delivery_id, status in moved:
+        delay = delays.get(delivery_id)
+        if status == "pending" and delay is not None:
+            retries.append((delivery_id, delay))
     return retries
 
 
 async def _failures(
-    session: AsyncSession, services: sdk.Services, tenant_id: uuid.UUID, failed: list[Outcome],
-    retries: list[tuple[uuid.UUID, int]],
+    session: AsyncSession, services: sdk.Services, tenant_id: uuid.UUID, subscriptions: list[uuid.UUID]
 ) -> None:
-    for o in failed:
-        params = {"st": o.status, "e": o.error, "id": o.target.delivery_id, "a": o.target.attempt}
-        delay = retry_delay(o.target.step)
-        if delay is None:
-            await session.execute(_FAILED, params)
-        else:
-            moved = await session.execute(_RETRY, {**params, "step": o.target.step + 1, "d": delay})
-            if moved.rowcount:  # type: ignore[attr-defined]
-                retries.append((o.target.delivery_id, delay))
-    subscriptions = list({o.target.subscription_id for o in failed})
+    """Start (or continue) the subscriptions' failure streaks; disable those failing for too long."""
     await session.execute(_FAILING, {"ids": subscriptions})
     settings: s.WebhookSettings = await services.settings(tenant_id)
     changes = services.changes.by(sdk.Actor.system("webhooks"), tenant_id)
@@ -263,15 +270,21 @@ async def enqueue_attempts(services: sdk.Services, tenant_id: uuid.UUID, due: Se
 
 _SUBSCRIBED = text(
     "select id, url, event_types, filter, secret_version, previous_secret_version, "
-    "coalesce(previous_secret_until > now(), false) as rotating from webhooks_subscriptions where enabled"
+    "coalesce(previous_secret_until > now(), false) as rotating, failing_since is not null as failing "
+    "from webhooks_subscriptions where enabled"
 )
 _STORE_MESSAGE = text(
-    "insert into webhooks_messages (tenant_id, id, event_type, occurred_at, body) values (:t, :i, :e, :o, :b) "
+    "insert into webhooks_messages (tenant_id, id, event_type, occurred_at, body) values (:t, :m, :e, :o, :b) "
     "on conflict do nothing"
 )
-_CREATE_DELIVERY = text(
+_STORE_AND_DELIVER = text(
+    # The message and its deliveries in one round trip (the foreign key is checked at the end of
+    # the statement, when the message row is there). Deliveries start claimed: attempt 1 is ours.
+    "with message as (insert into webhooks_messages (tenant_id, id, event_type, occurred_at, body) "
+    "values (:t, :m, :e, :o, :b) on conflict do nothing) "
     "insert into webhooks_deliveries (tenant_id, id, subscription_id, message_id, event_type, origin, status, "
-    "attempts, lease_until) values (:t, :i, :s, :m, :e, '', 'running', 1, now() + make_interval(secs => :lease)) "
+    "attempts, lease_until) select :t, v.id, v.sub, :m, :e, '', 'running', 1, "
+    "now() + make_interval(secs => :lease) from unnest(cast(:ids as uuid[]), cast(:subs as uuid[])) as v(id, sub) "
     "on conflict do nothing returning id, subscription_id"
 )
 
@@ -291,47 +304,34 @@ async def fan_out(ctx: sdk.EventContext) -> None:
     if ctx.event_id is None:
         return
     services, tenant_id = ctx.services, ctx.tenant_id
-    body = message_body(ctx.event, occurred_at(ctx.event_id), ctx.payload)
+    occurred = occurred_at(ctx.event_id)
+    body = message_body(ctx.event, occurred, ctx.payload)
     msg = message_id(ctx.event_id)
     targets: list[Target] = []
+    message = {"t": tenant_id, "m": ctx.event_id, "e": ctx.event, "o": occurred, "b": body}
     async with services.data.tenant(tenant_id) as session:
-        await session.execute(
-            _STORE_MESSAGE,
-            {"t": tenant_id, "i": ctx.event_id, "e": ctx.event, "o": occurred_at(ctx.event_id), "b": body},
-        )
         wanted = {
             row.id: row
             for row in (await session.execute(_SUBSCRIBED)).all()
             if service.matches(row.event_types, ctx.event) and service.passes_filter(row.filter, ctx.payload)
         }
         if not wanted:
+            await session.execute(_STORE_MESSAGE, message)  # kept for replays to later subscriptions
             return
-        created = await _create_each(session, tenant_id, list(wanted), ctx)
+        created = (
+            await session.execute(
+                _STORE_AND_DELIVER,
+                {**message, "lease": LEASE_SECONDS, "ids": [sdk.uuid7() for _ in wanted], "subs": list(wanted)},
+            )
+        ).all()
         for delivery_id, subscription_id in created:
             row = wanted[subscription_id]
             secrets = await _secrets(
                 services, session, tenant_id, row.id, row.secret_version, row.previous_secret_version, row.rotating
             )
-            targets.append(Target(delivery_id, row.id, 1, 0, row.url, msg, body, secrets))
+            targets.append(Target(delivery_id, row.id, 1, 0, row.url, msg, body, secrets, row.failing))
     outcomes = await asyncio.gather(*(send(services.http, target) for target in targets))
     await enqueue_attempts(services, tenant_id, await record(services, tenant_id, outcomes))
-
-
-async def _create_each(
-    session: AsyncSession, tenant_id: uuid.UUID, subscriptions: list[uuid.UUID], ctx: sdk.EventContext
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    # executemany does not hand back RETURNING rows: one statement per subscription.
-    created = []
-    for sid in subscriptions:
-        row = (
-            await session.execute(
-                _CREATE_DELIVERY,
-                {"t": tenant_id, "i": sdk.uuid7(), "s": sid, "m": ctx.event_id, "e": ctx.event, "lease": LEASE_SECONDS},
-            )
-        ).first()
-        if row is not None:
-            created.append((row.id, row.subscription_id))
-    return created
 
 
 # -- later attempts, from jobs --------------------------------------------------------------------
@@ -345,7 +345,7 @@ _CLAIM = text(
 )
 _TARGET = text(
     "select s.url, s.enabled, s.secret_version, s.previous_secret_version, "
-    "coalesce(s.previous_secret_until > now(), false) as rotating, m.body "
+    "coalesce(s.previous_secret_until > now(), false) as rotating, s.failing_since is not null as failing, m.body "
     "from webhooks_subscriptions s, webhooks_messages m where s.id = :s and m.id = :m"
 )
 _ABANDON = text(
@@ -371,7 +371,7 @@ async def claim(services: sdk.Services, tenant_id: uuid.UUID, delivery_id: uuid.
         )
     return Target(
         delivery_id, claimed.subscription_id, claimed.attempts, claimed.step, row.url,
-        message_id(claimed.message_id), row.body, secrets,
+        message_id(claimed.message_id), row.body, secrets, row.failing,
     )
 
 

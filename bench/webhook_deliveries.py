@@ -10,7 +10,9 @@ tenant per run subscribes ``--subscriptions`` URLs of a local receiver (a separa
    path, outbox -> event delivery -> fan-out -> signed POST through the egress client -> attempt
    logged in PostgreSQL;
 
-then, in the same run, a baseline: as many POSTs of a body of the same size to the same receiver
+then, in the same run, two references: the kernel's floor (the same events through the same
+worker with the plugin's ``"*"`` handler replaced by one that does nothing: what any event
+consumer pays before doing its work), and a baseline: as many POSTs of a body of the same size to the same receiver
 with a bare ``httpx.AsyncClient`` (as many in flight as the worker runs jobs; unsigned, unlogged).
 It prints each run, the medians and the ratio.
 
@@ -40,6 +42,7 @@ from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.events.outbox import emit_many
 from kernel.jobs.worker import build_worker
+from kernel.plugins.contract import EventContext, EventHandler
 from kernel.plugins.services import Actor
 from kernel.runtime import open_kernel
 from kernel.tenants.schemas import TenantCreate
@@ -77,11 +80,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def _wait_succeeded(kernel: Any, tenant_id: uuid.UUID, expected: int) -> None:
+async def _wait_succeeded(kernel: Any, tenant_id: uuid.UUID, expected: int, table: str) -> None:
     while True:
         async with kernel.db.tenant(tenant_id) as session:
             done = (
-                await session.execute(text("select count(*) from webhooks_deliveries where status = 'succeeded'"))
+                await session.execute(text(f"select count(*) from {table} where status = 'succeeded'"))
             ).scalar_one()
         if done >= expected:
             return
@@ -104,8 +107,43 @@ async def _baseline(url: str, body: bytes, count: int) -> float:
         return time.perf_counter() - started
 
 
-async def _one_run(kernel: Any, settings: Any, plugins: Any, redis_url: str, url: str, events: int,
-                   subscriptions: int) -> tuple[float, float]:
+async def _noop(ctx: EventContext) -> None:
+    return None
+
+
+def _floor_plugins(settings: Any) -> Any:
+    plugins = load_app_plugins(settings.plugins_allowlist)
+    record = plugins.get("webhooks")
+    assert record is not None
+    record.event_handlers = [EventHandler("*", _noop, name="fan_out")]
+    return plugins
+
+
+async def _timed(kernel: Any, settings: Any, plugins: Any, redis_url: str, tenant_id: uuid.UUID, events: int,
+                 expected: int, table: str) -> float:
+    """Start a worker, wait until it is ready, then queue ``events`` events and time until
+    ``expected`` rows of ``table`` succeeded (the worker's start-up is not counted)."""
+    async with kernel.db.tenant(tenant_id) as session:  # leave only the benchmark's events queued
+        await session.execute(text("delete from events_outbox where dispatched_at is null"))
+    worker = build_worker(settings, plugins, redis_url, cron_jobs=False)
+    task = asyncio.create_task(worker.main())
+    while "kernel" not in worker.ctx:  # noqa: ASYNC110 - arq offers no ready event
+        await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    for start in range(0, events, BATCH):
+        async with kernel.db.tenant(tenant_id) as session:
+            await emit_many(session, tenant_id=tenant_id, events=[(EVENT, PAYLOAD)] * min(BATCH, events - start))
+    await _wait_succeeded(kernel, tenant_id, expected, table)
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
+    return elapsed
+
+
+async def _one_run(kernel: Any, settings: Any, plugins: Any, floor: Any, redis_url: str, url: str, events: int,
+                   subscriptions: int) -> tuple[float, float, float]:
     services = kernel.services("webhooks")
     tenant = await kernel.tenants.create(TenantCreate(name="Bench", slug=f"b-{uuid.uuid4().hex[:8]}"))
     await kernel.modules.enable(tenant.id, "webhooks")
@@ -115,23 +153,13 @@ async def _one_run(kernel: Any, settings: Any, plugins: Any, redis_url: str, url
             await service.create(
                 session, services, log, schemas.SubscriptionCreate(url=f"{url}/{index}", event_types=[EVENT])
             )
-    async with kernel.db.tenant(tenant.id) as session:  # leave only the benchmark's events queued
-        await session.execute(text("delete from events_outbox where dispatched_at is null"))
-    for start in range(0, events, BATCH):
-        async with kernel.db.tenant(tenant.id) as session:
-            await emit_many(session, tenant_id=tenant.id, events=[(EVENT, PAYLOAD)] * min(BATCH, events - start))
-    worker = build_worker(settings, plugins, redis_url, cron_jobs=False)
-    started = time.perf_counter()
-    task = asyncio.create_task(worker.main())
-    await _wait_succeeded(kernel, tenant.id, events * subscriptions)
-    elapsed = time.perf_counter() - started
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    worker.tasks.clear()
-    await worker.close()
-    body = msgspec.json.encode({"type": EVENT, "timestamp": "2026-11-30T00:00:00+00:00", "data": PAYLOAD})
     total = events * subscriptions
-    return total / elapsed, total / await _baseline(url, body, total)
+    elapsed = await _timed(kernel, settings, plugins, redis_url, tenant.id, events, total, "webhooks_deliveries")
+    other = await kernel.tenants.create(TenantCreate(name="Floor", slug=f"f-{uuid.uuid4().hex[:8]}"))
+    await kernel.modules.enable(other.id, "webhooks")
+    floor_elapsed = await _timed(kernel, settings, floor, redis_url, other.id, events, events, "event_deliveries")
+    body = msgspec.json.encode({"type": EVENT, "timestamp": "2026-11-30T00:00:00+00:00", "data": PAYLOAD})
+    return total / elapsed, events / floor_elapsed, total / await _baseline(url, body, total)
 
 
 async def run(events: int, runs: int, subscriptions: int) -> None:
@@ -141,7 +169,7 @@ async def run(events: int, runs: int, subscriptions: int) -> None:
     receiver.start()
     ready.wait(10)
     data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-hooks-"))
-    rates, bases = [], []
+    rates, floors, bases = [], [], []
     try:
         with running_servers(data_dir / "servers") as (database_url, redis_url):
             settings = settings_for(
@@ -152,19 +180,22 @@ async def run(events: int, runs: int, subscriptions: int) -> None:
             await migrate.upgrade(settings, database_url, plugins.migration_folders())
             async with open_kernel(settings, plugins) as kernel:
                 for number in range(runs):
-                    rate, base = await _one_run(
-                        kernel, settings, plugins, redis_url, f"http://127.0.0.1:{port}/hook", events, subscriptions
+                    rate, floor, base = await _one_run(
+                        kernel, settings, plugins, _floor_plugins(settings), redis_url,
+                        f"http://127.0.0.1:{port}/hook", events, subscriptions,
                     )
                     rates.append(rate)
+                    floors.append(floor)
                     bases.append(base)
-                    print(f"run {number + 1}: {rate:8.1f} deliveries/s (signed, logged); "
-                          f"raw httpx {base:8.1f} POSTs/s", flush=True)
+                    print(f"run {number + 1}: {rate:8.1f} deliveries/s (signed, logged); kernel floor "
+                          f"{floor:8.1f} events/s; raw httpx {base:8.1f} POSTs/s", flush=True)
     finally:
         receiver.terminate()
         shutil.rmtree(data_dir, ignore_errors=True)
-    rate, base = statistics.median(rates), statistics.median(bases)
+    rate, floor, base = statistics.median(rates), statistics.median(floors), statistics.median(bases)
     print(f"median of {runs} runs, {events} events x {subscriptions} subscription(s): {rate:.1f} deliveries/s; "
-          f"raw httpx {base:.1f} POSTs/s; ratio {rate / base:.2f}")
+          f"kernel floor {floor:.1f} events/s (ratio {rate / floor:.2f}); raw httpx {base:.1f} POSTs/s "
+          f"(ratio {rate / base:.2f})")
 
 
 def main() -> None:

@@ -136,6 +136,8 @@ def sign(target: Target, now: datetime) -> dict[str, str]:
 
 async def send(http: sdk.EgressClient, target: Target) -> Outcome:
     """Make one attempt; never raises for what the receiver or the network does."""
+    if not target.secrets:
+        return Outcome(target, False, 0, {}, error="the signing secret cannot be opened; rotate it")
     headers = sign(target, datetime.now(UTC))
     started = time.perf_counter()
 
@@ -173,7 +175,8 @@ _RECORD = text(
     "a.rb, a.err from unnest(cast(:ids as uuid[]), cast(:deliveries as uuid[]), cast(:subs as uuid[]), "
     "cast(:ns as int[]), cast(:urls as text[]), cast(:oks as bool[]), cast(:mss as int[]), cast(:qhs as text[]), "
     "cast(:qbs as text[]), cast(:rss as int[]), cast(:rhs as text[]), cast(:rbs as text[]), cast(:errs as text[])) "
-    "as a(id, delivery, sub, n, url, ok, ms, qh, qb, rs, rh, rb, err)) "
+    "as a(id, delivery, sub, n, url, ok, ms, qh, qb, rs, rh, rb, err) "
+    "where exists (select from webhooks_deliveries d where d.id = a.delivery)) "  # deleted with its subscription
     "update webhooks_deliveries d set "
     "status = case when v.ok then 'succeeded' when v.delay is null then 'failed' else 'pending' end, "
     "lease_until = null, last_status = v.rs, last_error = v.err, "
@@ -293,10 +296,20 @@ async def _secrets(
     services: sdk.Services, session: AsyncSession, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
     version: int, previous: int | None, rotating: bool,
 ) -> tuple[str, ...]:
+    """The live secrets, newest first; none when the current one does not open (the attempt then
+    fails without a call: an unsigned delivery would be worse)."""
     names = [service.secret_name(subscription_id, version)]
     if rotating and previous is not None:
         names.append(service.secret_name(subscription_id, previous))
-    return tuple([await services.vault.open(tenant_id, name, session=session) for name in names])
+    opened = []
+    for name in names:
+        try:
+            opened.append(await services.vault.open(tenant_id, name, session=session))
+        except sdk.Problem:
+            log.warning("webhook secret %s of tenant %s does not open", name, tenant_id)
+            if not opened:
+                return ()
+    return tuple(opened)
 
 
 async def fan_out(ctx: sdk.EventContext) -> None:

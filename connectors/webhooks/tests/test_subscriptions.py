@@ -97,3 +97,17 @@ async def test_bad_list_input_names_the_field(client: AsyncTestClient[Any], rece
     bad = await client.post(f"{BASE}/{made['id']}/replay", json={"from": "2026-01-02T00:00:00Z",
                                                                   "to": "2026-01-01T00:00:00Z"}, headers=a)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "to"
+
+
+def test_filters_compare_as_json_and_patterns_match_namespaces() -> None:
+    from connectors.webhooks.service import matches, passes_filter
+
+    payload = {"deal": {"stage": "won", "amount": 10}, "flag": True, "tags": ["a", "b"]}
+    assert passes_filter(None, payload) and passes_filter({}, payload)
+    assert passes_filter({"deal.stage": "won", "deal.amount": 10.0, "flag": True, "tags": ["a", "b"]}, payload)
+    assert not passes_filter({"deal.amount": "10"}, payload)
+    assert not passes_filter({"flag": 1}, payload)
+    assert not passes_filter({"deal.missing": None}, payload)
+    assert not passes_filter({"tags": ["b", "a"]}, payload)
+    assert matches(["crm.*"], "crm.deal.won") and matches(["crm.deal.*"], "crm.deal.won")
+    assert not matches(["crm.*"], "crmx.deal.won") and not matches(["crm.deal.won"], "crm.deal.lost")

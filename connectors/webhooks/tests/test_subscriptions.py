@@ -111,3 +111,19 @@ def test_filters_compare_as_json_and_patterns_match_namespaces() -> None:
     assert not passes_filter({"tags": ["b", "a"]}, payload)
     assert matches(["crm.*"], "crm.deal.won") and matches(["crm.deal.*"], "crm.deal.won")
     assert not matches(["crm.*"], "crmx.deal.won") and not matches(["crm.deal.won"], "crm.deal.lost")
+
+
+async def test_viewers_read_and_only_admins_write(client: AsyncTestClient[Any], receiver: Receiver) -> None:
+    a = await make_tenant(client)
+    made = (await client.post(BASE, json={"url": receiver.url("/p"), "event_types": ["kernel.*"]}, headers=a)).json()
+    keys = {}
+    for role in ("viewer", "member", "admin"):
+        response = await client.post("/api/api-keys", json={"name": role, "role": role}, headers=a)
+        assert response.status_code == 201, response.text
+        keys[role] = {"X-Tenant-ID": a["X-Tenant-ID"], "X-API-Key": response.json()["key"]}
+    for role in ("viewer", "member", "admin"):
+        assert (await client.get(f"{BASE}/{made['id']}", headers=keys[role])).status_code == 200, role
+    for role in ("viewer", "member"):
+        refused = await client.post(f"{BASE}/{made['id']}/rotate-secret", headers=keys[role])
+        assert refused.status_code == 403, (role, refused.text)
+    assert (await client.post(f"{BASE}/{made['id']}/rotate-secret", headers=keys["admin"])).status_code == 200

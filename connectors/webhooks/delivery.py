@@ -399,6 +399,11 @@ async def run_attempt(ctx: sdk.JobContext) -> None:
     await enqueue_attempts(ctx.services, ctx.tenant_id, await record(ctx.services, ctx.tenant_id, [outcome]))
 
 
+_PURGE = text(
+    "delete from webhooks_messages where id in (select m.id from webhooks_messages m "
+    "where m.occurred_at < now() - make_interval(days => :days) and not exists (select from webhooks_deliveries d "
+    "where d.message_id = m.id and d.status in ('pending', 'running')) limit :n)"
+)
 _DUE = text(
     "select id from webhooks_deliveries where (status = 'pending' and "
     "next_attempt_at <= now() - make_interval(secs => :grace)) or (status = 'running' and lease_until < now()) "
@@ -408,13 +413,16 @@ _DUE = text(
 
 async def sweep(ctx: sdk.JobContext) -> None:
     """``webhooks.sweep`` (every minute): re-enqueue every tenant's deliveries that are due but were
-    left behind (a flushed Redis, a killed worker whose lease expired)."""
+    left behind (a flushed Redis, a killed worker whose lease expired), and forget events older
+    than the tenant's ``retention_days`` (a batch per run)."""
     services = ctx.services
     grace = float(ctx.payload.get("grace_seconds", SWEEP_GRACE_SECONDS))
     offered = 0
     for tenant_id in await services.tenants.with_module():
+        settings: s.WebhookSettings = await services.settings(tenant_id)
         async with services.data.tenant(tenant_id) as session:
             due = (await session.execute(_DUE, {"grace": grace, "n": SWEEP_BATCH})).scalars().all()
+            await session.execute(_PURGE, {"days": settings.retention_days, "n": SWEEP_BATCH})
         await enqueue_attempts(services, tenant_id, [(delivery_id, 0) for delivery_id in due])
         offered += len(due)
     if offered:

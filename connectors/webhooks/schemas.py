@@ -48,6 +48,9 @@ class WebhookSettings(msgspec.Struct, kw_only=True):
     """A subscription whose attempts have all failed for this many days is disabled (Svix: 5)."""
     rotation_hours: Annotated[int, Meta(ge=0, le=720)] = 24
     """After a secret rotation, deliveries carry the old secret's signature too for this long."""
+    retention_days: Annotated[int, Meta(ge=1, le=365)] = 30
+    """Events older than this are forgotten with their deliveries and attempts (a replay reaches
+    back this far); unfinished deliveries are kept until they finish."""
 
 
 class SubscriptionCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -277,6 +277,24 @@ async def test_replay_resends_a_time_range_once_per_request(
     assert (await client.post(f"{BASE}/{late['id']}/replay", json=empty, headers=a)).json()["deliveries"] == 0
 
 
+
+async def test_the_sweeper_forgets_events_past_retention(
+    client: AsyncTestClient[Any], worker: TestWorker, receiver: Receiver, businessos_database_url: str
+) -> None:
+    a = await make_tenant(client)
+    sub = await subscribe(client, a, receiver, "/old")
+    await new_key(client, a)
+    [found] = await settled(client, a, sub, status="succeeded")
+    await sql(businessos_database_url, a["X-Tenant-ID"],
+              "update webhooks_messages set occurred_at = now() - interval '31 days'")
+    await worker.enqueue("webhooks.sweep", payload={"grace_seconds": 0})
+
+    async def forgotten() -> bool:
+        return (await client.get(f"/api/webhooks/deliveries/{found['id']}", headers=a)).status_code == 404
+
+    await eventually(forgotten, timeout=15)
+
+
 async def test_a_name_that_rebinds_to_a_private_address_is_refused_at_delivery(
     client: AsyncTestClient[Any], worker: TestWorker, receiver: Receiver, zone: Zone
 ) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ __all__ = [
     "ATTEMPT_SECONDS",
     "LEASE_SECONDS",
     "SCHEDULE",
+    "GroupCommit",
     "Outcome",
     "Target",
     "fan_out",
@@ -257,6 +259,62 @@ async def _failures(
         await service.disable_failing(session, changes, subscription_id, settings.disable_after_days)
 
 
+class GroupCommit:
+    """Outcomes that finish while a recording transaction of the same tenant is under way wait
+    for the next one, which records them all: under load, one transaction logs many attempts.
+    Each caller still returns only once its own outcomes are committed."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[uuid.UUID, list[tuple[list[Outcome], asyncio.Future[list[tuple[uuid.UUID, int]]]]]] = {}
+        self._busy: set[uuid.UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(
+        self, services: sdk.Services, tenant_id: uuid.UUID, outcomes: Sequence[Outcome]
+    ) -> list[tuple[uuid.UUID, int]]:
+        """:func:`record`, shared with whatever else is waiting."""
+        if not outcomes:
+            return []
+        future: asyncio.Future[list[tuple[uuid.UUID, int]]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tenant_id, []).append((list(outcomes), future))
+        if tenant_id not in self._busy:
+            self._busy.add(tenant_id)
+            task = asyncio.create_task(self._drain(services, tenant_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, services: sdk.Services, tenant_id: uuid.UUID) -> None:
+        try:
+            while batch := self._waiting.pop(tenant_id, None):
+                try:
+                    retries = dict(await record(services, tenant_id, [o for outs, _ in batch for o in outs]))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for outs, future in batch:
+                    if not future.done():
+                        future.set_result([
+                            (o.target.delivery_id, retries[o.target.delivery_id])
+                            for o in outs if o.target.delivery_id in retries
+                        ])
+        finally:
+            self._busy.discard(tenant_id)
+
+
+_COMMITS: weakref.WeakKeyDictionary[sdk.EgressClient, GroupCommit] = weakref.WeakKeyDictionary()
+
+
+def group_commit(services: sdk.Services) -> GroupCommit:
+    """The process's :class:`GroupCommit` (one per running platform, whose egress client names it)."""
+    found = _COMMITS.get(services.http)
+    if found is None:
+        found = _COMMITS[services.http] = GroupCommit()
+    return found
+
+
 async def enqueue_attempts(services: sdk.Services, tenant_id: uuid.UUID, due: Sequence[tuple[uuid.UUID, int]]) -> None:
     """Wake a worker for each delivery when it is due; with Redis away, the sweeper will."""
     for delivery_id, delay in due:
@@ -344,7 +402,8 @@ async def fan_out(ctx: sdk.EventContext) -> None:
             )
             targets.append(Target(delivery_id, row.id, 1, 0, row.url, msg, body, secrets, row.failing))
     outcomes = await asyncio.gather(*(send(services.http, target) for target in targets))
-    await enqueue_attempts(services, tenant_id, await record(services, tenant_id, outcomes))
+    retries = await group_commit(services).record(services, tenant_id, outcomes)
+    await enqueue_attempts(services, tenant_id, retries)
 
 
 # -- later attempts, from jobs --------------------------------------------------------------------
@@ -396,7 +455,8 @@ async def run_attempt(ctx: sdk.JobContext) -> None:
     if target is None:
         return
     outcome = await send(ctx.services.http, target)
-    await enqueue_attempts(ctx.services, ctx.tenant_id, await record(ctx.services, ctx.tenant_id, [outcome]))
+    retries = await group_commit(ctx.services).record(ctx.services, ctx.tenant_id, [outcome])
+    await enqueue_attempts(ctx.services, ctx.tenant_id, retries)
 
 
 _PURGE = text(

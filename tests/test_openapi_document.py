@@ -24,7 +24,7 @@ async def api(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     settings: Settings = settings_for(
-        database_url, servers[1], tmp_path_factory.mktemp("openapi"), BUSINESSOS_PLUGINS="crm,projects"
+        database_url, servers[1], tmp_path_factory.mktemp("openapi"), BUSINESSOS_PLUGINS="crm,projects,webhooks"
     )
     await migrate.upgrade(settings, database_url, load_app_plugins(settings.plugins_allowlist).migration_folders())
     async with open_client(settings) as client:

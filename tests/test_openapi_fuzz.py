@@ -35,7 +35,7 @@ from tests.conftest import settings_for
 from tests.fake_openai import fake_openai
 from tests.servers import api_servers
 
-PLUGINS = "crm,projects"
+PLUGINS = "crm,projects,webhooks"
 SEED = 20261130
 PROVIDER_KEY = "sk-fuzz-" + "0" * 24
 

@@ -6,9 +6,11 @@ stateful phases) and every check schemathesis has runs on each answer, ``not_a_s
 among them: no request may answer 5xx. A fixed seed and a small number of examples per operation
 keep it reproducible and bounded.
 
-The tenant owner's access token authenticates the run; a second, shorter run uses an API key in
-``X-API-Key``. The AI operations that call out reach the suite's local OpenAI-compatible server,
-registered as the tenant's key.
+The tenant owner's access token authenticates the run (examples, coverage and fuzzing phases) and
+a stateful run: scenarios of calls chained along the document's links (what a POST created is read,
+changed and deleted through its id; ``kernel/http/openapi.py``), which must follow some links. A
+third, shorter run uses an API key in ``X-API-Key``. The AI operations that call out reach the
+suite's local OpenAI-compatible server, registered as the tenant's key.
 
 Run alone: ``python -m pytest -q -s tests/test_openapi_fuzz.py`` (``-s`` shows the case counts).
 """

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -327,9 +328,8 @@ class AccessService:
         like every list: 422 naming the field)."""
         check_list(page, limit, "joined_at", ("joined_at",))
         async with self.db.tenant(tenant_id) as session:
-            memberships, total = await list_and_count(
-                session, select(MembershipRow), [MembershipRow.created_at, MembershipRow.user_id], page, limit
-            )
+            order: list[ColumnElement[Any]] = [MembershipRow.created_at.asc(), MembershipRow.user_id.asc()]
+            memberships, total = await list_and_count(session, select(MembershipRow), order, page, limit)
         users: dict[uuid.UUID, UserRow] = {}
         if memberships:
             async with self.db.global_() as session:

@@ -1,0 +1,1 @@
+"""Integration connectors: each sub-package is a plugin of its own (see docs/connectors.md)."""

@@ -62,6 +62,7 @@ __all__ = [
     "OWNER_TOKENS",
     "SECRET",
     "ApiKey",
+    "Settings",
     "TenantFactory",
     "TestTenant",
     "act_as_owner",

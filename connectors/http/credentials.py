@@ -89,7 +89,7 @@ async def check(services: sdk.Services, creds: msgspec.Struct) -> None:
     apply_auth(creds, headers, query)
     response = await services.http.request(
         "GET", url, field="credentials.check_url", headers=headers, params=query, seconds=15, max_bytes=64 * 1024,
-        max_redirects=0,
+        follow_redirects=False,
     )
     if response.status_code in (401, 403):
         raise sdk.Forbidden(f"the credentials were refused: {url} answered {response.status_code}")

@@ -166,7 +166,7 @@ def _scrub(problem: sdk.Problem, secrets: list[str]) -> sdk.Problem:
 
 async def _attempts(
     ctx: sdk.NodeContext, config: RequestConfig, url: str, headers: dict[str, str], query: dict[str, str],
-    content: bytes | None, secrets: list[str], sleep: Any, max_redirects: int | None,
+    content: bytes | None, secrets: list[str], sleep: Any, follow_redirects: bool,
 ) -> tuple[sdk.EgressResponse, int]:
     """One logical request: the first attempt and its retries."""
     attempt = 0
@@ -176,7 +176,8 @@ async def _attempts(
         try:
             response = await ctx.services.http.request(
                 config.method, url, field="url", headers=headers, params=query or None, content=content,
-                seconds=config.timeout, max_bytes=config.max_bytes, truncate=True, max_redirects=max_redirects,
+                seconds=config.timeout, max_bytes=config.max_bytes, truncate=True,
+                follow_redirects=follow_redirects,
             )
         except sdk.EgressFailed as failed:
             if attempt > config.retries:
@@ -215,7 +216,7 @@ async def send_request(ctx: sdk.NodeContext, config: RequestConfig, *, sleep: An
     if not any(k.lower() == "idempotency-key" for k in headers):
         headers["Idempotency-Key"] = ctx.idempotency_key
     secrets: list[str] = []
-    max_redirects: int | None = None
+    follow_redirects = True
     if config.connection is not None:
         creds = await ctx.services.connections.open(ctx.tenant_id, config.connection)
         apply_auth(creds, headers, query)
@@ -224,10 +225,10 @@ async def send_request(ctx: sdk.NodeContext, config: RequestConfig, *, sleep: An
         if isinstance(creds, ApiKey) and creds.location == "header":
             # The egress client drops Authorization on a redirect to another origin, not a custom
             # header: a key in one follows no redirect.
-            max_redirects = 0
+            follow_redirects = False
 
     async def one(url: str, q: dict[str, str]) -> tuple[sdk.EgressResponse, int]:
-        return await _attempts(ctx, config, url, headers, q, content, secrets, sleep, max_redirects)
+        return await _attempts(ctx, config, url, headers, q, content, secrets, sleep, follow_redirects)
 
     response, attempts = await one(config.url, query)
     bodies = [_decode(response)]

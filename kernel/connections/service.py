@@ -596,7 +596,7 @@ class ConnectionService:
                 body["client_secret"] = creds.client_secret
         response = await self.kernel.egress.request(
             "POST", url, field="token_url", headers=headers, content=urlencode(body),
-            seconds=_TOKEN_SECONDS, max_bytes=_TOKEN_BYTES, max_redirects=0,
+            seconds=_TOKEN_SECONDS, max_bytes=_TOKEN_BYTES, follow_redirects=False,
         )
         try:
             answer = response.json()

@@ -277,11 +277,13 @@ class EgressClient:
         max_bytes: int | None = None,
         max_redirects: int | None = None,
         truncate: bool = False,
+        follow_redirects: bool = True,
     ) -> EgressResponse:
         """Call ``url`` and return the whole (capped) response. ``field`` names the input the URL
         came from, for the 422 a refusal raises. ``seconds`` bounds everything: resolution, every
         redirect hop and reading the body. With ``truncate``, a body over the cap is cut there
-        (``truncated`` says so) instead of failing the call."""
+        (``truncated`` says so) instead of failing the call. Without ``follow_redirects``, a redirect
+        is answered as it came (a secret in a custom header must not follow one to another origin)."""
         limit = self.timeout if seconds is None else seconds
         try:
             async with asyncio.timeout(limit):
@@ -289,7 +291,7 @@ class EgressClient:
                     method, url, field=field, headers=headers, params=params, content=content, json=json,
                     max_bytes=self.max_bytes if max_bytes is None else max_bytes,
                     max_redirects=self.max_redirects if max_redirects is None else max_redirects,
-                    truncate=truncate,
+                    truncate=truncate, follow_redirects=follow_redirects,
                 )
         except TimeoutError:
             raise EgressFailed(f"{field}: no complete answer within {limit:g} s", extra={"url": url}) from None
@@ -297,7 +299,7 @@ class EgressClient:
     async def _exchange(
         self, method: str, url: str, *, field: str, headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None, content: bytes | str | None, json: Any, max_bytes: int, max_redirects: int,
-        truncate: bool = False,
+        truncate: bool = False, follow_redirects: bool = True,
     ) -> EgressResponse:
         client = self.httpx_client
         try:
@@ -315,7 +317,7 @@ class EgressClient:
                 raise EgressFailed(failure, extra={"url": url}) from None
             try:
                 location = response.headers.get("location")
-                if response.status_code not in _REDIRECTS or not location:
+                if response.status_code not in _REDIRECTS or not location or not follow_redirects:
                     body, cut = await _read_capped(response, max_bytes, field, url, truncate)
                     return EgressResponse(response.status_code, response.headers, body, str(request.url), cut)
             finally:

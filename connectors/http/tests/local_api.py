@@ -127,7 +127,7 @@ def _app(api: LocalApi) -> Litestar:
             "authorized": _authorized(request),
         }
         api.requests.append(seen)
-        return Response(seen)
+        return Response(seen, status_code=200)
 
     @get("/api/flaky")
     async def flaky() -> Response[Any]:

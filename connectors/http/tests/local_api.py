@@ -147,6 +147,10 @@ def _app(api: LocalApi) -> Litestar:
         nxt = {"": "c2", "c2": "c3", "c3": None}[cursor]
         return Response({"data": [f"item-{cursor or 'c1'}"], "meta": {"next": nxt}})
 
+    @get("/api/ping")
+    async def ping() -> Response[Any]:
+        return Response({"ok": True})
+
     @get("/api/big")
     async def big(size: int = 1000) -> Response[Any]:
         return Response("x" * size, media_type="text/plain")
@@ -156,7 +160,7 @@ def _app(api: LocalApi) -> Litestar:
         return Response(None, status_code=302, headers={"location": to})
 
     return Litestar(
-        [authorize, token, me, echo, flaky, link_pages, cursor_pages, big, redirect], state=State(), debug=False,
+        [authorize, token, me, echo, flaky, link_pages, cursor_pages, ping, big, redirect], state=State(), debug=False,
     )
 
 

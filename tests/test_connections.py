@@ -299,7 +299,7 @@ async def test_oauth_authorization_code_with_pkce_stores_sealed_tokens(
     assert exchange["grant_type"] == "authorization_code" and len(exchange["code_verifier"]) >= 43
     # The state is single-use.
     again = await client.get(f"/api/connections/oauth/callback?{query}")
-    assert again.status_code == 400 and again.json()["errors"][0]["field"] == "state"
+    assert again.status_code == 404 and again.json()["errors"][0]["field"] == "state"
     assert (await client.get(f"/api/connections/{made['id']}", headers=other["headers"])).status_code == 404
     async with other_process(http_settings) as kernel:
         creds = await kernel.services("http").connections.open(uuid.UUID(tenant["id"]), uuid.UUID(made["id"]), OAuth2)
@@ -327,7 +327,7 @@ async def test_oauth_start_checks_its_input_and_a_refusal_comes_back_to_the_redi
     })
     assert no_url.status_code == 422 and no_url.json()["errors"][0]["field"] == "credentials.authorize_url"
     unknown = await client.get("/api/connections/oauth/callback?state=nope&code=x")
-    assert unknown.status_code == 400
+    assert unknown.status_code == 404
     started = await client.post("/api/connections/oauth/start", headers=tenant["headers"], json={
         "type": "http.oauth2", "name": "denied", "redirect": "https://app.example/connections",
         "credentials": {"client_id": "client-1", "authorize_url": f"{api.url}/oauth/authorize",

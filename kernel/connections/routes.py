@@ -27,6 +27,7 @@ from kernel.connections.schemas import (
     OAuthStarted,
 )
 from kernel.context import Kernel
+from kernel.errors import FieldError, Unprocessable
 from kernel.http.ratelimit import AUTH_POLICY, RATE_LIMIT_OPT
 from kernel.identity.auth import SKIP_AUTHENTICATION
 from kernel.identity.permissions import PUBLIC
@@ -113,7 +114,8 @@ async def oauth_callback(
 ) -> Response[Any]:
     """Where the provider sends the browser back: exchanges the code (once per state) and stores the
     tokens sealed. With a ``redirect`` given at the start, answers 303 to it with ``connection_id``
-    or ``error`` added; otherwise the connection as JSON (or a 400 problem)."""
+    or ``error`` added; otherwise the connection as JSON (or a 422 problem naming ``code``). An
+    unknown, expired or used state answers 404."""
     view, redirect, failure = await kernel.connections.finish_oauth(oauth_state, code, error, request_meta(request))
     if redirect:
         extra = {"connection_id": str(view.id)} if view is not None else {"error": failure or "failed"}
@@ -121,9 +123,10 @@ async def oauth_callback(
         query = "&".join(p for p in (parts.query, urlencode(extra)) if p)
         return Redirect(urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment)), status_code=303)
     if view is None:
-        from kernel.errors import BadRequest
-
-        raise BadRequest(f"the authorization failed: {failure}", extra={"error": failure})
+        raise Unprocessable(
+            f"the authorization failed: {failure}", errors=[FieldError("code", failure or "failed")],
+            extra={"error": failure},
+        )
     return Response(content=view, status_code=200)
 
 

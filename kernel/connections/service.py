@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,7 @@ from kernel.connections.schemas import (
 )
 from kernel.crypto import SecretBoxError
 from kernel.db.models import utcnow, uuid7
+from kernel.db.reader import Query
 from kernel.egress import EgressFailed
 from kernel.errors import BadRequest, Conflict, FieldError, NotFound, Problem, Unprocessable
 from kernel.events.catalog import ConnectionBroken, publish
@@ -88,6 +89,14 @@ _STATE_KEY = "bos:oauth-state:"
 _MASK = "••••"
 _TOKEN_BYTES = 256 * 1024
 _TOKEN_SECONDS = 15.0
+
+
+_OPEN = Query(
+    select(
+        ConnectionRow.tenant_id, ConnectionRow.id, ConnectionRow.plugin, ConnectionRow.type, ConnectionRow.name,
+        ConnectionRow.status, ConnectionRow.broken_reason, ConnectionRow.sealed_credentials,
+    ).where(ConnectionRow.id == bindparam("id"))
+)
 
 
 class BrokenConnection(Problem):
@@ -385,8 +394,11 @@ class ConnectionService:
         self, tenant_id: uuid.UUID, connection_id: uuid.UUID, plugin: str, schema: type[T] | None = None
     ) -> T | msgspec.Struct:
         """The connection's credentials, as its type's Struct; see :meth:`Connections.open`."""
-        async with self.kernel.db.tenant(tenant_id) as session:
-            row = await self._row(session, connection_id)
+        async with self.kernel.db.read(tenant_id) as reader:  # the hot path: one round trip, no ORM
+            found = await reader.fetchrow(_OPEN, id=connection_id)
+        if found is None:
+            raise NotFound(f"no connection {connection_id}")
+        row = ConnectionRow(**dict(found))
         kind = self._kind_for(row, plugin, schema)
         if row.status == "broken":
             raise BrokenConnection(
@@ -525,7 +537,7 @@ class ConnectionService:
         key = _state_key(state or "")
         sealed = await self.kernel.redis.getdel(key) if state and len(state) <= 200 else None
         if sealed is None:
-            raise BadRequest("unknown, expired or already used OAuth state: start again", errors=[
+            raise NotFound("unknown, expired or already used OAuth state: start again", errors=[
                 FieldError("state", "unknown, expired or used"),
             ])
         raw = sealed.decode() if isinstance(sealed, bytes) else str(sealed)

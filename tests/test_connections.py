@@ -440,3 +440,20 @@ def test_an_unusable_credential_type_disables_its_plugin_with_the_reason(
     with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))):
         record = load_app_plugins(frozenset({name})).get(name)
     assert record is not None and record.reason is not None and expected in record.reason, record.reason
+
+
+async def test_members_read_connections_and_admins_change_them(client: AsyncTestClient[Any], api: LocalApi) -> None:
+    tenant = await _tenant(client)
+    made = await _bearer(client, tenant, api)
+    keys = {}
+    for role in ("member", "viewer", "admin"):
+        response = await client.post("/api/api-keys", json={"name": role, "role": role}, headers=tenant["headers"])
+        assert response.status_code == 201, response.text
+        keys[role] = {"X-Tenant-ID": tenant["slug"], "X-API-Key": response.json()["key"]}
+    assert (await client.get("/api/connections", headers=keys["member"])).status_code == 200
+    assert (await client.get(f"/api/connections/{made['id']}", headers=keys["member"])).status_code == 200
+    refused = await client.patch(f"/api/connections/{made['id']}", json={"name": "m"}, headers=keys["member"])
+    assert refused.status_code == 403
+    assert (await client.get("/api/connections", headers=keys["viewer"])).status_code == 403
+    renamed = await client.patch(f"/api/connections/{made['id']}", json={"name": "by admin"}, headers=keys["admin"])
+    assert renamed.status_code == 200 and renamed.json()["name"] == "by admin"

@@ -242,6 +242,21 @@ class Tenants:
         """Whether the tenant has this plugin's module enabled."""
         return self._plugin in await self._kernel.modules.enabled(tenant_id)
 
+    async def enabled_ids(self) -> list[uuid.UUID]:
+        """The active tenants that have this plugin's module enabled, oldest first: for
+        background work a plugin runs per tenant (a message consumer per configured tenant).
+        Reads every tenant's (cached) module list, so call it now and then, not per request."""
+        from sqlalchemy import select
+
+        from kernel.tenants.models import TenantRow
+
+        async with self._kernel.db.global_() as session:
+            rows = await session.execute(
+                select(TenantRow.id).where(TenantRow.status == "active").order_by(TenantRow.created_at, TenantRow.id)
+            )
+            ids = list(rows.scalars())
+        return [tenant_id for tenant_id in ids if await self.enabled(tenant_id)]
+
 
 class ChatOptions(TypedDict, total=False):
     """The options of :meth:`AI.chat` and :meth:`AI.stream`, all optional."""

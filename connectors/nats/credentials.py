@@ -7,6 +7,7 @@ so a tenant cannot point a connection at the platform's own network unless the o
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,18 +88,22 @@ async def nats_client(
     elif creds.user:
         options["user"], options["password"] = creds.user, creds.password
 
-    async def quiet(error: Exception) -> None:  # the default handler prints to stderr
-        return None
+    seen: list[Exception] = []
 
-    options["error_cb"] = quiet
+    async def remember(error: Exception) -> None:  # instead of the default handler's stderr lines
+        seen[:] = [error]
+
+    options["error_cb"] = remember
     try:
-        client = await nats.connect(**options)
+        # nats-py keeps retrying a refused first connection; the check must answer in bounded time.
+        client = await asyncio.wait_for(nats.connect(**options), CONNECT_SECONDS * 2)
     except (NatsError, OSError, TimeoutError) as error:
-        text = str(error).lower()
+        cause = seen[-1] if isinstance(error, TimeoutError) and seen else error
+        text = str(cause).lower()
         if "authoriz" in text or "authentic" in text:
             field = "token" if creds.token else "password"
             raise _failed(field, "the server refused the login (authorization violation)") from None
-        raise _failed("servers", f"cannot connect ({type(error).__name__})") from None
+        raise _failed("servers", f"cannot connect ({type(cause).__name__})") from None
     try:
         yield client
     finally:

@@ -100,7 +100,7 @@ async def test_check_logs_in_over_starttls_and_tls_and_names_what_failed(
 
     private = await make_connection(api, tenant, "email.smtp", _creds(smtp, host="10.1.2.3"), name="private")
     judged = await _check(api, tenant, uuid.UUID(private["id"]))
-    assert judged["ok"] is False and _fields(judged) == ["host"] and "private" in judged["error"]["detail"]
+    assert judged["ok"] is False and _fields(judged) == ["host"] and "not a public address" in judged["error"]["detail"]
 
 
 async def test_check_refuses_a_certificate_nobody_vouches_for(api: AsyncTestClient[Any], smtp: SmtpServers) -> None:

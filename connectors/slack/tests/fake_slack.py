@@ -3,9 +3,11 @@ shapes: ``{"ok": true, ...}``, or HTTP 200 with ``{"ok": false, "error": "invali
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,19 +89,31 @@ class FakeSlack:
         return {"ok": True, "user": user}
 
 
-@asynccontextmanager
-async def running_slack() -> AsyncIterator[FakeSlack]:
-    """The fake Web API on a free port of 127.0.0.1; ``url`` is its ``.../api/`` base."""
+@contextmanager
+def running_slack() -> Iterator[FakeSlack]:
+    """The fake Web API on a free port of 127.0.0.1, in a thread with its own event loop (the
+    app under test may call it while the test's loop waits); ``url`` is its ``.../api/`` base."""
     slack = FakeSlack()
+    loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_route("*", "/api/{method}", slack.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner = web.AppRunner(app, access_log=None)
+
+    async def start() -> int:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return port
+
+    thread = threading.Thread(target=loop.run_forever, name="fake-slack", daemon=True)
+    thread.start()
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
     slack.url = f"http://127.0.0.1:{port}/api/"
     try:
         yield slack
     finally:
-        await runner.cleanup()
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -54,8 +54,8 @@ def slack_url_env() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-async def fake(slack_url_env: None) -> AsyncIterator[FakeSlack]:
-    async with running_slack() as slack:
+def fake(slack_url_env: None) -> Iterator[FakeSlack]:
+    with running_slack() as slack:
         os.environ[API_URL_VARIABLE] = slack.url
         yield slack
 

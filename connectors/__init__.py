@@ -1,1 +1,1 @@
-"""Integration connectors: each folder is a plugin of its own, registered by an entry point."""
+"""Integration connectors: each sub-package is a plugin of its own (see docs/connectors.md)."""

@@ -1,7 +1,11 @@
-"""What the connectors' tests share: the suite's PostgreSQL and Redis, a platform per connector
-with 127.0.0.1 opened for egress (the local servers that stand in for Slack, an SMTP relay and
-NATS listen there), tenants, connections made through ``/api/connections``, and the events a
-connector recorded."""
+"""The connectors' tests. The plugin test kit is loaded here, once for every connector: pytest
+takes ``pytest_plugins`` only from a top-level conftest (the http connector's tests run on it).
+
+The slack, email and nats tests use the helpers below instead: a platform per test module on the
+suite's PostgreSQL and Redis (module-scoped, so several connectors' tests can share one pytest run
+without one connector's session-scoped platform serving another's), 127.0.0.1 opened for egress
+(the local servers that stand in for Slack, an SMTP relay and NATS listen there), tenants,
+connections made through ``/api/connections``, and the events a connector recorded."""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from kernel.context import Kernel
 from kernel.db import migrate
 from kernel.settings import Settings
 from tests.conftest import database_url, new_tenant, node_context, other_process, servers, settings_for
+
+pytest_plugins = ["kernel.testing"]
 
 __all__ = [
     "connector_settings",

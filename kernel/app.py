@@ -22,6 +22,7 @@ from kernel.ai import routes as ai_routes
 from kernel.ai.retrieval import routes as ai_retrieval_routes
 from kernel.audit import routes as audit_routes
 from kernel.audit.safety_net import audit_unaudited_mutations
+from kernel.connections import routes as connection_routes
 from kernel.context import get_kernel, provide_kernel, provide_tenant
 from kernel.db.models import KernelBase
 from kernel.errors import exception_handlers
@@ -58,6 +59,7 @@ log = logging.getLogger("businessos")
 from kernel.ai import models as _ai_models  # noqa: E402,F401
 from kernel.ai import tables as _ai_tables  # noqa: E402,F401
 from kernel.audit import models as _audit_models  # noqa: E402,F401
+from kernel.connections import models as _connection_models  # noqa: E402,F401
 from kernel.identity import models as _identity_models  # noqa: E402,F401
 from kernel.modules import models as _module_models  # noqa: E402,F401
 from kernel.operators import models as _operator_models  # noqa: E402,F401
@@ -89,6 +91,7 @@ def kernel_route_handlers() -> list[Any]:
         *ai_openai_routes.handlers,
         receive_webhook,
         *operator_routes.handlers,
+        *connection_routes.handlers,
         observability_routes.metrics,
     ]
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from kernel.ai.proxy import AIProxy
 from kernel.ai.retrieval.service import RetrievalService
 from kernel.cache import InvalidationBus
+from kernel.connections.service import ConnectionService
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.egress import EgressClient
@@ -54,6 +55,7 @@ class Kernel:
     deliveries: Deliveries = field(init=False)
     operators: OperatorService = field(init=False)
     egress: EgressClient = field(init=False)
+    connections: ConnectionService = field(init=False)
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +65,7 @@ class Kernel:
         self.deliveries = Deliveries(self)
         self.operators = OperatorService(self.db, self.redis, self.keys, self.tenants)
         self.egress = EgressClient.from_settings(self.settings)
+        self.connections = ConnectionService(self)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

@@ -11,6 +11,16 @@ from __future__ import annotations
 
 from kernel import KERNEL_API_VERSION
 from kernel.audit.log import RequestMeta
+from kernel.connections.contract import (
+    ConnectionUsers,
+    CredentialCheck,
+    CredentialType,
+    OAuth2Config,
+    OAuth2Credentials,
+    Secret,
+)
+from kernel.connections.facade import Connections
+from kernel.connections.service import BrokenConnection
 from kernel.db.ddl import create_tenant_table, enable_tenant_rls, grant_runtime
 from kernel.db.models import Model, TenantScoped, declarative_base, utcnow, uuid7
 from kernel.db.reader import Query, Reader
@@ -74,9 +84,14 @@ __all__ = [
     "AIAnswer",
     "Actor",
     "BadRequest",
+    "BrokenConnection",
     "ChangeLog",
     "Changes",
     "Conflict",
+    "ConnectionUsers",
+    "Connections",
+    "CredentialCheck",
+    "CredentialType",
     "Data",
     "EgressClient",
     "EgressFailed",
@@ -104,6 +119,8 @@ __all__ = [
     "NodeRunner",
     "NodeSpec",
     "NotFound",
+    "OAuth2Config",
+    "OAuth2Credentials",
     "Operator",
     "Pagination",
     "PaymentRequired",
@@ -116,6 +133,7 @@ __all__ = [
     "Reader",
     "RequestMeta",
     "Schedule",
+    "Secret",
     "SecretUnreadable",
     "Services",
     "Tenant",

@@ -13,6 +13,9 @@ Fixtures:
 
 - ``businessos_plugins`` (session): the plugins to load; every installed one unless you override
   it in your conftest (``return frozenset({"my_plugin"})``).
+- ``businessos_env`` (session): more settings of the platform, as environment names; override it,
+  e.g. ``{"BUSINESSOS_EGRESS_ALLOW_NETWORKS": "127.0.0.1/32"}`` so that ``services.http`` may call
+  the local server your tests start (outbound calls to loopback are refused otherwise).
 - ``businessos_settings`` (session): the :class:`~kernel.settings.Settings` of that platform.
 - ``businessos_client`` (test): a Litestar ``AsyncTestClient`` on a freshly started app.
 - ``businessos_tenant`` (test): a new tenant with its owner, your plugins enabled for it.
@@ -20,7 +23,8 @@ Fixtures:
 - ``businessos_api_key`` (test): an admin API key of that tenant.
 
 The helpers the fixtures are made of (:func:`open_client`, :func:`new_tenant`,
-:func:`eventually`, ...) are public too, for tests that need two tenants or their own app.
+:func:`eventually`, ...) are public too, for tests that need two tenants or their own app;
+:func:`open_services` and :func:`node_context` run a node the way the workflow engine would.
 
 The module is loaded explicitly rather than through a ``pytest11`` entry point: an entry point
 would add these fixtures to every pytest run of any environment where BusinessOS is installed.
@@ -48,19 +52,24 @@ from sqlalchemy.engine import make_url
 from kernel.app import create_app, load_app_plugins
 from kernel.db import migrate
 from kernel.embedded import EmbeddedServices
+from kernel.plugins.contract import NodeContext
 from kernel.plugins.loader import ENTRY_POINT_GROUP, PluginSet
+from kernel.plugins.services import Actor, Services
+from kernel.runtime import open_kernel
 from kernel.settings import Settings, load_settings
 
 __all__ = [
     "OWNER_TOKENS",
     "SECRET",
     "ApiKey",
+    "Settings",
     "TenantFactory",
     "TestTenant",
     "act_as_owner",
     "businessos_api_key",
     "businessos_client",
     "businessos_database_url",
+    "businessos_env",
     "businessos_make_tenant",
     "businessos_plugins",
     "businessos_servers",
@@ -71,7 +80,9 @@ __all__ = [
     "dsn",
     "eventually",
     "new_tenant",
+    "node_context",
     "open_client",
+    "open_services",
     "running_servers",
     "settings_for",
 ]
@@ -191,6 +202,26 @@ async def new_tenant(client: AsyncTestClient[Any], prefix: str = "t", **extra: A
     }
 
 
+@asynccontextmanager
+async def open_services(settings: Settings, plugin: str) -> AsyncIterator[Services]:
+    """``plugin``'s facade (``sdk.Services``) on the test platform of ``settings``, opened in the
+    test's own event loop (the app under test runs in the client's): what a node or job gets."""
+    async with open_kernel(settings, load_app_plugins(settings.plugins_allowlist)) as kernel:
+        yield kernel.services(plugin)
+
+
+def node_context(
+    services: Services, tenant_id: uuid.UUID | str, *, step_id: str = "step-1", attempt: int = 1,
+    execution_id: uuid.UUID | None = None,
+) -> NodeContext:
+    """What the workflow engine hands a node: one step of a run (a fresh one unless
+    ``execution_id`` is given), acting as ``workflow``."""
+    return NodeContext(
+        tenant_id=uuid.UUID(str(tenant_id)), execution_id=execution_id or uuid.uuid4(), step_id=step_id,
+        attempt=attempt, actor=Actor.system("workflow"), services=services,
+    )
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:  # noqa: ASYNC109
     """Wait until ``check()`` is true (for effects that cross processes), failing after ``timeout``."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -254,6 +285,14 @@ def businessos_plugins() -> frozenset[str]:
 
 
 @pytest.fixture(scope="session")
+def businessos_env() -> dict[str, str]:
+    """More settings of the test platform, as environment names (none by default). Override it,
+    e.g. to let ``services.http`` reach your local test server:
+    ``return {"BUSINESSOS_EGRESS_ALLOW_NETWORKS": "127.0.0.1/32"}``."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def businessos_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(owner database URL, Redis URL) of the servers the tests talk to."""
     with running_servers(tmp_path_factory.mktemp("businessos-servers")) as urls:
@@ -276,12 +315,13 @@ def businessos_settings(
     businessos_database_url: str,
     businessos_servers: tuple[str, str],
     tmp_path_factory: pytest.TempPathFactory,
+    businessos_env: dict[str, str],
 ) -> Settings:
     """Settings of the platform with ``businessos_plugins`` allowed, kernel and plugins migrated.
     A plugin that fails to load fails the session, with the loader's reason."""
     settings = settings_for(
         businessos_database_url, businessos_servers[1], tmp_path_factory.mktemp("businessos-data"),
-        BUSINESSOS_PLUGINS=",".join(sorted(businessos_plugins)),
+        **{**businessos_env, "BUSINESSOS_PLUGINS": ",".join(sorted(businessos_plugins))},
     )
     plugins = load_app_plugins(settings.plugins_allowlist)
     records = {n: plugins.get(n) for n in businessos_plugins}

@@ -189,7 +189,7 @@ async def test_event_types_list_the_kernel_and_plugins_with_schemas(settings: Se
         "kernel.module.enabled", "kernel.module.disabled", "kernel.module.purged",
         "kernel.member.added", "kernel.member.removed", "kernel.member.role_changed",
         "kernel.api_key.created", "kernel.api_key.revoked",
-        "kernel.invitation.created", "kernel.invitation.accepted",
+        "kernel.invitation.created", "kernel.invitation.accepted", "kernel.connection.broken",
     }
     schema = types["kernel.api_key.created"]["payload_schema"]
     assert set(schema["$defs"]["ApiKeyCreated"]["properties"]) >= {"api_key_id", "name", "prefix"}

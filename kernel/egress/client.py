@@ -176,6 +176,8 @@ class EgressResponse:
     headers: httpx.Headers
     content: bytes
     url: str
+    truncated: bool = False
+    """The body was cut at the size cap (only when the call asked for ``truncate=True``)."""
 
     @property
     def text(self) -> str:
@@ -290,10 +292,14 @@ class EgressClient:
         seconds: float | None = None,
         max_bytes: int | None = None,
         max_redirects: int | None = None,
+        truncate: bool = False,
+        follow_redirects: bool = True,
     ) -> EgressResponse:
         """Call ``url`` and return the whole (capped) response. ``field`` names the input the URL
         came from, for the 422 a refusal raises. ``seconds`` bounds everything: resolution, every
-        redirect hop and reading the body."""
+        redirect hop and reading the body. With ``truncate``, a body over the cap is cut there
+        (``truncated`` says so) instead of failing the call. Without ``follow_redirects``, a redirect
+        is answered as it came (a secret in a custom header must not follow one to another origin)."""
         limit = self.timeout if seconds is None else seconds
         try:
             async with asyncio.timeout(limit):
@@ -301,6 +307,7 @@ class EgressClient:
                     method, url, field=field, headers=headers, params=params, content=content, json=json,
                     max_bytes=self.max_bytes if max_bytes is None else max_bytes,
                     max_redirects=self.max_redirects if max_redirects is None else max_redirects,
+                    truncate=truncate, follow_redirects=follow_redirects,
                 )
         except TimeoutError:
             raise EgressFailed(f"{field}: no complete answer within {limit:g} s", extra={"url": url}) from None
@@ -308,6 +315,7 @@ class EgressClient:
     async def _exchange(
         self, method: str, url: str, *, field: str, headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None, content: bytes | str | None, json: Any, max_bytes: int, max_redirects: int,
+        truncate: bool = False, follow_redirects: bool = True,
     ) -> EgressResponse:
         client = self.httpx_client
         try:
@@ -325,9 +333,9 @@ class EgressClient:
                 raise EgressFailed(failure, extra={"url": url}) from None
             try:
                 location = response.headers.get("location")
-                if response.status_code not in _REDIRECTS or not location:
-                    body = await _read_capped(response, max_bytes, field, url)
-                    return EgressResponse(response.status_code, response.headers, body, str(request.url))
+                if response.status_code not in _REDIRECTS or not location or not follow_redirects:
+                    body, cut = await _read_capped(response, max_bytes, field, url, truncate)
+                    return EgressResponse(response.status_code, response.headers, body, str(request.url), cut)
             finally:
                 await response.aclose()
             request = _next_request(client, request, response.status_code, location, field, url)
@@ -359,17 +367,22 @@ def _next_request(
         raise EgressRefused(url, f"redirected to an invalid URL ({error})", field=field) from None
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int, field: str, url: str) -> bytes:
+async def _read_capped(
+    response: httpx.Response, max_bytes: int, field: str, url: str, truncate: bool = False
+) -> tuple[bytes, bool]:
     declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if not truncate and declared and declared.isdigit() and int(declared) > max_bytes:
         raise EgressFailed(f"{field}: the answer is larger than {max_bytes} bytes", extra={"url": url})
     chunks, size = [], 0
     try:
         async for chunk in response.aiter_bytes():  # decoded: a compressed bomb counts at full size
             size += len(chunk)
             if size > max_bytes:
+                if truncate:
+                    chunks.append(chunk[: len(chunk) - (size - max_bytes)])
+                    return b"".join(chunks), True
                 raise EgressFailed(f"{field}: the answer is larger than {max_bytes} bytes", extra={"url": url})
             chunks.append(chunk)
     except httpx.HTTPError as error:
         raise EgressFailed(f"{field}: {type(error).__name__} reading the answer", extra={"url": url}) from None
-    return b"".join(chunks)
+    return b"".join(chunks), False

@@ -30,6 +30,7 @@ __all__ = [
     "KERNEL_EVENT_TYPES",
     "ApiKeyCreated",
     "ApiKeyRevoked",
+    "ConnectionBroken",
     "EventTypeInfo",
     "EventTypeList",
     "InvitationAccepted",
@@ -164,6 +165,18 @@ class InvitationAccepted(KernelEvent, frozen=True, kw_only=True):
     role: str
 
 
+class ConnectionBroken(KernelEvent, frozen=True, kw_only=True):
+    event = "kernel.connection.broken"
+    description = (
+        "A connection stopped working: refreshing its OAuth 2.0 token failed. Nodes using it fail "
+        "until it is authorized again (never a credential, only what failed)."
+    )
+    connection_id: uuid.UUID
+    name: str
+    type: str
+    reason: str
+
+
 _PAYLOADS: tuple[type[KernelEvent], ...] = (
     TenantCreated,
     TenantSuspended,
@@ -178,6 +191,7 @@ _PAYLOADS: tuple[type[KernelEvent], ...] = (
     ApiKeyRevoked,
     InvitationCreated,
     InvitationAccepted,
+    ConnectionBroken,
 )
 
 KERNEL_EVENT_TYPES: tuple[EventType, ...] = tuple(

@@ -52,12 +52,14 @@ KERNEL_PERMISSIONS = [
     Permission("kernel.ai.settings.write", "Change the tenant's AI settings (models, fallbacks, prompt logging)"),
     Permission("kernel.ai.documents.read", "List AI documents and search them (embedding the query is metered)"),
     Permission("kernel.ai.documents.write", "Add AI documents (embedding them is metered) and delete them"),
+    Permission("kernel.connections.read", "List connections and their types (never a credential)"),
+    Permission("kernel.connections.write", "Create, authorize, test, rename and delete connections"),
 ]
 
 # Kernel permissions a member has; the rest of the kernel's are administrative.
 _MEMBER_KERNEL = {
     "kernel.tenant.read", "kernel.modules.read", "kernel.members.read", "kernel.ai.use",
-    "kernel.ai.documents.read", "kernel.ai.documents.write", "kernel.ai.prompts.read",
+    "kernel.ai.documents.read", "kernel.ai.documents.write", "kernel.ai.prompts.read", "kernel.connections.read",
 }
 _VIEWER_KERNEL = {"kernel.tenant.read", "kernel.modules.read"}
 

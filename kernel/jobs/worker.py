@@ -147,6 +147,13 @@ async def sweep_ai_reservations(ctx: dict[str, Any]) -> int:
     return released
 
 
+async def refresh_connections(ctx: dict[str, Any]) -> int:
+    """Refresh OAuth 2.0 connections whose token expires within ten minutes (a refused refresh
+    marks one broken and emits ``kernel.connection.broken``); idempotent."""
+    kernel: Kernel = ctx["kernel"]
+    return await kernel.connections.refresh_expiring()
+
+
 class Sweeper(BackgroundLoop):
     """Every ``interval`` seconds, re-enqueue deliveries that are due but on no queue."""
 
@@ -247,7 +254,10 @@ def build_worker(
             func(run_job, name=RUN_JOB, max_tries=1000, timeout=_longest_job(plugins) + 30),  # type: ignore[arg-type]
         ],
         # Every minute; arq runs a cron job once per tick across all workers (unique job id).
-        cron_jobs=[cron(sweep_ai_reservations, name="kernel.sweep_ai_reservations", second=17)]  # type: ignore[arg-type]
+        cron_jobs=[
+            cron(sweep_ai_reservations, name="kernel.sweep_ai_reservations", second=17),  # type: ignore[arg-type]
+            cron(refresh_connections, name="kernel.refresh_connections", second=41),  # type: ignore[arg-type]
+        ]
         if cron_jobs
         else None,
         queue_name=queue,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
     from sqlalchemy import MetaData
 
+    from kernel.connections.contract import ConnectionUsers, CredentialType
     from kernel.entitlements import EntitlementProvider
     from kernel.plugins.contract import (
         EventHandler,
@@ -157,4 +158,24 @@ def businessos_webhook_routes() -> Sequence[WebhookRoute]:
     (``services.webhooks.create``); the tenant comes from the token, never from a header. The
     kernel answers 404 for unknown or revoked tokens and disabled modules, rate-limits per token,
     audits each delivery and calls ``handler(sdk.InboundWebhook)``, which verifies the signature.
+    """
+
+
+@hookspec
+def businessos_credentials() -> Sequence[CredentialType]:
+    """Return the credential types the plugin offers, each an ``sdk.CredentialType`` keyed
+    ``<plugin>.<name>``: its Struct schema, its secret fields, its ``check`` and, for OAuth 2.0, an
+    ``sdk.OAuth2Config``.
+
+    Tenants store credentials of these types as connections (``/api/connections``, secrets sealed
+    in the vault); a node config names one by id (``connection: uuid.UUID``) and the runner opens
+    it with ``await ctx.services.connections.open(ctx.tenant_id, config.connection, Schema)``.
+    """
+
+
+@hookspec
+def businessos_connection_users() -> ConnectionUsers:
+    """Return ``async users(services, tenant_id, connection_id) -> list[str]``: what of the plugin
+    uses a connection (e.g. published workflows whose nodes name it), as names a person
+    recognises. Deleting a connection answers 409 naming them while any plugin reports one.
     """

@@ -26,6 +26,7 @@ from packaging.version import Version
 from sqlalchemy import MetaData
 
 from kernel import KERNEL_API_VERSION
+from kernel.connections.contract import CREDENTIAL_KEY, ConnectionUsers, CredentialType, OAuth2Credentials
 from kernel.entitlements import EntitlementProvider
 from kernel.plugins import hookspecs
 from kernel.plugins.contract import (
@@ -81,6 +82,8 @@ class PluginRecord:
     entitlements: EntitlementProvider | None = None
     jobs: list[JobSpec] = field(default_factory=list)
     schedules: list[Schedule] = field(default_factory=list)
+    credentials: list[CredentialType] = field(default_factory=list)
+    connection_users: ConnectionUsers | None = None
 
     @property
     def active(self) -> bool:
@@ -220,6 +223,8 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_jobs",
         "businessos_schedules",
         "businessos_admin_routes",
+        "businessos_credentials",
+        "businessos_connection_users",
     ):
         caller = getattr(manager.hook, hook_name)
         impls = [i for i in caller.get_hookimpls() if i.plugin_name == record.name]
@@ -288,6 +293,14 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                     _check_schedules(record)
                 case "businessos_admin_routes":
                     record.admin_routes = list(value)
+                case "businessos_credentials":
+                    record.credentials = list(value)
+                    _check_credentials(record)
+                case "businessos_connection_users":
+                    if not callable(value):
+                        record.disable("businessos_connection_users must return an async callable")
+                    else:
+                        record.connection_users = value
         except (TypeError, AttributeError, ValueError) as exc:
             # A wrong shape (a Permission instead of a list, a str instead of MetaData) is the
             # plugin's own fault: disable it like a hook that raised, rather than fail the boot.
@@ -306,6 +319,31 @@ def _check_schedules(record: PluginRecord) -> None:
         problem = check_schedule(schedule, jobs)
         if problem:
             record.disable(f"schedule {schedule.name!r}: {problem}")
+            return
+
+
+def _check_credentials(record: PluginRecord) -> None:
+    """Each credential type is keyed ``<plugin>.<name>`` once, has a Struct schema whose secret
+    fields exist, and an OAuth 2.0 type's schema extends ``sdk.OAuth2Credentials``."""
+    keys: list[str] = []
+    for kind in record.credentials:
+        if not isinstance(kind, CredentialType):
+            record.disable("businessos_credentials must return sdk.CredentialType values")
+            return
+        if not CREDENTIAL_KEY.match(kind.key) or not kind.key.startswith(record.name + ".") or kind.key in keys:
+            record.disable(f"credential type {kind.key!r} is declared twice or is not named {record.name}.<name>")
+            return
+        keys.append(kind.key)
+        if not (isinstance(kind.schema, type) and issubclass(kind.schema, msgspec.Struct)):
+            record.disable(f"credential type {kind.key!r}: schema must be a msgspec.Struct class")
+            return
+        fields = set(kind.schema.__struct_encode_fields__)
+        missing = sorted(set(kind.secret_fields) - fields)
+        if missing:
+            record.disable(f"credential type {kind.key!r}: secret field {missing[0]!r} is not in its schema")
+            return
+        if kind.oauth is not None and not issubclass(kind.schema, OAuth2Credentials):
+            record.disable(f"credential type {kind.key!r} is OAuth 2.0: its schema must extend sdk.OAuth2Credentials")
             return
 
 
@@ -490,6 +528,7 @@ def load_plugins(
         _claim(owners, "permission", (p.name for p in record.permissions), name)
         _claim(owners, "node key", (n.key for n in record.nodes), name)
         _claim(owners, "event", (e.name for e in record.event_types), name)
+        _claim(owners, "credential type", (c.key for c in record.credentials), name)
 
     answering = [records[n].name for n in order if records[n].active and records[n].entitlements is not None]
     if len(answering) > 1:

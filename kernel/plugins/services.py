@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.audit.log import RequestMeta, request_meta
 from kernel.audit.log import record as audit_record
+from kernel.connections.facade import Connections
 from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit
@@ -382,6 +383,8 @@ class Services:
         self.entitlements = Entitlements(kernel.entitlements, plugin)
         self.jobs = Jobs(kernel, plugin)
         self.http = kernel.egress
+        self.connections = Connections(kernel, plugin)
+        """The tenants' connections of this plugin's credential types (``open`` them in a node)."""
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NOT_SEALED", "SEALED_COLUMNS", "SealedColumn", "vault_context"]
+__all__ = ["NOT_SEALED", "SEALED_COLUMNS", "SealedColumn", "connection_context", "vault_context"]
 
 
 def vault_context(tenant_id: uuid.UUID | str, plugin: str, name: str) -> str:
@@ -27,6 +27,11 @@ def vault_context(tenant_id: uuid.UUID | str, plugin: str, name: str) -> str:
     secret names cannot contain ``:``, so the parts cannot be shifted into one another.
     """
     return f"vault:{tenant_id}:{plugin}:{name}"
+
+
+def connection_context(tenant_id: uuid.UUID | str, connection_id: uuid.UUID | str) -> str:
+    """The associated data of a connection's sealed credentials: its tenant and its id."""
+    return f"connection:{tenant_id}:{connection_id}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,14 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
         reads=("tenant_id", "plugin", "name"),
         context=lambda row: vault_context(row["tenant_id"], row["plugin"], row["name"]),
         describe=lambda row: f"tenant {row['tenant_id']}: vault secret {row['plugin']}/{row['name']}",
+    ),
+    SealedColumn(
+        table="connections",
+        column="sealed_credentials",
+        tenant_scoped=True,
+        reads=("tenant_id",),
+        context=lambda row: connection_context(row["tenant_id"], row["id"]),
+        describe=lambda row: f"tenant {row['tenant_id']}: connection {row['id']}",
     ),
 )
 

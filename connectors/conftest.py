@@ -1,17 +1,16 @@
 """The connectors' tests. The plugin test kit is loaded here, once for every connector: pytest
-takes ``pytest_plugins`` only from a top-level conftest (the http connector's tests run on it).
+takes ``pytest_plugins`` only from a top-level conftest (copied out of this repository, a
+connector's own ``tests/conftest.py`` loads it instead).
 
-The slack, email and nats tests use the helpers below instead: a platform per test module on the
-suite's PostgreSQL and Redis (module-scoped, so several connectors' tests can share one pytest run
-without one connector's session-scoped platform serving another's), 127.0.0.1 opened for egress
-(the local servers that stand in for Slack, an SMTP relay and NATS listen there), tenants,
-connections made through ``/api/connections``, and the events a connector recorded."""
+The helpers below serve the slack, email and nats tests: a platform per test module on the kit's
+PostgreSQL and Redis (``kernel.testing.platform_settings``: module-scoped, so several connectors'
+tests share one pytest run without one connector's platform serving another's), 127.0.0.1 opened
+for egress (the local servers standing in for Slack, an SMTP relay and NATS listen there),
+tenants, connections made through ``/api/connections``, and the events a connector recorded."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +18,19 @@ import msgspec
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from kernel.app import load_app_plugins
-from kernel.context import Kernel
-from kernel.db import migrate
-from kernel.settings import Settings
-from tests.conftest import database_url, new_tenant, node_context, other_process, servers, settings_for
+from kernel import sdk
+from kernel.testing import Settings, new_tenant, platform_settings
 
 pytest_plugins = ["kernel.testing"]
 
-__all__ = [
-    "connector_settings",
-    "database_url",
-    "make_connection",
-    "node_context",
-    "other_process",
-    "recorded_events",
-    "servers",
-    "tenant_with",
-]
+__all__ = ["connector_settings", "make_connection", "recorded_events", "tenant_with"]
 
 
-async def connector_settings(database_url: str, redis_url: str, data_dir: Path, plugin: str, **env: str) -> Settings:
+async def connector_settings(servers: tuple[str, str], database_url: str, data_dir: Path, plugin: str) -> Settings:
     """A platform with ``plugin`` loaded (and migrated) and 127.0.0.1 allowed for egress."""
-    result = settings_for(
-        database_url, redis_url, data_dir, BUSINESSOS_PLUGINS=plugin,
-        BUSINESSOS_EGRESS_ALLOW_NETWORKS="127.0.0.1/32", **env,
+    return await platform_settings(
+        database_url, servers[1], data_dir, {plugin}, BUSINESSOS_EGRESS_ALLOW_NETWORKS="127.0.0.1/32"
     )
-    plugins = load_app_plugins(result.plugins_allowlist)
-    record = plugins.get(plugin)
-    assert record is not None and record.active, record and record.reason
-    await migrate.upgrade(result, database_url, plugins.migration_folders())
-    return result
 
 
 async def tenant_with(api: AsyncTestClient[Any], plugin: str, prefix: str) -> dict[str, Any]:
@@ -73,17 +54,10 @@ async def make_connection(
     return body
 
 
-async def recorded_events(kernel: Kernel, tenant_id: uuid.UUID, event: str) -> list[dict[str, Any]]:
+async def recorded_events(services: sdk.Services, tenant_id: uuid.UUID, event: str) -> list[dict[str, Any]]:
     """Payloads of ``event`` in the tenant's outbox, oldest first."""
-    async with kernel.db.tenant(tenant_id) as session:
+    async with services.data.tenant(tenant_id) as session:
         rows = await session.execute(
             text("select payload from events_outbox where event = :e order by created_at, id"), {"e": event}
         )
         return [msgspec.convert(row.payload, dict[str, Any]) for row in rows]
-
-
-@asynccontextmanager
-async def platform(settings: Settings) -> AsyncIterator[Kernel]:
-    """The platform's services in the test's loop (see ``tests.conftest.other_process``)."""
-    async with other_process(settings) as kernel:
-        yield kernel

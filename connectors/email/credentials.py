@@ -61,8 +61,12 @@ async def smtp_session(services: sdk.Services, creds: SmtpCredentials) -> AsyncI
         sock.close()
         raise _failed("host", f"cannot connect to {creds.host}:{creds.port} ({type(error).__name__})") from None
     client = aiosmtplib.SMTP(
-        hostname=creds.host.strip("[]"), sock=sock, timeout=TIMEOUT, use_tls=creds.security == "tls",
-        start_tls=creds.security == "starttls", tls_context=ssl.create_default_context(),
+        hostname=creds.host.strip("[]"),
+        sock=sock,
+        timeout=TIMEOUT,
+        use_tls=creds.security == "tls",
+        start_tls=creds.security == "starttls",
+        tls_context=ssl.create_default_context(),
     )
     try:
         try:

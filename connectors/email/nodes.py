@@ -119,7 +119,9 @@ def message_id_for(idempotency_key: str, creds: SmtpCredentials) -> str:
     return f"<{digest}@{domain}>"
 
 
-async def deliver(services: sdk.Services, creds: SmtpCredentials, config: SendEmailConfig, message_id: str) -> SentEmail:
+async def deliver(
+    services: sdk.Services, creds: SmtpCredentials, config: SendEmailConfig, message_id: str
+) -> SentEmail:
     """Send ``config`` through the relay of ``creds`` (the runner's logic, given credentials)."""
     message = build_message(creds, config, message_id)
     recipients = [*config.to, *config.cc, *config.bcc]
@@ -127,14 +129,18 @@ async def deliver(services: sdk.Services, creds: SmtpCredentials, config: SendEm
         try:
             refused, _reply = await client.send_message(message, sender=creds.from_address, recipients=recipients)
         except aiosmtplib.SMTPRecipientsRefused as error:
-            raise _bad("to", "the relay refused every recipient: "
-                       + "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients)) from None
+            raise _bad(
+                "to",
+                "the relay refused every recipient: "
+                + "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in error.recipients),
+            ) from None
         except aiosmtplib.SMTPSenderRefused as error:
             raise _bad("from_address", f"the relay refused the sender ({error.code} {error.message})") from None
         except aiosmtplib.SMTPResponseException as error:
             raise sdk.EgressFailed(f"SMTP: the relay refused the message ({error.code} {error.message})") from None
     return SentEmail(
-        message_id=message_id, accepted=[r for r in recipients if r not in refused],
+        message_id=message_id,
+        accepted=[r for r in recipients if r not in refused],
         refused={r: f"{code} {text}" for r, (code, text) in refused.items()},
     )
 
@@ -146,7 +152,13 @@ async def send_email(ctx: sdk.NodeContext, config: Any) -> SentEmail:
 
 
 NODES = (
-    sdk.NodeSpec(key="email.send", kind="action", title="Send an e-mail", config=SendEmailConfig,
-                 output=SentEmail, run=send_email,
-                 description="Through an SMTP connection: to/cc/bcc, text and/or HTML, attachments, reply-to."),
+    sdk.NodeSpec(
+        key="email.send",
+        kind="action",
+        title="Send an e-mail",
+        config=SendEmailConfig,
+        output=SentEmail,
+        run=send_email,
+        description="Through an SMTP connection: to/cc/bcc, text and/or HTML, attachments, reply-to.",
+    ),
 )

@@ -88,8 +88,15 @@ def _payload(config: ConsumerSettings, consumer: str, msg: Msg) -> NatsMessageRe
             text = None
     meta = msg.metadata
     return NatsMessageReceived(
-        connection=str(config.connection), stream=meta.stream, consumer=consumer, subject=msg.subject,
-        sequence=meta.sequence.stream, msg_id=headers.get("Nats-Msg-Id"), headers=headers, data=data, text=text,
+        connection=str(config.connection),
+        stream=meta.stream,
+        consumer=consumer,
+        subject=msg.subject,
+        sequence=meta.sequence.stream,
+        msg_id=headers.get("Nats-Msg-Id"),
+        headers=headers,
+        data=data,
+        text=text,
     )
 
 
@@ -102,8 +109,9 @@ async def record_message(
     async with services.data.tenant(tenant_id) as session:
         fresh = await session.execute(
             insert(ReceivedMessage)
-            .values(tenant_id=tenant_id, id=sdk.uuid7(), consumer=consumer, stream=payload.stream,
-                    sequence=payload.sequence)
+            .values(
+                tenant_id=tenant_id, id=sdk.uuid7(), consumer=consumer, stream=payload.stream, sequence=payload.sequence
+            )
             .on_conflict_do_nothing(constraint="uq_nats_received_message")
             .returning(ReceivedMessage.id)
         )
@@ -121,10 +129,16 @@ async def consume(services: sdk.Services, tenant_id: uuid.UUID, config: Consumer
             creds = await services.connections.open(tenant_id, config.connection, NatsCredentials)
             async with nats_client(services, creds, reconnect=True, name=f"businessos-{consumer}") as client:
                 js = client.jetstream()
-                await js.add_consumer(config.stream, ConsumerConfig(
-                    durable_name=consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                    filter_subject=config.subject or None, ack_wait=config.ack_wait_seconds,
-                ))
+                await js.add_consumer(
+                    config.stream,
+                    ConsumerConfig(
+                        durable_name=consumer,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        filter_subject=config.subject or None,
+                        ack_wait=config.ack_wait_seconds,
+                    ),
+                )
                 subscription = await js.pull_subscribe_bind(durable=consumer, stream=config.stream)
                 while True:
                     try:
@@ -137,8 +151,13 @@ async def consume(services: sdk.Services, tenant_id: uuid.UUID, config: Consumer
         except asyncio.CancelledError:
             raise
         except Exception as error:  # an outage or a broken connection: try again later
-            log.warning("nats consumer %s of tenant %s: %s: %s", consumer, tenant_id, type(error).__name__,
-                        getattr(error, "detail", error))
+            log.warning(
+                "nats consumer %s of tenant %s: %s: %s",
+                consumer,
+                tenant_id,
+                type(error).__name__,
+                getattr(error, "detail", error),
+            )
             await asyncio.sleep(RETRY_SECONDS)
 
 

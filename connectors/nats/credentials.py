@@ -77,8 +77,11 @@ async def nats_client(
     loss (long-lived consumers) instead of failing."""
     servers, tls_name = await _judged_servers(services, creds.servers)
     options: dict[str, Any] = {
-        "servers": servers, "name": name, "connect_timeout": CONNECT_SECONDS,
-        "allow_reconnect": reconnect, "max_reconnect_attempts": -1 if reconnect else 0,
+        "servers": servers,
+        "name": name,
+        "connect_timeout": CONNECT_SECONDS,
+        "allow_reconnect": reconnect,
+        "max_reconnect_attempts": -1 if reconnect else 0,
     }
     if tls_name is not None:
         options["tls"] = ssl.create_default_context()

@@ -122,8 +122,9 @@ async def send(services: sdk.Services, creds: NatsCredentials, config: PublishCo
             raise _failed("subject", f"no JetStream stream takes {config.subject!r}") from None
         except (NatsError, NatsTimeout, TimeoutError) as error:
             raise sdk.EgressFailed(f"NATS: publishing failed ({type(error).__name__})") from None
-    return Published(subject=config.subject, msg_id=msg_id, stream=ack.stream, sequence=ack.seq,
-                     duplicate=bool(ack.duplicate))
+    return Published(
+        subject=config.subject, msg_id=msg_id, stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate)
+    )
 
 
 async def publish(ctx: sdk.NodeContext, config: Any) -> Published:
@@ -132,9 +133,21 @@ async def publish(ctx: sdk.NodeContext, config: Any) -> Published:
 
 
 NODES = (
-    sdk.NodeSpec(key="nats.publish", kind="action", title="Publish a NATS message", config=PublishConfig,
-                 output=Published, run=publish),
-    sdk.NodeSpec(key="nats.message_received", kind="trigger", title="NATS message received",
-                 config=MessageConfig, output=NatsMessageReceived, event="nats.message.received",
-                 filter=message_matches),
+    sdk.NodeSpec(
+        key="nats.publish",
+        kind="action",
+        title="Publish a NATS message",
+        config=PublishConfig,
+        output=Published,
+        run=publish,
+    ),
+    sdk.NodeSpec(
+        key="nats.message_received",
+        kind="trigger",
+        title="NATS message received",
+        config=MessageConfig,
+        output=NatsMessageReceived,
+        event="nats.message.received",
+        filter=message_matches,
+    ),
 )

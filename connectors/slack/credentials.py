@@ -53,10 +53,14 @@ class EgressResolver(AbstractResolver):
     def __init__(self, http: sdk.EgressClient) -> None:
         self._http = http
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         address = await self._http.check_host(host, port or 443, field=API_URL_VARIABLE)
         kind = socket.AF_INET6 if ":" in address else socket.AF_INET
-        return [ResolveResult(hostname=host, host=address, port=port, family=kind, proto=0, flags=socket.AI_NUMERICHOST)]
+        return [
+            ResolveResult(hostname=host, host=address, port=port, family=kind, proto=0, flags=socket.AI_NUMERICHOST)
+        ]
 
     async def close(self) -> None:
         return None
@@ -69,8 +73,9 @@ async def web_client(services: sdk.Services, creds: SlackCredentials) -> AsyncIt
     here first as well)."""
     base = api_url()
     parts = urlsplit(base)
-    await services.http.check_host(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
-                                   field=API_URL_VARIABLE)
+    await services.http.check_host(
+        parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), field=API_URL_VARIABLE
+    )
     connector = aiohttp.TCPConnector(resolver=EgressResolver(services.http), limit=10)
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
         yield AsyncWebClient(token=creds.bot_token, base_url=base, session=session, timeout=30)
@@ -90,8 +95,9 @@ def refusal(error: SlackApiError, field: str = "bot_token") -> sdk.Unprocessable
         "missing_scope": "the bot token lacks a scope this needs",
     }
     message = f"{hints.get(code, 'Slack refused the call')} ({code})"
-    return sdk.Unprocessable(f"Slack: {message}", errors=[sdk.FieldError(field=field, message=message)],
-                             extra={"slack_error": code})
+    return sdk.Unprocessable(
+        f"Slack: {message}", errors=[sdk.FieldError(field=field, message=message)], extra={"slack_error": code}
+    )
 
 
 async def check(services: sdk.Services, creds: Any) -> None:
@@ -99,8 +105,9 @@ async def check(services: sdk.Services, creds: Any) -> None:
     ``bot_token`` (with Slack's error code) otherwise."""
     assert isinstance(creds, SlackCredentials)
     if not creds.bot_token.strip():
-        raise sdk.Unprocessable("Slack: the bot token is empty",
-                                errors=[sdk.FieldError(field="bot_token", message="required")])
+        raise sdk.Unprocessable(
+            "Slack: the bot token is empty", errors=[sdk.FieldError(field="bot_token", message="required")]
+        )
     async with web_client(services, creds) as client:
         try:
             await client.auth_test()

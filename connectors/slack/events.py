@@ -27,8 +27,11 @@ __all__ = ["SLACK_SIGNATURE", "EventsUrl", "EventsUrlRequest", "create_events_ur
 MANAGE = "slack.endpoints.manage"
 
 SLACK_SIGNATURE = sdk.HmacScheme(
-    header="X-Slack-Signature", prefix="v0=", timestamp_header="X-Slack-Request-Timestamp",
-    template="v0:{timestamp}:{body}", tolerance=300,
+    header="X-Slack-Signature",
+    prefix="v0=",
+    timestamp_header="X-Slack-Request-Timestamp",
+    template="v0:{timestamp}:{body}",
+    tolerance=300,
 )
 
 
@@ -68,14 +71,21 @@ async def on_slack_event(hook: sdk.InboundWebhook) -> sdk.WebhookReply | None:
         return None  # app_rate_limited and future envelope types: acknowledged, nothing to start
     event = envelope.event
     payload = SlackEventReceived(
-        connection=str(connection), event_id=envelope.event_id or "", team_id=envelope.team_id,
-        type=str(event.get("type") or ""), channel=_text(event.get("channel")), user=_text(event.get("user")),
-        text=_text(event.get("text")), ts=_text(event.get("ts") or event.get("event_ts")),
-        thread_ts=_text(event.get("thread_ts")), event=event,
+        connection=str(connection),
+        event_id=envelope.event_id or "",
+        team_id=envelope.team_id,
+        type=str(event.get("type") or ""),
+        channel=_text(event.get("channel")),
+        user=_text(event.get("user")),
+        text=_text(event.get("text")),
+        ts=_text(event.get("ts") or event.get("event_ts")),
+        thread_ts=_text(event.get("thread_ts")),
+        event=event,
     )
     async with hook.services.data.tenant(hook.tenant_id) as session:
-        await hook.services.changes.emit(session, tenant_id=hook.tenant_id, event="slack.event.received",
-                                         payload=payload)
+        await hook.services.changes.emit(
+            session, tenant_id=hook.tenant_id, event="slack.event.received", payload=payload
+        )
     return None
 
 
@@ -98,7 +108,9 @@ async def create_events_url(
     or another tenant's connection)."""
     creds = await services.connections.open(tenant.id, data.connection, SlackCredentials)
     if not creds.signing_secret:
-        raise sdk.Unprocessable("the connection has no signing secret",
-                                errors=[sdk.FieldError(field="connection", message="the connection has no signing secret")])
+        raise sdk.Unprocessable(
+            "the connection has no signing secret",
+            errors=[sdk.FieldError(field="connection", message="the connection has no signing secret")],
+        )
     created = await services.webhooks.create(tenant.id, "events", actor=sdk.Actor.of_request(request))
     return EventsUrl(endpoint_id=created.id, path=f"{created.path}?connection={data.connection}")

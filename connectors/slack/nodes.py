@@ -137,8 +137,9 @@ async def channel_id(client: AsyncWebClient, name: str) -> str:
 
 async def _post(client: AsyncWebClient, channel: str, config: PostMessageConfig | PostToChannelConfig) -> PostedMessage:
     if not config.text and not config.blocks:
-        raise sdk.Unprocessable("a message needs text or blocks",
-                                errors=[sdk.FieldError(field="text", message="text or blocks required")])
+        raise sdk.Unprocessable(
+            "a message needs text or blocks", errors=[sdk.FieldError(field="text", message="text or blocks required")]
+        )
     args: dict[str, Any] = {"channel": channel, "text": config.text}
     if config.blocks:
         args["blocks"] = config.blocks
@@ -196,8 +197,13 @@ async def lookup_user(services: sdk.Services, creds: SlackCredentials, config: F
             raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
     user = answer.get("user") or {}
     profile = user.get("profile") or {}
-    return SlackUser(found=True, id=user.get("id"), name=user.get("name"),
-                     real_name=user.get("real_name") or profile.get("real_name"), email=profile.get("email"))
+    return SlackUser(
+        found=True,
+        id=user.get("id"),
+        name=user.get("name"),
+        real_name=user.get("real_name") or profile.get("real_name"),
+        email=profile.get("email"),
+    )
 
 
 _CHANNEL_ERRORS = {"channel_not_found", "not_in_channel", "is_archived"}
@@ -228,13 +234,37 @@ def event_matches(config: Any, payload: Any) -> bool:
 
 
 NODES = (
-    sdk.NodeSpec(key="slack.post_message", kind="action", title="Post a Slack message",
-                 config=PostMessageConfig, output=PostedMessage, run=post_message),
-    sdk.NodeSpec(key="slack.post_to_channel", kind="action", title="Post to a Slack channel by name",
-                 config=PostToChannelConfig, output=PostedMessage, run=post_to_channel),
-    sdk.NodeSpec(key="slack.find_user", kind="action", title="Find a Slack user by e-mail",
-                 config=FindUserConfig, output=SlackUser, run=find_user),
-    sdk.NodeSpec(key="slack.event_received", kind="trigger", title="Slack event received",
-                 config=SlackEventConfig, output=SlackEventReceived, event="slack.event.received",
-                 filter=event_matches),
+    sdk.NodeSpec(
+        key="slack.post_message",
+        kind="action",
+        title="Post a Slack message",
+        config=PostMessageConfig,
+        output=PostedMessage,
+        run=post_message,
+    ),
+    sdk.NodeSpec(
+        key="slack.post_to_channel",
+        kind="action",
+        title="Post to a Slack channel by name",
+        config=PostToChannelConfig,
+        output=PostedMessage,
+        run=post_to_channel,
+    ),
+    sdk.NodeSpec(
+        key="slack.find_user",
+        kind="action",
+        title="Find a Slack user by e-mail",
+        config=FindUserConfig,
+        output=SlackUser,
+        run=find_user,
+    ),
+    sdk.NodeSpec(
+        key="slack.event_received",
+        kind="trigger",
+        title="Slack event received",
+        config=SlackEventConfig,
+        output=SlackEventReceived,
+        event="slack.event.received",
+        filter=event_matches,
+    ),
 )

@@ -16,13 +16,11 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from connectors.conftest import connector_settings, make_connection, node_context, other_process, tenant_with
+from connectors.conftest import connector_settings, make_connection, tenant_with
 from connectors.email.nodes import MAX_ATTACHMENT_BYTES, NODES, Attachment, SendEmailConfig
 from connectors.email.tests.smtp_servers import PASSWORD, USER, SmtpServers, running_smtp
 from kernel import sdk
-from kernel.egress import EgressClient
-from kernel.settings import Settings
-from kernel.testing import open_client
+from kernel.testing import Settings, node_context, open_client, open_services
 
 SEND = NODES[0].run
 
@@ -42,9 +40,11 @@ def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServers]:
 
 @pytest.fixture(scope="module")
 async def email_settings(
-    database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    businessos_servers: tuple[str, str], businessos_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    return await connector_settings(database_url, servers[1], Path(tmp_path_factory.mktemp("email")), "email")
+    return await connector_settings(
+        businessos_servers, businessos_database_url, Path(tmp_path_factory.mktemp("email")), "email"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,21 @@ async def api(email_settings: Settings, smtp: SmtpServers) -> AsyncIterator[Asyn
 
 
 def _creds(smtp: SmtpServers, **changes: Any) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": smtp.starttls, "security": "starttls", "username": USER,
-            "password": PASSWORD, "from_address": "robot@example.com", "from_name": "Acme Robot", **changes}
+    return {
+        "host": "127.0.0.1",
+        "port": smtp.starttls,
+        "security": "starttls",
+        "username": USER,
+        "password": PASSWORD,
+        "from_address": "robot@example.com",
+        "from_name": "Acme Robot",
+        **changes,
+    }
 
 
-async def _connected(api: AsyncTestClient[Any], smtp: SmtpServers, prefix: str = "mail", **changes: Any
-                     ) -> tuple[dict[str, Any], uuid.UUID]:
+async def _connected(
+    api: AsyncTestClient[Any], smtp: SmtpServers, prefix: str = "mail", **changes: Any
+) -> tuple[dict[str, Any], uuid.UUID]:
     tenant = await tenant_with(api, "email", prefix)
     made = await make_connection(api, tenant, "email.smtp", _creds(smtp, **changes))
     return tenant, uuid.UUID(made["id"])
@@ -120,16 +129,24 @@ async def test_send_with_cc_bcc_html_attachment_and_reply_to(
     tenant, connection = await _connected(api, smtp)
     report = b"%PDF-1.4 quarterly numbers\x00\x01"
     config = SendEmailConfig(
-        connection=connection, to=["ada@example.com"], cc=["grace@example.com"], bcc=["audit@example.com"],
-        subject="Quarterly report: 12% up", text="Numbers attached.", html="<p>Numbers <b>attached</b>.</p>",
+        connection=connection,
+        to=["ada@example.com"],
+        cc=["grace@example.com"],
+        bcc=["audit@example.com"],
+        subject="Quarterly report: 12% up",
+        text="Numbers attached.",
+        html="<p>Numbers <b>attached</b>.</p>",
         reply_to="sales@example.com",
-        attachments=[Attachment(filename="report.pdf", content_base64=base64.b64encode(report).decode(),
-                                content_type="application/pdf")],
+        attachments=[
+            Attachment(
+                filename="report.pdf", content_base64=base64.b64encode(report).decode(), content_type="application/pdf"
+            )
+        ],
     )
     assert SEND is not None
     received = len(smtp.inbox.envelopes)
-    async with other_process(email_settings) as kernel:
-        ctx = node_context(kernel, "email", tenant["uuid"])
+    async with open_services(email_settings, "email") as services:
+        ctx = node_context(services, tenant["uuid"])
         sent = await SEND(ctx, config)
         again = await SEND(ctx, config)  # a retried step: the same Message-ID
     assert sent.accepted == ["ada@example.com", "grace@example.com", "audit@example.com"] and sent.refused == {}
@@ -158,9 +175,11 @@ async def test_send_over_tls_from_the_start(
 ) -> None:
     tenant, connection = await _connected(api, smtp, port=smtp.tls, security="tls")
     assert SEND is not None
-    async with other_process(email_settings) as kernel:
-        sent = await SEND(node_context(kernel, "email", tenant["uuid"]), SendEmailConfig(
-            connection=connection, to=["ada@example.com"], subject="html only", html="<h1>Hi</h1>"))
+    async with open_services(email_settings, "email") as services:
+        sent = await SEND(
+            node_context(services, tenant["uuid"]),
+            SendEmailConfig(connection=connection, to=["ada@example.com"], subject="html only", html="<h1>Hi</h1>"),
+        )
     assert sent.accepted == ["ada@example.com"]
     message = email.message_from_bytes(smtp.inbox.envelopes[-1].content, policy=email.policy.default)  # type: ignore[arg-type]
     assert message["Message-ID"] == sent.message_id and message.get_content_type() == "text/html"
@@ -173,16 +192,23 @@ async def test_bad_attachments_and_empty_bodies_are_refused_naming_the_field(
     assert SEND is not None
     big = base64.b64encode(b"x" * (MAX_ATTACHMENT_BYTES // 2 + 1)).decode()
     cases = {
-        "attachments[1]": [Attachment(filename="a.bin", content_base64=big), Attachment(filename="b.bin", content_base64=big)],
+        "attachments[1]": [
+            Attachment(filename="a.bin", content_base64=big),
+            Attachment(filename="b.bin", content_base64=big),
+        ],
         "attachments[0].content_base64": [Attachment(filename="a.bin", content_base64="not base64!")],
     }
     received = len(smtp.inbox.envelopes)
-    async with other_process(email_settings) as kernel:
-        ctx = node_context(kernel, "email", tenant["uuid"])
+    async with open_services(email_settings, "email") as services:
+        ctx = node_context(services, tenant["uuid"])
         for field, attachments in cases.items():
             with pytest.raises(sdk.Unprocessable) as refused:
-                await SEND(ctx, SendEmailConfig(connection=connection, to=["a@example.com"], subject="s", text="t",
-                                                attachments=attachments))
+                await SEND(
+                    ctx,
+                    SendEmailConfig(
+                        connection=connection, to=["a@example.com"], subject="s", text="t", attachments=attachments
+                    ),
+                )
             assert refused.value.errors[0].field == field
         with pytest.raises(sdk.Unprocessable) as empty:
             await SEND(ctx, SendEmailConfig(connection=connection, to=["a@example.com"], subject="s"))
@@ -199,13 +225,15 @@ async def test_another_tenants_connection_cannot_be_used_and_private_relays_are_
     assert SEND is not None
     config = SendEmailConfig(connection=theirs, to=["a@example.com"], subject="s", text="t")
     received = len(smtp.inbox.envelopes)
-    async with other_process(email_settings) as kernel:
+    async with open_services(email_settings, "email") as services:
         with pytest.raises(sdk.NotFound):
-            await SEND(node_context(kernel, "email", other["uuid"]), config)
+            await SEND(node_context(services, other["uuid"]), config)
         tenant, mine = await _connected(api, smtp, "mail-c")
-        kernel.services("email").http = EgressClient()  # without the operator's allowlist: no 127.0.0.1
+        services.http = sdk.EgressClient()  # without the operator's allowlist: no 127.0.0.1
         with pytest.raises(sdk.EgressRefused) as refused:
-            await SEND(node_context(kernel, "email", tenant["uuid"]),
-                       SendEmailConfig(connection=mine, to=["a@example.com"], subject="s", text="t"))
+            await SEND(
+                node_context(services, tenant["uuid"]),
+                SendEmailConfig(connection=mine, to=["a@example.com"], subject="s", text="t"),
+            )
         assert refused.value.errors[0].field == "host"
     assert len(smtp.inbox.envelopes) == received

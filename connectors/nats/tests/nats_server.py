@@ -48,8 +48,22 @@ def running_nats(folder: Path) -> Iterator[NatsServer]:
     """The server, stopped (and its JetStream store left in ``folder``) on exit."""
     port = _free_port()
     log = folder / "nats-server.log"
-    command = [server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "jetstream"),
-               "--user", USER, "--pass", PASSWORD, "-l", str(log)]
+    command = [
+        server_binary(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-js",
+        "-sd",
+        str(folder / "jetstream"),
+        "--user",
+        USER,
+        "--pass",
+        PASSWORD,
+        "-l",
+        str(log),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + START_SECONDS

@@ -14,20 +14,12 @@ import pytest
 from litestar.testing import AsyncTestClient
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from connectors.conftest import (
-    connector_settings,
-    make_connection,
-    node_context,
-    other_process,
-    recorded_events,
-    tenant_with,
-)
+from connectors.conftest import connector_settings, make_connection, recorded_events, tenant_with
 from connectors.nats.consumers import REFRESH_VARIABLE, ConsumerSettings, consumer_name, record_message
 from connectors.nats.nodes import NODES, MessageConfig, PublishConfig, message_matches, subject_matches
 from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer, running_nats
 from kernel import sdk
-from kernel.settings import Settings
-from kernel.testing import eventually, open_client
+from kernel.testing import Settings, eventually, node_context, open_client, open_services
 
 PUBLISH = NODES[0].run
 
@@ -52,13 +44,17 @@ def quick_refresh() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 async def nats_settings(
-    database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    businessos_servers: tuple[str, str], businessos_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    return await connector_settings(database_url, servers[1], Path(tmp_path_factory.mktemp("natsdata")), "nats")
+    return await connector_settings(
+        businessos_servers, businessos_database_url, Path(tmp_path_factory.mktemp("natsdata")), "nats"
+    )
 
 
 @pytest.fixture(scope="module")
-async def api(nats_settings: Settings, nats_server: NatsServer, quick_refresh: None) -> AsyncIterator[AsyncTestClient[Any]]:
+async def api(
+    nats_settings: Settings, nats_server: NatsServer, quick_refresh: None
+) -> AsyncIterator[AsyncTestClient[Any]]:
     async with open_client(nats_settings) as client:
         yield client
 
@@ -75,7 +71,9 @@ def _creds(server: NatsServer, **changes: Any) -> dict[str, Any]:
     return {"servers": server.url, "user": USER, "password": PASSWORD, **changes}
 
 
-async def _connected(api: AsyncTestClient[Any], server: NatsServer, prefix: str = "nats") -> tuple[dict[str, Any], uuid.UUID]:
+async def _connected(
+    api: AsyncTestClient[Any], server: NatsServer, prefix: str = "nats"
+) -> tuple[dict[str, Any], uuid.UUID]:
     tenant = await tenant_with(api, "nats", prefix)
     made = await make_connection(api, tenant, "nats.server", _creds(server))
     return tenant, uuid.UUID(made["id"])
@@ -100,8 +98,9 @@ async def test_check_connects_and_names_what_failed(api: AsyncTestClient[Any], n
         failed = (await api.post(f"/api/connections/{made['id']}/test", headers=tenant["h"])).json()
         assert failed["ok"] is False, failed
         assert [e["field"].rsplit(".", 1)[-1] for e in failed["error"]["errors"]] == [field], failed
-    private = await make_connection(api, tenant, "nats.server", _creds(nats_server, servers="nats://10.9.8.7:4222"),
-                                    name="private")
+    private = await make_connection(
+        api, tenant, "nats.server", _creds(nats_server, servers="nats://10.9.8.7:4222"), name="private"
+    )
     refused = (await api.post(f"/api/connections/{private['id']}/test", headers=tenant["h"])).json()
     assert refused["ok"] is False and "not a public address" in refused["error"]["detail"]
 
@@ -114,11 +113,11 @@ async def test_publish_sends_the_steps_key_as_nats_msg_id_so_retries_are_stored_
     subject = f"orders-{tenant['slug']}.created"
     config = PublishConfig(connection=connection, subject=subject, payload={"order": 42}, headers={"X-Source": "crm"})
     assert PUBLISH is not None
-    async with other_process(nats_settings) as kernel:
-        ctx = node_context(kernel, "nats", tenant["uuid"])
+    async with open_services(nats_settings, "nats") as services:
+        ctx = node_context(services, tenant["uuid"])
         first = await PUBLISH(ctx, config)
         retried = await PUBLISH(ctx, config)  # the same step again: JetStream keeps one
-        other_step = await PUBLISH(node_context(kernel, "nats", tenant["uuid"], step_id="step-2"), config)
+        other_step = await PUBLISH(node_context(services, tenant["uuid"], step_id="step-2"), config)
         with pytest.raises(sdk.Unprocessable) as nowhere:
             await PUBLISH(ctx, PublishConfig(connection=connection, subject="no.stream.here", payload=1))
     assert (first.stream, first.duplicate, first.msg_id) == (stream, False, ctx.idempotency_key)
@@ -137,10 +136,11 @@ async def test_another_tenants_connection_cannot_be_used(
     other = await tenant_with(api, "nats", "nats-b")
     assert (await api.get(f"/api/connections/{theirs}", headers=other["h"])).status_code == 404
     assert PUBLISH is not None
-    async with other_process(nats_settings) as kernel:
+    async with open_services(nats_settings, "nats") as services:
         with pytest.raises(sdk.NotFound):
-            await PUBLISH(node_context(kernel, "nats", other["uuid"]),
-                          PublishConfig(connection=theirs, subject="x.y", payload=1))
+            await PUBLISH(
+                node_context(services, other["uuid"]), PublishConfig(connection=theirs, subject="x.y", payload=1)
+            )
 
 
 async def test_consumer_records_each_message_once_then_acknowledges_it(
@@ -148,28 +148,37 @@ async def test_consumer_records_each_message_once_then_acknowledges_it(
 ) -> None:
     tenant, connection = await _connected(api, nats_server)
     stream = await _stream(js, [f"in-{tenant['slug']}.>"])
-    wanted = ConsumerSettings(connection=connection, stream=stream, subject=f"in-{tenant['slug']}.*",
-                              ack_wait_seconds=1.0)
+    wanted = ConsumerSettings(
+        connection=connection, stream=stream, subject=f"in-{tenant['slug']}.*", ack_wait_seconds=1.0
+    )
     consumer = consumer_name(tenant["uuid"], wanted)
 
     # A process took the first message and died before recording it: it was never acknowledged.
     await js.publish(f"in-{tenant['slug']}.a", b'{"n": 1}', headers={"Nats-Msg-Id": "m-1"})
-    await js.add_consumer(stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT,
-                                                 filter_subject=wanted.subject, ack_wait=1.0))
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=consumer, ack_policy=AckPolicy.EXPLICIT, filter_subject=wanted.subject, ack_wait=1.0
+        ),
+    )
     crashed = await js.pull_subscribe_bind(durable=consumer, stream=stream)
     [taken] = await crashed.fetch(1, timeout=5)
     assert taken.metadata.num_delivered == 1
 
-    settings = {"consumers": [{"connection": str(connection), "stream": stream, "subject": wanted.subject,
-                               "ack_wait_seconds": 1.0}]}
+    settings = {
+        "consumers": [
+            {"connection": str(connection), "stream": stream, "subject": wanted.subject, "ack_wait_seconds": 1.0}
+        ]
+    }
     saved = await api.put("/api/modules/nats/settings", json=settings, headers=tenant["h"])
     assert saved.status_code == 200, saved.text
     await js.publish(f"in-{tenant['slug']}.b", b"plain text", headers={"Nats-Msg-Id": "m-2"})
     await js.publish(f"in-{tenant['slug']}.b", b"plain text", headers={"Nats-Msg-Id": "m-2"})  # deduplicated
 
-    async with other_process(nats_settings) as kernel:
+    async with open_services(nats_settings, "nats") as services:
+
         async def both_recorded() -> bool:
-            return len(await recorded_events(kernel, tenant["uuid"], "nats.message.received")) >= 2
+            return len(await recorded_events(services, tenant["uuid"], "nats.message.received")) >= 2
 
         await eventually(both_recorded, timeout=30)
 
@@ -178,10 +187,13 @@ async def test_consumer_records_each_message_once_then_acknowledges_it(
             return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
         await eventually(all_acknowledged, timeout=30)
-        events = sorted(await recorded_events(kernel, tenant["uuid"], "nats.message.received"),
-                        key=lambda e: e["sequence"])
+        events = sorted(
+            await recorded_events(services, tenant["uuid"], "nats.message.received"), key=lambda e: e["sequence"]
+        )
         assert [(e["sequence"], e["msg_id"], e["data"], e["text"]) for e in events] == [
-            (1, "m-1", {"n": 1}, None), (2, "m-2", None, "plain text")]
+            (1, "m-1", {"n": 1}, None),
+            (2, "m-2", None, "plain text"),
+        ]
         assert {(e["stream"], e["consumer"], e["connection"]) for e in events} == {(stream, consumer, str(connection))}
 
         # A redelivery after the event was recorded (the ack was lost) records nothing new.
@@ -189,9 +201,8 @@ async def test_consumer_records_each_message_once_then_acknowledges_it(
         await js.add_consumer(stream, ConsumerConfig(durable_name=other, ack_policy=AckPolicy.EXPLICIT))
         replay = await js.pull_subscribe_bind(durable=other, stream=stream)
         messages = await replay.fetch(2, timeout=5)
-        services = kernel.services("nats")
         assert [await record_message(services, tenant["uuid"], wanted, consumer, m) for m in messages] == [False, False]
-        assert len(await recorded_events(kernel, tenant["uuid"], "nats.message.received")) == 2
+        assert len(await recorded_events(services, tenant["uuid"], "nats.message.received")) == 2
 
 
 def test_trigger_filters_by_stream_and_subject_wildcards() -> None:

@@ -22,13 +22,19 @@ class FakeSlack:
     """A workspace: channels (more than one ``conversations.list`` page), users, posted messages."""
 
     channels: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"id": f"C{i:07d}", "name": f"room-{i}", "is_archived": False} for i in range(450)]
-        + [{"id": "CGENERAL1", "name": "general", "is_archived": False}]
+        default_factory=lambda: (
+            [{"id": f"C{i:07d}", "name": f"room-{i}", "is_archived": False} for i in range(450)]
+            + [{"id": "CGENERAL1", "name": "general", "is_archived": False}]
+        )
     )
     users: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
-            "ada@example.com": {"id": "U0ADA", "name": "ada", "real_name": "Ada Lovelace",
-                                "profile": {"email": "ada@example.com", "real_name": "Ada Lovelace"}},
+            "ada@example.com": {
+                "id": "U0ADA",
+                "name": "ada",
+                "real_name": "Ada Lovelace",
+                "profile": {"email": "ada@example.com", "real_name": "Ada Lovelace"},
+            },
         }
     )
     posted: list[dict[str, Any]] = field(default_factory=list)
@@ -59,13 +65,20 @@ class FakeSlack:
         return web.json_response(answer)
 
     def auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "url": "https://fake.slack.test/", "team": "Fake", "user": "bot", "team_id": "T0FAKE",
-                "user_id": "U0BOT", "bot_id": "B0BOT"}
+        return {
+            "ok": True,
+            "url": "https://fake.slack.test/",
+            "team": "Fake",
+            "user": "bot",
+            "team_id": "T0FAKE",
+            "user_id": "U0BOT",
+            "bot_id": "B0BOT",
+        }
 
     def conversations_list(self, args: dict[str, Any]) -> dict[str, Any]:
         start = int(args.get("cursor") or 0)
         limit = int(args.get("limit") or 100)
-        page = self.channels[start:start + limit]
+        page = self.channels[start : start + limit]
         following = start + limit if start + limit < len(self.channels) else None
         return {"ok": True, "channels": page, "response_metadata": {"next_cursor": str(following or "")}}
 

@@ -16,14 +16,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from slack_sdk.signature import SignatureVerifier
 
-from connectors.conftest import (
-    connector_settings,
-    make_connection,
-    node_context,
-    other_process,
-    recorded_events,
-    tenant_with,
-)
+from connectors.conftest import connector_settings, make_connection, recorded_events, tenant_with
 from connectors.slack.credentials import API_URL_VARIABLE
 from connectors.slack.nodes import (
     NODES,
@@ -35,9 +28,7 @@ from connectors.slack.nodes import (
 )
 from connectors.slack.tests.fake_slack import GOOD_TOKEN, FakeSlack, running_slack
 from kernel import sdk
-from kernel.egress import EgressClient
-from kernel.settings import Settings
-from kernel.testing import open_client
+from kernel.testing import Settings, node_context, open_client, open_services
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 RUNNERS = {spec.key: spec.run for spec in NODES}
@@ -62,9 +53,11 @@ def fake(slack_url_env: None) -> Iterator[FakeSlack]:
 
 @pytest.fixture(scope="module")
 async def slack_settings(
-    database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    businessos_servers: tuple[str, str], businessos_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    return await connector_settings(database_url, servers[1], Path(tmp_path_factory.mktemp("slack")), "slack")
+    return await connector_settings(
+        businessos_servers, businessos_database_url, Path(tmp_path_factory.mktemp("slack")), "slack"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,9 @@ async def api(slack_settings: Settings, fake: FakeSlack) -> AsyncIterator[AsyncT
         yield client
 
 
-async def _connected(api: AsyncTestClient[Any], prefix: str = "slk", token: str = GOOD_TOKEN) -> tuple[dict[str, Any], uuid.UUID]:
+async def _connected(
+    api: AsyncTestClient[Any], prefix: str = "slk", token: str = GOOD_TOKEN
+) -> tuple[dict[str, Any], uuid.UUID]:
     tenant = await tenant_with(api, "slack", prefix)
     made = await make_connection(api, tenant, "slack.bot", {"bot_token": token, "signing_secret": SIGNING_SECRET})
     return tenant, uuid.UUID(made["id"])
@@ -82,8 +77,8 @@ async def _connected(api: AsyncTestClient[Any], prefix: str = "slk", token: str 
 async def _run(settings: Settings, tenant: dict[str, Any], key: str, config: Any, ctx_of: Any = None) -> Any:
     runner = RUNNERS[key]
     assert runner is not None
-    async with other_process(settings) as kernel:
-        return await runner(ctx_of or node_context(kernel, "slack", tenant["uuid"]), config)
+    async with open_services(settings, "slack") as services:
+        return await runner(ctx_of or node_context(services, tenant["uuid"]), config)
 
 
 async def test_check_passes_with_the_bot_token_and_names_slacks_error_otherwise(
@@ -108,17 +103,35 @@ async def test_post_message_with_blocks_then_a_thread_reply(
 ) -> None:
     tenant, connection = await _connected(api)
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*Deal won*: ACME"}}]
-    first = await _run(slack_settings, tenant, "slack.post_message", PostMessageConfig(
-        connection=connection, channel="CGENERAL1", text="Deal won: ACME", blocks=blocks))
+    first = await _run(
+        slack_settings,
+        tenant,
+        "slack.post_message",
+        PostMessageConfig(connection=connection, channel="CGENERAL1", text="Deal won: ACME", blocks=blocks),
+    )
     assert fake.posted[-1]["blocks"] == blocks and fake.posted[-1]["text"] == "Deal won: ACME"
-    reply = await _run(slack_settings, tenant, "slack.post_message", PostMessageConfig(
-        connection=connection, channel="CGENERAL1", text="details in thread", thread_ts=first.ts, reply_broadcast=True))
+    reply = await _run(
+        slack_settings,
+        tenant,
+        "slack.post_message",
+        PostMessageConfig(
+            connection=connection,
+            channel="CGENERAL1",
+            text="details in thread",
+            thread_ts=first.ts,
+            reply_broadcast=True,
+        ),
+    )
     assert fake.posted[-1]["thread_ts"] == first.ts and fake.posted[-1]["reply_broadcast"] is True
     assert (reply.channel, reply.thread_ts) == ("CGENERAL1", first.ts) and reply.ts != first.ts
 
     with pytest.raises(sdk.Unprocessable) as missing:
-        await _run(slack_settings, tenant, "slack.post_message", PostMessageConfig(
-            connection=connection, channel="CNOSUCH", text="x"))
+        await _run(
+            slack_settings,
+            tenant,
+            "slack.post_message",
+            PostMessageConfig(connection=connection, channel="CNOSUCH", text="x"),
+        )
     assert missing.value.errors[0].field == "channel" and "channel_not_found" in missing.value.detail
 
 
@@ -129,15 +142,15 @@ async def test_post_to_channel_by_name_pages_the_list_once_per_run(
     config = PostToChannelConfig(connection=connection, channel_name="#general", text="hello")
     runner = RUNNERS["slack.post_to_channel"]
     assert runner is not None
-    async with other_process(slack_settings) as kernel:
+    async with open_services(slack_settings, "slack") as services:
         before = fake.calls.count("conversations.list")
-        ctx = node_context(kernel, "slack", tenant["uuid"])
+        ctx = node_context(services, tenant["uuid"])
         posted = await runner(ctx, config)
         assert posted.channel == "CGENERAL1"
         assert fake.calls.count("conversations.list") - before == 3  # 451 channels, 200 a page
         await runner(dataclasses.replace(ctx, step_id="step-2"), config)
         assert fake.calls.count("conversations.list") - before == 3  # same run: the name's id was kept
-        await runner(node_context(kernel, "slack", tenant["uuid"]), config)  # another run lists again
+        await runner(node_context(services, tenant["uuid"]), config)  # another run lists again
         assert fake.calls.count("conversations.list") - before == 6
         with pytest.raises(sdk.Unprocessable) as unknown:
             await runner(ctx, PostToChannelConfig(connection=connection, channel_name="nowhere", text="x"))
@@ -146,9 +159,13 @@ async def test_post_to_channel_by_name_pages_the_list_once_per_run(
 
 async def test_find_user_by_email(api: AsyncTestClient[Any], fake: FakeSlack, slack_settings: Settings) -> None:
     tenant, connection = await _connected(api)
-    found = await _run(slack_settings, tenant, "slack.find_user", FindUserConfig(connection=connection, email="ada@example.com"))
+    found = await _run(
+        slack_settings, tenant, "slack.find_user", FindUserConfig(connection=connection, email="ada@example.com")
+    )
     assert (found.found, found.id, found.real_name, found.email) == (True, "U0ADA", "Ada Lovelace", "ada@example.com")
-    missing = await _run(slack_settings, tenant, "slack.find_user", FindUserConfig(connection=connection, email="bob@example.com"))
+    missing = await _run(
+        slack_settings, tenant, "slack.find_user", FindUserConfig(connection=connection, email="bob@example.com")
+    )
     assert missing.found is False and missing.id is None
 
 
@@ -159,7 +176,12 @@ async def test_another_tenants_connection_cannot_be_used(
     other = await tenant_with(api, "slack", "slk-b")
     posted = len(fake.posted)
     with pytest.raises(sdk.NotFound):
-        await _run(slack_settings, other, "slack.post_message", PostMessageConfig(connection=theirs, channel="CGENERAL1", text="x"))
+        await _run(
+            slack_settings,
+            other,
+            "slack.post_message",
+            PostMessageConfig(connection=theirs, channel="CGENERAL1", text="x"),
+        )
     assert len(fake.posted) == posted
     assert (await api.get(f"/api/connections/{theirs}", headers=other["h"])).status_code == 404
     refused = await api.post("/api/slack/events-url", json={"connection": str(theirs)}, headers=other["h"])
@@ -170,12 +192,14 @@ async def test_slack_behind_a_private_address_is_refused_without_the_operators_a
     api: AsyncTestClient[Any], fake: FakeSlack, slack_settings: Settings
 ) -> None:
     tenant, connection = await _connected(api)
-    async with other_process(slack_settings) as kernel:
-        kernel.services("slack").http = EgressClient()  # the default policy: loopback is not public
-        ctx = node_context(kernel, "slack", tenant["uuid"])
+    async with open_services(slack_settings, "slack") as services:
+        services.http = sdk.EgressClient()  # the default policy: loopback is not public
+        ctx = node_context(services, tenant["uuid"])
         posted = len(fake.posted)
         with pytest.raises(sdk.EgressRefused) as refused:
-            await RUNNERS["slack.post_message"](ctx, PostMessageConfig(connection=connection, channel="CGENERAL1", text="x"))  # type: ignore[misc]
+            await RUNNERS["slack.post_message"](
+                ctx, PostMessageConfig(connection=connection, channel="CGENERAL1", text="x")
+            )  # type: ignore[misc]
         assert refused.value.errors[0].field == API_URL_VARIABLE and len(fake.posted) == posted
 
 
@@ -184,8 +208,7 @@ def _signed(body: bytes, secret: str = SIGNING_SECRET, at: int | None = None) ->
     timestamp = str(at if at is not None else int(time.time()))
     signature = SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body)
     assert signature is not None
-    return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature,
-            "Content-Type": "application/json"}
+    return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature, "Content-Type": "application/json"}
 
 
 async def test_events_api_challenge_signature_and_recorded_event(
@@ -197,16 +220,32 @@ async def test_events_api_challenge_signature_and_recorded_event(
     path = made.json()["path"]
     assert path.startswith("/hooks/slack/whk_") and path.endswith(f"?connection={connection}")
 
-    challenge = json.dumps({"token": "legacy", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
-                            "type": "url_verification"}).encode()
+    challenge = json.dumps(
+        {
+            "token": "legacy",
+            "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+            "type": "url_verification",
+        }
+    ).encode()
     answered = await api.post(path, content=challenge, headers=_signed(challenge))
-    assert answered.status_code == 200 and answered.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+    assert answered.status_code == 200 and answered.json() == {
+        "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    }
 
-    event = {"type": "message", "channel": "CGENERAL1", "user": "U0ADA", "text": "hello bot",
-             "ts": "1700000001.000200", "thread_ts": "1700000000.000100"}
-    delivery = json.dumps({"type": "event_callback", "team_id": "T0FAKE", "event_id": "Ev0001",
-                           "event_time": 1700000001, "event": event}).encode()
-    assert (await api.post(path, content=delivery, headers=_signed(delivery, secret="not-the-secret"))).status_code == 401
+    event = {
+        "type": "message",
+        "channel": "CGENERAL1",
+        "user": "U0ADA",
+        "text": "hello bot",
+        "ts": "1700000001.000200",
+        "thread_ts": "1700000000.000100",
+    }
+    delivery = json.dumps(
+        {"type": "event_callback", "team_id": "T0FAKE", "event_id": "Ev0001", "event_time": 1700000001, "event": event}
+    ).encode()
+    assert (
+        await api.post(path, content=delivery, headers=_signed(delivery, secret="not-the-secret"))
+    ).status_code == 401
     stale = _signed(delivery, at=int(time.time()) - 301)
     assert (await api.post(path, content=delivery, headers=stale)).status_code == 401
     tampered = _signed(delivery)
@@ -216,12 +255,18 @@ async def test_events_api_challenge_signature_and_recorded_event(
 
     accepted = await api.post(path, content=delivery, headers=_signed(delivery))
     assert accepted.status_code == 204, accepted.text
-    async with other_process(slack_settings) as kernel:
-        events = await recorded_events(kernel, tenant["uuid"], "slack.event.received")
+    async with open_services(slack_settings, "slack") as services:
+        events = await recorded_events(services, tenant["uuid"], "slack.event.received")
     assert len(events) == 1
     got = events[0]
     assert (got["type"], got["channel"], got["user"], got["text"], got["ts"], got["thread_ts"]) == (
-        "message", "CGENERAL1", "U0ADA", "hello bot", "1700000001.000200", "1700000000.000100")
+        "message",
+        "CGENERAL1",
+        "U0ADA",
+        "hello bot",
+        "1700000001.000200",
+        "1700000000.000100",
+    )
     assert got["event"] == event and got["event_id"] == "Ev0001" and got["connection"] == str(connection)
 
     assert event_matches(SlackEventConfig(connection=connection, event_types=["message"]), got)

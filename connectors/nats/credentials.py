@@ -24,7 +24,7 @@ from kernel import sdk
 
 __all__ = ["CREDENTIALS", "NatsCredentials", "check", "nats_client"]
 
-CONNECT_SECONDS = 5.0
+CONNECT_SECONDS = 5
 
 
 class NatsCredentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

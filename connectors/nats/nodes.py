@@ -28,7 +28,7 @@ __all__ = [
 
 Subject = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*$")]
 """A concrete subject (no wildcards): ``orders.created``."""
-PUBLISH_SECONDS = 10.0
+PUBLISH_SECONDS = 10
 
 
 async def credentials_of(ctx: sdk.NodeContext, connection: uuid.UUID) -> NatsCredentials:

@@ -138,6 +138,8 @@ async def deliver(
             raise _bad("from_address", f"the relay refused the sender ({error.code} {error.message})") from None
         except aiosmtplib.SMTPResponseException as error:
             raise sdk.EgressFailed(f"SMTP: the relay refused the message ({error.code} {error.message})") from None
+        except aiosmtplib.SMTPException as error:  # disconnected, timed out
+            raise sdk.EgressFailed(f"SMTP: sending failed ({type(error).__name__})") from None
     return SentEmail(
         message_id=message_id,
         accepted=[r for r in recipients if r not in refused],

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors.nats.consumers import NatsSettings, lifespan
+from connectors.nats.consumers import NatsSettings, connection_users, lifespan
 from connectors.nats.credentials import CREDENTIALS
 from connectors.nats.models import Base
 from connectors.nats.nodes import NODES, NatsMessageReceived
@@ -57,3 +57,8 @@ def businessos_migrations() -> Path:
 @sdk.hookimpl
 def businessos_lifespan() -> Any:
     return lifespan
+
+
+@sdk.hookimpl
+def businessos_connection_users() -> sdk.ConnectionUsers:
+    return connection_users

@@ -37,7 +37,15 @@ from connectors.nats.models import ReceivedMessage
 from connectors.nats.nodes import NatsMessageReceived
 from kernel import sdk
 
-__all__ = ["ConsumerSettings", "Consumers", "NatsSettings", "consumer_name", "lifespan", "record_message"]
+__all__ = [
+    "ConsumerSettings",
+    "Consumers",
+    "NatsSettings",
+    "connection_users",
+    "consumer_name",
+    "lifespan",
+    "record_message",
+]
 
 log = logging.getLogger("businessos.nats")
 
@@ -64,6 +72,16 @@ class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The ``nats`` module's per-tenant settings."""
 
     consumers: Annotated[list[ConsumerSettings], Meta(max_length=20)] = msgspec.field(default_factory=list)
+
+
+async def connection_users(services: sdk.Services, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> list[str]:
+    """The tenant's consumers reading through ``connection_id``: deleting it answers 409 naming them."""
+    settings: NatsSettings = await services.settings(tenant_id)
+    return [
+        f"nats consumer of stream {config.stream!r}" + (f" ({config.subject})" if config.subject else "")
+        for config in settings.consumers
+        if config.connection == connection_id
+    ]
 
 
 def consumer_name(tenant_id: uuid.UUID, config: ConsumerSettings) -> str:

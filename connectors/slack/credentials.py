@@ -113,7 +113,7 @@ async def check(services: sdk.Services, creds: Any) -> None:
             await client.auth_test()
         except SlackApiError as error:
             raise refusal(error) from None
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
 
 

@@ -56,7 +56,7 @@ async def on_slack_event(hook: sdk.InboundWebhook) -> sdk.WebhookReply | None:
         raise sdk.InvalidSignature("webhook signature cannot be verified") from None
     try:
         creds = await hook.services.connections.open(hook.tenant_id, connection, SlackCredentials)
-    except sdk.NotFound:
+    except (sdk.NotFound, sdk.Unprocessable):  # unknown here, or not a Slack connection
         raise sdk.InvalidSignature("webhook signature cannot be verified") from None
     if not creds.signing_secret:
         raise sdk.InvalidSignature("webhook signature cannot be verified")

@@ -158,7 +158,7 @@ async def send_message(services: sdk.Services, creds: SlackCredentials, config: 
             return await _post(client, config.channel, config)
         except SlackApiError as error:
             raise refusal(error, "channel" if error.response.get("error") in _CHANNEL_ERRORS else "bot_token") from None
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
 
 
@@ -180,7 +180,7 @@ async def send_to_channel(
         except SlackApiError as error:
             code = error.response.get("error")
             raise refusal(error, "channel_name" if code in _CHANNEL_ERRORS else "bot_token") from None
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
 
 
@@ -193,7 +193,7 @@ async def lookup_user(services: sdk.Services, creds: SlackCredentials, config: F
             if error.response.get("error") == "users_not_found":
                 return SlackUser(found=False)
             raise refusal(error) from None
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
     user = answer.get("user") or {}
     profile = user.get("profile") or {}

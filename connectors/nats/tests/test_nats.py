@@ -204,6 +204,9 @@ async def test_consumer_records_each_message_once_then_acknowledges_it(
         assert [await record_message(services, tenant["uuid"], wanted, consumer, m) for m in messages] == [False, False]
         assert len(await recorded_events(services, tenant["uuid"], "nats.message.received")) == 2
 
+    in_use = await api.delete(f"/api/connections/{connection}", headers=tenant["h"])
+    assert in_use.status_code == 409 and f"nats consumer of stream '{stream}'" in in_use.json()["detail"]
+
 
 def test_trigger_filters_by_stream_and_subject_wildcards() -> None:
     payload = {"stream": "ORDERS", "subject": "orders.eu.created"}

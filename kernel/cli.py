@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -215,6 +216,33 @@ def plugins_list() -> None:
     for r in records:
         state = "active" if r.active else f"disabled: {r.reason}"
         click.echo(f"{r.name:<{width}}  {r.version:<10}  {state}")
+
+
+@cli.group("plugin")
+def plugin_group() -> None:
+    """Make a new plugin."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--connector", is_flag=True, help="Add a credential type with its check and a node that uses it.")
+@click.option("--with-migration", is_flag=True, help="Add a tenant table, its model and its first migration.")
+@click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where to write the package (default: ./NAME).",
+)
+def plugin_new(name: str, connector: bool, with_migration: bool, directory: Path | None) -> None:
+    """Write a plugin package NAME whose tests pass after `pip install -e`."""
+    from kernel.scaffold import ScaffoldError, scaffold
+
+    target = directory or Path.cwd() / name
+    try:
+        written = scaffold(name, target, connector=connector, with_migration=with_migration)
+    except ScaffoldError as error:
+        raise click.ClickException(str(error)) from None
+    for path in written:
+        click.echo(f"  {target / path}")
+    click.echo(f"next: cd {target} && pip install -e . && pytest")
 
 
 @cli.group()

@@ -410,3 +410,33 @@ def test_migrations_of_the_http_plugin_are_none(http_settings: Settings) -> None
     # The http connector has no tables: the kernel's connections table serves it.
     assert load_app_plugins(http_settings.plugins_allowlist).migration_folders() == {}
     assert migrate is not None
+
+
+@pytest.mark.parametrize(
+    ("types", "expected"),
+    [
+        ('[sdk.CredentialType(key="other.token", title="T", schema=Creds)]', "is not named"),
+        ('[sdk.CredentialType(key=NAME + ".t", title="T", schema=dict)]', "must be a msgspec.Struct"),
+        ('[sdk.CredentialType(key=NAME + ".t", title="T", schema=Creds, secret_fields=("nope",))]', "'nope'"),
+        (
+            '[sdk.CredentialType(key=NAME + ".t", title="T", schema=Creds, oauth=sdk.OAuth2Config())]',
+            "OAuth2Credentials",
+        ),
+        ('[sdk.CredentialType(key=NAME + ".t", title="T", schema=Creds)] * 2', "declared twice"),
+    ],
+)
+def test_an_unusable_credential_type_disables_its_plugin_with_the_reason(
+    tmp_path: Path, types: str, expected: str
+) -> None:
+    name = unique("creds")
+    body = f"""
+    class Creds(msgspec.Struct):
+        token: sdk.Secret
+
+    @sdk.hookimpl
+    def businessos_credentials():
+        return {types}
+    """
+    with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))):
+        record = load_app_plugins(frozenset({name})).get(name)
+    assert record is not None and record.reason is not None and expected in record.reason, record.reason

@@ -28,6 +28,7 @@ from kernel.connections.schemas import (
 )
 from kernel.context import Kernel
 from kernel.errors import FieldError, Unprocessable
+from kernel.http.openapi import PROBLEMS_OPT
 from kernel.http.ratelimit import AUTH_POLICY, RATE_LIMIT_OPT
 from kernel.identity.auth import SKIP_AUTHENTICATION
 from kernel.identity.permissions import PUBLIC
@@ -58,7 +59,7 @@ async def list_connections(
     return ConnectionList(connections=rows, pagination=Pagination.of(page, limit, total))
 
 
-@post("/api/connections", tags=_TAGS, opt={"permission": WRITE, "no_store": True})
+@post("/api/connections", tags=_TAGS, opt={"permission": WRITE, "no_store": True, PROBLEMS_OPT: (409,)})
 async def create_connection(
     data: ConnectionCreate, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> ConnectionView:
@@ -71,7 +72,10 @@ async def get_connection(connection_id: uuid.UUID, kernel: Kernel, tenant: Tenan
     return await kernel.connections.get(tenant.id, connection_id)
 
 
-@patch("/api/connections/{connection_id:uuid}", tags=_TAGS, opt={"permission": WRITE, "no_store": True})
+@patch(
+    "/api/connections/{connection_id:uuid}", tags=_TAGS,
+    opt={"permission": WRITE, "no_store": True, PROBLEMS_OPT: (409,)},
+)
 async def update_connection(
     connection_id: uuid.UUID, data: ConnectionUpdate, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> ConnectionView:
@@ -79,7 +83,7 @@ async def update_connection(
     return await kernel.connections.update(tenant.id, connection_id, data, Actor.of_request(request))
 
 
-@delete("/api/connections/{connection_id:uuid}", tags=_TAGS, opt={"permission": WRITE})
+@delete("/api/connections/{connection_id:uuid}", tags=_TAGS, opt={"permission": WRITE, PROBLEMS_OPT: (409,)})
 async def delete_connection(
     connection_id: uuid.UUID, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> None:
@@ -95,7 +99,10 @@ async def test_connection(
     return await kernel.connections.test(tenant.id, connection_id, Actor.of_request(request))
 
 
-@post("/api/connections/oauth/start", tags=_TAGS, opt={"permission": WRITE, "no_store": True}, status_code=200)
+@post(
+    "/api/connections/oauth/start", tags=_TAGS, status_code=200,
+    opt={"permission": WRITE, "no_store": True, PROBLEMS_OPT: (409,)},
+)
 async def start_oauth(
     data: OAuthStart, kernel: Kernel, tenant: Tenant, request: Request[Any, Any, Any]
 ) -> OAuthStarted:
@@ -106,7 +113,10 @@ async def start_oauth(
 
 @get(
     CALLBACK_PATH, tags=_TAGS,
-    opt={"permission": PUBLIC, SKIP_AUTHENTICATION: True, RATE_LIMIT_OPT: AUTH_POLICY, "no_store": True},
+    opt={
+        "permission": PUBLIC, SKIP_AUTHENTICATION: True, RATE_LIMIT_OPT: AUTH_POLICY, "no_store": True,
+        PROBLEMS_OPT: (404, 409, 502),
+    },
 )
 async def oauth_callback(
     kernel: Kernel, request: Request[Any, Any, Any], code: str | None = None, error: str | None = None,

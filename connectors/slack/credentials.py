@@ -22,7 +22,17 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from kernel import sdk
 
-__all__ = ["API_URL_VARIABLE", "CREDENTIALS", "EgressResolver", "SlackCredentials", "api_url", "check", "web_client"]
+__all__ = [
+    "API_URL_VARIABLE",
+    "CHANNEL_ERRORS",
+    "CREDENTIALS",
+    "EgressResolver",
+    "SlackCredentials",
+    "api_url",
+    "check",
+    "slack_call",
+    "web_client",
+]
 
 API_URL_VARIABLE = "BUSINESSOS_SLACK_API_URL"
 """The operator's setting for Slack's Web API base (default ``https://slack.com/api/``): a proxy
@@ -100,6 +110,26 @@ def refusal(error: SlackApiError, field: str = "bot_token") -> sdk.Unprocessable
     )
 
 
+CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived"})
+"""Slack errors that are about the channel a node named, not about the token."""
+
+
+@asynccontextmanager
+async def slack_call(
+    services: sdk.Services, creds: SlackCredentials, channel_field: str = "channel"
+) -> AsyncIterator[AsyncWebClient]:
+    """:func:`web_client` whose failures become problems: Slack's ``ok: false`` a 422 naming
+    ``channel_field`` (channel errors) or ``bot_token`` (the rest), no answer a 502."""
+    async with web_client(services, creds) as client:
+        try:
+            yield client
+        except SlackApiError as error:
+            code = error.response.get("error")
+            raise refusal(error, channel_field if code in CHANNEL_ERRORS else "bot_token") from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
+
+
 async def check(services: sdk.Services, creds: Any) -> None:
     """``auth.test`` with the bot token: returns when Slack accepts it, raises a 422 naming
     ``bot_token`` (with Slack's error code) otherwise."""
@@ -108,13 +138,8 @@ async def check(services: sdk.Services, creds: Any) -> None:
         raise sdk.Unprocessable(
             "Slack: the bot token is empty", errors=[sdk.FieldError(field="bot_token", message="required")]
         )
-    async with web_client(services, creds) as client:
-        try:
-            await client.auth_test()
-        except SlackApiError as error:
-            raise refusal(error) from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
+    async with slack_call(services, creds) as client:
+        await client.auth_test()
 
 
 CREDENTIALS = sdk.CredentialType(

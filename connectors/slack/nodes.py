@@ -7,13 +7,12 @@ import uuid
 from collections import OrderedDict
 from typing import Annotated, Any
 
-import aiohttp
 import msgspec
 from msgspec import Meta
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from connectors.slack.credentials import SlackCredentials, refusal, web_client
+from connectors.slack.credentials import SlackCredentials, slack_call
 from kernel import sdk
 
 __all__ = [
@@ -153,13 +152,8 @@ async def _post(client: AsyncWebClient, channel: str, config: PostMessageConfig 
 
 async def send_message(services: sdk.Services, creds: SlackCredentials, config: PostMessageConfig) -> PostedMessage:
     """``chat.postMessage`` to a channel id (the runner's logic, given the credentials)."""
-    async with web_client(services, creds) as client:
-        try:
-            return await _post(client, config.channel, config)
-        except SlackApiError as error:
-            raise refusal(error, "channel" if error.response.get("error") in _CHANNEL_ERRORS else "bot_token") from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
+    async with slack_call(services, creds, "channel") as client:
+        return await _post(client, config.channel, config)
 
 
 async def send_to_channel(
@@ -168,33 +162,25 @@ async def send_to_channel(
     """``chat.postMessage`` to a channel named in ``config``; the name's id is kept for ``run``."""
     name = config.channel_name.removeprefix("#")
     key = (run, config.connection, name)
-    async with web_client(services, creds) as client:
-        try:
-            found = _CHANNELS.get(key)
-            if found is None:
-                found = await channel_id(client, name)
-                _CHANNELS[key] = found
-                while len(_CHANNELS) > _CHANNELS_KEPT:
-                    _CHANNELS.popitem(last=False)
-            return await _post(client, found, config)
-        except SlackApiError as error:
-            code = error.response.get("error")
-            raise refusal(error, "channel_name" if code in _CHANNEL_ERRORS else "bot_token") from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
+    async with slack_call(services, creds, "channel_name") as client:
+        found = _CHANNELS.get(key)
+        if found is None:
+            found = await channel_id(client, name)
+            _CHANNELS[key] = found
+            while len(_CHANNELS) > _CHANNELS_KEPT:
+                _CHANNELS.popitem(last=False)
+        return await _post(client, found, config)
 
 
 async def lookup_user(services: sdk.Services, creds: SlackCredentials, config: FindUserConfig) -> SlackUser:
     """``users.lookupByEmail``; ``found=False`` when Slack answers ``users_not_found``."""
-    async with web_client(services, creds) as client:
+    async with slack_call(services, creds) as client:
         try:
             answer = await client.users_lookupByEmail(email=config.email)
         except SlackApiError as error:
-            if error.response.get("error") == "users_not_found":
-                return SlackUser(found=False)
-            raise refusal(error) from None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise sdk.EgressFailed(f"Slack could not be reached: {type(error).__name__}") from None
+            if error.response.get("error") != "users_not_found":
+                raise
+            return SlackUser(found=False)
     user = answer.get("user") or {}
     profile = user.get("profile") or {}
     return SlackUser(
@@ -204,9 +190,6 @@ async def lookup_user(services: sdk.Services, creds: SlackCredentials, config: F
         real_name=user.get("real_name") or profile.get("real_name"),
         email=profile.get("email"),
     )
-
-
-_CHANNEL_ERRORS = {"channel_not_found", "not_in_channel", "is_archived"}
 
 
 async def post_message(ctx: sdk.NodeContext, config: Any) -> PostedMessage:

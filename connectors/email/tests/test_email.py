@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
@@ -28,14 +27,9 @@ SEND = NODES[0].run
 @pytest.fixture(scope="module")
 def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServers]:
     """The servers, with their CA trusted the way an operator adds one (``SSL_CERT_FILE``)."""
-    previous = os.environ.get("SSL_CERT_FILE")
-    with running_smtp(tmp_path_factory.mktemp("smtp")) as servers:
-        os.environ["SSL_CERT_FILE"] = str(servers.ca)
+    with running_smtp(tmp_path_factory.mktemp("smtp")) as servers, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(servers.ca))
         yield servers
-    if previous is None:
-        os.environ.pop("SSL_CERT_FILE", None)
-    else:
-        os.environ["SSL_CERT_FILE"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +106,12 @@ async def test_check_logs_in_over_starttls_and_tls_and_names_what_failed(
     assert judged["ok"] is False and _fields(judged) == ["host"] and "not a public address" in judged["error"]["detail"]
 
 
-async def test_check_refuses_a_certificate_nobody_vouches_for(api: AsyncTestClient[Any], smtp: SmtpServers) -> None:
+async def test_check_refuses_a_certificate_nobody_vouches_for(
+    api: AsyncTestClient[Any], smtp: SmtpServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tenant, connection = await _connected(api, smtp)
-    trusted = os.environ.pop("SSL_CERT_FILE")
-    try:
-        failed = await _check(api, tenant, connection)
-    finally:
-        os.environ["SSL_CERT_FILE"] = trusted
+    monkeypatch.delenv("SSL_CERT_FILE")  # the system's CAs only
+    failed = await _check(api, tenant, connection)
     assert failed["ok"] is False and _fields(failed) == ["security"]
     assert "certificate" in failed["error"]["detail"].lower()
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,13 +32,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture(scope="module")
 def quick_refresh() -> Iterator[None]:
     """Consumers follow settings changes within moments (the default is 30 s)."""
-    previous = os.environ.get(REFRESH_VARIABLE)
-    os.environ[REFRESH_VARIABLE] = "0.1"
-    yield
-    if previous is None:
-        os.environ.pop(REFRESH_VARIABLE, None)
-    else:
-        os.environ[REFRESH_VARIABLE] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(REFRESH_VARIABLE, "0.1")
+        yield
 
 
 @pytest.fixture(scope="module")

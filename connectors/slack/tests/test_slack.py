@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,19 +34,10 @@ RUNNERS = {spec.key: spec.run for spec in NODES}
 
 
 @pytest.fixture(scope="module")
-def slack_url_env() -> Iterator[None]:
-    previous = os.environ.get(API_URL_VARIABLE)
-    yield
-    if previous is None:
-        os.environ.pop(API_URL_VARIABLE, None)
-    else:
-        os.environ[API_URL_VARIABLE] = previous
-
-
-@pytest.fixture(scope="module")
-def fake(slack_url_env: None) -> Iterator[FakeSlack]:
-    with running_slack() as slack:
-        os.environ[API_URL_VARIABLE] = slack.url
+def fake() -> Iterator[FakeSlack]:
+    """The fake Web API, set as the operator's Slack API URL for this module."""
+    with running_slack() as slack, pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_URL_VARIABLE, slack.url)
         yield slack
 
 

@@ -6,10 +6,12 @@ A plugin of its own (entry point ``slack``), built only on ``kernel.sdk``; see R
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from connectors.slack.credentials import CREDENTIALS
 from connectors.slack.events import MANAGE, create_events_url, on_slack_event
+from connectors.slack.models import Base
 from connectors.slack.nodes import NODES, SlackEventReceived
 from kernel import sdk
 
@@ -50,3 +52,13 @@ def businessos_permissions() -> Sequence[sdk.Permission]:
 @sdk.hookimpl
 def businessos_routes() -> Sequence[Any]:
     return [create_events_url]
+
+
+@sdk.hookimpl
+def businessos_metadata() -> Any:
+    return Base.metadata
+
+
+@sdk.hookimpl
+def businessos_migrations() -> Path:
+    return Path(__file__).parent / "migrations"

@@ -7,7 +7,8 @@ is looked up under the tenant's row-level security, so naming another tenant's c
 nothing). Each delivery's ``X-Slack-Signature`` (``v0=`` HMAC-SHA256 of ``v0:{timestamp}:{body}``
 under the signing secret) is checked, with five minutes of tolerance on
 ``X-Slack-Request-Timestamp``, before anything is read from the body; then the URL-verification
-challenge is answered, or the event is recorded as ``slack.event.received``.
+challenge is answered, or the event is recorded as ``slack.event.received``, once per Slack
+``event_id`` (``slack_received`` remembers it, so Slack's retries start nothing new).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request, post
+from sqlalchemy.dialects.postgresql import insert
 
 from connectors.slack.credentials import SlackCredentials
+from connectors.slack.models import ReceivedEvent
 from connectors.slack.nodes import SlackEventReceived
 from kernel import sdk
 
@@ -49,7 +52,7 @@ def _text(value: Any) -> str | None:
 
 async def on_slack_event(hook: sdk.InboundWebhook) -> sdk.WebhookReply | None:
     """Verify a delivery with the named connection's signing secret, then answer the challenge or
-    record the event."""
+    record the event (once per ``event_id``: Slack's retries are acknowledged, not recorded again)."""
     try:
         connection = uuid.UUID(hook.query.get("connection", ""))
     except ValueError:
@@ -83,6 +86,15 @@ async def on_slack_event(hook: sdk.InboundWebhook) -> sdk.WebhookReply | None:
         event=event,
     )
     async with hook.services.data.tenant(hook.tenant_id) as session:
+        if payload.event_id:  # Slack always sends one; without it there is nothing to key on
+            fresh = await session.execute(
+                insert(ReceivedEvent)
+                .values(tenant_id=hook.tenant_id, id=sdk.uuid7(), connection_id=connection, event_id=payload.event_id)
+                .on_conflict_do_nothing(constraint="uq_slack_received_event")
+                .returning(ReceivedEvent.id)
+            )
+            if fresh.first() is None:
+                return None  # Slack's retry of a delivery already recorded
         await hook.services.changes.emit(
             session, tenant_id=hook.tenant_id, event="slack.event.received", payload=payload
         )

@@ -245,6 +245,8 @@ async def test_events_api_challenge_signature_and_recorded_event(
 
     accepted = await api.post(path, content=delivery, headers=_signed(delivery))
     assert accepted.status_code == 204, accepted.text
+    retried = await api.post(path, content=delivery, headers={**_signed(delivery), "X-Slack-Retry-Num": "1"})
+    assert retried.status_code == 204, retried.text  # acknowledged, not recorded again
     async with open_services(slack_settings, "slack") as services:
         events = await recorded_events(services, tenant["uuid"], "slack.event.received")
     assert len(events) == 1

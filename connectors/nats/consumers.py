@@ -6,9 +6,9 @@ enabled the module every ``BUSINESSOS_NATS_REFRESH_SECONDS`` (30 by default) and
 one task per consumer. Each task pulls from a durable pull consumer, so several processes (API
 replicas, workers) share one consumer's messages instead of each getting a copy.
 
-A message is acknowledged only after it is recorded: one transaction inserts its
-``(consumer, stream, sequence)`` into ``nats_received`` and puts ``nats.message.received`` in the
-outbox. A crash before the commit leaves it unacknowledged, so JetStream redelivers it after the
+A message is acknowledged only after it is recorded: one transaction (per fetched batch) inserts
+its ``(consumer, stream, sequence)`` into ``nats_received`` and puts ``nats.message.received`` in
+the outbox. A crash before the commit leaves it unacknowledged, so JetStream redelivers it after the
 consumer's ``ack_wait``; a crash after the commit but before the ack redelivers it too, and then
 the insert finds the row and the message is only acknowledged: one event per message.
 """
@@ -45,6 +45,7 @@ __all__ = [
     "consumer_name",
     "lifespan",
     "record_message",
+    "record_messages",
 ]
 
 log = logging.getLogger("businessos.nats")
@@ -118,25 +119,43 @@ def _payload(config: ConsumerSettings, consumer: str, msg: Msg) -> NatsMessageRe
     )
 
 
+async def record_messages(
+    services: sdk.Services, tenant_id: uuid.UUID, config: ConsumerSettings, consumer: str, messages: list[Msg]
+) -> int:
+    """Record each of ``messages`` as ``nats.message.received`` unless this consumer already did
+    (a redelivery), in one transaction; the number recorded. Acknowledge them only after this
+    returns. (One transaction per fetched batch, not per message: the commit is what costs.)"""
+    if not messages:
+        return 0
+    payloads = [_payload(config, consumer, msg) for msg in messages]
+    rows = [
+        {"tenant_id": tenant_id, "id": sdk.uuid7(), "consumer": consumer, "stream": p.stream, "sequence": p.sequence}
+        for p in payloads
+    ]
+    async with services.data.tenant(tenant_id) as session:
+        fresh = set(
+            (
+                await session.execute(
+                    insert(ReceivedMessage)
+                    .values(rows)
+                    .on_conflict_do_nothing(constraint="uq_nats_received_message")
+                    .returning(ReceivedMessage.stream, ReceivedMessage.sequence)
+                )
+            ).tuples()
+        )
+        for payload in payloads:
+            if (payload.stream, payload.sequence) in fresh:
+                await services.changes.emit(
+                    session, tenant_id=tenant_id, event="nats.message.received", payload=payload
+                )
+    return len(fresh)
+
+
 async def record_message(
     services: sdk.Services, tenant_id: uuid.UUID, config: ConsumerSettings, consumer: str, msg: Msg
 ) -> bool:
-    """Record ``msg`` as ``nats.message.received`` unless this consumer already did (a
-    redelivery); ``True`` when it was new. Acknowledge it only after this returns."""
-    payload = _payload(config, consumer, msg)
-    async with services.data.tenant(tenant_id) as session:
-        fresh = await session.execute(
-            insert(ReceivedMessage)
-            .values(
-                tenant_id=tenant_id, id=sdk.uuid7(), consumer=consumer, stream=payload.stream, sequence=payload.sequence
-            )
-            .on_conflict_do_nothing(constraint="uq_nats_received_message")
-            .returning(ReceivedMessage.id)
-        )
-        if fresh.first() is None:
-            return False
-        await services.changes.emit(session, tenant_id=tenant_id, event="nats.message.received", payload=payload)
-    return True
+    """:func:`record_messages` for one message: ``True`` when it was new."""
+    return await record_messages(services, tenant_id, config, consumer, [msg]) == 1
 
 
 async def consume(services: sdk.Services, tenant_id: uuid.UUID, config: ConsumerSettings) -> None:
@@ -163,8 +182,8 @@ async def consume(services: sdk.Services, tenant_id: uuid.UUID, config: Consumer
                         messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_SECONDS)
                     except (NatsTimeout, TimeoutError):
                         continue
+                    await record_messages(services, tenant_id, config, consumer, messages)
                     for msg in messages:
-                        await record_message(services, tenant_id, config, consumer, msg)
                         await msg.ack()
         except asyncio.CancelledError:
             raise

@@ -143,11 +143,11 @@ async def record_messages(
                 )
             ).tuples()
         )
-        for payload in payloads:
-            if (payload.stream, payload.sequence) in fresh:
-                await services.changes.emit(
-                    session, tenant_id=tenant_id, event="nats.message.received", payload=payload
-                )
+        await services.changes.emit_many(
+            session,
+            tenant_id=tenant_id,
+            events=[("nats.message.received", p) for p in payloads if (p.stream, p.sequence) in fresh],
+        )
     return len(fresh)
 
 

@@ -9,7 +9,7 @@ re-exported by ``kernel.sdk``; together they are what ``KERNEL_API_VERSION`` pro
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,7 +24,7 @@ from kernel.audit.log import record as audit_record
 from kernel.connections.facade import Connections
 from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
-from kernel.events.outbox import emit
+from kernel.events.outbox import emit, emit_many
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
@@ -149,6 +149,15 @@ class Changes:
         """An event without an audit row (its change was audited otherwise); returns its id."""
         self._own(event, "event")
         return await emit(session, tenant_id=tenant_id, event=event, payload=_jsonable(payload))
+
+    async def emit_many(
+        self, session: AsyncSession, *, tenant_id: uuid.UUID, events: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Several ``(event, payload)`` pairs without audit rows, in one statement (a consumer
+        recording a batch of messages)."""
+        for event, _ in events:
+            self._own(event, "event")
+        await emit_many(session, tenant_id=tenant_id, events=[(event, _jsonable(payload)) for event, payload in events])
 
     def by(self, actor: Actor, tenant_id: uuid.UUID) -> ChangeLog:
         """These methods with ``actor`` and ``tenant_id`` bound, for service code that passes one

@@ -156,7 +156,8 @@ async def test_a_lifespan_factory_taking_a_parameter_gets_the_plugins_services(
         async with open_client(settings, plugins) as client:
             assert marker.read_text() == f"{name} 0"  # no tenant has the module yet
             tenant = await new_tenant(client)
-            assert (await client.post(f"/api/modules/{name}/enable", headers={"X-Tenant-ID": tenant["slug"]})).is_success
+            enabled = await client.post(f"/api/modules/{name}/enable", headers={"X-Tenant-ID": tenant["slug"]})
+            assert enabled.is_success
             async with other_process(settings) as kernel:
                 assert tenant["id"] in {str(t) for t in await kernel.services(name).tenants.enabled_ids()}
 

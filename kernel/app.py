@@ -43,6 +43,7 @@ from kernel.observability.metrics import MetricsMiddleware
 from kernel.observability.tracing import litestar_plugins, trace_engine
 from kernel.operators import routes as operator_routes
 from kernel.operators.access import ADMIN_PREFIX, OPERATOR_AREA_OPT, provide_operator
+from kernel.plugins.contract import open_lifespan
 from kernel.plugins.loader import PluginSet, load_plugins, route_keys
 from kernel.plugins.services import Services
 from kernel.runtime import open_kernel
@@ -134,7 +135,9 @@ def create_app(settings: Settings | None = None, plugins: PluginSet | None = Non
             trace_engine(app.state.kernel.db.engine)
             for record in plugins.active():
                 if record.lifespan is not None:
-                    await stack.enter_async_context(record.lifespan())
+                    await stack.enter_async_context(
+                        open_lifespan(record.lifespan, app.state.kernel.services(record.name))
+                    )
             yield
 
     plugin_routers = [

@@ -36,7 +36,7 @@ import asyncio
 import importlib.metadata
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -84,6 +84,7 @@ __all__ = [
     "node_context",
     "open_client",
     "open_services",
+    "platform_settings",
     "running_servers",
     "running_worker",
     "settings_for",
@@ -155,6 +156,22 @@ def settings_for(database_url: str, redis_url: str, data_dir: Path, **env: str) 
         **env,
     }
     return load_settings(values)
+
+
+async def platform_settings(
+    database_url: str, redis_url: str, data_dir: Path, plugins: Iterable[str], **env: str
+) -> Settings:
+    """Settings of a platform with ``plugins`` allowed and loaded, the kernel's and their
+    migrations applied (a plugin that fails to load fails with the loader's reason): for a test
+    module that wants a platform of its own (``businessos_settings`` is one per test session)."""
+    allowed = ",".join(sorted(plugins))
+    settings = settings_for(database_url, redis_url, data_dir, **{**env, "BUSINESSOS_PLUGINS": allowed})
+    loaded = load_app_plugins(settings.plugins_allowlist)
+    broken = {n: r.reason if r else "not installed" for n in plugins if not (r := loaded.get(n)) or not r.active}
+    if broken:
+        raise AssertionError(f"plugins did not load: {broken}")
+    await migrate.upgrade(settings, database_url, loaded.migration_folders())
+    return settings
 
 
 OWNER_TOKENS: dict[str, str] = {}

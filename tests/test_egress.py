@@ -370,6 +370,26 @@ async def test_a_refusal_is_a_422_naming_the_field(world: tuple[Listeners, Zone,
     assert state.forbidden_connections == 0
 
 
+async def test_check_host_judges_other_protocols_by_the_same_rules(
+    world: tuple[Listeners, Zone, EgressClient],
+) -> None:
+    """SMTP and NATS connectors judge their host with check_host and connect to the address it returns."""
+    _, zone, client = world
+    _names(zone)
+    assert await client.check_host("allowed.test", 587) == ALLOWED
+    assert await client.check_host(ALLOWED, 4222) == ALLOWED
+    for host, reason in (
+        ("private.test", "resolves to 10.1.2.3"), ("mixed.test", "127.0.0.1"), ("mixed6.test", "::1"),
+        ("169.254.169.254", "not a public address"), ("2130706433", "not a public address"), ("[::1]", "::1"),
+    ):
+        with pytest.raises(EgressRefused) as refused:
+            await client.check_host(host, 25, field="host")
+        assert refused.value.errors[0].field == "host" and reason in refused.value.reason, (host, refused.value.reason)
+    with pytest.raises(EgressRefused) as bad_port:
+        await client.check_host("allowed.test", 0, field="port")
+    assert bad_port.value.errors[0].field == "port"
+
+
 async def test_litellm_calls_go_through_the_egress_client(
     world: tuple[Listeners, Zone, EgressClient], tmp_path: Path
 ) -> None:

@@ -134,6 +134,34 @@ async def test_plugin_lifespan_runs_with_the_app_and_route_errors_hide_the_trace
         assert marker.read_text() == "stopped"
 
 
+async def test_a_lifespan_factory_taking_a_parameter_gets_the_plugins_services(
+    settings: Settings, tmp_path: Path
+) -> None:
+    name = unique("lifesvc")
+    marker = tmp_path / "services.log"
+    body = f'''
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(services: sdk.Services):
+        Path({str(marker)!r}).write_text(services.plugin + " " + str(len(await services.tenants.enabled_ids())))
+        yield
+
+    @sdk.hookimpl
+    def businessos_lifespan():
+        return lifespan
+    '''
+    with installed(tmp_path, FakePlugin(name=name, source=plugin_source(name, body))):
+        plugins = load_app_plugins(frozenset({name}))
+        async with open_client(settings, plugins) as client:
+            assert marker.read_text() == f"{name} 0"  # no tenant has the module yet
+            tenant = await new_tenant(client)
+            enabled = await client.post(f"/api/modules/{name}/enable", headers={"X-Tenant-ID": tenant["slug"]})
+            assert enabled.is_success
+            async with other_process(settings) as kernel:
+                assert tenant["id"] in {str(t) for t in await kernel.services(name).tenants.enabled_ids()}
+
+
 def test_plugin_cli_commands_appear_under_the_plugin_name(tmp_path: Path, settings: Settings) -> None:
     name = unique("cli")
     body = '''

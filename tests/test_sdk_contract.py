@@ -75,6 +75,10 @@ async def test_changes_keep_to_the_plugins_namespace() -> None:
                              resource_id=uuid.uuid4())
     with pytest.raises(ValueError, match="notes"):
         await changes.emit(session, tenant_id=uuid.uuid4(), event="notes.created", payload={})
+    with pytest.raises(ValueError, match=r"crm\.contact\.created"):
+        await changes.emit_many(session, tenant_id=uuid.uuid4(), events=[
+            ("notes.note.created", {}), ("crm.contact.created", {}),
+        ])
 
 
 # --- a plugin using changes and AI through the facade -------------------------------------------

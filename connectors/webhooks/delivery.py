@@ -478,7 +478,7 @@ async def sweep(ctx: sdk.JobContext) -> None:
     services = ctx.services
     grace = float(ctx.payload.get("grace_seconds", SWEEP_GRACE_SECONDS))
     offered = 0
-    for tenant_id in await services.tenants.with_module():
+    for tenant_id in await services.tenants.enabled_ids():
         settings: s.WebhookSettings = await services.settings(tenant_id)
         async with services.data.tenant(tenant_id) as session:
             due = (await session.execute(_DUE, {"grace": grace, "n": SWEEP_BATCH})).scalars().all()

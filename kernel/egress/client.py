@@ -257,6 +257,22 @@ class EgressClient:
             raise EgressRefused(url, f"not a valid URL ({error})", field=field) from None
         return url
 
+    async def check_host(self, host: str, port: int, *, field: str = "host") -> str:
+        """Judge a host for a protocol other than HTTP (SMTP, NATS) by the same rules and return
+        the one address to connect to (connect to it, not to the name, so a DNS answer that
+        changes cannot move the connection; keep the name for TLS). 422 naming ``field`` when
+        refused."""
+        shown = f"{host}:{port}"
+        if not 0 < port < 65536:
+            raise EgressRefused(shown, f"port {port} is out of range", field=field)
+        try:
+            address = await self.transport.address_for(httpx.URL(scheme="http", host=host.strip("[]"), port=port))
+        except _Refusal as refusal:
+            raise EgressRefused(shown, refusal.reason, field=field) from None
+        except httpx.InvalidURL as error:
+            raise EgressRefused(shown, f"not a valid host ({error})", field=field) from None
+        return str(address)
+
     async def get(self, url: str, **options: Any) -> EgressResponse:
         return await self.request("GET", url, **options)
 

@@ -32,7 +32,7 @@ from kernel.jobs.facade import RUN_JOB
 from kernel.jobs.schedules import Scheduler
 from kernel.observability.logs import limit_repeats
 from kernel.observability.metrics import instrument_worker
-from kernel.plugins.contract import EventContext, JobContext
+from kernel.plugins.contract import EventContext, JobContext, open_lifespan
 from kernel.plugins.loader import PluginSet
 from kernel.runtime import DatabaseNotReady, open_kernel
 from kernel.settings import Settings
@@ -195,11 +195,11 @@ def _longest_job(plugins: PluginSet) -> float:
     return max([300.0, *(job.timeout for record in plugins.active() for job in record.jobs)])
 
 
-async def _enter_lifespans(stack: AsyncExitStack, plugins: PluginSet) -> None:
+async def _enter_lifespans(stack: AsyncExitStack, plugins: PluginSet, kernel: Kernel) -> None:
     """The plugins' lifespans, as in the API process."""
     for record in plugins.active():
         if record.lifespan is not None:
-            await stack.enter_async_context(record.lifespan())
+            await stack.enter_async_context(open_lifespan(record.lifespan, kernel.services(record.name)))
 
 
 def build_worker(
@@ -227,7 +227,7 @@ def build_worker(
         stack = AsyncExitStack()
         ctx["stack"] = stack
         opened = ctx["kernel"] = await stack.enter_async_context(open_kernel(settings, plugins))
-        await _enter_lifespans(stack, plugins)
+        await _enter_lifespans(stack, plugins, opened)
         if dispatch:
             await _start_background(stack, opened, ctx["redis"], queue)
         log.info("worker ready on queue %s", queue)
@@ -333,7 +333,7 @@ class Supervisor:
                 return
             if _trouble.recovered("opening the kernel"):
                 log.warning("kernel open")
-            await _enter_lifespans(stack, self.plugins)
+            await _enter_lifespans(stack, self.plugins, kernel)
             queue = _arq_pool(self.redis_url)
             stack.push_async_callback(queue.aclose)
             await _start_background(stack, kernel, queue, self.queue)

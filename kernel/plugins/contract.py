@@ -197,4 +197,17 @@ class Schedule:
     payload: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-LifespanFactory = Callable[[], AbstractAsyncContextManager[None]]
+LifespanFactory = Callable[..., AbstractAsyncContextManager[None]]
+"""``factory()`` or ``factory(services)``: a factory taking one parameter receives the plugin's
+``sdk.Services`` of the process (to start consumers or clients that need the facade)."""
+
+
+def open_lifespan(factory: LifespanFactory, services: Services) -> AbstractAsyncContextManager[None]:
+    """The plugin's lifespan context, given ``services`` when its factory takes a parameter."""
+    import inspect
+
+    try:
+        wants = len(inspect.signature(factory).parameters) >= 1
+    except (TypeError, ValueError):
+        wants = False
+    return factory(services) if wants else factory()

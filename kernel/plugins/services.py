@@ -9,7 +9,7 @@ re-exported by ``kernel.sdk``; together they are what ``KERNEL_API_VERSION`` pro
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,7 +24,7 @@ from kernel.audit.log import record as audit_record
 from kernel.connections.facade import Connections
 from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
-from kernel.events.outbox import emit
+from kernel.events.outbox import emit, emit_many
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
@@ -150,6 +150,15 @@ class Changes:
         self._own(event, "event")
         return await emit(session, tenant_id=tenant_id, event=event, payload=_jsonable(payload))
 
+    async def emit_many(
+        self, session: AsyncSession, *, tenant_id: uuid.UUID, events: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Several ``(event, payload)`` pairs without audit rows, in one statement (a consumer
+        recording a batch of messages)."""
+        for event, _ in events:
+            self._own(event, "event")
+        await emit_many(session, tenant_id=tenant_id, events=[(event, _jsonable(payload)) for event, payload in events])
+
     def by(self, actor: Actor, tenant_id: uuid.UUID) -> ChangeLog:
         """These methods with ``actor`` and ``tenant_id`` bound, for service code that passes one
         "who and where" through many functions."""
@@ -243,14 +252,20 @@ class Tenants:
         """Whether the tenant has this plugin's module enabled."""
         return self._plugin in await self._kernel.modules.enabled(tenant_id)
 
-    async def with_module(self) -> list[uuid.UUID]:
-        """Ids of the active tenants that have this plugin's module enabled, for installation-wide
-        jobs (a sweeper) that visit each tenant in its own transaction."""
-        found = []
-        for tenant in await self._kernel.tenants.list():
-            if tenant.status == "active" and self._plugin in await self._kernel.modules.enabled(tenant.id):
-                found.append(tenant.id)
-        return found
+    async def enabled_ids(self) -> list[uuid.UUID]:
+        """The active tenants that have this plugin's module enabled, oldest first: for
+        background work a plugin runs per tenant (a message consumer per configured tenant).
+        Reads every tenant's (cached) module list, so call it now and then, not per request."""
+        from sqlalchemy import select
+
+        from kernel.tenants.models import TenantRow
+
+        async with self._kernel.db.global_() as session:
+            rows = await session.execute(
+                select(TenantRow.id).where(TenantRow.status == "active").order_by(TenantRow.created_at, TenantRow.id)
+            )
+            ids = list(rows.scalars())
+        return [tenant_id for tenant_id in ids if await self.enabled(tenant_id)]
 
 
 class ChatOptions(TypedDict, total=False):

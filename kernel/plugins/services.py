@@ -208,6 +208,14 @@ class Data:
             yield session
 
     @asynccontextmanager
+    async def installation(self) -> AsyncIterator[AsyncSession]:
+        """One transaction with no tenant set, for the plugin's installation-level tables (a
+        catalogue, a number sequence, an index of due work across tenants): every tenant table
+        answers nothing in it. Commits like :meth:`tenant`."""
+        async with self._db.global_() as session:
+            yield session
+
+    @asynccontextmanager
     async def read(self, tenant_id: uuid.UUID) -> AsyncIterator[Reader]:
         """A read-only transaction for hot list endpoints: compiled ``sdk.Query`` statements on a
         plain asyncpg connection, same role and row-level security, fewer round trips."""
@@ -241,6 +249,16 @@ class Tenants:
     async def enabled(self, tenant_id: uuid.UUID) -> bool:
         """Whether the tenant has this plugin's module enabled."""
         return self._plugin in await self._kernel.modules.enabled(tenant_id)
+
+    async def set_status(self, tenant_id: uuid.UUID, status: str, actor: Actor) -> Tenant:
+        """Suspend (``"suspended"``) or reactivate (``"active"``) the tenant, as the operator's
+        ``/api/admin/tenants/{id}/suspend`` does: audited as ``tenant.status.updated`` by
+        ``actor``, ``kernel.tenant.suspended``/``activated`` emitted. For billing's dunning."""
+        if status not in ("active", "suspended"):
+            raise ValueError(f"status {status!r} is not active or suspended")
+        return await self._kernel.tenants.set_status(
+            str(tenant_id), "active" if status == "active" else "suspended", actor=actor.name, meta=actor.meta
+        )
 
 
 class ChatOptions(TypedDict, total=False):

@@ -3,11 +3,14 @@ entitlements, metering, invoices, credits, payments and dunning, all driven by a
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+import pypdfium2 as pdfium
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -15,7 +18,7 @@ from kernel.app import load_app_plugins
 from kernel.context import Kernel
 from kernel.db import migrate
 from kernel.settings import Settings
-from tests.conftest import new_tenant, open_client, other_process, settings_for
+from tests.conftest import _dsn, new_tenant, open_client, other_process, settings_for
 
 PASSWORD = "a long operator passphrase 7f3"
 
@@ -213,3 +216,216 @@ async def test_cancel_at_period_end_then_now(api: AsyncTestClient[Any], op: dict
     # Canceled now: the part of the period used is invoiced, and a new read starts no free lunch.
     listed = ok(await api.get("/api/billing/subscriptions", headers=a["h"]))["subscriptions"]
     assert [s["status"] for s in listed] == ["canceled", "active"] and listed[1]["plan"] == "free"
+
+
+async def billing_events(database_url: str, tenant_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The tenant's billing events in the outbox, oldest first."""
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:
+        rows = await conn.fetch(
+            "select event, payload::text as payload from events_outbox "
+            "where tenant_id = $1 and event like 'billing.%' order by created_at, id",
+            uuid.UUID(tenant_id),
+        )
+    finally:
+        await conn.close()
+    return [(r["event"], json.loads(r["payload"])) for r in rows]
+
+
+# --- entitlements --------------------------------------------------------------------------------
+
+
+async def test_the_plan_decides_modules_and_api_keys(api: AsyncTestClient[Any]) -> None:
+    free, pro = await tenant(api), await tenant(api, plan="pro")
+    assert (await api.post("/api/modules/crm/enable", headers=free["h"])).status_code == 200
+    body = problem(await api.post("/api/modules/projects/enable", headers=free["h"]), 402)
+    assert body["limit"] == "modules" and "pro" in body["lift"] and "projects" in body["detail"]
+    assert (await api.post("/api/modules/projects/enable", headers=pro["h"])).status_code == 200
+    for n in range(2):
+        ok(await api.post("/api/api-keys", json={"name": f"k{n}", "role": "viewer"}, headers=free["h"]), 201)
+    body = problem(await api.post("/api/api-keys", json={"name": "k3", "role": "viewer"}, headers=free["h"]), 402)
+    assert body["limit"] == "api_keys" and body["remaining"] == 0
+    ok(await api.post("/api/api-keys", json={"name": "k3", "role": "viewer"}, headers=pro["h"]), 201)
+    # Billing is every tenant's, and cannot be switched off.
+    problem(await api.post("/api/modules/billing/disable", headers=free["h"]), 409)
+
+
+async def test_workflow_executions_past_the_plan_are_refused_with_what_remains(
+    api: AsyncTestClient[Any], kernel: Kernel, database_url: str
+) -> None:
+    free = await tenant(api)
+    events = [{"transaction_id": f"wf-{i}", "metric": "workflow_executions"} for i in range(800)]
+    assert ok(await api.post("/api/billing/usage", json={"events": events}, headers=free["h"]))["accepted"] == 800
+    assert [p["percent"] for e, p in await billing_events(database_url, free["id"])
+            if e == "billing.allowance.threshold_reached"] == [80]
+    tenant_id = uuid.UUID(free["id"])
+    assert (await kernel.entitlements.ask(tenant_id, "workflows.executions", 1)).remaining == 199
+    refused = await kernel.entitlements.ask(tenant_id, "workflows.executions", 201)
+    assert not refused.allowed and refused.remaining == 200 and refused.limit == "workflow_executions"
+    more = [{"transaction_id": f"wf-{i}", "metric": "workflow_executions"} for i in range(790, 1000)]
+    assert ok(await api.post("/api/billing/usage", json={"events": more}, headers=free["h"])) == {
+        "accepted": 200, "duplicates": 10, "rejected": []}
+    assert [p["percent"] for e, p in await billing_events(database_url, free["id"])
+            if e == "billing.allowance.threshold_reached"] == [80, 100]
+    assert not (await kernel.entitlements.ask(tenant_id, "workflows.executions", 1)).allowed
+
+
+# --- metering ------------------------------------------------------------------------------------
+
+
+async def test_usage_is_idempotent_per_tenant_and_read_from_rollups(api: AsyncTestClient[Any]) -> None:
+    a, b = await tenant(api), await tenant(api)
+    batch = [
+        {"transaction_id": "t1", "metric": "storage_gb", "value": 3},
+        {"transaction_id": "t2", "metric": "storage_gb", "value": "4.5"},
+        {"transaction_id": "t3", "metric": "active_users", "unique_key": "u1"},
+        {"transaction_id": "t4", "metric": "active_users", "unique_key": "u1"},
+        {"transaction_id": "t5", "metric": "active_users", "unique_key": "u2"},
+        {"transaction_id": "t1", "metric": "storage_gb", "value": 100},
+    ]
+    assert ok(await api.post("/api/billing/usage", json={"events": batch}, headers=a["h"])) == {
+        "accepted": 5, "duplicates": 1, "rejected": []}
+    assert ok(await api.post("/api/billing/usage", json={"events": batch}, headers=a["h"]))["duplicates"] == 6
+    # The same transaction ids are another tenant's own.
+    assert ok(await api.post("/api/billing/usage", json={"events": batch[:1]}, headers=b["h"]))["accepted"] == 1
+    used = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=a["h"]))["metrics"]}
+    assert used["storage_gb"]["used"] == "7.5"
+    assert used["active_users"]["used"] == "3"  # summed: no charge names another aggregation
+    assert used["workflow_executions"]["included"] == 1000
+    other = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=b["h"]))["metrics"]}
+    assert other["storage_gb"]["used"] == "3"
+    amended = ok(await api.post("/api/billing/usage/amendments", json={"transaction_id": "t2", "value": 1},
+                                headers=a["h"]))
+    assert (amended["previous"], amended["value"]) == ("4.5", "1")
+    used = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=a["h"]))["metrics"]}
+    assert used["storage_gb"]["used"] == "4"
+    problem(await api.post("/api/billing/usage/amendments", json={"transaction_id": "t2", "value": 1},
+                           headers=b["h"]), 404)
+    bad = problem(await api.post("/api/billing/usage", json={"events": [{"transaction_id": "x", "metric": "a",
+                                                                         "value": "lots"}]}, headers=a["h"]), 422)
+    assert bad["errors"][0]["field"] == "events[0].value"
+    too_many = [{"transaction_id": f"n{i}", "metric": "a"} for i in range(1001)]
+    problem(await api.post("/api/billing/usage", json={"events": too_many}, headers=a["h"]), 422)
+
+
+# --- invoices, credits, tax, PDF -------------------------------------------------------------------
+
+
+async def test_invoice_lines_credits_tax_number_pdf_and_void(
+    api: AsyncTestClient[Any], op: dict[str, str], database_url: str
+) -> None:
+    code = f"metered-{uuid.uuid4().hex[:6]}"
+    ok(await api.post("/api/admin/billing/plans", json={
+        "code": code, "name": "Metered", "prices": {"monthly": 1000},
+        "entitlements": {"modules": ["*"]},
+        "charges": [{"metric": "calls", "aggregation": "count", "model": "graduated", "included": 10,
+                     "tiers": [{"up_to": 100, "unit_price": "0.10"}, {"up_to": None, "unit_price": "0.05"}]},
+                    {"metric": "peak", "aggregation": "max", "model": "per_unit", "unit_price": "2"}],
+    }, headers=op), 201)
+    a, b = await tenant(api), await tenant(api)
+    start = datetime(2027, 10, 1, tzinfo=UTC)
+    clock = await on_clock(api, op, a, start, timezone="Europe/Paris", tax_rate="20", tax_id="FR12345678901")
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": code}, headers=a["h"]))
+    sub = await subscription(api, a)
+    assert sub["plan"] == code and sub["timezone"] == "Europe/Paris"
+    await advance(api, op, clock, datetime(2027, 10, 15, tzinfo=UTC))
+    events = [{"transaction_id": f"c{i}", "metric": "calls"} for i in range(160)]
+    events += [{"transaction_id": "p1", "metric": "peak", "value": 2}, {"transaction_id": "p2", "metric": "peak",
+                                                                          "value": 1}]
+    ok(await api.post("/api/billing/usage", json={"events": events}, headers=a["h"]))
+    ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/credits",
+                      json={"amount_minor": 500, "expires_at": "2028-01-01T00:00:00Z"}, headers=op), 201)
+    ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/credits",
+                      json={"amount_minor": 999, "expires_at": "2027-10-20T00:00:00Z"}, headers=op), 201)
+    end = sub["current_period"]["end"]
+    # The period ends: a draft first; late usage within the grace period still counts.
+    ran = await advance(api, op, clock, datetime.fromisoformat(end) + timedelta(hours=1))
+    assert ran["ran"]["periods"] == 1 and ran["ran"]["finalized"] == 0
+    draft = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"][0]
+    assert draft["status"] == "draft" and draft["number"] is None
+    late = {"transaction_id": "late", "metric": "calls", "timestamp": (datetime.fromisoformat(end)
+                                                                        - timedelta(minutes=5)).isoformat()}
+    assert ok(await api.post("/api/billing/usage", json={"events": [late]}, headers=a["h"]))["accepted"] == 1
+    ran = await advance(api, op, clock, datetime.fromisoformat(end) + timedelta(days=2))
+    assert ran["ran"]["finalized"] == 1
+    invoice = ok(await api.get(f"/api/billing/invoices/{draft['id']}", headers=a["h"]))
+    lines = [(line["type"], line["amount_minor"]) for line in invoice["lines"]]
+    # Fee 10.00 (full period: the change from free happened at its start, prorations 0 and 1000);
+    # calls 161 - 10 included: 100 x 0.10 + 51 x 0.05 = 12.55; peak 2 x 2.00; credits: 5.00 (the
+    # other grant expired); tax 20% of the rest.
+    assert lines[:3] == [("subscription", 0), ("proration", 0), ("proration", 1000)]
+    assert lines[3:6] == [("usage", 1000), ("usage", 255), ("usage", 400)]
+    assert ("credit", -500) in lines
+    subtotal = sum(amount for kind, amount in lines if kind != "tax")
+    assert invoice["tax_minor"] == round(subtotal * 0.2) and invoice["tax_id"] == "FR12345678901"
+    assert invoice["total_minor"] == subtotal + invoice["tax_minor"]
+    assert invoice["number"].startswith("INV-") and invoice["status"] == "open"
+    credits = ok(await api.get("/api/billing/credits", headers=a["h"]))
+    assert credits["balance_minor"] == 0 == sum(e["amount_minor"] for e in credits["entries"])
+    assert sorted(e["kind"] for e in credits["entries"]) == ["consume", "expire", "grant", "grant"]
+    assert ok(await api.get("/api/billing/credits", headers=b["h"]))["entries"] == []
+
+    html = await api.get(f"/api/billing/invoices/{invoice['id']}/html", headers=a["h"])
+    assert html.status_code == 200 and invoice["number"] in html.text
+    pdf = await api.get(f"/api/billing/invoices/{invoice['id']}/pdf", headers=a["h"])
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    document = pdfium.PdfDocument(pdf.content)
+    page = document[0]
+    assert invoice["number"] in page.get_textpage().get_text_range()
+    image = page.render(scale=1).to_pil().convert("L")
+    assert image.getextrema()[0] < 128  # some ink on the page, not a blank one
+    assert (await api.get(f"/api/billing/invoices/{invoice['id']}/pdf", headers=b["h"])).status_code == 404
+
+    # Finalized means frozen: the database refuses a change even from the owner role.
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:
+        with pytest.raises(asyncpg.RaiseError):
+            await conn.execute("update billing_invoices set total_minor = 1 where id = $1", uuid.UUID(invoice["id"]))
+    finally:
+        await conn.close()
+    note = ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/invoices/{invoice['id']}/void", headers=op))
+    assert note["kind"] == "credit_note" and note["total_minor"] == -invoice["total_minor"]
+    assert note["number"].startswith("CN-") and note["corrects_id"] == invoice["id"]
+    assert ok(await api.get(f"/api/billing/invoices/{invoice['id']}", headers=a["h"]))["status"] == "void"
+    problem(await api.post(f"/api/admin/billing/tenants/{b['slug']}/invoices/{invoice['id']}/void", headers=op), 404)
+
+
+async def test_invoice_numbers_are_gapless_across_tenants(api: AsyncTestClient[Any], op: dict[str, str]) -> None:
+    numbers = []
+    for _ in range(3):
+        t = await tenant(api)
+        clock = await on_clock(api, op, t, datetime(2028, 3, 1, tzinfo=UTC))
+        ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=t["h"]))
+        await advance(api, op, clock, datetime(2028, 4, 5, tzinfo=UTC))
+        invoice = ok(await api.get("/api/billing/invoices", headers=t["h"]))["invoices"][0]
+        numbers.append(int(invoice["number"].split("-")[1]))
+    assert numbers == list(range(numbers[0], numbers[0] + 3))
+
+
+# --- payments and dunning ------------------------------------------------------------------------
+
+
+async def test_unpaid_invoice_goes_past_due_then_suspends_and_payment_reactivates(
+    api: AsyncTestClient[Any], op: dict[str, str], database_url: str
+) -> None:
+    a, b = await tenant(api), await tenant(api)
+    clock = await on_clock(api, op, a, datetime(2028, 6, 1, tzinfo=UTC))
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=a["h"]))
+    await advance(api, op, clock, datetime(2028, 7, 3, tzinfo=UTC))
+    invoice = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"][0]
+    assert invoice["status"] == "open" and invoice["total_minor"] == 4900
+    assert (await subscription(api, a))["status"] == "active"
+    await advance(api, op, clock, datetime(2028, 7, 11, tzinfo=UTC))  # 7 days after finalizing: overdue
+    assert (await subscription(api, a))["status"] == "past_due"
+    ran = await advance(api, op, clock, datetime(2028, 7, 26, tzinfo=UTC))
+    assert ran["ran"]["dunning"]["suspended"] == 1
+    assert (await api.get("/api/tenants/current", headers=a["h"])).status_code == 403
+    assert (await api.get("/api/tenants/current", headers=b["h"])).status_code == 200
+    paid = ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/invoices/{invoice['id']}/payments",
+                             json={"amount_minor": 4900, "reference": "wire-1"}, headers=op))
+    assert paid["status"] == "paid"
+    assert (await api.get("/api/tenants/current", headers=a["h"])).status_code == 200
+    assert (await subscription(api, a))["status"] == "active"
+    names = [e for e, _ in await billing_events(database_url, a["id"])]
+    for name in ("billing.subscription.past_due", "billing.invoice.paid", "billing.subscription.reactivated"):
+        assert name in names

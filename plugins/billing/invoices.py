@@ -74,7 +74,9 @@ async def draft_for_period(
     label = f"{terms.name} ({sub.billing_interval}{', trial' if trial else ''})"
     lines: list[dict[str, Any]] = [
         {"type": "subscription", "description": label, "quantity": "1", "amount_minor": fee,
-         "plan_version_id": str(terms.version_id)},
+         "plan_version_id": str(terms.version_id),
+         # Usage is priced at the version in force when the period closes (after any upgrade).
+         "usage_version_id": str(sub.plan_version_id)},
     ]
     invoice_id = sdk.uuid7()
     made = await session.execute(
@@ -130,7 +132,7 @@ async def finalize(session: AsyncSession, log: sdk.ChangeLog, invoice_id: uuid.U
     if row.status != "draft":
         return to_invoice(row)
     lines = [line for line in row.lines if line["type"] in ("subscription", "proration")]
-    version_id = uuid.UUID(lines[0]["plan_version_id"])
+    version_id = uuid.UUID(lines[0].get("usage_version_id") or lines[0]["plan_version_id"])
     terms = await _CATALOGUE.version(session, version_id)
     charges = [msgspec.convert(c, Charge) for c in terms.charges]
     used = await quantities(session, row.period_start, row.period_end, {c.metric: c.aggregation for c in charges})

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.billing import credits, invoices, usage
+from plugins.billing.usage import text_of
 from plugins.billing.catalogue import Catalogue, PlanTerms
 from plugins.billing.pricing import Charge
 from plugins.billing.schemas import UsageEvent
@@ -113,8 +114,8 @@ class Billing:
             amount = used.get(metric, Decimal(0))
             limit = included.get(metric)
             metrics.append({
-                "metric": metric, "used": str(amount.normalize() if amount else 0), "included": limit,
-                "remaining": str(max(Decimal(limit) - amount, Decimal(0)).normalize()) if limit is not None else None,
+                "metric": metric, "used": text_of(amount), "included": limit,
+                "remaining": text_of(max(Decimal(limit) - amount, Decimal(0))) if limit is not None else None,
             })
         return {"period": {"start": row.current_period_start, "end": row.current_period_end},
                 "plan": terms.code, "metrics": metrics}

@@ -93,7 +93,9 @@ class Subscriptions:
             return existing
         now = await clock_now(session)
         profile = await profile_of(session)
-        terms = await self.catalogue.latest(session, plan_code or DEFAULT_PLAN)
+        # A tenant whose subscription ended starts again on the free plan: no second trial.
+        ended = (await session.execute(text("select exists (select 1 from billing_subscriptions)"))).scalar_one()
+        terms = await self.catalogue.latest(session, DEFAULT_PLAN if ended else plan_code or DEFAULT_PLAN)
         if terms is None or (terms.paid and terms.trial_days == 0 and plan_code != terms.code):
             terms = await self.catalogue.latest(session, DEFAULT_PLAN)
         assert terms is not None, "the free plan is seeded by the migration"

@@ -169,7 +169,12 @@ async def amend(session: AsyncSession, transaction_id: str, raw: float | str) ->
         ),
         {"delta": value - row.value, "m": row.metric, "p": row.period_start},
     )
-    return {"transaction_id": transaction_id, "metric": row.metric, "previous": str(row.value), "value": str(value)}
+    return {"transaction_id": transaction_id, "metric": row.metric, "previous": text_of(row.value), "value": text_of(value)}
+
+
+def text_of(value: Decimal) -> str:
+    """A decimal without trailing zeros or an exponent: ``Decimal("1.0")`` -> ``"1"``."""
+    return format(value.normalize(), "f")
 
 
 def pick(aggregation: str, row: Any) -> Decimal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from kernel.app import load_app_plugins
 from kernel.context import Kernel
 from kernel.db import migrate
 from kernel.settings import Settings
+from tests.fake_stripe import FakeStripe, fake_stripe, signed
 from tests.conftest import _dsn, new_tenant, open_client, other_process, settings_for
 
 PASSWORD = "a long operator passphrase 7f3"
@@ -429,3 +430,75 @@ async def test_unpaid_invoice_goes_past_due_then_suspends_and_payment_reactivate
     names = [e for e, _ in await billing_events(database_url, a["id"])]
     for name in ("billing.subscription.past_due", "billing.invoice.paid", "billing.subscription.reactivated"):
         assert name in names
+
+
+# --- Stripe --------------------------------------------------------------------------------------
+
+STRIPE_KEY, WEBHOOK_SECRET = "sk_test_billing_suite", "whsec_billing_suite"
+
+
+@pytest.fixture
+def stripe_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStripe]:
+    with fake_stripe(STRIPE_KEY) as fake:
+        monkeypatch.setenv("BUSINESSOS_BILLING_STRIPE_SECRET_KEY", STRIPE_KEY)
+        monkeypatch.setenv("BUSINESSOS_BILLING_STRIPE_API_BASE", fake.url)
+        monkeypatch.setenv("BUSINESSOS_BILLING_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        yield fake
+
+
+async def test_stripe_declines_then_a_retry_collects(
+    api: AsyncTestClient[Any], op: dict[str, str], stripe_api: FakeStripe, database_url: str
+) -> None:
+    a = await tenant(api)
+    clock = await on_clock(api, op, a, datetime(2029, 1, 10, tzinfo=UTC), stripe_customer="cus_A1",
+                           stripe_payment_method="pm_card_chargeDeclined")
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=a["h"]))
+    await advance(api, op, clock, datetime(2029, 2, 12, tzinfo=UTC))
+    invoice = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"][0]
+    assert invoice["status"] == "open"
+    assert [i["status"] for i in stripe_api.intents] == [402]
+    sent = stripe_api.intents[0]["params"]
+    assert (sent["amount"], sent["currency"], sent["customer"]) == ("4900", "usd", "cus_A1")
+    assert sent["metadata"] == {"tenant_id": a["id"], "invoice_id": invoice["id"]}
+    assert (await subscription(api, a))["status"] == "past_due"
+    # The customer fixes the card; the retry a day later collects.
+    ok(await api.put(f"/api/admin/billing/tenants/{a['slug']}/profile",
+                     json={"stripe_payment_method": "pm_card_visa"}, headers=op))
+    ran = await advance(api, op, clock, datetime(2029, 2, 13, 1, tzinfo=UTC))
+    assert ran["ran"]["dunning"].get("retried") == 1
+    assert [i["status"] for i in stripe_api.intents] == [402, 200]
+    assert stripe_api.intents[0]["idempotency_key"] != stripe_api.intents[1]["idempotency_key"]
+    assert ok(await api.get(f"/api/billing/invoices/{invoice['id']}", headers=a["h"]))["status"] == "paid"
+    assert (await subscription(api, a))["status"] == "active"
+    names = [e for e, _ in await billing_events(database_url, a["id"])]
+    assert names.count("billing.payment.failed") == 1 and "billing.subscription.reactivated" in names
+
+
+async def test_stripe_webhook_settles_a_processing_payment_once(
+    api: AsyncTestClient[Any], op: dict[str, str], stripe_api: FakeStripe
+) -> None:
+    a, b = await tenant(api), await tenant(api)
+    clock = await on_clock(api, op, a, datetime(2029, 5, 1, tzinfo=UTC), stripe_customer="cus_B1",
+                           stripe_payment_method="pm_card_processing")
+    hook = ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/stripe/webhook", headers=op), 201)
+    other_hook = ok(await api.post(f"/api/admin/billing/tenants/{b['slug']}/stripe/webhook", headers=op), 201)
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=a["h"]))
+    await advance(api, op, clock, datetime(2029, 6, 3, tzinfo=UTC))
+    invoice = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"][0]
+    assert invoice["status"] == "open" and stripe_api.intents[-1]["intent"]["status"] == "processing"
+    intent = {**stripe_api.intents[-1]["intent"], "status": "succeeded", "amount_received": 4900}
+    payload = json.dumps({"id": "evt_1", "object": "event", "type": "payment_intent.succeeded",
+                          "data": {"object": intent}}).encode()
+    forged = await api.post(hook["path"], content=payload, headers={"Stripe-Signature": signed(payload, "whsec_x")})
+    assert forged.status_code == 400
+    # Delivered to another tenant's endpoint, the event is not applied there (nor here).
+    elsewhere = await api.post(other_hook["path"], content=payload,
+                               headers={"Stripe-Signature": signed(payload, WEBHOOK_SECRET)})
+    assert elsewhere.status_code == 200 and elsewhere.json() == {"ignored": True}
+    assert ok(await api.get(f"/api/billing/invoices/{invoice['id']}", headers=a["h"]))["status"] == "open"
+    for _ in range(2):  # Stripe delivers at least once
+        delivered = await api.post(hook["path"], content=payload,
+                                   headers={"Stripe-Signature": signed(payload, WEBHOOK_SECRET)})
+        assert delivered.status_code == 200, delivered.text
+    paid = ok(await api.get(f"/api/billing/invoices/{invoice['id']}", headers=a["h"]))
+    assert (paid["status"], paid["amount_paid_minor"]) == ("paid", 4900)

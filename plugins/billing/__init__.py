@@ -69,6 +69,38 @@ async def _on_event(ctx: sdk.EventContext) -> None:
         await billing.ingest(ctx.tenant_id, SYSTEM, events)
 
 
+async def _stripe_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
+    """Stripe's word on a PaymentIntent: verified, then applied to the invoice it names (only
+    when that invoice is this endpoint's tenant's)."""
+    import uuid
+
+    from plugins.billing.payments import ChargeResult, apply_result
+    from plugins.billing.stripe_provider import configured
+
+    provider = configured()
+    if provider is None:
+        return sdk.WebhookReply(status=503, content={"error": "stripe is not configured"})
+    try:
+        event = provider.event(hook.body, hook.headers.get("stripe-signature", ""))
+    except Exception:  # a bad signature or payload: the sender learns nothing more
+        return sdk.WebhookReply(status=400, content={"error": "invalid signature"})
+    intent = event["data"]["object"]
+    metadata = intent.get("metadata") or {}
+    if metadata.get("tenant_id") != str(hook.tenant_id) or "invoice_id" not in metadata:
+        return sdk.WebhookReply(status=200, content={"ignored": True})
+    invoice_id = uuid.UUID(metadata["invoice_id"])
+    if event["type"] == "payment_intent.succeeded":
+        result = ChargeResult("succeeded", intent["id"])
+    elif event["type"] == "payment_intent.payment_failed":
+        error = (intent.get("last_payment_error") or {}).get("code") or "payment_failed"
+        result = ChargeResult("failed", intent["id"], error)
+    else:
+        return sdk.WebhookReply(status=200, content={"ignored": True})
+    await apply_result(hook.services, hook.tenant_id, invoice_id, result, int(intent.get("amount_received") or
+                                                                              intent.get("amount") or 0))
+    return sdk.WebhookReply(status=200, content={"received": True})
+
+
 async def _period_end(ctx: sdk.JobContext) -> dict[str, int]:
     return await run_due(ctx.services)
 
@@ -122,6 +154,11 @@ def businessos_event_handlers() -> list[sdk.EventHandler]:
 @sdk.hookimpl
 def businessos_entitlements() -> sdk.EntitlementProvider:
     return Plans()
+
+
+@sdk.hookimpl
+def businessos_webhook_routes() -> list[sdk.WebhookRoute]:
+    return [sdk.WebhookRoute("stripe", _stripe_webhook, "Stripe events about the tenant's PaymentIntents")]
 
 
 @sdk.hookimpl

@@ -107,15 +107,17 @@ async def admin_profile(ref: str, data: ProfileUpdate, services: sdk.Services, o
             text("insert into billing_profiles (tenant_id, id) values (:t, :id) on conflict (tenant_id) do nothing"),
             {"t": tenant.id, "id": sdk.uuid7()},
         )
-        sets = {k: v for k, v in (("timezone", data.timezone), ("tax_rate", data.tax_rate), ("tax_id", data.tax_id))
-                if v is not None}
+        given = (("timezone", data.timezone), ("tax_rate", data.tax_rate), ("tax_id", data.tax_id),
+                 ("stripe_customer", data.stripe_customer), ("stripe_payment_method", data.stripe_payment_method))
+        sets = {k: v for k, v in given if v is not None}
         if sets:
             await session.execute(
                 text("update billing_profiles set " + ", ".join(f"{k} = :{k}" for k in sets) + ", updated_at = now()"),
                 sets,
             )
-        row = (await session.execute(text("select timezone, tax_rate, tax_id from billing_profiles"))).one()
-        profile = {"timezone": row.timezone, "tax_rate": str(row.tax_rate), "tax_id": row.tax_id}
+        row = (await session.execute(text("select timezone, tax_rate, tax_id, stripe_customer from billing_profiles"))).one()
+        profile = {"timezone": row.timezone, "tax_rate": str(row.tax_rate), "tax_id": row.tax_id,
+                   "stripe_customer": row.stripe_customer}
         if data.timezone is not None:
             # The next periods follow the new zone; the current one keeps its instants.
             await session.execute(text("update billing_subscriptions set timezone = :tz where status <> 'canceled'"),
@@ -220,6 +222,14 @@ async def admin_advance_clock(clock_id: uuid.UUID, data: ClockAdvance, services:
     return {"id": clock_id, "frozen_at": data.to, "ran": ran}
 
 
+@post("/tenants/{ref:str}/stripe/webhook", opt=PERM)
+async def admin_stripe_webhook(ref: str, services: sdk.Services, operator: sdk.Operator) -> Any:
+    """A webhook endpoint for Stripe's events about this tenant's payments: give Stripe its path
+    (the tenant comes from its token, as for every inbound webhook)."""
+    tenant = await _tenant(services, ref)
+    return await services.webhooks.create(tenant.id, "stripe", actor=_actor(operator))
+
+
 @post("/run", status_code=200, opt=PERM)
 async def admin_run(services: sdk.Services) -> Any:
     """Run the period-end work due now (what the schedule does every minute)."""
@@ -229,5 +239,5 @@ async def admin_run(services: sdk.Services) -> Any:
 ADMIN_ROUTES = [
     admin_list_plans, admin_create_plan, admin_get_plan, admin_change_plan, admin_migrate, admin_profile,
     admin_grant, admin_void, admin_finalize, admin_record_payment, admin_invoices, admin_create_clock,
-    admin_attach_clock, admin_advance_clock, admin_run,
+    admin_attach_clock, admin_advance_clock, admin_stripe_webhook, admin_run,
 ]

@@ -21,7 +21,10 @@ from kernel import sdk
 from plugins.billing import invoices
 from plugins.billing.subscriptions import clock_now
 
-__all__ = ["DUE_DAYS", "RETRIES", "SUSPEND_AFTER", "ChargeResult", "PaymentProvider", "record", "run_dunning"]
+__all__ = [
+    "DUE_DAYS", "RETRIES", "SUSPEND_AFTER", "ChargeResult", "PaymentProvider", "apply_result", "collect", "record",
+    "run_dunning",
+]
 
 DUE_DAYS = timedelta(days=7)
 RETRIES = (timedelta(days=1), timedelta(days=3), timedelta(days=5))
@@ -42,7 +45,11 @@ class PaymentProvider(Protocol):
 
     name: str
 
-    async def charge(self, tenant_id: uuid.UUID, invoice: Any, idempotency_key: str) -> ChargeResult: ...
+    async def charge(
+        self, tenant_id: uuid.UUID, invoice: Any, idempotency_key: str, *, customer: str, payment_method: str
+    ) -> ChargeResult:
+        """Collect what ``invoice`` still owes from the customer's payment method, once per key."""
+        ...
 
 
 async def settle(
@@ -147,6 +154,7 @@ async def run_dunning(services: sdk.Services, *, clock_id: uuid.UUID | None = No
         log = services.changes.by(SYSTEM, tenant_id)
         async with services.data.tenant(tenant_id) as session:
             now = await clock_now(session)
+            retry = await retries_due(session, now)
             overdue = (await session.execute(
                 text("select count(*) from billing_invoices where kind = 'invoice' and status = 'open' "
                      "and finalized_at <= :due"), {"due": now - DUE_DAYS},
@@ -156,9 +164,68 @@ async def run_dunning(services: sdk.Services, *, clock_id: uuid.UUID | None = No
             since = (await session.execute(
                 text("select past_due_since from billing_subscriptions where status = 'past_due'")
             )).scalar_one_or_none()
+        for invoice_id in retry:
+            await collect(services, tenant_id, invoice_id)
+            counts["retried"] = counts.get("retried", 0) + 1
         if since is not None and since <= now - SUSPEND_AFTER:
             tenant = await services.tenants.find(str(tenant_id))
             if tenant is not None and tenant.status == "active":
                 await services.tenants.set_status(tenant_id, "suspended", SYSTEM)
                 counts["suspended"] += 1
     return counts
+
+
+async def collect(services: sdk.Services, tenant_id: uuid.UUID, invoice_id: uuid.UUID) -> str:
+    """Ask the payment provider for what the invoice owes (when Stripe is configured and the
+    tenant's profile names a customer); the network call runs between two transactions, never
+    inside one. Returns ``succeeded``, ``failed``, ``pending`` or ``skipped``."""
+    from plugins.billing.stripe_provider import configured
+
+    provider = configured()
+    if provider is None:
+        return "skipped"
+    async with services.data.tenant(tenant_id) as session:
+        profile = (await session.execute(
+            text("select stripe_customer, stripe_payment_method from billing_profiles limit 1"))).one_or_none()
+        invoice = await invoices.get(session, invoice_id)
+        attempt = 1 + int((await session.execute(
+            text("select count(*) from billing_payments where invoice_id = :i and status = 'failed'"),
+            {"i": invoice_id})).scalar_one())
+    if profile is None or not profile.stripe_customer or not profile.stripe_payment_method:
+        return "skipped"
+    if invoice.status != "open" or invoice.kind != "invoice":
+        return "skipped"
+    result = await provider.charge(
+        tenant_id, invoice, f"billing:{invoice_id}:{attempt}", customer=profile.stripe_customer,
+        payment_method=profile.stripe_payment_method,
+    )
+    await apply_result(services, tenant_id, invoice_id, result, invoice.total_minor - invoice.amount_paid_minor)
+    return result.status
+
+
+async def apply_result(
+    services: sdk.Services, tenant_id: uuid.UUID, invoice_id: uuid.UUID, result: ChargeResult, amount: int
+) -> None:
+    """Record how a provider's collection ended (from its answer or its webhook)."""
+    log = services.changes.by(SYSTEM, tenant_id)
+    reactivate = False
+    async with services.data.tenant(tenant_id) as session:
+        now = await clock_now(session)
+        if result.status == "succeeded":
+            _, reactivate = await settle(session, log, invoice_id, amount, "stripe", result.reference, now)
+        elif result.status == "failed":
+            reference = f"{result.reference}:failed" if result.reference else None
+            await fail(session, log, invoice_id, "stripe", reference, result.error, now)
+    if reactivate:
+        tenant = await services.tenants.find(str(tenant_id))
+        if tenant is not None and tenant.status == "suspended":
+            await services.tenants.set_status(tenant_id, "active", SYSTEM)
+
+
+async def retries_due(session: AsyncSession, now: datetime) -> list[uuid.UUID]:
+    """Open invoices whose last failed collection scheduled a retry that is due."""
+    rows = await session.execute(text(
+        "select i.id from billing_invoices i where i.status = 'open' and i.kind = 'invoice' and "
+        "(select p.next_retry_at from billing_payments p where p.invoice_id = i.id and p.status = 'failed' "
+        " order by p.attempt desc limit 1) <= :now order by i.id"), {"now": now})
+    return list(rows.scalars().all())

@@ -169,6 +169,8 @@ class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True):
     tax_rate: Annotated[str, msgspec.Meta(pattern=r"^\d{1,2}(\.\d{1,4})?$")] | None = None
     """Percent, e.g. ``"20"`` or ``"8.875"``."""
     tax_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    stripe_customer: Annotated[str, msgspec.Meta(pattern=r"^cus_[A-Za-z0-9]{1,64}$")] | None = None
+    stripe_payment_method: Annotated[str, msgspec.Meta(pattern=r"^pm_[A-Za-z0-9_]{1,64}$")] | None = None
 
 
 class ClockCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
-from plugins.billing import credits, invoices, usage
+from plugins.billing import credits, invoices, payments, usage
 from plugins.billing.usage import text_of
 from plugins.billing.catalogue import Catalogue, PlanTerms
 from plugins.billing.pricing import Charge
@@ -130,6 +130,9 @@ class Billing:
             now = await clock_now(session)
             finalized = await invoices.finalize_due(session, log, now)
             await self._next_due(session, tenant_id)
+        for invoice in finalized:
+            if invoice.status == "open":
+                await payments.collect(self.services, tenant_id, invoice.id)
         return {"periods": ended, "finalized": len(finalized)}
 
     async def _next_due(self, session: AsyncSession, tenant_id: uuid.UUID) -> None:

@@ -110,6 +110,8 @@ def upgrade() -> None:
         sa.Column("tax_rate", sa.Numeric(7, 4), nullable=False, server_default="0"),
         sa.Column("tax_id", sa.Text()),
         sa.Column("clock_id", _UUID),
+        sa.Column("stripe_customer", sa.Text()),
+        sa.Column("stripe_payment_method", sa.Text()),
         sa.Column("updated_at", _TS, nullable=False, server_default=sa.func.now()),
     )
     op.execute("CREATE UNIQUE INDEX uq_billing_profiles_tenant ON billing_profiles (tenant_id)")

@@ -78,6 +78,13 @@ async def test_sign_up_event_makes_the_subscription_and_members_meter_seats(
 
     await eventually(three_seats, timeout=20)
     assert await seats(b) in (None, "1")
-    deliveries = (await api.get("/api/events/deliveries", params={"status": "succeeded"}, headers=h)).json()["items"]
-    assert {"kernel.tenant.created", "kernel.member.added"} <= {d["event"] for d in deliveries}
+
+    async def delivered() -> bool:
+        # The handler's work commits before its delivery is marked done: wait for both.
+        found = (await api.get("/api/events/deliveries", params={"status": "succeeded", "limit": 200},
+                               headers=h)).json()["items"]
+        return {"kernel.tenant.created", "kernel.member.added"} <= {d["event"] for d in found}
+
+    await eventually(delivered, timeout=20)
+    deliveries = (await api.get("/api/events/deliveries", params={"limit": 200}, headers=h)).json()["items"]
     assert {d["handler"] for d in deliveries} == {"billing:meter"}

@@ -18,8 +18,8 @@ from kernel.app import load_app_plugins
 from kernel.context import Kernel
 from kernel.db import migrate
 from kernel.settings import Settings
-from tests.fake_stripe import FakeStripe, fake_stripe, signed
 from tests.conftest import _dsn, new_tenant, open_client, other_process, settings_for
+from tests.fake_stripe import FakeStripe, fake_stripe, signed
 
 PASSWORD = "a long operator passphrase 7f3"
 
@@ -129,8 +129,10 @@ async def test_seeded_plans_and_versions_are_the_operators(api: AsyncTestClient[
     # Tenants see the catalogue but cannot manage it: operator routes refuse tenant credentials.
     t = await tenant(api)
     assert code in {p["code"] for p in ok(await api.get("/api/billing/plans", headers=t["h"]))["plans"]}
-    assert (await api.post("/api/admin/billing/plans", json={**body, "code": code + "y"}, headers=t["h"])).status_code == 401
-    assert (await api.patch(f"/api/admin/billing/plans/{code}", json={"trial_days": 1}, headers=t["h"])).status_code == 401
+    refused = await api.post("/api/admin/billing/plans", json={**body, "code": code + "y"}, headers=t["h"])
+    assert refused.status_code == 401
+    refused = await api.patch(f"/api/admin/billing/plans/{code}", json={"trial_days": 1}, headers=t["h"])
+    assert refused.status_code == 401
 
 
 # --- subscriptions -------------------------------------------------------------------------------

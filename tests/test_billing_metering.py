@@ -18,7 +18,6 @@ from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.events.deliveries import QUEUE
 from kernel.jobs.worker import build_worker
-from kernel.settings import Settings
 from tests.conftest import _dsn, eventually, new_tenant, open_client, settings_for
 
 

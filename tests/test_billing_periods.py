@@ -6,6 +6,7 @@ period's price add up to the price; pricing models on known figures."""
 from __future__ import annotations
 
 import calendar
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -26,7 +27,7 @@ INTERVALS = st.sampled_from(["monthly", "yearly"])
 @given(anchor=ANCHORS, interval=INTERVALS, zone=ZONES, count=st.integers(1, 40))
 def test_consecutive_periods_meet_exactly(anchor: datetime, interval: str, zone: str, count: int) -> None:
     periods = [period_n(anchor, interval, zone, i) for i in range(count)]
-    for before, after in zip(periods, periods[1:], strict=False):
+    for before, after in itertools.pairwise(periods):
         assert before.end == after.start  # no gap, no overlap
         assert before.start < before.end
     local = anchor.astimezone(ZoneInfo(zone))

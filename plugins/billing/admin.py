@@ -112,10 +112,12 @@ async def admin_profile(ref: str, data: ProfileUpdate, services: sdk.Services, o
         sets = {k: v for k, v in given if v is not None}
         if sets:
             await session.execute(
-                text("update billing_profiles set " + ", ".join(f"{k} = :{k}" for k in sets) + ", updated_at = now()"),
+                text("update billing_profiles set "  # noqa: S608 (column names are the fixed keys above)
+                     + ", ".join(f"{k} = :{k}" for k in sets) + ", updated_at = now()"),
                 sets,
             )
-        row = (await session.execute(text("select timezone, tax_rate, tax_id, stripe_customer from billing_profiles"))).one()
+        query = text("select timezone, tax_rate, tax_id, stripe_customer from billing_profiles")
+        row = (await session.execute(query)).one()
         profile = {"timezone": row.timezone, "tax_rate": str(row.tax_rate), "tax_id": row.tax_id,
                    "stripe_customer": row.stripe_customer}
         if data.timezone is not None:
@@ -187,7 +189,8 @@ async def admin_attach_clock(ref: str, clock_id: uuid.UUID, services: sdk.Servic
     billing = Billing(services)
     log = billing.log(_actor(operator), tenant.id)
     async with services.data.tenant(tenant.id) as session:
-        found = (await session.execute(text("select id from billing_clocks where id = :c"), {"c": clock_id})).one_or_none()
+        clock = text("select id from billing_clocks where id = :c")
+        found = (await session.execute(clock, {"c": clock_id})).one_or_none()
         if found is None:
             raise sdk.NotFound(f"clock {clock_id} does not exist")
         await session.execute(
@@ -217,7 +220,7 @@ async def admin_advance_clock(clock_id: uuid.UUID, data: ClockAdvance, services:
                 sdk.FieldError(field="to", message=f"at or after {current.isoformat()}")])
         await session.execute(text("update billing_clocks set frozen_at = :t where id = :c"),
                               {"t": data.to, "c": clock_id})
-    ran = await run_due(services, clock_id=clock_id)
+    ran: dict[str, Any] = dict(await run_due(services, clock_id=clock_id))
     ran["dunning"] = await payments.run_dunning(services, clock_id=clock_id)
     return {"id": clock_id, "frozen_at": data.to, "ran": ran}
 

@@ -20,7 +20,7 @@ from kernel import sdk
 from plugins.billing.pricing import CURRENCY_EXPONENTS
 from plugins.billing.schemas import PlanChange, PlanCreate, PlanOut, PlanVersionOut
 
-__all__ = ["KNOWN", "PlanTerms", "Catalogue", "DEFAULT_PLAN"]
+__all__ = ["DEFAULT_PLAN", "KNOWN", "Catalogue", "PlanTerms"]
 
 DEFAULT_PLAN = "free"
 
@@ -60,9 +60,10 @@ select p.id as plan_id, p.code, p.name, v.id as version_id, v.version, v.currenc
        v.entitlements, v.charges, v.created_at, p.archived
   from billing_plan_versions v join billing_plans p on p.id = v.plan_id
 """
-_LATEST = _TERMS + """
- where p.code = :code and v.version = (select max(version) from billing_plan_versions where plan_id = p.id)
-"""
+_LATEST = (
+    _TERMS  # noqa: S608 (constants only)
+    + " where p.code = :code and v.version = (select max(version) from billing_plan_versions where plan_id = p.id)"
+)
 
 
 def _terms(row: Any) -> PlanTerms:

@@ -11,6 +11,7 @@ cumulative rounding, so the pieces of one period always add up to the whole.
 from __future__ import annotations
 
 import calendar
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -92,7 +93,7 @@ def prorate(amount_minor: int, start: datetime, end: datetime, frm: datetime, to
 def split(amount_minor: int, start: datetime, end: datetime, cuts: list[datetime]) -> list[int]:
     """``amount_minor`` split at ``cuts`` (sorted instants inside the period), one piece each."""
     edges = [start, *cuts, end]
-    return [prorate(amount_minor, start, end, a, b) for a, b in zip(edges, edges[1:], strict=False)]
+    return [prorate(amount_minor, start, end, a, b) for a, b in itertools.pairwise(edges)]
 
 
 def add_days(at: datetime, days: int, timezone: str) -> datetime:

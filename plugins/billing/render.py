@@ -25,8 +25,10 @@ def _title(invoice: Invoice) -> str:
 
 
 def _rows(invoice: Invoice) -> list[tuple[str, str, str]]:
-    rows = [(str(line["description"]), str(line.get("quantity", "")), money(int(line["amount_minor"]), invoice.currency))
-            for line in invoice.lines]
+    rows = [
+        (str(line["description"]), str(line.get("quantity", "")), money(int(line["amount_minor"]), invoice.currency))
+        for line in invoice.lines
+    ]
     rows.append(("Total", "", money(invoice.total_minor, invoice.currency)))
     return rows
 

@@ -18,7 +18,7 @@ from plugins.billing.schemas import Amendment, CancelRequest, ChangePlan, UsageB
 from plugins.billing.service import Billing
 from plugins.billing.usage import amend
 
-__all__ = ["ROUTES", "SUBSCRIPTION_MANAGE", "SUBSCRIPTION_READ", "USAGE_WRITE", "INVOICES_READ"]
+__all__ = ["INVOICES_READ", "ROUTES", "SUBSCRIPTION_MANAGE", "SUBSCRIPTION_READ", "USAGE_WRITE"]
 
 SUBSCRIPTION_READ = "billing.subscription.read"
 SUBSCRIPTION_MANAGE = "billing.subscription.manage"

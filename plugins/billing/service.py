@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.billing import credits, invoices, payments, usage
-from plugins.billing.usage import text_of
 from plugins.billing.catalogue import Catalogue, PlanTerms
 from plugins.billing.pricing import Charge
 from plugins.billing.schemas import UsageEvent
 from plugins.billing.subscriptions import CATALOGUE, Subscriptions, clock_now, profile_of
+from plugins.billing.usage import text_of
 
-__all__ = ["Billing", "SYSTEM", "run_due"]
+__all__ = ["SYSTEM", "Billing", "run_due"]
 
 SYSTEM = sdk.Actor.system("billing")
 

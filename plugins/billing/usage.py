@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.billing.schemas import UsageEvent
 
-__all__ = ["ALLOWANCE_METRICS", "GRACE", "Ingested", "ingest", "quantities", "ai_tokens", "thresholds"]
+__all__ = ["ALLOWANCE_METRICS", "GRACE", "Ingested", "ai_tokens", "ingest", "quantities", "thresholds"]
 
 GRACE = timedelta(hours=24)
 """How long after a period ends its late events are still taken (and its draft invoice waits)."""
@@ -114,7 +114,8 @@ async def ingest(
         at = event.timestamp or now
         if at.tzinfo is None:
             raise sdk.Unprocessable("timestamps need a time zone",
-                                    errors=[sdk.FieldError(field=f"events[{index}].timestamp", message="with an offset")])
+                                    errors=[sdk.FieldError(field=f"events[{index}].timestamp",
+                                                           message="with an offset")])
         if at > now + timedelta(minutes=5):
             rejected.append({"index": index, "transaction_id": event.transaction_id, "reason": "in the future"})
             continue
@@ -169,7 +170,8 @@ async def amend(session: AsyncSession, transaction_id: str, raw: float | str) ->
         ),
         {"delta": value - row.value, "m": row.metric, "p": row.period_start},
     )
-    return {"transaction_id": transaction_id, "metric": row.metric, "previous": text_of(row.value), "value": text_of(value)}
+    return {"transaction_id": transaction_id, "metric": row.metric, "previous": text_of(row.value),
+            "value": text_of(value)}
 
 
 def text_of(value: Decimal) -> str:

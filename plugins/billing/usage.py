@@ -48,7 +48,7 @@ _INGEST = text(
     ), uq as (
       insert into billing_usage_uniques (tenant_id, id, metric, period_start, unique_key)
       select distinct on (metric, period_start, unique_key) :t, gen_random_uuid(), metric, period_start, unique_key
-        from ins where unique_key is not null
+        from ins where unique_key is not null order by metric, period_start, unique_key
       on conflict (tenant_id, metric, period_start, unique_key) do nothing
       returning metric, period_start
     ), agg as (
@@ -63,6 +63,7 @@ _INGEST = text(
       select :t, gen_random_uuid(), a.metric, a.period_start, a.events, a.total, a.maximum, a.latest, a.latest_at,
              coalesce(u.n, 0)
         from agg a left join uqc u using (metric, period_start)
+       order by a.metric, a.period_start  -- one lock order for every writer: no deadlocks
       on conflict (tenant_id, metric, period_start) do update
         set events = r.events + excluded.events, total = r.total + excluded.total,
             maximum = greatest(r.maximum, excluded.maximum),

@@ -504,3 +504,42 @@ async def test_stripe_webhook_settles_a_processing_payment_once(
         assert delivered.status_code == 200, delivered.text
     paid = ok(await api.get(f"/api/billing/invoices/{invoice['id']}", headers=a["h"]))
     assert (paid["status"], paid["amount_paid_minor"]) == ("paid", 4900)
+
+
+async def test_versions_are_grandfathered_downgrades_and_interval_changes_wait(
+    api: AsyncTestClient[Any], op: dict[str, str]
+) -> None:
+    code = f"gf-{uuid.uuid4().hex[:6]}"
+    ok(await api.post("/api/admin/billing/plans", json={"code": code, "name": "Grand", "prices": {
+        "monthly": 1000, "yearly": 10000}, "entitlements": {"modules": ["*"]}}, headers=op), 201)
+    a = await tenant(api)
+    clock = await on_clock(api, op, a, datetime(2030, 1, 31, 5, tzinfo=UTC), timezone="America/New_York")
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": code}, headers=a["h"]))
+    ok(await api.patch(f"/api/admin/billing/plans/{code}", json={"prices": {"monthly": 2000, "yearly": 20000}},
+                       headers=op))
+    sub = await subscription(api, a)
+    assert sub["plan_version"] == 1  # the new price is for new subscriptions
+    # New York's midnight, the anchor day kept through February.
+    assert sub["current_period"]["end"] == "2030-02-28T05:00:00Z"
+    await advance(api, op, clock, datetime(2030, 3, 2, tzinfo=UTC))
+    sub = await subscription(api, a)
+    assert sub["plan_version"] == 1 and sub["current_period"]["end"] == "2030-03-31T04:00:00Z"  # after DST
+    migrated = ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/subscription/migrate", headers=op))
+    assert migrated["to_version"] == 2 and migrated["subscription"]["plan_version"] == 1
+    # Monthly at 10.00 -> yearly at 200.00 (16.67 a month) is an upgrade: the period closes now
+    # (its used part invoiced) and a yearly one starts, at the newest version.
+    yearly = ok(await api.post("/api/billing/subscriptions/change", json={"plan": code, "interval": "yearly"},
+                               headers=a["h"]))
+    assert (yearly["interval"], yearly["plan_version"]) == ("yearly", 2)
+    assert yearly["current_period"] == {"start": "2030-03-02T00:00:00Z", "end": "2031-03-02T00:00:00Z"}
+    invoices = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"]
+    billed = sorted((i["period_start"], i["lines"][0]["amount_minor"], i["total_minor"]) for i in invoices)
+    # 31 Jan - 28 Feb: free at its start, then version 1 for all of it (10.00 as a proration);
+    # 28 Feb - 2 Mar: 43 of the period's 743 hours (a DST change in it) of version 1's 10.00.
+    assert [(fee, total) for _, fee, total in billed] == [(0, 1000), (round(1000 * 43 / 743), round(1000 * 43 / 743))]
+    down = ok(await api.post("/api/billing/subscriptions/change", json={"plan": "free", "interval": "monthly"},
+                             headers=a["h"]))
+    assert down["plan"] == code and down["pending_plan"] == "free"
+    await advance(api, op, clock, datetime(2031, 3, 3, tzinfo=UTC))
+    sub = await subscription(api, a)
+    assert (sub["plan"], sub["interval"]) == ("free", "monthly")

@@ -27,6 +27,44 @@ __all__ = ["SYSTEM", "Billing", "run_due"]
 SYSTEM = sdk.Actor.system("billing")
 logger = logging.getLogger("businessos.billing")
 
+# The usage read in one statement: the live subscription, the tenant's now, the plan version and
+# the period's rollups and AI tokens (the AI ledger's (tenant_id, created_at) index).
+_CURRENT_USAGE = text(
+    """
+    select s.current_period_start, s.current_period_end, p.code, v.entitlements, v.charges,
+           coalesce((select c.frozen_at from billing_profiles pr join billing_clocks c on c.id = pr.clock_id
+                     limit 1), now()) as now,
+           (select coalesce(json_agg(json_build_array(r.metric, r.events, r.total::text, r.maximum::text,
+                                                      r.latest::text, r.uniques)), '[]')
+              from billing_usage_rollups r where r.period_start = s.current_period_start) as rollups,
+           (select coalesce(sum(a.prompt_tokens + a.completion_tokens), 0) from ai_usage a
+             where a.created_at >= s.current_period_start and a.created_at < s.current_period_end) as ai_tokens
+      from billing_subscriptions s
+      join billing_plan_versions v on v.id = s.plan_version_id
+      join billing_plans p on p.id = v.plan_id
+     where s.status <> 'canceled'
+    """
+)
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    metric: str
+    events: int
+    total: Decimal
+    maximum: Decimal | None
+    latest: Decimal | None
+    uniques: int
+
+
+def _rollup_rows(rows: list[list[Any]]) -> list[_Rollup]:
+    return [
+        _Rollup(m, int(e), Decimal(t), Decimal(x) if x is not None else None, Decimal(la) if la is not None else None,
+                int(u))
+        for m, e, t, x, la, u in rows
+    ]
+
+
 EVENTS = {
     "billing.subscription.created": "A tenant's subscription began (sign-up or first read)",
     "billing.subscription.updated": "A plan change, cancellation at period end or resumption",
@@ -43,14 +81,6 @@ EVENTS = {
     "billing.credit.granted": "Prepaid credits were granted",
     "billing.clock.advanced": "The operator moved a test clock",
 }
-
-
-@dataclass(frozen=True)
-class Usage:
-    metric: str
-    used: str
-    included: int | None
-    remaining: str | None
 
 
 class Billing:
@@ -105,13 +135,27 @@ class Billing:
         return await usage.quantities(session, row.current_period_start, row.current_period_end, aggregations)
 
     async def usage_report(self, tenant_id: uuid.UUID, actor: sdk.Actor) -> dict[str, Any]:
-        log = self.log(actor, tenant_id)
+        """The current period's usage per metric against the plan's allowances. The usual case
+        (a live subscription in its period) is one statement over the rollups; otherwise the
+        subscription is made or renewed first."""
         async with self.services.data.tenant(tenant_id) as session:
-            row, terms = await self.current(session, log)
-            used = await self._used(session, row, terms)
-        included = {c["metric"]: c.get("included") for c in terms.charges}
+            found = (await session.execute(_CURRENT_USAGE)).one_or_none()
+            if found is None or found.now >= found.current_period_end:
+                row, terms = await self.current(session, self.log(actor, tenant_id))
+                used = await self._used(session, row, terms)
+                start, end, code = row.current_period_start, row.current_period_end, terms.code
+                entitlements, charges = terms.entitlements, terms.charges
+            else:
+                start, end, code = found.current_period_start, found.current_period_end, found.code
+                entitlements, charges = dict(found.entitlements), list(found.charges)
+                aggregations = {c["metric"]: c.get("aggregation", "sum") for c in charges}
+                aggregations.setdefault("workflow_executions", "count")
+                aggregations.setdefault("seats", "max")
+                used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in _rollup_rows(found.rollups)}
+                used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found.ai_tokens)
+        included = {c["metric"]: c.get("included") for c in charges}
         for feature, metric in usage.ALLOWANCE_METRICS.items():
-            included.setdefault(metric, terms.entitlements.get(feature))
+            included.setdefault(metric, entitlements.get(feature))
         metrics = []
         for metric in sorted(set(used) | set(included)):
             amount = used.get(metric, Decimal(0))
@@ -120,8 +164,7 @@ class Billing:
                 "metric": metric, "used": text_of(amount), "included": limit,
                 "remaining": text_of(max(Decimal(limit) - amount, Decimal(0))) if limit is not None else None,
             })
-        return {"period": {"start": row.current_period_start, "end": row.current_period_end},
-                "plan": terms.code, "metrics": metrics}
+        return {"period": {"start": start, "end": end}, "plan": code, "metrics": metrics}
 
     async def run_tenant(self, tenant_id: uuid.UUID) -> dict[str, int]:
         """The period-end work of one tenant, due or not: renew ended periods, finalize drafts

@@ -33,11 +33,29 @@ GRACE = timedelta(hours=24)
 # Plan entitlements that are monthly allowances of a metric.
 ALLOWANCE_METRICS = {"ai_tokens": "ai_tokens", "workflow_executions": "workflow_executions"}
 
-_INGEST = text(
-    """
+def _ingest_sql(uniques: bool) -> str:
+    """The ingest statement; without unique keys in the batch, the unique-set step is left out.
+
+    Values travel as text and are cast in SQL (asyncpg encodes text arrays in C, Decimals one by
+    one in Python); rollups and unique keys are written in one lock order (no deadlocks between
+    concurrent batches of a tenant)."""
+    unique_ctes = """
+    , uq as (
+      insert into billing_usage_uniques (tenant_id, id, metric, period_start, unique_key)
+      select distinct on (metric, period_start, unique_key) :t, gen_random_uuid(), metric, period_start, unique_key
+        from ins where unique_key is not null order by metric, period_start, unique_key
+      on conflict (tenant_id, metric, period_start, unique_key) do nothing
+      returning metric, period_start
+    ), uqc as (
+      select metric, period_start, count(*) as n from uq group by metric, period_start
+    )""" if uniques else """
+    , uqc as (select null::text as metric, null::timestamptz as period_start, 0::bigint as n where false)"""
+    return """
     with batch as (
-      select * from unnest(cast(:tx as text[]), cast(:metric as text[]), cast(:at as timestamptz[]),
-                           cast(:value as numeric[]), cast(:ukey as text[]), cast(:period as timestamptz[]))
+      select b.transaction_id, b.metric, coalesce(b.occurred_at, cast(:now as timestamptz)) as occurred_at,
+             cast(b.value as numeric) as value, b.unique_key, b.period_start
+        from unnest(cast(:tx as text[]), cast(:metric as text[]), cast(:at as timestamptz[]),
+                    cast(:value as text[]), cast(:ukey as text[]), cast(:period as timestamptz[]))
              as b(transaction_id, metric, occurred_at, value, unique_key, period_start)
     ), ins as (
       insert into billing_usage_events (tenant_id, id, transaction_id, metric, occurred_at, value, unique_key,
@@ -45,25 +63,18 @@ _INGEST = text(
       select :t, gen_random_uuid(), transaction_id, metric, occurred_at, value, unique_key, period_start from batch
       on conflict (tenant_id, transaction_id) do nothing
       returning metric, period_start, occurred_at, value, unique_key
-    ), uq as (
-      insert into billing_usage_uniques (tenant_id, id, metric, period_start, unique_key)
-      select distinct on (metric, period_start, unique_key) :t, gen_random_uuid(), metric, period_start, unique_key
-        from ins where unique_key is not null order by metric, period_start, unique_key
-      on conflict (tenant_id, metric, period_start, unique_key) do nothing
-      returning metric, period_start
-    ), agg as (
+    )""" + unique_ctes + """
+    , agg as (
       select metric, period_start, count(*) as events, sum(value) as total, max(value) as maximum,
              (array_agg(value order by occurred_at desc))[1] as latest, max(occurred_at) as latest_at
         from ins group by metric, period_start
-    ), uqc as (
-      select metric, period_start, count(*) as n from uq group by metric, period_start
     ), up as (
       insert into billing_usage_rollups as r (tenant_id, id, metric, period_start, events, total, maximum, latest,
                                               latest_at, uniques)
       select :t, gen_random_uuid(), a.metric, a.period_start, a.events, a.total, a.maximum, a.latest, a.latest_at,
              coalesce(u.n, 0)
         from agg a left join uqc u using (metric, period_start)
-       order by a.metric, a.period_start  -- one lock order for every writer: no deadlocks
+       order by a.metric, a.period_start
       on conflict (tenant_id, metric, period_start) do update
         set events = r.events + excluded.events, total = r.total + excluded.total,
             maximum = greatest(r.maximum, excluded.maximum),
@@ -74,7 +85,9 @@ _INGEST = text(
     )
     select (select count(*) from ins) as accepted, (select count(*) from up) as rollups
     """
-)
+
+
+_INGEST = {True: text(_ingest_sql(True)), False: text(_ingest_sql(False))}
 
 
 @dataclass(frozen=True)
@@ -92,10 +105,10 @@ def _value(raw: float | str, index: int) -> Decimal:
             "a usage value must be a number",
             errors=[sdk.FieldError(field=f"events[{index}].value", message="a non-negative number")],
         ) from None
-    if not value.is_finite() or value < 0:
+    if not value.is_finite() or value < 0 or value >= 10**15 or int(value.as_tuple().exponent) < -12:
         raise sdk.Unprocessable(
-            "a usage value must be a non-negative number",
-            errors=[sdk.FieldError(field=f"events[{index}].value", message="a non-negative number")],
+            "a usage value must be a non-negative number below 10^15 with at most 12 decimals",
+            errors=[sdk.FieldError(field=f"events[{index}].value", message="a non-negative number below 10^15")],
         )
     return value
 
@@ -134,13 +147,14 @@ async def ingest(
         seen.add(event.transaction_id)
         columns["tx"].append(event.transaction_id)
         columns["metric"].append(event.metric)
-        columns["at"].append(at)
-        columns["value"].append(_value(event.value, index))
+        columns["at"].append(event.timestamp)
+        columns["value"].append(str(_value(event.value, index)))
         columns["ukey"].append(event.unique_key)
         columns["period"].append(period)
     accepted = 0
     if columns["tx"]:
-        accepted = int((await session.execute(_INGEST, {"t": tenant_id, **columns})).one().accepted)
+        statement = _INGEST[any(key is not None for key in columns["ukey"])]
+        accepted = int((await session.execute(statement, {"t": tenant_id, "now": now, **columns})).one().accepted)
     return Ingested(accepted, len(columns["tx"]) - accepted + duplicates_in_batch, rejected)
 
 

@@ -140,7 +140,8 @@ async def main(args: argparse.Namespace) -> None:
                     "max(value), max(value), max(occurred_at) from billing_usage_events where tenant_id = :t "
                     "group by metric, period_start"), {"t": reader.id})
                 await conn.execute(text("analyze billing_usage_events"))
-            print(f"\n2. read: {args.events:,} events loaded for one tenant in {time.perf_counter() - load_started:.1f} s")
+            loaded = time.perf_counter() - load_started
+            print(f"\n2. read: {args.events:,} events loaded for one tenant in {loaded:.1f} s")
             timings: dict[str, list[float]] = {"usage_report (rollups)": [], "scan of the events (baseline)": []}
             # In two blocks: a scan of the events between two reads would evict what the reads use.
             for _ in range(args.reads):
@@ -173,7 +174,8 @@ async def main(args: argparse.Namespace) -> None:
                 log = services.changes.by(actor, t.id)
                 async with services.data.tenant(t.id) as session:
                     await session.execute(text("insert into billing_profiles (tenant_id, id, clock_id, tax_rate) "
-                                               "values (:t, :i, :c, 20)"), {"t": t.id, "i": uuid.uuid4(), "c": clock_id})
+                                               "values (:t, :i, :c, 20)"),
+                                          {"t": t.id, "i": uuid.uuid4(), "c": clock_id})
                     await billing.subscriptions.ensure(session, log, "pro")
                 await billing.ingest(t.id, actor, [UsageEvent(transaction_id=f"e{i}", metric="workflow_executions")
                                                    for i in range(20)])

@@ -50,7 +50,7 @@ def _ingest_sql(uniques: bool) -> str:
       select metric, period_start, count(*) as n from uq group by metric, period_start
     )""" if uniques else """
     , uqc as (select null::text as metric, null::timestamptz as period_start, 0::bigint as n where false)"""
-    return """
+    head = """
     with batch as (
       select b.transaction_id, b.metric, coalesce(b.occurred_at, cast(:now as timestamptz)) as occurred_at,
              cast(b.value as numeric) as value, b.unique_key, b.period_start
@@ -63,7 +63,8 @@ def _ingest_sql(uniques: bool) -> str:
       select :t, gen_random_uuid(), transaction_id, metric, occurred_at, value, unique_key, period_start from batch
       on conflict (tenant_id, transaction_id) do nothing
       returning metric, period_start, occurred_at, value, unique_key
-    )""" + unique_ctes + """
+    )"""
+    tail = """
     , agg as (
       select metric, period_start, count(*) as events, sum(value) as total, max(value) as maximum,
              (array_agg(value order by occurred_at desc))[1] as latest, max(occurred_at) as latest_at
@@ -85,6 +86,7 @@ def _ingest_sql(uniques: bool) -> str:
     )
     select (select count(*) from ins) as accepted, (select count(*) from up) as rollups
     """
+    return head + unique_ctes + tail
 
 
 _INGEST = {True: text(_ingest_sql(True)), False: text(_ingest_sql(False))}

@@ -38,7 +38,7 @@ def _ms(values: list[float]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    from sqlalchemy import event, text
+    from sqlalchemy import text
 
     from kernel import sdk
     from kernel.app import load_app_plugins
@@ -48,7 +48,7 @@ async def main(args: argparse.Namespace) -> None:
     from kernel.settings import load_settings
     from kernel.tenants.schemas import TenantCreate
     from plugins.billing.schemas import UsageEvent
-    from plugins.billing.service import Billing, run_due
+    from plugins.billing.service import Billing
 
     data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-billing-"))
     settings = load_settings({"BUSINESSOS_DATA_DIR": str(data_dir), "BUSINESSOS_PLUGINS": "billing",
@@ -64,6 +64,7 @@ async def main(args: argparse.Namespace) -> None:
             billing = Billing(services)
             actor = sdk.Actor.system("bench")
 
+            parts = set(args.parts.split(","))
             # -- 1. ingest ------------------------------------------------------------------------
             ingest_tenant = await kernel.tenants.create(TenantCreate(name="Ingest", slug="bench-ingest"))
             base_tenant = await kernel.tenants.create(TenantCreate(name="Base", slug="bench-base"))
@@ -100,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
             total = per_writer * args.writers * batch_size
             rounds: dict[str, list[float]] = {"billing ingest (new)": [], "bare insert (baseline)": [],
                                               "billing ingest (all duplicates)": []}
-            for r in range(args.rounds):
+            for r in range(args.rounds if "ingest" in parts else 0):
                 started = time.perf_counter()
                 await asyncio.gather(*(base_writer(w, per_writer, f"b{r}-") for w in range(args.writers)))
                 rounds["bare insert (baseline)"].append(total / (time.perf_counter() - started))
@@ -110,18 +111,34 @@ async def main(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 await asyncio.gather(*(writer(w, per_writer, f"r{r}-") for w in range(args.writers)))
                 rounds["billing ingest (all duplicates)"].append(total / (time.perf_counter() - started))
-            print(f"\n1. ingest: {total:,} events per round in batches of {batch_size}, {args.writers} writers, "
-                  f"{args.rounds} rounds (median events/s):")
-            for name, values in rounds.items():
-                print(f"  {name:34s} {statistics.median(values):10,.0f} events/s")
-            async with services.data.tenant(ingest_tenant.id) as session:
-                check = (await session.execute(text(
-                    "select (select count(*) from billing_usage_events) as events, "
-                    "(select sum(events) from billing_usage_rollups) as rolled"))).one()
-            print(f"  check: {check.events:,} events stored, rollups count {check.rolled:,} (equal: "
-                  f"{check.events == check.rolled})")
+            if "ingest" in parts:
+                print(f"\n1. ingest: {total:,} events per round in batches of {batch_size}, {args.writers} writers, "
+                      f"{args.rounds} rounds (median events/s):")
+                for name, values in rounds.items():
+                    print(f"  {name:34s} {statistics.median(values):10,.0f} events/s")
+                async with services.data.tenant(ingest_tenant.id) as session:
+                    check = (await session.execute(text(
+                        "select (select count(*) from billing_usage_events) as events, "
+                        "(select sum(events)::bigint from billing_usage_rollups) as rolled"))).one()
+                print(f"  check: {check.events:,} events stored, rollups count {check.rolled:,} (equal: "
+                      f"{check.events == check.rolled})")
 
             # -- 2. read --------------------------------------------------------------------------
+            if "read" in parts:
+                await read_part(kernel, services, billing, actor, args)
+            if "run" in parts:
+                await run_part(kernel, services, billing, actor, args)
+    finally:
+        embedded.stop()
+
+
+async def read_part(kernel: Any, services: Any, billing: Any, actor: Any, args: argparse.Namespace) -> None:
+    from sqlalchemy import text
+
+    from kernel.tenants.schemas import TenantCreate
+
+    if True:
+        if True:
             reader = await kernel.tenants.create(TenantCreate(name="Reader", slug="bench-reader"))
             async with services.data.tenant(reader.id) as session:
                 row, _ = await billing.current(session, services.changes.by(actor, reader.id))
@@ -160,6 +177,17 @@ async def main(args: argparse.Namespace) -> None:
             used = {m["metric"]: m["used"] for m in report["metrics"]}
             print(f"  check: workflow_executions used {used.get('workflow_executions')}")
 
+
+
+async def run_part(kernel: Any, services: Any, billing: Any, actor: Any, args: argparse.Namespace) -> None:
+    from sqlalchemy import event, text
+
+    from kernel.tenants.schemas import TenantCreate
+    from plugins.billing.schemas import UsageEvent
+    from plugins.billing.service import run_due
+
+    if True:
+        if True:
             # -- 3. invoice run -------------------------------------------------------------------
             clock_at = datetime(2030, 1, 15, tzinfo=UTC)
             clock_id = uuid.uuid4()
@@ -207,8 +235,6 @@ async def main(args: argparse.Namespace) -> None:
             again = time.perf_counter()
             rerun = await run_due(services, clock_id=clock_id)
             print(f"  second run (nothing due): {rerun} in {time.perf_counter() - again:.2f} s")
-    finally:
-        embedded.stop()
 
 
 if __name__ == "__main__":
@@ -219,4 +245,5 @@ if __name__ == "__main__":
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reads", type=int, default=200)
+    parser.add_argument("--parts", default="ingest,read,run", help="which of ingest,read,run to measure")
     asyncio.run(main(parser.parse_args()))

@@ -52,6 +52,8 @@ class PlanTerms:
         return "*" in modules or module in modules
 
 
+_VERSIONS: dict[uuid.UUID, PlanTerms] = {}
+
 # code -> (paid, trial_days): seeded values until the first refresh.
 KNOWN: dict[str, tuple[bool, int]] = {"free": (False, 0), "pro": (True, 14), "enterprise": (True, 30)}
 
@@ -97,8 +99,14 @@ class Catalogue:
         return _terms(row) if row is not None else None
 
     async def version(self, session: AsyncSession, version_id: uuid.UUID) -> PlanTerms:
+        """One plan version. Versions never change once written, so each is read once per process
+        (only the plan's name may change: a renamed plan shows its new name after a restart)."""
+        cached = _VERSIONS.get(version_id)
+        if cached is not None:
+            return cached
         row = (await session.execute(text(_TERMS + " where v.id = :id"), {"id": version_id})).one()
-        return _terms(row)
+        terms = _VERSIONS[version_id] = _terms(row)
+        return terms
 
     async def refresh(self, session: AsyncSession) -> None:
         rows = (await session.execute(text(_TERMS + " where not p.archived"))).all()

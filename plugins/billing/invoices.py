@@ -106,8 +106,9 @@ async def draft_for_period(
              "where id = :id"),
         {"lines": _json(lines), "st": subtotal, "id": invoice_id},
     )
-    await log.record(session, "billing.invoice.created", invoice_id,
-                     after={"id": str(invoice_id), "period_start": start.isoformat(), "period_end": end.isoformat()})
+    # A draft is the run's own bookkeeping (its finalization is audited): an event, no audit row.
+    await log.emit(session, event="billing.invoice.created",
+                   payload={"id": str(invoice_id), "period_start": start.isoformat(), "period_end": end.isoformat()})
     return invoice_id
 
 
@@ -143,7 +144,9 @@ async def finalize(session: AsyncSession, log: sdk.ChangeLog, invoice_id: uuid.U
                 lines.append({"type": "usage", "description": line.description, "quantity": line.quantity,
                               "unit_price": line.unit_price, "amount_minor": line.amount_minor})
                 usage_total += line.amount_minor
-    applied = await credits.consume(session, log.tenant_id, row.currency, usage_total, invoice_id, now)
+    applied = 0
+    if usage_total:
+        applied = await credits.consume(session, log.tenant_id, row.currency, usage_total, invoice_id, now)
     if applied:
         lines.append({"type": "credit", "description": "Prepaid credits", "quantity": "1", "amount_minor": -applied})
     subtotal = sum(int(line["amount_minor"]) for line in lines)

@@ -35,6 +35,8 @@ id, kind, number, status, currency, period_start, period_end, lines, subtotal_mi
 tax_id, tax_minor, total_minor, amount_paid_minor, finalized_at, paid_at, voided_at, corrects_id, created_at,
 subscription_id, finalize_after
 """
+_ONE = text(f"select {_COLUMNS} from billing_invoices where id = :id")  # noqa: S608
+_LOCKED = text(f"select {_COLUMNS} from billing_invoices where id = :id for update")  # noqa: S608
 
 
 def to_invoice(row: Any) -> Invoice:
@@ -124,12 +126,7 @@ async def _next_number(session: AsyncSession, sequence: str, prefix: str) -> str
 
 async def finalize(session: AsyncSession, log: sdk.ChangeLog, invoice_id: uuid.UUID, now: datetime) -> Invoice:
     """Price the usage, apply credits and tax, number and freeze the draft ``invoice_id``."""
-    row = (
-        await session.execute(text(f"select {_COLUMNS} from billing_invoices where id = :id for update"),  # noqa: S608
-                              {"id": invoice_id})
-    ).one_or_none()
-    if row is None:
-        raise sdk.NotFound(f"invoice {invoice_id} does not exist")
+    row = await _row(session, invoice_id, lock=True)
     if row.status != "draft":
         return to_invoice(row)
     lines = [line for line in row.lines if line["type"] in ("subscription", "proration")]
@@ -186,23 +183,22 @@ async def finalize_due(session: AsyncSession, log: sdk.ChangeLog, now: datetime)
     return [await finalize(session, log, invoice_id, now) for invoice_id in due]
 
 
-async def get(session: AsyncSession, invoice_id: uuid.UUID) -> Invoice:
-    row = (
-        await session.execute(text(f"select {_COLUMNS} from billing_invoices where id = :id"),  # noqa: S608
-                              {"id": invoice_id})
-    ).one_or_none()
+async def _row(session: AsyncSession, invoice_id: uuid.UUID, *, lock: bool = False) -> Any:
+    """The invoice's row (locked for the transaction with ``lock``); 404 when the tenant has none."""
+    row = (await session.execute(_LOCKED if lock else _ONE, {"id": invoice_id})).one_or_none()
     if row is None:
         raise sdk.NotFound(f"invoice {invoice_id} does not exist")
-    return to_invoice(row)
+    return row
+
+
+async def get(session: AsyncSession, invoice_id: uuid.UUID) -> Invoice:
+    return to_invoice(await _row(session, invoice_id))
 
 
 async def void(session: AsyncSession, log: sdk.ChangeLog, invoice_id: uuid.UUID, now: datetime) -> Invoice:
     """Void a finalized invoice and issue its credit note (numbered from its own sequence)."""
-    row = (
-        await session.execute(text(f"select {_COLUMNS} from billing_invoices where id = :id for update"),  # noqa: S608
-                              {"id": invoice_id})
-    ).one_or_none()
-    if row is None or row.kind != "invoice":
+    row = await _row(session, invoice_id, lock=True)
+    if row.kind != "invoice":
         raise sdk.NotFound(f"invoice {invoice_id} does not exist")
     if row.status not in ("open", "paid"):
         raise sdk.Conflict(f"only a finalized invoice can be voided (this one is {row.status})")

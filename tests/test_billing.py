@@ -535,11 +535,27 @@ async def test_versions_are_grandfathered_downgrades_and_interval_changes_wait(
     invoices = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"]
     billed = sorted((i["period_start"], i["lines"][0]["amount_minor"], i["total_minor"]) for i in invoices)
     # 31 Jan - 28 Feb: free at its start, then version 1 for all of it (10.00 as a proration);
-    # 28 Feb - 2 Mar: 43 of the period's 743 hours (a DST change in it) of version 1's 10.00.
-    assert [(fee, total) for _, fee, total in billed] == [(0, 1000), (round(1000 * 43 / 743), round(1000 * 43 / 743))]
+    # 28 Feb - 2 Mar: 43 of the period's 743 hours (a DST change in it) of version 1's 10.00 (the
+    # fee less the unused time).
+    assert [(fee, total) for _, fee, total in billed] == [(0, 1000), (1000, round(1000 * 43 / 743))]
     down = ok(await api.post("/api/billing/subscriptions/change", json={"plan": "free", "interval": "monthly"},
                              headers=a["h"]))
     assert down["plan"] == code and down["pending_plan"] == "free"
     await advance(api, op, clock, datetime(2031, 3, 3, tzinfo=UTC))
     sub = await subscription(api, a)
     assert (sub["plan"], sub["interval"]) == ("free", "monthly")
+
+
+async def test_the_last_invoice_of_a_canceled_subscription_is_finalized(
+    api: AsyncTestClient[Any], op: dict[str, str]
+) -> None:
+    a = await tenant(api)
+    clock = await on_clock(api, op, a, datetime(2031, 6, 1, tzinfo=UTC))
+    ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=a["h"]))
+    await advance(api, op, clock, datetime(2031, 6, 11, tzinfo=UTC))
+    ok(await api.post("/api/billing/subscriptions/cancel", json={"at": "now"}, headers=a["h"]))
+    draft = ok(await api.get("/api/billing/invoices", headers=a["h"]))["invoices"][0]
+    assert draft["status"] == "draft" and draft["total_minor"] == round(4900 * 10 / 30)
+    await advance(api, op, clock, datetime(2031, 6, 13, tzinfo=UTC))
+    final = ok(await api.get(f"/api/billing/invoices/{draft['id']}", headers=a["h"]))
+    assert final["status"] == "open" and final["number"].startswith("INV-")

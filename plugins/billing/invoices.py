@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.billing import credits
 from plugins.billing.catalogue import Catalogue
-from plugins.billing.periods import prorate
 from plugins.billing.pricing import Charge, price_usage
 from plugins.billing.schemas import Invoice
 from plugins.billing.usage import GRACE, quantities
@@ -66,13 +65,14 @@ def _json(value: Any) -> str:
 
 
 async def draft_for_period(
-    session: AsyncSession, log: sdk.ChangeLog, sub: Any, start: datetime, end: datetime, *, full_end: datetime
+    session: AsyncSession, log: sdk.ChangeLog, sub: Any, start: datetime, end: datetime
 ) -> uuid.UUID | None:
-    """The draft of ``[start, end)`` (``full_end``: where the period would have ended, for a
-    prorated fee); ``None`` when it exists already."""
+    """The draft of ``[start, end)``: the period's fee and the prorations waiting for it (a period
+    cut short carries the credit for its unused time as one of them); ``None`` when the draft
+    exists already."""
     terms = await _CATALOGUE.version(session, sub.period_plan_version_id)
     trial = sub.status == "trialing"
-    fee = 0 if trial else prorate(terms.price(sub.billing_interval), start, full_end, start, end)
+    fee = 0 if trial else terms.price(sub.billing_interval)
     label = f"{terms.name} ({sub.billing_interval}{', trial' if trial else ''})"
     lines: list[dict[str, Any]] = [
         {"type": "subscription", "description": label, "quantity": "1", "amount_minor": fee,

@@ -21,6 +21,7 @@ from plugins.billing import invoices
 from plugins.billing.catalogue import DEFAULT_PLAN, Catalogue, PlanTerms
 from plugins.billing.periods import add_days, period_at, prorate
 from plugins.billing.schemas import Subscription
+from plugins.billing.usage import GRACE
 
 __all__ = ["Profile", "Subscriptions", "clock_now", "profile_of"]
 
@@ -98,7 +99,7 @@ class Subscriptions:
         # A tenant whose subscription ended starts again on the free plan: no second trial.
         ended = (await session.execute(text("select exists (select 1 from billing_subscriptions)"))).scalar_one()
         terms = await self.catalogue.latest(session, DEFAULT_PLAN if ended else plan_code or DEFAULT_PLAN)
-        if terms is None or (terms.paid and terms.trial_days == 0 and plan_code != terms.code):
+        if terms is None:
             terms = await self.catalogue.latest(session, DEFAULT_PLAN)
         assert terms is not None, "the free plan is seeded by the migration"
         trial_end = add_days(now, terms.trial_days, profile.timezone) if terms.paid and terms.trial_days else None
@@ -225,7 +226,8 @@ class Subscriptions:
         now = await clock_now(session)
         await self._close_period_now(session, log, row, now)
         await self._set(session, row.id, status="canceled", canceled_at=now, current_period_end=now)
-        await session.execute(text("delete from billing_due where tenant_id = :t"), {"t": log.tenant_id})
+        # The last invoice is a draft until its grace is over: the run comes back for it.
+        await _due(session, log.tenant_id, now + GRACE, (await profile_of(session)).clock_id)
         after = await self.get(session, row.id)
         await log.record(session, "billing.subscription.canceled", row.id, before=before, after=after)
         return after
@@ -242,10 +244,17 @@ class Subscriptions:
         return after
 
     async def _close_period_now(self, session: AsyncSession, log: sdk.ChangeLog, row: Any, now: datetime) -> None:
-        """Invoice ``[period start, now)`` (the fee prorated) before the period is cut short."""
-        await invoices.draft_for_period(
-            session, log, row, row.current_period_start, now, full_end=row.current_period_end
-        )
+        """Invoice ``[period start, now)`` before the period is cut short: what was charged up to
+        the period's end (its fee, the prorations of upgrades) less the unused time of the
+        current plan, all prorated on the period's own bounds so that the pieces add up."""
+        if row.status != "trialing":
+            current = await self.catalogue.version(session, row.plan_version_id)
+            unused = prorate(current.price(row.billing_interval), row.current_period_start, row.current_period_end,
+                             now, row.current_period_end)
+            if unused:
+                await invoices.add_item(session, log.tenant_id, row.id, row.currency,
+                                        f"Unused time on {current.name} after {now:%Y-%m-%d %H:%M} UTC", -unused)
+        await invoices.draft_for_period(session, log, row, row.current_period_start, now)
 
     async def advance(self, session: AsyncSession, log: sdk.ChangeLog, row: Any) -> int:
         """Renew every period that ended by now: invoice it, apply what waits for the period end
@@ -257,10 +266,10 @@ class Subscriptions:
         while row is not None and row.current_period_end <= now:
             ended += 1
             pe = row.current_period_end
-            await invoices.draft_for_period(session, log, row, row.current_period_start, pe, full_end=pe)
+            await invoices.draft_for_period(session, log, row, row.current_period_start, pe)
             if row.cancel_at_period_end:
                 await self._set(session, row.id, status="canceled", canceled_at=pe)
-                await session.execute(text("delete from billing_due where tenant_id = :t"), {"t": log.tenant_id})
+                await _due(session, log.tenant_id, pe + GRACE, profile.clock_id)
                 await log.record(session, "billing.subscription.canceled", row.id,
                                  after=await self.get(session, row.id))
                 return ended

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +30,7 @@ logger = logging.getLogger("businessos.billing")
 
 # The usage read in one statement: the live subscription, the tenant's now, the plan version and
 # the period's rollups and AI tokens (the AI ledger's (tenant_id, created_at) index).
-_CURRENT_USAGE = text(
+_CURRENT_USAGE = sdk.Query(text(
     """
     select s.current_period_start, s.current_period_end, p.code, v.entitlements, v.charges,
            coalesce((select c.frozen_at from billing_profiles pr join billing_clocks c on c.id = pr.clock_id
@@ -44,7 +45,12 @@ _CURRENT_USAGE = text(
       join billing_plans p on p.id = v.plan_id
      where s.status <> 'canceled'
     """
-)
+))
+
+
+def _json(value: Any) -> Any:
+    """A json/jsonb column as the read path returns it (text) or decoded already."""
+    return msgspec.json.decode(value) if isinstance(value, (str, bytes)) else value
 
 
 @dataclass(frozen=True)
@@ -138,21 +144,23 @@ class Billing:
         """The current period's usage per metric against the plan's allowances. The usual case
         (a live subscription in its period) is one statement over the rollups; otherwise the
         subscription is made or renewed first."""
-        async with self.services.data.tenant(tenant_id) as session:
-            found = (await session.execute(_CURRENT_USAGE)).one_or_none()
-            if found is None or found.now >= found.current_period_end:
+        async with self.services.data.read(tenant_id) as reader:
+            found = await reader.fetchrow(_CURRENT_USAGE)
+        if found is None or found["now"] >= found["current_period_end"]:
+            async with self.services.data.tenant(tenant_id) as session:
                 row, terms = await self.current(session, self.log(actor, tenant_id))
                 used = await self._used(session, row, terms)
-                start, end, code = row.current_period_start, row.current_period_end, terms.code
-                entitlements, charges = terms.entitlements, terms.charges
-            else:
-                start, end, code = found.current_period_start, found.current_period_end, found.code
-                entitlements, charges = dict(found.entitlements), list(found.charges)
-                aggregations = {c["metric"]: c.get("aggregation", "sum") for c in charges}
-                aggregations.setdefault("workflow_executions", "count")
-                aggregations.setdefault("seats", "max")
-                used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in _rollup_rows(found.rollups)}
-                used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found.ai_tokens)
+            start, end, code = row.current_period_start, row.current_period_end, terms.code
+            entitlements, charges = terms.entitlements, terms.charges
+        else:
+            start, end, code = found["current_period_start"], found["current_period_end"], found["code"]
+            entitlements, charges = _json(found["entitlements"]), _json(found["charges"])
+            aggregations = {c["metric"]: c.get("aggregation", "sum") for c in charges}
+            aggregations.setdefault("workflow_executions", "count")
+            aggregations.setdefault("seats", "max")
+            rollups = _rollup_rows(_json(found["rollups"]))
+            used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in rollups}
+            used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found["ai_tokens"])
         included = {c["metric"]: c.get("included") for c in charges}
         for feature, metric in usage.ALLOWANCE_METRICS.items():
             included.setdefault(metric, entitlements.get(feature))

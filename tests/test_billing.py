@@ -559,3 +559,24 @@ async def test_the_last_invoice_of_a_canceled_subscription_is_finalized(
     await advance(api, op, clock, datetime(2031, 6, 13, tzinfo=UTC))
     final = ok(await api.get(f"/api/billing/invoices/{draft['id']}", headers=a["h"]))
     assert final["status"] == "open" and final["number"].startswith("INV-")
+
+
+async def test_ai_calls_are_metered_from_the_ai_ledger(api: AsyncTestClient[Any], database_url: str) -> None:
+    a, b = await tenant(api), await tenant(api)
+    await subscription(api, a)
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:  # two calls in the kernel's AI ledger, as the proxy writes them
+        for tokens in ((1200, 300), (500, 0)):
+            await conn.execute(
+                "insert into ai_usage (tenant_id, id, created_at, provider, model, prompt_tokens, completion_tokens, "
+                "cached_tokens, latency_ms, cost, price_version, status, surface, stream) values "
+                "($1, $2, now(), 'openai', 'gpt-4o-mini', $3, $4, 0, 10, 0.0042, 'v1', 'ok', 'api', false)",
+                uuid.UUID(a["id"]), uuid.uuid4(), *tokens,
+            )
+    finally:
+        await conn.close()
+    used = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=a["h"]))["metrics"]}
+    assert used["ai_tokens"]["used"] == "2000" and used["ai_tokens"]["remaining"] == "98000"
+    assert used["ai_cost"]["used"] == "0.0084"
+    other = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=b["h"]))["metrics"]}
+    assert other["ai_tokens"]["used"] == "0"

@@ -38,9 +38,12 @@ _CURRENT_USAGE = sdk.Query(text(
            (select coalesce(json_agg(json_build_array(r.metric, r.events, r.total::text, r.maximum::text,
                                                       r.latest::text, r.uniques)), '[]')
               from billing_usage_rollups r where r.period_start = s.current_period_start) as rollups,
-           (select coalesce(sum(a.prompt_tokens + a.completion_tokens), 0) from ai_usage a
-             where a.created_at >= s.current_period_start and a.created_at < s.current_period_end) as ai_tokens
+           ai.tokens as ai_tokens, ai.cost as ai_cost
       from billing_subscriptions s
+      cross join lateral (
+        select coalesce(sum(a.prompt_tokens + a.completion_tokens), 0) as tokens, coalesce(sum(a.cost), 0) as cost
+          from ai_usage a where a.created_at >= s.current_period_start and a.created_at < s.current_period_end
+      ) ai
       join billing_plan_versions v on v.id = s.plan_version_id
       join billing_plans p on p.id = v.plan_id
      where s.status <> 'canceled'
@@ -161,6 +164,7 @@ class Billing:
             rollups = _rollup_rows(_json(found["rollups"]))
             used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in rollups}
             used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found["ai_tokens"])
+            used["ai_cost"] = Decimal(found["ai_cost"])
         included = {c["metric"]: c.get("included") for c in charges}
         for feature, metric in usage.ALLOWANCE_METRICS.items():
             included.setdefault(metric, entitlements.get(feature))

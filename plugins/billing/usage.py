@@ -241,8 +241,9 @@ async def quantities(
     aggregation; metrics without a charge are summed)."""
     found = await rollups(session, start)
     result = {m: pick(aggregations.get(m, "sum"), r) for m, r in found.items()}
-    tokens, _ = await ai_tokens(session, start, end)
+    tokens, cost = await ai_tokens(session, start, end)
     result["ai_tokens"] = result.get("ai_tokens", Decimal(0)) + tokens
+    result["ai_cost"] = cost  # what the AI ledger priced the calls at (its own price table)
     return result
 
 

@@ -177,6 +177,7 @@ async def test_upgrade_prorates_and_downgrade_waits_for_the_period_end(
     await advance(api, op, clock, start + timedelta(days=14))
     up = ok(await api.post("/api/billing/subscriptions/change", json={"plan": "pro"}, headers=a["h"]))
     assert (up["plan"], up["status"]) == ("pro", "active")
+    assert ok(await api.get("/api/tenants/current", headers=a["h"]))["plan"] == "pro"  # the kernel's record follows
     down = ok(await api.post("/api/billing/subscriptions/change", json={"plan": "free"}, headers=a["h"]))
     assert (down["plan"], down["pending_plan"]) == ("pro", "free")
     ok(await api.post("/api/billing/subscriptions/resume", headers=a["h"]))
@@ -544,6 +545,7 @@ async def test_versions_are_grandfathered_downgrades_and_interval_changes_wait(
     await advance(api, op, clock, datetime(2031, 3, 3, tzinfo=UTC))
     sub = await subscription(api, a)
     assert (sub["plan"], sub["interval"]) == ("free", "monthly")
+    assert ok(await api.get("/api/tenants/current", headers=a["h"]))["plan"] == "free"
 
 
 async def test_the_last_invoice_of_a_canceled_subscription_is_finalized(

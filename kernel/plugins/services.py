@@ -260,6 +260,12 @@ class Tenants:
             str(tenant_id), "active" if status == "active" else "suspended", actor=actor.name, meta=actor.meta
         )
 
+    async def set_plan(self, tenant_id: uuid.UUID, plan: str, actor: Actor) -> Tenant:
+        """Record the tenant's plan code (what ``GET /api/tenants/current`` shows and entitlement
+        queries carry), as the operator's ``PUT /api/admin/tenants/{id}/plan`` does: audited as
+        ``tenant.plan.updated`` by ``actor``. For billing, whose subscription decides the plan."""
+        return await self._kernel.tenants.set_plan(str(tenant_id), plan, actor=actor.name, meta=actor.meta)
+
 
 class ChatOptions(TypedDict, total=False):
     """The options of :meth:`AI.chat` and :meth:`AI.stream`, all optional."""

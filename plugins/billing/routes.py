@@ -60,22 +60,31 @@ async def list_plans(tenant: sdk.Tenant, services: sdk.Services) -> dict[str, An
 async def change_plan(data: ChangePlan, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest) -> Any:
     """Upgrade now (prorated) or downgrade at the end of the period; ``interval`` switches between
     monthly and yearly."""
+    billing = Billing(services)
     async with services.data.tenant(tenant.id) as session:
-        return await Billing(services).subscriptions.change_plan(
+        answer = await billing.subscriptions.change_plan(
             session, _log(services, tenant, request), data.plan, data.interval
         )
+    await billing.sync_plan(tenant.id, sdk.Actor.of_request(request))
+    return answer
 
 
 @post("/api/billing/subscriptions/cancel", status_code=200, tags=TAGS, opt={"permission": SUBSCRIPTION_MANAGE})
 async def cancel(data: CancelRequest, tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest) -> Any:
+    billing = Billing(services)
     async with services.data.tenant(tenant.id) as session:
-        return await Billing(services).subscriptions.cancel(session, _log(services, tenant, request), data.at)
+        answer = await billing.subscriptions.cancel(session, _log(services, tenant, request), data.at)
+    await billing.sync_plan(tenant.id, sdk.Actor.of_request(request))
+    return answer
 
 
 @post("/api/billing/subscriptions/resume", status_code=200, tags=TAGS, opt={"permission": SUBSCRIPTION_MANAGE})
 async def resume(tenant: sdk.Tenant, services: sdk.Services, request: AnyRequest) -> Any:
+    billing = Billing(services)
     async with services.data.tenant(tenant.id) as session:
-        return await Billing(services).subscriptions.resume(session, _log(services, tenant, request))
+        answer = await billing.subscriptions.resume(session, _log(services, tenant, request))
+    await billing.sync_plan(tenant.id, sdk.Actor.of_request(request))
+    return answer
 
 
 @post("/api/billing/usage", status_code=200, tags=TAGS, opt={"permission": USAGE_WRITE})

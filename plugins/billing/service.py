@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.billing import credits, invoices, payments, usage
-from plugins.billing.catalogue import Catalogue, PlanTerms
+from plugins.billing.catalogue import DEFAULT_PLAN, Catalogue, PlanTerms
 from plugins.billing.pricing import Charge
 from plugins.billing.schemas import UsageEvent
 from plugins.billing.subscriptions import CATALOGUE, Subscriptions, clock_now, profile_of
@@ -102,6 +102,16 @@ class Billing:
 
     def log(self, actor: sdk.Actor, tenant_id: uuid.UUID) -> sdk.ChangeLog:
         return self.services.changes.by(actor, tenant_id)
+
+    async def sync_plan(self, tenant_id: uuid.UUID, actor: sdk.Actor) -> None:
+        """Make the kernel's record of the tenant's plan follow its live subscription (after the
+        change committed: the kernel writes it in its own transaction)."""
+        async with self.services.data.tenant(tenant_id) as session:
+            row = await self.subscriptions.live(session)
+        tenant = await self.services.tenants.find(str(tenant_id))
+        code = row.plan_code if row is not None else DEFAULT_PLAN  # canceled: free from the next read
+        if tenant is not None and tenant.plan != code:
+            await self.services.tenants.set_plan(tenant_id, code, actor)
 
     async def signed_up_plan(self, tenant_id: uuid.UUID) -> str | None:
         tenant = await self.services.tenants.find(str(tenant_id))
@@ -191,6 +201,8 @@ class Billing:
         for invoice in finalized:
             if invoice.status == "open":
                 await payments.collect(self.services, tenant_id, invoice.id)
+        if ended:
+            await self.sync_plan(tenant_id, SYSTEM)
         return {"periods": ended, "finalized": len(finalized)}
 
     async def _next_due(self, session: AsyncSession, tenant_id: uuid.UUID) -> None:

@@ -525,8 +525,16 @@ async def test_versions_are_grandfathered_downgrades_and_interval_changes_wait(
     await advance(api, op, clock, datetime(2030, 3, 2, tzinfo=UTC))
     sub = await subscription(api, a)
     assert sub["plan_version"] == 1 and sub["current_period"]["end"] == "2030-03-31T04:00:00Z"  # after DST
+    b = await tenant(api)  # another subscriber of version 1, moved by the plan-wide migration
+    await on_clock(api, op, b, datetime(2030, 3, 2, tzinfo=UTC))
+    moved = ok(await api.post(f"/api/admin/billing/plans/{code}/migrate", headers=op))
+    assert moved == {"plan": code, "to_version": 2, "subscriptions": 1}  # a; b is on free: untouched
+    assert (await subscription(api, b))["pending_plan"] is None
+    assert (await subscription(api, a))["pending_plan"] == code
     migrated = ok(await api.post(f"/api/admin/billing/tenants/{a['slug']}/subscription/migrate", headers=op))
     assert migrated["to_version"] == 2 and migrated["subscription"]["plan_version"] == 1
+    again = ok(await api.post(f"/api/admin/billing/plans/{code}/migrate", headers=op))
+    assert again["to_version"] == 2 and again["subscriptions"] == 0  # a's move is already pending
     # Monthly at 10.00 -> yearly at 200.00 (16.67 a month) is an upgrade: the period closes now
     # (its used part invoiced) and a yearly one starts, at the newest version.
     yearly = ok(await api.post("/api/billing/subscriptions/change", json={"plan": code, "interval": "yearly"},

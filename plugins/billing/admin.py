@@ -89,6 +89,37 @@ async def admin_migrate(ref: str, services: sdk.Services, operator: sdk.Operator
     return {"subscription": after, "to_version": latest.version}
 
 
+@post("/plans/{code:str}/migrate", status_code=200, opt=PERM)
+async def admin_migrate_plan(code: str, services: sdk.Services, operator: sdk.Operator) -> Any:
+    """Move every subscription on an older version of the plan to its newest version, each at
+    its next period end (one transaction per tenant, audited in its log)."""
+    async with services.data.installation() as session:
+        latest = await _CATALOGUE.latest(session, code)
+        tenants = (await session.execute(text("select tenant_id from billing_due order by tenant_id"))).scalars().all()
+    if latest is None:
+        raise sdk.NotFound(f"plan {code!r} does not exist")
+    billing = Billing(services)
+    moved = 0
+    for tenant_id in tenants:
+        log = billing.log(_actor(operator), tenant_id)
+        async with services.data.tenant(tenant_id) as session:
+            row = await billing.subscriptions.live(session, lock=True)
+            # Already there, on another plan, or a change already waits for the period end (it wins).
+            if (row is None or row.plan_code != code or row.plan_version_id == latest.version_id
+                    or row.pending_plan_version_id is not None):
+                continue
+            before = await billing.subscriptions.view(session, row)
+            await session.execute(
+                text("update billing_subscriptions set pending_plan_version_id = :v, version = version + 1 "
+                     "where id = :id"),
+                {"v": latest.version_id, "id": row.id},
+            )
+            after = await billing.subscriptions.view(session, await billing.subscriptions.live(session))
+            await log.record(session, "billing.subscription.updated", row.id, before=before, after=after)
+            moved += 1
+    return {"plan": code, "to_version": latest.version, "subscriptions": moved}
+
+
 @put("/tenants/{ref:str}/profile", opt=PERM)
 async def admin_profile(ref: str, data: ProfileUpdate, services: sdk.Services, operator: sdk.Operator) -> Any:
     """The tenant's billing time zone and tax (rate in percent, tax id)."""
@@ -240,7 +271,8 @@ async def admin_run(services: sdk.Services) -> Any:
 
 
 ADMIN_ROUTES = [
-    admin_list_plans, admin_create_plan, admin_get_plan, admin_change_plan, admin_migrate, admin_profile,
+    admin_list_plans, admin_create_plan, admin_get_plan, admin_change_plan, admin_migrate_plan, admin_migrate,
+    admin_profile,
     admin_grant, admin_void, admin_finalize, admin_record_payment, admin_invoices, admin_create_clock,
     admin_attach_clock, admin_advance_clock, admin_stripe_webhook, admin_run,
 ]

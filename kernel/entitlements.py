@@ -84,6 +84,12 @@ class EntitlementProvider:
     default_plan: str = DEFAULT_PLAN
     """The plan of a tenant created without one."""
 
+    def signup_plan(self, requested: str) -> str:
+        """The plan a self-service sign-up that asked for ``requested`` (a known code) gets: a
+        provider that bills returns ``requested`` only when it is free or starts with a trial,
+        else its default plan. The default: ``requested``."""
+        return requested
+
     async def check(self, query: EntitlementQuery, services: Services) -> Entitlement:
         """Answer ``query``; ``services`` is the provider plugin's own facade (its tables, settings).
         An exception here refuses the action with a 503 (entitlements fail closed)."""
@@ -108,10 +114,13 @@ class EntitlementGate:
         """Give the gate the kernel's facade factory (the kernel exists only after the gate)."""
         self._services = services
 
-    def plan(self, requested: str | None, *, field: str = "plan") -> str:
+    def plan(self, requested: str | None, *, field: str = "plan", signup: bool = False) -> str:
         """The plan code a new tenant gets: ``requested`` when the provider knows it (422 naming
-        ``field`` otherwise), else the provider's default."""
+        ``field`` otherwise), else the provider's default. With ``signup`` (a tenant creating
+        itself, nobody paid yet) the provider's :meth:`~EntitlementProvider.signup_plan` decides."""
         provider = self.provider
+        if signup and provider is not None and requested is not None:
+            return provider.signup_plan(self.plan(requested, field=field))
         if requested is None:
             return provider.default_plan if provider is not None else DEFAULT_PLAN
         if provider is not None and provider.plans is not None and requested not in provider.plans:

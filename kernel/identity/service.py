@@ -143,7 +143,7 @@ class IdentityService:
             data.owner.password, field="owner.password", context=[email, data.name, data.slug]
         )
         await self._check_lock(email)
-        plan = self.entitlements.plan(data.plan)
+        plan = self.entitlements.plan(data.plan, signup=True)
         tenant_row = TenantRow(name=data.name.strip(), slug=data.slug, plan=plan, status="active")
         try:
             async with self.db.global_() as session:

@@ -53,15 +53,20 @@ class ModuleService:
             raise NotFound(f"module {name!r} is not installed")
         return record
 
+    def _always(self) -> frozenset[str]:
+        """Active plugins whose manifest says ``always_enabled``: on for every tenant."""
+        return frozenset(r.name for r in self.plugins.active() if r.manifest and r.manifest.always_enabled)
+
     async def enabled(self, tenant_id: uuid.UUID) -> frozenset[str]:
-        """Names of the modules ``tenant_id`` has enabled (cached per process)."""
+        """Names of the modules ``tenant_id`` has enabled, the always-enabled ones included
+        (cached per process)."""
         key = str(tenant_id)
         cached = self._cache.get(key)
         generation = self._cache.generation
         if isinstance(cached, frozenset):
             return cached
         async with self.db.tenant(tenant_id) as session:
-            names = frozenset(
+            names = self._always() | frozenset(
                 (
                     await session.execute(
                         select(TenantModuleRow.plugin).where(TenantModuleRow.enabled.is_(True))
@@ -140,6 +145,8 @@ class ModuleService:
         """Disable ``name`` (its data stays); 409 while an enabled module depends on it. Audited as
         ``module.disabled`` in the same transaction."""
         self._plugin(name)
+        if name in self._always():
+            raise Conflict(f"module {name!r} is enabled for every tenant by the installation")
         async with self.db.tenant(tenant_id) as session:
             await self._lock(session, tenant_id)
             enabled = await self._enabled_in(session)
@@ -183,7 +190,7 @@ class ModuleService:
         deleted: dict[str, int] = {}
         async with self.db.tenant(tenant_id) as session:
             await self._lock(session, tenant_id)
-            if name in await self._enabled_in(session):
+            if name in self._always() or name in await self._enabled_in(session):
                 raise Conflict(f"disable module {name!r} before purging its data")
             # Children before parents: the reverse of the order the tables were declared to depend in.
             for table in reversed(record.metadata.sorted_tables if record.metadata is not None else []):

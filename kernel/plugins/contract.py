@@ -48,6 +48,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     kernel_api: str
     """PEP 440 specifier of the kernel API versions it works with, e.g. ``">=1.0,<2"``."""
     depends_on: tuple[str, ...] = ()
+    always_enabled: bool = False
+    """An installation-level module (billing): enabled for every tenant from creation, its routes
+    and event handlers live for all, and no tenant can disable it."""
     title: str = ""
     description: str = ""
 

@@ -218,6 +218,14 @@ class Data:
             yield session
 
     @asynccontextmanager
+    async def installation(self) -> AsyncIterator[AsyncSession]:
+        """One transaction with no tenant set, for the plugin's installation-level tables (a
+        catalogue, a number sequence, an index of due work across tenants): every tenant table
+        answers nothing in it. Commits like :meth:`tenant`."""
+        async with self._db.global_() as session:
+            yield session
+
+    @asynccontextmanager
     async def read(self, tenant_id: uuid.UUID) -> AsyncIterator[Reader]:
         """A read-only transaction for hot list endpoints: compiled ``sdk.Query`` statements on a
         plain asyncpg connection, same role and row-level security, fewer round trips."""
@@ -266,6 +274,22 @@ class Tenants:
             )
             ids = list(rows.scalars())
         return [tenant_id for tenant_id in ids if await self.enabled(tenant_id)]
+
+    async def set_status(self, tenant_id: uuid.UUID, status: str, actor: Actor) -> Tenant:
+        """Suspend (``"suspended"``) or reactivate (``"active"``) the tenant, as the operator's
+        ``/api/admin/tenants/{id}/suspend`` does: audited as ``tenant.status.updated`` by
+        ``actor``, ``kernel.tenant.suspended``/``activated`` emitted. For billing's dunning."""
+        if status not in ("active", "suspended"):
+            raise ValueError(f"status {status!r} is not active or suspended")
+        return await self._kernel.tenants.set_status(
+            str(tenant_id), "active" if status == "active" else "suspended", actor=actor.name, meta=actor.meta
+        )
+
+    async def set_plan(self, tenant_id: uuid.UUID, plan: str, actor: Actor) -> Tenant:
+        """Record the tenant's plan code (what ``GET /api/tenants/current`` shows and entitlement
+        queries carry), as the operator's ``PUT /api/admin/tenants/{id}/plan`` does: audited as
+        ``tenant.plan.updated`` by ``actor``. For billing, whose subscription decides the plan."""
+        return await self._kernel.tenants.set_plan(str(tenant_id), plan, actor=actor.name, meta=actor.meta)
 
 
 class ChatOptions(TypedDict, total=False):

@@ -97,4 +97,9 @@ NOT_SEALED: Mapping[tuple[str, str], str] = {
     ("user_recovery_codes", "code_hash"): "SHA-256 of a recovery code: nothing to open",
     ("webhook_endpoints", "token_hash"): "SHA-256 of the URL token: nothing to open",
     ("ai_provider_keys", "last_four"): "the key's last four characters, shown to recognise it",
+    ("billing_plans", "code"): "a plan's public name (free, pro), not a secret code",
+    ("billing_subscriptions", "plan_code"): "the subscribed plan's public name",
+    ("billing_usage_events", "unique_key"): "what a unique-count metric counts (a user id), not a key",
+    ("billing_usage_uniques", "unique_key"): "what a unique-count metric counts (a user id), not a key",
+    ("webhooks_replays", "idempotency_key"): "the caller's name for a replay request, to answer a repeat once",
 }

@@ -499,27 +499,42 @@ class Engine:
     async def work(self, *, limit: int | None = None, parallel: int = 1) -> int:
         """Claim and run due runs until none is left (or ``limit`` ran); ``parallel`` at once.
         Returns how many claims ran."""
-        done = 0
         running: set[asyncio.Task[str | None]] = set()
+        try:
+            return await self._work(running, limit, parallel)
+        except BaseException:
+            # The worker is going away (a job timeout, shutdown): its runs stop where they are and
+            # their leases expire, so another worker resumes them from their checkpoints.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+
+    async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
+        done = 0
         while limit is None or done < limit:
             while len(running) >= parallel:
-                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running.difference_update(finished)
                 for task in finished:
                     task.result()
             claimed = await self.claim()
             if claimed is None:
                 if not running:
                     break
-                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running.difference_update(finished)
                 for task in finished:
                     task.result()
                 continue
             done += 1
             running.add(asyncio.create_task(self.run(*claimed)))
-        if running:
-            for result in await asyncio.gather(*running, return_exceptions=True):
-                if isinstance(result, BaseException):
-                    raise result
+        while running:
+            finished, running_left = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            running.clear()
+            running.update(running_left)
+            for task in finished:
+                task.result()
         return done
 
     # -- running -----------------------------------------------------------------------------
@@ -559,8 +574,12 @@ class Engine:
             kind=run_as.get("kind", "user"), id=uuid.UUID(run_as["id"]) if run_as.get("id") else uuid.UUID(int=0),
             tenant_id=tenant_id, role=run_as.get("role"), permissions=frozenset(run_as.get("permissions", ())),
         )
+        # Body steps of a for-each share iteration numbers with top-level ones ("0"): keep only the
+        # nodes outside every loop.
+        outside = {n.id for n in plan.top} | {plan.trigger.id}
         records = {
-            s.node_id: _Rec(s.status, s.output, list(s.ports or [MAIN]), s.attempts, s.wake_at, s.error) for s in steps
+            s.node_id: _Rec(s.status, s.output, list(s.ports or [MAIN]), s.attempts, s.wake_at, s.error)
+            for s in steps if s.node_id in outside
         }
         return _Run(
             tenant_id=tenant_id, execution_id=execution_id, workflow_id=e.workflow_id, version_number=e.version_number,

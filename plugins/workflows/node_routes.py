@@ -8,7 +8,7 @@ the permission it needs and, for triggers, the event it starts on.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, get, post
@@ -20,6 +20,7 @@ __all__ = ["NODE_ROUTES", "NodeList", "NodeOut", "NodeTest", "NodeTestResult"]
 
 READ = "workflows.definitions.read"
 TEST = "workflows.nodes.test"
+MAX_LIMIT = 500
 
 
 class NodeOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,11 +79,12 @@ async def list_nodes(
     services: sdk.Services,
     kind: Literal["action", "trigger"] | None = None,
     plugin: str | None = None,
-    page: Annotated[int, msgspec.Meta(ge=1)] = 1,
-    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 500,
+    page: int = 1,
+    limit: int = MAX_LIMIT,
 ) -> NodeList:
     """The nodes this tenant may use, in plugin then declaration order; ``kind`` and ``plugin``
-    narrow the list."""
+    narrow the list (``limit`` up to 500: the whole catalogue fits one page)."""
+    sdk.check_list(page, limit, "key", ["key"], max_limit=MAX_LIMIT)
     principal = services.members.principal_of(request)
     found = [
         n for n in await services.nodes.catalogue(tenant.id)

@@ -55,10 +55,13 @@ from kernel.plugins.contract import (
     NodeSpec,
     Permission,
     Schedule,
+    StepJournal,
 )
 from kernel.plugins.hookspecs import hookimpl
+from kernel.plugins.nodes import CatalogueNode, Nodes
 from kernel.plugins.services import AI, Actor, AIAnswer, ChangeLog, Changes, Data, Members, Services, Tenants
 from kernel.runtime import open_services
+from kernel.sandbox import TemplateFailed, TemplateSandbox
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import SecretUnreadable, Vault
 from kernel.webhooks.contract import InboundWebhook, WebhookReply, WebhookRoute
@@ -74,6 +77,7 @@ __all__ = [
     "AIAnswer",
     "Actor",
     "BadRequest",
+    "CatalogueNode",
     "ChangeLog",
     "Changes",
     "Conflict",
@@ -103,6 +107,7 @@ __all__ = [
     "NodeContext",
     "NodeRunner",
     "NodeSpec",
+    "Nodes",
     "NotFound",
     "Operator",
     "Pagination",
@@ -118,6 +123,9 @@ __all__ = [
     "Schedule",
     "SecretUnreadable",
     "Services",
+    "StepJournal",
+    "TemplateFailed",
+    "TemplateSandbox",
     "Tenant",
     "TenantScoped",
     "Tenants",

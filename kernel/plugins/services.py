@@ -27,6 +27,7 @@ from kernel.events.outbox import emit
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
+from kernel.plugins.nodes import Nodes
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import Vault
 from kernel.webhooks.service import Webhooks
@@ -262,6 +263,12 @@ class ChatOptions(TypedDict, total=False):
     object_type: str | None
     """The business object the call is for, ``<plugin>.<entity>``; the ledger row names it."""
     object_id: uuid.UUID | str | None
+    tools: list[dict[str, Any]] | None
+    """OpenAI-style function tools (``{"type": "function", "function": {name, description,
+    parameters}}``); the model's calls come back in :attr:`AIAnswer.tool_calls`."""
+    tool_choice: Any
+    response_format: dict[str, Any] | None
+    """``{"type": "json_object"}`` (or a ``json_schema`` one) where the provider supports it."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,9 @@ class AIAnswer:
     prompt_tokens: int
     completion_tokens: int
     cost: Decimal
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The model's tool calls, ``{"id", "type": "function", "function": {"name", "arguments"}}``
+    (``arguments`` a JSON string, as the provider sent it)."""
 
 
 class AI:
@@ -312,7 +322,8 @@ class AI:
         params = ChatParams(
             messages=messages, stream=stream, model=options.get("model"), max_tokens=options.get("max_tokens"),
             temperature=options.get("temperature"), object_type=options.get("object_type"),
-            object_id=str(object_id) if object_id is not None else None,
+            object_id=str(object_id) if object_id is not None else None, tools=options.get("tools"),
+            tool_choice=options.get("tool_choice"), response_format=options.get("response_format"),
         )
         return await self._proxy.prepare(self._caller(tenant_id, actor), params)
 
@@ -324,6 +335,7 @@ class AI:
         return AIAnswer(
             content=str(done.message.get("content") or ""), model=done.model, finish_reason=done.finish_reason,
             prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, cost=done.cost,
+            tool_calls=list(done.message.get("tool_calls") or []),
         )
 
     async def stream(
@@ -376,6 +388,8 @@ class Services:
         self.entitlements = Entitlements(kernel.entitlements, plugin)
         self.jobs = Jobs(kernel, plugin)
         self.http = kernel.egress
+        self.nodes = Nodes(kernel)
+        """The tenant's workflow node catalogue, and running one node as a step (``sdk.Nodes``)."""
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

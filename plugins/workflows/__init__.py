@@ -17,8 +17,10 @@ from typing import Annotated, Any
 import msgspec
 
 from kernel import sdk
+from plugins.workflows.ai_nodes import AI_NODES
 from plugins.workflows.engine import Engine
 from plugins.workflows.models import Base
+from plugins.workflows.node_routes import NODE_ROUTES
 from plugins.workflows.nodes import NODES
 from plugins.workflows.routes import ROUTES
 from plugins.workflows.triggers import EVENT_HANDLER, WEBHOOK_ROUTE
@@ -44,12 +46,12 @@ class WorkflowsSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 PERMISSIONS = [
-    sdk.Permission("workflows.definitions.read", "See workflows, their versions and exports"),
+    sdk.Permission("workflows.definitions.read", "See workflows, their versions, exports and the node catalogue"),
     sdk.Permission("workflows.definitions.write", "Create, change, publish, import and delete workflows"),
     sdk.Permission("workflows.executions.read", "See runs, their steps and approvals"),
     sdk.Permission("workflows.executions.write", "Start, cancel and retry runs"),
     sdk.Permission("workflows.approvals.decide", "Approve or reject a run's approval step", roles=("admin",)),
-    sdk.Permission("workflows.nodes.test", "Run one node with a given input without saving"),
+    sdk.Permission("workflows.nodes.test", "Run one node with a given config to try it (it acts for real)"),
 ]
 
 
@@ -84,7 +86,7 @@ async def _sweep(ctx: sdk.JobContext) -> None:
 
 @sdk.hookimpl
 def businessos_routes() -> list[Any]:
-    return ROUTES
+    return [*ROUTES, *NODE_ROUTES]
 
 
 @sdk.hookimpl
@@ -114,7 +116,7 @@ def businessos_event_handlers() -> list[sdk.EventHandler]:
 
 @sdk.hookimpl
 def businessos_workflow_nodes() -> list[sdk.NodeSpec]:
-    return NODES
+    return [*NODES, *AI_NODES]
 
 
 @sdk.hookimpl

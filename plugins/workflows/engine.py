@@ -590,10 +590,7 @@ class Engine:
 
     async def _trigger_keys(self, tenant_id: uuid.UUID) -> set[str]:
         keys = set(control.TRIGGER_KEYS)
-        nodes = getattr(self.services, "nodes", None)
-        if nodes is not None:
-            with contextlib.suppress(Exception):
-                keys |= {spec.key for spec in await nodes.catalogue(tenant_id) if spec.kind == "trigger"}
+        keys |= {node.key for node in await self.services.nodes.catalogue(tenant_id) if node.kind == "trigger"}
         return keys
 
     async def run(self, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> str | None:
@@ -818,14 +815,14 @@ class Engine:
             )
 
     async def _act(self, run: _Run, node: Node, iteration: str, attempt: int, config: Any) -> Any:
-        ctx = sdk.NodeContext(
-            tenant_id=run.tenant_id, execution_id=run.execution_id, step_id=node.id, attempt=attempt,
-            actor=run.actor, services=self.services, iteration=iteration,
+        """Run another plugin's action through ``services.nodes`` (its permission checked
+        against the run's principal), with a journal for checkpoints inside the step."""
+        journal = _Journal(self, run, node, iteration)
+        await journal.load()
+        return await self.services.nodes.run(
+            node.node, tenant_id=run.tenant_id, execution_id=run.execution_id, step_id=node.id, attempt=attempt,
+            actor=run.actor, config=config, journal=journal, iteration=iteration,
         )
-        nodes = getattr(self.services, "nodes", None)
-        if nodes is None:
-            raise StepError(f"node {node.node!r} cannot run: the node catalogue is unavailable", kind="config")
-        return await nodes.run(node.node, ctx, config)
 
     def _pure(self, node: Node, config: Any, records: Mapping[str, _Rec], run: _Run) -> tuple[Any, list[str]]:
         key = node.node
@@ -1255,6 +1252,43 @@ class Engine:
                 {"now": now, "days": self.config.retention_days, "n": limit},
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class _Journal:
+    """``ctx.journal``: checkpoints inside one step (an agent's tool calls), kept in the step
+    row's ``journal`` column; a later attempt of the step gets the stored results back."""
+
+    def __init__(self, engine: Engine, run: _Run, node: Node, iteration: str) -> None:
+        self._engine, self._run, self._node, self._iteration = engine, run, node, iteration
+        self._done: dict[str, Any] = {}
+
+    async def load(self) -> None:
+        async with self._engine.services.data.tenant(self._run.tenant_id) as session:
+            row = (
+                await session.execute(
+                    text("select journal from workflows_steps where execution_id = :e and node_id = :n "
+                         "and iteration = :i"),
+                    {"e": self._run.execution_id, "n": self._node.id, "i": self._iteration},
+                )
+            ).first()
+        self._done = dict(row.journal or {}) if row is not None else {}
+
+    async def step(self, name: str, work: Callable[[], Awaitable[Any]], /) -> Any:
+        if name in self._done:
+            return self._done[name]
+        result = _jsonable(await work())
+        entry = _json({name: result})
+
+        async def keep(session: AsyncSession) -> None:
+            await session.execute(
+                text("update workflows_steps set journal = coalesce(journal, '{}'::jsonb) || cast(:j as jsonb) "
+                     "where execution_id = :e and node_id = :n and iteration = :i"),
+                {"j": entry, "e": self._run.execution_id, "n": self._node.id, "i": self._iteration},
+            )
+
+        await self._engine._flush(self._run, [], keep)
+        self._done[name] = result
+        return result
 
 
 class _Retry(Exception):  # noqa: N818

@@ -126,6 +126,8 @@ class Step(sdk.TenantScoped, Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     wake_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    journal: Mapped[Any] = mapped_column(JSONB)
+    """Checkpoints inside the step (``ctx.journal``), by name."""
 
 
 class Approval(sdk.TenantScoped, Base):

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from cronsim import CronSim, CronSimError
+from cronsim import CronSimError
 from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,26 +58,21 @@ EXECUTION_SORTS = {
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
 
 
-async def catalogue(services: sdk.Services, tenant_id: uuid.UUID) -> list[sdk.NodeSpec]:
-    """The nodes the tenant may use: every enabled plugin's (``services.nodes``), or this
-    plugin's own while that facade is absent."""
-    nodes = getattr(services, "nodes", None)
-    if nodes is not None:
-        return list(await nodes.catalogue(tenant_id))
-    return list(control.NODES)
+async def catalogue(services: sdk.Services, tenant_id: uuid.UUID) -> dict[str, sdk.CatalogueNode]:
+    """The nodes the tenant may use (those of the plugins it enabled), by key."""
+    return {node.key: node for node in await services.nodes.catalogue(tenant_id)}
 
 
 async def check_graph(
     services: sdk.Services, tenant_id: uuid.UUID, graph: Graph, settings: WorkflowSettings, *, full: bool
-) -> sdk.NodeSpec:
-    """422 naming each bad node and field; for a publish (``full``) also the run order. Returns
-    the trigger's spec (``full``) or the first one."""
-    specs = await catalogue(services, tenant_id)
-    errors = list(validate(graph, settings, specs))
-    triggers = {spec.key: spec for spec in specs if spec.kind == "trigger"}
+) -> sdk.CatalogueNode | None:
+    """422 naming each bad node and field (``validation.validate``); for a publish (``full``) also
+    the run order and a schedule's cron. Returns the trigger's catalogue entry (``full``)."""
+    nodes = await catalogue(services, tenant_id)
+    errors = list(validate(graph, settings, nodes))
     if full and not errors:
         try:
-            plan = plan_of(graph, settings, set(triggers))
+            plan = plan_of(graph, settings, {key for key, node in nodes.items() if node.kind == "trigger"})
         except PlanError as exc:
             errors.append(sdk.FieldError("graph", str(exc)))
         else:
@@ -85,15 +80,14 @@ async def check_graph(
             if trigger.node == "workflows.schedule":
                 config = trigger.config
                 try:
-                    CronSim(str(config.get("cron", "")), datetime.now().astimezone())
-                    next_tick(str(config.get("cron")), str(config.get("timezone", "UTC")), datetime.now().astimezone())
-                except (CronSimError, ValueError, KeyError) as exc:
-                    errors.append(sdk.FieldError(f"graph.nodes.{trigger.id}.config.cron", str(exc)))
+                    next_tick(str(config.get("cron", "")), str(config.get("timezone", "UTC")), sdk.utcnow())
+                except (CronSimError, ValueError, KeyError, StopIteration) as exc:
+                    errors.append(sdk.FieldError(f"nodes.{trigger.id}.config.cron", str(exc) or "invalid cron"))
             if not errors:
-                return triggers[trigger.node]
+                return nodes[trigger.node]
     if errors:
         raise sdk.Unprocessable("the workflow is invalid", errors=errors)
-    return next(iter(triggers.values()))
+    return None
 
 
 def _out(row: Definition) -> s.WorkflowOut:
@@ -233,6 +227,7 @@ async def publish(
     row = await _definition(session, workflow_id, lock=True)
     graph, settings = msgspec.convert(row.graph, Graph), msgspec.convert(row.settings, WorkflowSettings)
     spec = await check_graph(services, log.tenant_id, graph, settings, full=True)
+    assert spec is not None
     trigger = next(n for n in graph.nodes if n.node == spec.key)
     event = spec.event
     if spec.key == "workflows.event":

@@ -98,9 +98,7 @@ async def on_event(ctx: sdk.EventContext) -> None:
         ).all()
         specs: dict[str, sdk.NodeSpec] = {}
         if any(r.trigger_key not in control.TRIGGER_KEYS for r in listeners):
-            nodes = getattr(ctx.services, "nodes", None)
-            if nodes is not None:
-                specs = {spec.key: spec for spec in await nodes.catalogue(ctx.tenant_id)}
+            specs = {node.key: node.spec for node in await ctx.services.nodes.catalogue(ctx.tenant_id)}
         for row in listeners:
             trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == row.trigger_key), None)
             if trigger is None or not _matches(row.trigger_key, trigger.get("config") or {}, ctx.payload, specs):

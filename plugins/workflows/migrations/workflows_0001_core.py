@@ -132,6 +132,7 @@ def upgrade() -> None:
         sa.Column("started_at", _TS),
         sa.Column("finished_at", _TS),
         sa.Column("wake_at", _TS),
+        sa.Column("journal", postgresql.JSONB()),
         sa.UniqueConstraint("tenant_id", "execution_id", "node_id", "iteration", name="uq_workflows_steps_key"),
     )
     _reference("workflows_steps", "execution_id", "workflows_executions")

@@ -436,7 +436,7 @@ class Engine:
         try:
             await self.services.jobs.enqueue(WORK_JOB, at=at)
         except Exception:  # Redis down: the sweeper will find the row
-            log.debug("could not enqueue a wake-up; the sweeper will find the run")
+            log.warning("could not enqueue a wake-up; the sweeper will find the run", exc_info=True)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -1253,7 +1253,8 @@ class Engine:
                 text(
                     "delete from workflows_executions e using (select x.tenant_id, x.id from workflows_executions x "
                     "left join workflows_tenants t on t.tenant_id = x.tenant_id "
-                    "where x.finished_at is not null and x.finished_at < :now - make_interval(days => :days) "
+                    "where x.finished_at is not null "
+                    "and x.finished_at < cast(:now as timestamptz) - make_interval(days => :days) "
                     "limit :n) old where e.tenant_id = old.tenant_id and e.id = old.id"
                 ),
                 {"now": now, "days": self.config.retention_days, "n": limit},

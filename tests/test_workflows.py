@@ -648,3 +648,31 @@ async def test_a_webhook_can_answer_with_the_result(api: AsyncTestClient[Any], w
         thread.join(30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == "succeeded" and answer.json()["output"] == {"hello": "Ada"}
+
+
+# ---- the sweeper and retention -----------------------------------------------------------------
+
+
+async def test_a_lost_wake_up_is_found_by_the_sweeper_and_old_runs_are_dropped(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    wid = await publish(api, t, [node("start", "workflows.manual"), node("a", "workflows.set", values={"a": 1})],
+                        [edge("start", "a")])
+    eid = await run(api, t, wid)
+    await kernel.redis.flushdb()  # the wake-up is gone, as after a Redis restart without persistence
+    assert await kernel.redis.zcard(QUEUE) == 0
+    assert await engine(kernel).sweep() >= 1
+    assert await kernel.redis.zcard(QUEUE) >= 1  # a worker is woken again
+    await engine(kernel).work()
+    assert (await detail(api, t, eid))["execution"]["status"] == "succeeded"
+
+    kept = await publish(api, t, [node("start", "workflows.manual"), node("a", "workflows.set")],
+                         [edge("start", "a")], retention_days=60)
+    kept_run = await run(api, t, kept)
+    await engine(kernel).work()
+    await engine(kernel, ahead=29 * 86400).cleanup()
+    assert (await api.get(f"/api/workflows/executions/{eid}", headers=t["h"])).status_code == 200
+    assert await engine(kernel, ahead=31 * 86400).cleanup() >= 1  # past the tenant's 30 days
+    assert (await api.get(f"/api/workflows/executions/{kept_run}", headers=t["h"])).status_code == 200
+    assert (await api.get(f"/api/workflows/executions/{eid}", headers=t["h"])).status_code == 404

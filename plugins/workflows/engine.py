@@ -395,7 +395,7 @@ class Engine:
         if metered:
             await self.services.entitlements.check(tenant_id, "workflows.executions")
         settings = msgspec.convert(version.settings, WorkflowSettings)
-        concurrency, _ = await self.limits(tenant_id)
+        concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
         new_id = execution_id or sdk.uuid7()
         inserted = await session.execute(
@@ -417,11 +417,12 @@ class Engine:
             return None
         await session.execute(
             text(
-                "insert into workflows_tenants (tenant_id, id, concurrency) values (:t, :t, :c) "
-                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency "
-                "where workflows_tenants.concurrency <> excluded.concurrency"
+                "insert into workflows_tenants (tenant_id, id, concurrency, retention_days) values (:t, :t, :c, :r) "
+                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
+                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
+                "or workflows_tenants.retention_days is distinct from excluded.retention_days"
             ),
-            {"t": tenant_id, "c": concurrency},
+            {"t": tenant_id, "c": concurrency, "r": retention},
         )
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
@@ -1244,17 +1245,19 @@ class Engine:
         return fired
 
     async def cleanup(self, limit: int = 1000) -> int:
-        """Delete finished runs older than their workflow's ``retention_days`` (or the engine's
-        default); their steps and approvals go with them. Returns how many."""
+        """Delete finished runs older than their retention: the workflow version's
+        ``retention_days``, else the tenant's (plugin settings), else the engine's default. Their
+        steps and approvals go with them. Returns how many."""
         now = self.clock()
         async with self.services.data.untenanted() as session:
             await session.execute(text(ENGINE_SETTING))
             result = await session.execute(
                 text(
                     "delete from workflows_executions e using (select x.tenant_id, x.id from workflows_executions x "
+                    "join workflows_versions v on v.tenant_id = x.tenant_id and v.id = x.version_id "
                     "left join workflows_tenants t on t.tenant_id = x.tenant_id "
-                    "where x.finished_at is not null "
-                    "and x.finished_at < cast(:now as timestamptz) - make_interval(days => :days) "
+                    "where x.finished_at is not null and x.finished_at < cast(:now as timestamptz) - make_interval("
+                    "days => coalesce((v.settings ->> 'retention_days')::int, t.retention_days, :days)) "
                     "limit :n) old where e.tenant_id = old.tenant_id and e.id = old.id"
                 ),
                 {"now": now, "days": self.config.retention_days, "n": limit},

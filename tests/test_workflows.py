@@ -676,3 +676,38 @@ async def test_a_lost_wake_up_is_found_by_the_sweeper_and_old_runs_are_dropped(
     assert await engine(kernel, ahead=31 * 86400).cleanup() >= 1  # past the tenant's 30 days
     assert (await api.get(f"/api/workflows/executions/{kept_run}", headers=t["h"])).status_code == 200
     assert (await api.get(f"/api/workflows/executions/{eid}", headers=t["h"])).status_code == 404
+
+
+async def test_an_approval_times_out_along_rejected_and_an_event_starts_one_run_however_often_delivered(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    nodes = [node("start", "workflows.manual"),
+             node("ok", "workflows.approval", title="t", timeout_seconds=300, on_timeout="reject"),
+             node("no", "workflows.set", values={"r": "{{ steps.ok.output.decision }}"})]
+    wid = await publish(api, t, nodes, [edge("start", "ok"), edge("ok", "no", "rejected")])
+    eid = await run(api, t, wid)
+    await engine(kernel).work()
+    await engine(kernel, ahead=301).work()
+    body = await detail(api, t, eid)
+    assert body["execution"]["output"] == {"r": "expired"}
+    approvals = (await api.get("/api/workflows/approvals", headers=t["h"])).json()["approvals"]
+    assert [a["status"] for a in approvals] == ["expired"]
+
+    listener = await publish(api, t, [node("start", "workflows.event", event="billing.invoice.paid"),
+                                      node("a", "workflows.set", values={"id": "{{ trigger.id }}"})],
+                             [edge("start", "a")], concurrency=1)
+    event = sdk.EventContext(tenant_id=uuid.UUID(t["id"]), event="billing.invoice.paid", payload={"id": "i-1"},
+                             services=kernel.services("workflows"), event_id=uuid.uuid4())
+    await on_event(event)
+    await on_event(event)  # delivered again (at least once): no second run
+    await on_event(sdk.EventContext(tenant_id=event.tenant_id, event=event.event, payload={"id": "i-2"},
+                                    services=event.services, event_id=uuid.uuid4()))
+    runs = (await api.get("/api/workflows/executions", params={"workflow_id": listener}, headers=t["h"])).json()
+    assert runs["pagination"]["total"] == 2
+    ids = {r["id"] for r in runs["executions"]}
+    e = engine(kernel)
+    first = await e.claim()
+    assert first is not None and str(first[1]) in ids
+    second = await e.claim()
+    assert second is None or str(second[1]) not in ids  # the workflow's concurrency is 1

@@ -76,8 +76,15 @@ EVENT_TYPES = [
 ]
 
 
+WORK_BATCH = 200
+"""Claims one ``workflows.work`` job makes before handing on to a fresh job (a job never runs for
+ever, and other jobs in the queue get their turn)."""
+
+
 async def _work(ctx: sdk.JobContext) -> None:
-    await Engine(ctx.services).work(parallel=4)
+    engine = Engine(ctx.services)
+    if await engine.work(limit=WORK_BATCH, parallel=4) >= WORK_BATCH:
+        await engine.wake()
 
 
 async def _sweep(ctx: sdk.JobContext) -> None:

@@ -376,24 +376,24 @@ class Engine:
         ``workflows.executions`` entitlement) when the plan's monthly runs are spent. With
         ``execution_id`` (an event's or a schedule tick's deterministic id), a second start of the
         same id does nothing and answers ``None``."""
+        # One round trip: the workflow, and the version asked for (or the published one).
         row = (
             await session.execute(
-                text("select published_version from workflows_definitions where id = :w"), {"w": workflow_id}
+                text(
+                    "select d.published_version, v.id, v.number, v.settings from workflows_definitions d "
+                    "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+                    "and v.number = coalesce(cast(:n as integer), d.published_version) where d.id = :w"
+                ),
+                {"w": workflow_id, "n": version_number},
             )
         ).first()
         if row is None:
             raise sdk.NotFound(f"workflow {workflow_id} not found")
-        number = version_number if version_number is not None else row.published_version
-        if number is None:
+        if version_number is None and row.published_version is None:
             raise sdk.Conflict(f"workflow {workflow_id} has no published version")
-        version = (
-            await session.execute(
-                text("select id, settings from workflows_versions where workflow_id = :w and number = :n"),
-                {"w": workflow_id, "n": number},
-            )
-        ).first()
-        if version is None:
-            raise sdk.NotFound(f"workflow {workflow_id} has no version {number}")
+        if row.id is None:
+            raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
+        number, version = row.number, row
         if metered:
             await self.services.entitlements.check(tenant_id, "workflows.executions")
         settings = msgspec.convert(version.settings, WorkflowSettings)

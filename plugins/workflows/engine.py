@@ -445,8 +445,19 @@ class Engine:
 
     async def claim(self) -> tuple[uuid.UUID, uuid.UUID] | None:
         """Take one due run fairly across tenants, or ``None`` when nothing may run now."""
+        claimed = await self.claim_many(1)
+        return claimed[0] if claimed else None
+
+    async def claim_many(self, wanted: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Take up to ``wanted`` due runs in one transaction: ``(tenant, execution)`` pairs.
+
+        Tenants are tried least recently served first, each given an equal share of ``wanted``
+        within its free concurrency; a workflow's own ``settings.concurrency`` is kept too. The
+        tenants' rows are locked with the claim (``SKIP LOCKED``), so the running counts cannot
+        change under it."""
         now = self.clock()
         lease = now + timedelta(seconds=self.config.lease_seconds)
+        claimed: list[tuple[uuid.UUID, uuid.UUID]] = []
         async with self.services.data.untenanted() as session:
             await session.execute(text(ENGINE_SETTING))
             tenants = (
@@ -461,39 +472,50 @@ class Engine:
                     {"now": now},
                 )
             ).all()
+            share = max(1, wanted // max(len(tenants), 1))
             for tenant in tenants:
-                if tenant.running >= tenant.concurrency:
+                slots = min(share, wanted - len(claimed), tenant.concurrency - tenant.running)
+                if slots <= 0:
                     continue
-                row = (
+                rows = (
                     await session.execute(
                         text(
-                            "select e.id from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
-                            "and (e.concurrency is null or (select count(*) from workflows_executions r "
-                            "where r.tenant_id = e.tenant_id and r.workflow_id = e.workflow_id "
-                            "and r.status = 'running' and r.lease_until > :now) < e.concurrency) "
-                            "order by e.due_at limit 1 for update of e skip locked"
+                            "select e.id, e.workflow_id, e.concurrency, case when e.concurrency is null then 0 else "
+                            "(select count(*) from workflows_executions r where r.tenant_id = e.tenant_id "
+                            "and r.workflow_id = e.workflow_id and r.status = 'running' and r.lease_until > :now) "
+                            "end wf_running from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
+                            "order by e.due_at limit :k for update of e skip locked"
                         ),
-                        {"t": tenant.tenant_id, "now": now},
+                        {"t": tenant.tenant_id, "now": now, "k": slots},
                     )
-                ).first()
-                if row is None:
+                ).all()
+                taken: dict[uuid.UUID, int] = {}
+                ids = []
+                for row in rows:
+                    if row.concurrency is not None:
+                        if row.wf_running + taken.get(row.workflow_id, 0) >= row.concurrency:
+                            continue  # its workflow is at its limit; the row stays due
+                        taken[row.workflow_id] = taken.get(row.workflow_id, 0) + 1
+                    ids.append(row.id)
+                if not ids:
                     continue
                 await session.execute(
                     text(
                         "update workflows_executions set status = 'running', lease_owner = :me, lease_until = :lease, "
                         "due_at = :lease, claims = claims + 1, started_at = coalesce(started_at, :now) "
-                        "where tenant_id = :t and id = :id"
+                        "where tenant_id = :t and id = any(:ids)"
                     ),
-                    {"me": self.worker_id, "lease": lease, "now": now, "t": tenant.tenant_id, "id": row.id},
+                    {"me": self.worker_id, "lease": lease, "now": now, "t": tenant.tenant_id, "ids": ids},
                 )
                 await session.execute(
                     text("update workflows_tenants set last_served_at = :now where tenant_id = :t"),
                     {"now": now, "t": tenant.tenant_id},
                 )
-                # Read the run in this transaction too (the engine's policy opens its rows here).
-                self._prefetched[row.id] = await self._fetch(session, tenant.tenant_id, row.id)
-                return tenant.tenant_id, row.id
-        return None
+                claimed += [(tenant.tenant_id, i) for i in ids]
+            # Read the runs in this transaction too (the engine's policy opens their rows here).
+            for tenant_id, execution_id in claimed:
+                self._prefetched[execution_id] = await self._fetch(session, tenant_id, execution_id)
+        return claimed
 
     async def work(self, *, limit: int | None = None, parallel: int = 1) -> int:
         """Claim and run due runs until none is left (or ``limit`` ran); ``parallel`` at once.
@@ -517,8 +539,11 @@ class Engine:
                 running.difference_update(finished)
                 for task in finished:
                     task.result()
-            claimed = await self.claim()
-            if claimed is None:
+            free = parallel - len(running)
+            if limit is not None:
+                free = min(free, limit - done)
+            batch = await self.claim_many(free)
+            if not batch:
                 if not running:
                     break
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -526,8 +551,8 @@ class Engine:
                 for task in finished:
                     task.result()
                 continue
-            done += 1
-            running.add(asyncio.create_task(self.run(*claimed)))
+            done += len(batch)
+            running.update(asyncio.create_task(self.run(*claimed)) for claimed in batch)
         while running:
             finished, running_left = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             running.clear()

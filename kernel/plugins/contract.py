@@ -122,15 +122,19 @@ class NodeContext:
     """The principal the workflow runs as: the audit log's actor of what the node changes."""
     services: Services = field(repr=False)
     logger: logging.Logger = field(repr=False, default_factory=lambda: logging.getLogger("businessos.nodes"))
+    iteration: str = "0"
+    """Which pass of the step: ``"0"`` outside loops, the item's index inside a for-each body
+    (``"3"``; ``"3.7"`` in a nested one)."""
     journal: StepJournal | None = field(default=None, repr=False)
     """The engine's checkpoints within this step (``None`` outside a durable run): a node doing
     several side effects in one step (an agent's tool calls) runs each through it."""
 
     @property
     def idempotency_key(self) -> str:
-        """The same on every attempt of one step of one run (and different for any other step or
-        run): a node that calls out passes it on so that a retry does not act twice."""
-        return f"{self.execution_id}:{self.step_id}"
+        """``<execution>:<step>:<iteration>``: the same on every attempt of one step of one run
+        (and different for any other step, iteration or run): a node that calls out passes it on
+        so that a retry does not act twice."""
+        return f"{self.execution_id}:{self.step_id}:{self.iteration}"
 
 
 class NodeRunner(Protocol):

@@ -136,12 +136,14 @@ class Nodes:
         actor: Actor,
         config: Any,
         journal: StepJournal | None = None,
+        iteration: str = "0",
     ) -> Any:
         """Run the action ``key`` as one step: 404 when the tenant has not enabled its plugin,
         422 when it is not an action or ``config`` does not fit its Struct (the error names the
         field), 403 when ``actor`` lacks the node's permission; otherwise the runner's output
         (an instance of the node's ``output`` Struct) or the ``sdk.Problem`` it raised. ``journal``
-        is the engine's checkpoints within the step, handed to the node (``ctx.journal``)."""
+        is the engine's checkpoints within the step, handed to the node (``ctx.journal``);
+        ``iteration`` the step's pass (``ctx.iteration``: a for-each item's index)."""
         node = await self.get(tenant_id, key)
         if node.kind != "action" or node.spec.run is None:
             raise Unprocessable(
@@ -156,6 +158,6 @@ class Nodes:
             )
         ctx = NodeContext(
             tenant_id=tenant_id, execution_id=execution_id, step_id=step_id, attempt=attempt, actor=actor,
-            services=self._kernel.services(node.plugin), journal=journal,
+            services=self._kernel.services(node.plugin), journal=journal, iteration=iteration,
         )
         return await node.spec.run(ctx, converted)

@@ -209,6 +209,15 @@ class Data:
             yield session
 
     @asynccontextmanager
+    async def untenanted(self) -> AsyncIterator[AsyncSession]:
+        """One transaction with no tenant set: tenant tables answer nothing in it, except where a
+        policy of the plugin's own table opens the table to a setting the plugin sets in this
+        transaction (a cross-tenant work queue's claim, like the workflow engine's). Commits as
+        :meth:`tenant` does."""
+        async with self._db.global_() as session:
+            yield session
+
+    @asynccontextmanager
     async def read(self, tenant_id: uuid.UUID) -> AsyncIterator[Reader]:
         """A read-only transaction for hot list endpoints: compiled ``sdk.Query`` statements on a
         plain asyncpg connection, same role and row-level security, fewer round trips."""

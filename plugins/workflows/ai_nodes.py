@@ -90,7 +90,7 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     """The model's id of the call."""
     node: str
     step_id: str
-    """``<agent step>.tool<n>``: its idempotency key is ``<execution>:<step_id>``."""
+    """``<agent step>.tool<n>``: its idempotency key is ``<execution>:<step_id>:<iteration>``."""
     arguments: Any
     output: Any = None
     error: dict[str, Any] | None = None
@@ -231,7 +231,7 @@ async def _run_tool(
         output = msgspec.to_builtins(
             await ctx.services.nodes.run(
                 node.key, tenant_id=ctx.tenant_id, execution_id=ctx.execution_id, step_id=step_id,
-                attempt=ctx.attempt, actor=ctx.actor, config=arguments,
+                attempt=ctx.attempt, actor=ctx.actor, config=arguments, iteration=ctx.iteration,
             ),
             enc_hook=str,
         )

@@ -1,0 +1,323 @@
+"""Workflow executions end to end, beside the raw job queue's floor, in one run.
+
+Everything runs on this machine: a PostgreSQL and a Redis (embedded, in a temporary data
+directory), the API (``businessos serve --no-jobs``, its own process) and the job worker
+(``businessos worker``, its own process). One tenant publishes a 4-node workflow,
+webhook trigger -> set -> if -> set, and the bench then, per round:
+
+- fires ``--executions`` webhook deliveries at its URL, ``--concurrency`` at a time, and waits
+  until every run is ``succeeded``: **executions/s** end to end (first delivery sent -> last run
+  finished, read from PostgreSQL), the webhook's answer time, and **trigger -> first step**
+  (the run's row committed -> its first step started, both stamped by the database's clock);
+- enqueues as many no-op arq jobs on the same Redis and runs them in an arq worker with the same
+  poll delay as the platform's: **raw arq jobs/s**, the floor of anything that wakes a worker
+  through the queue.
+
+Rounds alternate (workflow, arq, workflow, arq, ...); medians are printed.
+
+    python bench/workflows.py [--executions 1000] [--concurrency 32] [--rounds 3] [--profile]
+
+``--profile`` runs ``py-spy record`` on the worker during the first round (``pip install
+py-spy``, in the dev extra) and prints the hottest frames, to say where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from kernel.app import load_app_plugins
+from kernel.db import migrate
+from kernel.embedded import EmbeddedServices
+from kernel.jobs.worker import POLL_DELAY
+from kernel.settings import load_settings
+
+SECRET = "bench-secret-" + "x" * 40
+PLUGINS = "workflows"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+GRAPH = {
+    "nodes": [
+        {"id": "hook", "node": "workflows.webhook", "config": {}},
+        {"id": "shape", "node": "workflows.set", "config": {"values": {
+            "n": "{{ trigger.body.n }}", "name": "order {{ trigger.body.n }}",
+        }}},
+        {"id": "big", "node": "workflows.if", "config": {"condition": "{{ steps.shape.output.n % 2 == 0 }}"}},
+        {"id": "done", "node": "workflows.set", "config": {"values": {"label": "{{ steps.shape.output.name }} even"}}},
+    ],
+    "edges": [
+        {"source": "hook", "target": "shape"},
+        {"source": "shape", "target": "big"},
+        {"source": "big", "target": "done", "port": "true"},
+    ],
+}
+
+
+async def _setup(api: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
+    slug = f"bench-{uuid.uuid4().hex[:8]}"
+    owner = {"email": f"owner@{slug}.example.com", "password": f"pw-{uuid.uuid4().hex}", "name": "Owner"}
+    made = await api.post("/api/tenants", json={"name": "Bench", "slug": slug, "owner": owner})
+    made.raise_for_status()
+    body = made.json()
+    h = {"X-Tenant-ID": slug, "Authorization": f"Bearer {body['access_token']}"}
+    (await api.post("/api/modules/workflows/enable", headers=h)).raise_for_status()
+    created = await api.post("/api/workflows", json={"name": "bench", "graph": GRAPH, "settings": {}}, headers=h)
+    created.raise_for_status()
+    wid = created.json()["id"]
+    (await api.post(f"/api/workflows/{wid}/publish", headers=h)).raise_for_status()
+    hook = await api.post(f"/api/workflows/{wid}/webhook", headers=h)
+    hook.raise_for_status()
+    return h, body["tenant"]["id"], hook.json()["path"]
+
+
+async def _workflow_round(
+    api: httpx.AsyncClient, db: asyncpg.Connection, tenant_id: str, path: str, n: int, concurrency: int
+) -> dict[str, Any]:
+    ids: list[str] = []
+    answer: list[float] = []
+    failures = 0
+    gate = asyncio.Semaphore(concurrency)
+
+    async def fire(i: int) -> None:
+        nonlocal failures
+        async with gate:
+            started = time.perf_counter()
+            response = await api.post(path, json={"n": i})
+            answer.append(time.perf_counter() - started)
+            if response.status_code != 202:
+                failures += 1
+                return
+            ids.append(response.json()["execution_id"])
+
+    before = await db.fetchval("select now()")
+    started = time.perf_counter()
+    await asyncio.gather(*(fire(i) for i in range(n)))
+    sent = time.perf_counter() - started
+    while True:
+        left = await db.fetchval(
+            "select count(*) from workflows_executions where id = any($1::uuid[]) and status not in "
+            "('succeeded', 'failed', 'cancelled')", ids,
+        )
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    rows = await db.fetch(
+        "select e.status, e.created_at, e.finished_at, (select min(s.started_at) from workflows_steps s "
+        "where s.execution_id = e.id) as first_step from workflows_executions e where e.id = any($1::uuid[])",
+        ids,
+    )
+    last = max(r["finished_at"] for r in rows)
+    wall = (last - before).total_seconds()
+    first = [(r["first_step"] - r["created_at"]).total_seconds() for r in rows if r["first_step"] is not None]
+    return {
+        "executions": len(rows),
+        "failed": failures + sum(1 for r in rows if r["status"] != "succeeded"),
+        "per_second": len(rows) / wall,
+        "sent_per_second": n / sent,
+        "answer_p50": _pct(answer, 0.5),
+        "answer_p99": _pct(answer, 0.99),
+        "first_p50": _pct(first, 0.5) if first else float("nan"),
+        "first_p99": _pct(first, 0.99) if first else float("nan"),
+    }
+
+
+async def _arq_round(redis_url: str, n: int, max_jobs: int) -> float:
+    """No-op jobs through arq on the platform's Redis (a queue of their own): enqueue all, then
+    count completions in a worker with the platform's poll delay."""
+    done = asyncio.Event()
+    count = 0
+
+    async def noop(ctx: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = RedisSettings.from_dsn(redis_url)
+    pool = await create_pool(settings, default_queue_name=queue)
+    worker = Worker(
+        functions=[func(noop, name="noop", keep_result=0)],  # type: ignore[arg-type]
+        queue_name=queue, redis_settings=settings, poll_delay=POLL_DELAY, max_jobs=max_jobs,
+        handle_signals=False, keep_result=0,
+    )
+    running = asyncio.create_task(worker.async_run())
+    started = time.perf_counter()
+    await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(n)))
+    await done.wait()
+    took = time.perf_counter() - started
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await worker.close()
+    await pool.aclose()
+    return n / took
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the API did not come up")
+
+
+async def main(args: argparse.Namespace) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-wf-"))
+    os.chmod(data_dir, 0o755)  # run as root, the pgserver user must reach it
+    embedded = EmbeddedServices(load_settings({"BUSINESSOS_DATA_DIR": str(data_dir), "BUSINESSOS_SECRET_KEY": SECRET}))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        await asyncio.to_thread(embedded.start)
+        database_url, redis_url = embedded.database_url, embedded.redis_url
+        assert database_url and redis_url
+        env = {
+            **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESSOS_SECRET_KEY": SECRET,
+            "BUSINESSOS_DATA_DIR": str(data_dir), "BUSINESSOS_PLUGINS": PLUGINS, "BUSINESSOS_LOG_LEVEL": "WARNING",
+            "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "100000000", "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+        }
+        settings = load_settings(env)
+        plugins = load_app_plugins(frozenset({PLUGINS}))
+        await migrate.upgrade(settings, database_url, plugins.migration_folders())
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        api_log, worker_log = data_dir / "serve.log", data_dir / "worker.log"
+        with api_log.open("wb") as out:
+            processes.append(subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
+                [sys.executable, "-m", "kernel.cli", "serve", "--no-jobs", "--port", str(port)],
+                env=env, stdout=out, stderr=out,
+            ))
+        with worker_log.open("wb") as out:
+            worker = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, "-m", "kernel.cli", "worker"], env=env, stdout=out, stderr=out
+            )
+        processes.append(worker)
+        await asyncio.to_thread(_wait_healthy, url, processes[0], api_log)
+        db = await asyncpg.connect(_dsn(database_url))
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as api:
+            _, tenant_id, path = await _setup(api)
+            await _workflow_round(api, db, tenant_id, path, min(100, args.executions), args.concurrency)  # warm-up
+            await _arq_round(redis_url, 200, 10)
+            results, floors = [], []
+            profiler = None
+            for round_no in range(1, args.rounds + 1):
+                if args.profile and round_no == 1:
+                    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                    profiler = subprocess.Popen(  # noqa: ASYNC220
+                        [spy, "record", "--pid", str(worker.pid), "--subprocesses", "--format", "raw",
+                         "--output", str(data_dir / "worker.spy"), "--rate", "200", "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency)
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(60)
+                    profiler = None
+                floor = await _arq_round(redis_url, args.executions, 10)
+                results.append(result)
+                floors.append(floor)
+                print(
+                    f"round {round_no}: {result['per_second']:7.1f} executions/s ({result['failed']} failed), "
+                    f"trigger->first step p50 {result['first_p50'] * 1000:6.1f} ms p99 "
+                    f"{result['first_p99'] * 1000:6.1f} ms, webhook answer p50 {result['answer_p50'] * 1000:6.1f} ms; "
+                    f"raw arq {floor:7.1f} jobs/s",
+                    flush=True,
+                )
+        await db.close()
+
+        def med(key: str) -> float:
+            return statistics.median(r[key] for r in results)
+
+        print(f"\nmedians of {args.rounds} rounds, {args.executions} executions each, {args.concurrency} in flight:")
+        print(f"  webhook -> set -> if -> set, end to end   {med('per_second'):8.1f} executions/s")
+        print(f"  trigger -> first step                     p50 {med('first_p50') * 1000:6.1f} ms   "
+              f"p99 {med('first_p99') * 1000:6.1f} ms")
+        print(f"  webhook answer (202 with the id)          p50 {med('answer_p50') * 1000:6.1f} ms   "
+              f"p99 {med('answer_p99') * 1000:6.1f} ms")
+        print(f"  raw arq no-op jobs (same Redis, floor)    {statistics.median(floors):8.1f} jobs/s")
+        if args.profile and (data_dir / "worker.spy").exists():
+            _top_frames(data_dir / "worker.spy")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await asyncio.to_thread(embedded.stop)
+        if args.keep:
+            print(f"kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _top_frames(path: Path, top: int = 15) -> None:
+    """The functions most often on the worker's stacks (inclusive), from py-spy's raw output."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")" \
+                if " (" in frame else frame
+            if name not in seen:
+                seen.add(name)
+                inclusive[name] = inclusive.get(name, 0) + count
+    print(f"\nworker, py-spy ({total} samples), functions by share of samples (inclusive):")
+    for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {count / total * 100:5.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--executions", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    asyncio.run(main(parser.parse_args()))

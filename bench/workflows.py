@@ -11,7 +11,9 @@ webhook trigger -> set -> if -> set, and the bench then, per round:
   (the run's row committed -> its first step started, both stamped by the database's clock);
 - enqueues as many no-op arq jobs on the same Redis and runs them in an arq worker with the same
   poll delay as the platform's: **raw arq jobs/s**, the floor of anything that wakes a worker
-  through the queue.
+  through the queue;
+- fires ``--latency-runs`` deliveries one at a time (each waits for its run to finish): trigger
+  -> first step and trigger -> finished on an otherwise idle platform.
 
 Rounds alternate (workflow, arq, workflow, arq, ...); medians are printed.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -154,6 +157,29 @@ async def _workflow_round(
     }
 
 
+async def _latency_round(
+    api: httpx.AsyncClient, db: asyncpg.Connection, path: str, n: int
+) -> tuple[float, float, float, float]:
+    """One delivery at a time on an otherwise idle platform: trigger -> first step and trigger ->
+    finished, p50 and p99 (database clock)."""
+    first, whole = [], []
+    for i in range(n):
+        response = await api.post(path, json={"n": i})
+        execution_id = response.json()["execution_id"]
+        while True:
+            row = await db.fetchrow(
+                "select e.status, e.created_at, e.finished_at, (select min(s.started_at) from workflows_steps s "
+                "where s.execution_id = e.id) as first_step from workflows_executions e where e.id = $1",
+                uuid.UUID(execution_id),
+            )
+            if row is not None and row["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.002)
+        first.append((row["first_step"] - row["created_at"]).total_seconds())
+        whole.append((row["finished_at"] - row["created_at"]).total_seconds())
+    return _pct(first, 0.5), _pct(first, 0.99), _pct(whole, 0.5), _pct(whole, 0.99)
+
+
 async def _arq_round(redis_url: str, n: int, max_jobs: int) -> float:
     """No-op jobs through arq on the platform's Redis (a queue of their own): enqueue all, then
     count completions in a worker with the platform's poll delay."""
@@ -181,7 +207,8 @@ async def _arq_round(redis_url: str, n: int, max_jobs: int) -> float:
     took = time.perf_counter() - started
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
-    await worker.close()
+    with contextlib.suppress(asyncio.CancelledError):  # the jobs it was finishing, cancelled with it
+        await worker.close()
     await pool.aclose()
     return n / took
 
@@ -212,7 +239,7 @@ async def main(args: argparse.Namespace) -> None:
         env = {
             **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BUSINESSOS_SECRET_KEY": SECRET,
             "BUSINESSOS_DATA_DIR": str(data_dir), "BUSINESSOS_PLUGINS": PLUGINS, "BUSINESSOS_LOG_LEVEL": "WARNING",
-            "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "100000000", "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "100000000",
+            "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000", "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
         }
         settings = load_settings(env)
         plugins = load_app_plugins(frozenset({PLUGINS}))
@@ -237,7 +264,7 @@ async def main(args: argparse.Namespace) -> None:
             _, tenant_id, path = await _setup(api)
             await _workflow_round(api, db, tenant_id, path, min(100, args.executions), args.concurrency)  # warm-up
             await _arq_round(redis_url, 200, 10)
-            results, floors = [], []
+            results, floors, latencies = [], [], []
             profiler = None
             for round_no in range(1, args.rounds + 1):
                 if args.profile and round_no == 1:
@@ -253,13 +280,16 @@ async def main(args: argparse.Namespace) -> None:
                     profiler.wait(60)
                     profiler = None
                 floor = await _arq_round(redis_url, args.executions, 10)
+                latency = await _latency_round(api, db, path, args.latency_runs)
                 results.append(result)
                 floors.append(floor)
+                latencies.append(latency)
                 print(
                     f"round {round_no}: {result['per_second']:7.1f} executions/s ({result['failed']} failed), "
                     f"trigger->first step p50 {result['first_p50'] * 1000:6.1f} ms p99 "
                     f"{result['first_p99'] * 1000:6.1f} ms, webhook answer p50 {result['answer_p50'] * 1000:6.1f} ms; "
-                    f"raw arq {floor:7.1f} jobs/s",
+                    f"raw arq {floor:7.1f} jobs/s; one at a time: trigger->first step p50 {latency[0] * 1000:6.1f} ms, "
+                    f"->finished p50 {latency[2] * 1000:6.1f} ms",
                     flush=True,
                 )
         await db.close()
@@ -274,6 +304,10 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  webhook answer (202 with the id)          p50 {med('answer_p50') * 1000:6.1f} ms   "
               f"p99 {med('answer_p99') * 1000:6.1f} ms")
         print(f"  raw arq no-op jobs (same Redis, floor)    {statistics.median(floors):8.1f} jobs/s")
+        print(f"  one run at a time ({args.latency_runs} per round):")
+        lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
+        print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")
+        print(f"    trigger -> finished                     p50 {lat[2]:6.1f} ms   p99 {lat[3]:6.1f} ms")
         if args.profile and (data_dir / "worker.spy").exists():
             _top_frames(data_dir / "worker.spy")
     finally:
@@ -318,6 +352,7 @@ if __name__ == "__main__":
     parser.add_argument("--executions", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=50, help="runs fired one at a time per round")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     asyncio.run(main(parser.parse_args()))

@@ -129,7 +129,7 @@ def classify(exc: BaseException) -> StepError:
     return StepError(f"{type(exc).__name__}: {exc}", kind="exception")
 
 
-class _Park(Exception):  # noqa: N818 - control flow, not an error
+class _Park(Exception):
     """Unwinds a run that must wait: its claim ends, the row waits for ``due``."""
 
     def __init__(
@@ -145,7 +145,7 @@ class _Park(Exception):  # noqa: N818 - control flow, not an error
         self.prepare = prepare
 
 
-class _Fail(Exception):  # noqa: N818
+class _Fail(Exception):
     """Unwinds a run that failed."""
 
     def __init__(self, error: dict[str, Any]) -> None:
@@ -153,7 +153,7 @@ class _Fail(Exception):  # noqa: N818
         self.error = error
 
 
-class _LeaseLost(Exception):  # noqa: N818
+class _LeaseLost(Exception):
     """Another worker claimed the run, or it was cancelled: stop without writing."""
 
 
@@ -279,6 +279,7 @@ _UPSERT_STEP = text(
     "started_at = coalesce(workflows_steps.started_at, excluded.started_at), finished_at = excluded.finished_at, "
     "wake_at = excluded.wake_at"
 )
+_MOVE_TICK = text("update workflows_schedules set next_run_at = :next where id = :id and next_run_at = :tick")
 _FENCE = text(
     "update workflows_executions set lease_until = :lease, due_at = :lease where tenant_id = :t and id = :id "
     "and status = 'running' and lease_owner = :me"
@@ -424,7 +425,8 @@ class Engine:
         )
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
-            payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number, "trigger_kind": trigger_kind},
+            payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number,
+                     "trigger_kind": trigger_kind},
         )
         return new_id
 
@@ -544,7 +546,8 @@ class Engine:
             e = (
                 await session.execute(
                     text(
-                        "select e.*, v.graph, v.settings, v.run_as from workflows_executions e join workflows_versions v "
+                        "select e.*, v.graph, v.settings, v.run_as from workflows_executions e "
+                        "join workflows_versions v "
                         "on v.tenant_id = e.tenant_id and v.id = e.version_id where e.id = :id and e.lease_owner = :me "
                         "and e.status = 'running'"
                     ),
@@ -906,13 +909,13 @@ class Engine:
             raise _Park(wake)
         if key == "workflows.wait_event":
             wait = msgspec.convert(config, control.WaitEventConfig, strict=False)
-            wake = now + timedelta(seconds=wait.timeout_seconds) if wait.timeout_seconds else None
-            rows.append(self._row(run, node, TOP, "waiting", input=config, attempts=attempt, wake_at=wake))
-            raise _Park(wake, wait=(wait.event, wait.path, _key_text(wait.key)))
+            timeout = now + timedelta(seconds=wait.timeout_seconds) if wait.timeout_seconds else None
+            rows.append(self._row(run, node, TOP, "waiting", input=config, attempts=attempt, wake_at=timeout))
+            raise _Park(timeout, wait=(wait.event, wait.path, _key_text(wait.key)))
         if key == "workflows.approval":
             approval = msgspec.convert(config, control.ApprovalConfig, strict=False)
-            wake = now + timedelta(seconds=approval.timeout_seconds) if approval.timeout_seconds else None
-            rows.append(self._row(run, node, TOP, "waiting", input=config, attempts=attempt, wake_at=wake))
+            expires = now + timedelta(seconds=approval.timeout_seconds) if approval.timeout_seconds else None
+            rows.append(self._row(run, node, TOP, "waiting", input=config, attempts=attempt, wake_at=expires))
 
             async def ask(session: AsyncSession) -> None:
                 await session.execute(
@@ -923,10 +926,10 @@ class Engine:
                         "set status = 'pending', expires_at = excluded.expires_at, decided_by = null, decided_at = null"
                     ),
                     {"t": run.tenant_id, "id": sdk.uuid7(), "e": run.execution_id, "w": run.workflow_id, "n": node.id,
-                     "title": approval.title, "details": _json(approval.details), "exp": wake},
+                     "title": approval.title, "details": _json(approval.details), "exp": expires},
                 )
 
-            raise _Park(wake, prepare=ask)
+            raise _Park(expires, prepare=ask)
         # workflows.sub_workflow
         sub = msgspec.convert(config, control.SubWorkflowConfig, strict=False)
         if "workflows.executions.write" not in (run.actor.principal.permissions if run.actor.principal else ()):
@@ -942,7 +945,8 @@ class Engine:
 
         out = {"execution_id": str(child_id)}
         if not sub.wait:
-            rows.append(self._row(run, node, TOP, "succeeded", input=config, output=out, ports=[MAIN], attempts=attempt))
+            rows.append(self._row(run, node, TOP, "succeeded", input=config, output=out, ports=[MAIN],
+                                  attempts=attempt))
             await self._flush(run, rows, spawn)
             await self.wake()
             return _Rec("succeeded", out, [MAIN], attempt)
@@ -973,7 +977,8 @@ class Engine:
 
                 async def expire(session: AsyncSession) -> None:
                     await session.execute(
-                        text("update workflows_approvals set status = 'expired' where execution_id = :e and node_id = :n "
+                        text("update workflows_approvals set status = 'expired' where execution_id = :e "
+                             "and node_id = :n "
                              "and status = 'pending'"),
                         {"e": run.execution_id, "n": node.id},
                     )
@@ -1085,7 +1090,8 @@ class Engine:
             found = (
                 await session.execute(
                     text(
-                        "select node_id, iteration, status, output, ports, attempts, wake_at, error from workflows_steps "
+                        "select node_id, iteration, status, output, ports, attempts, wake_at, error "
+                        "from workflows_steps "
                         "where execution_id = :e and node_id = any(:nodes) and iteration = any(:its)"
                     ),
                     {"e": run.execution_id, "nodes": [n.id for n in body], "its": its},
@@ -1134,7 +1140,8 @@ class Engine:
             now = self.clock()
             await session.execute(
                 text(
-                    "update workflows_executions set status = :s, output = cast(:o as jsonb), error = cast(:e as jsonb), "
+                    "update workflows_executions set status = :s, output = cast(:o as jsonb), "
+                    "error = cast(:e as jsonb), "
                     "finished_at = :now, due_at = null, lease_owner = null, lease_until = null, wait_event = null "
                     "where id = :id"
                 ),
@@ -1195,7 +1202,7 @@ class Engine:
         """Start a run for each due schedule tick. Each tick is claimed by moving ``next_run_at`` on
         with a compare-and-set in the transaction that creates its run (whose id is derived from
         the tick), so several workers and restarts neither double nor skip a tick."""
-        from plugins.workflows.triggers import next_tick  # noqa: PLC0415 - avoid an import cycle
+        from plugins.workflows.triggers import next_tick
 
         now = self.clock()
         async with self.services.data.untenanted() as session:
@@ -1214,7 +1221,7 @@ class Engine:
             try:
                 async with self.services.data.tenant(row.tenant_id) as session:
                     moved = await session.execute(
-                        text("update workflows_schedules set next_run_at = :next where id = :id and next_run_at = :tick"),
+                        _MOVE_TICK,
                         {"next": following, "id": row.id, "tick": tick},
                     )
                     if moved.rowcount == 0:  # type: ignore[attr-defined]
@@ -1229,7 +1236,7 @@ class Engine:
                 log.warning("schedule of workflow %s at %s not run: %s", row.id, tick, exc)
                 async with self.services.data.tenant(row.tenant_id) as session:
                     await session.execute(
-                        text("update workflows_schedules set next_run_at = :next where id = :id and next_run_at = :tick"),
+                        _MOVE_TICK,
                         {"next": following, "id": row.id, "tick": tick},
                     )
         if fired:
@@ -1291,7 +1298,7 @@ class _Journal:
         return result
 
 
-class _Retry(Exception):  # noqa: N818
+class _Retry(Exception):
     def __init__(self, delay: float) -> None:
         super().__init__("retry")
         self.delay = delay

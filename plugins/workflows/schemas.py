@@ -37,7 +37,7 @@ __all__ = [
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Description = Annotated[str, msgspec.Meta(max_length=5000)]
-EXPORT_FORMAT = "businessos.workflow/1"
+EXPORT_FORMAT: Literal["businessos.workflow/1"] = "businessos.workflow/1"
 
 
 class WorkflowIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

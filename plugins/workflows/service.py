@@ -18,7 +18,6 @@ from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
-from plugins.workflows import nodes as control
 from plugins.workflows import schemas as s
 from plugins.workflows.engine import TERMINAL, Engine, PlanError, plan_of
 from plugins.workflows.graph import Graph, WorkflowSettings
@@ -45,13 +44,13 @@ __all__ = [
 ]
 
 DEFAULT_LIMIT = 25
-WORKFLOW_SORTS = {
+WORKFLOW_SORTS: dict[str, tuple[Any, ...]] = {
     "-created_at": (Definition.created_at.desc(), Definition.id.desc()),
     "created_at": (Definition.created_at.asc(), Definition.id.asc()),
     "name": (Definition.name.asc(), Definition.id.asc()),
     "-updated_at": (Definition.updated_at.desc(), Definition.id.desc()),
 }
-EXECUTION_SORTS = {
+EXECUTION_SORTS: dict[str, tuple[Any, ...]] = {
     "-created_at": (Execution.created_at.desc(), Execution.id.desc()),
     "created_at": (Execution.created_at.asc(), Execution.id.asc()),
 }
@@ -271,7 +270,8 @@ async def list_versions(
 
 
 async def get_version(session: AsyncSession, workflow_id: uuid.UUID, number: int) -> s.VersionOut:
-    v = (await session.scalars(select(Version).where(Version.workflow_id == workflow_id, Version.number == number))).first()
+    stmt = select(Version).where(Version.workflow_id == workflow_id, Version.number == number)
+    v = (await session.scalars(stmt)).first()
     if v is None:
         raise sdk.NotFound(f"workflow {workflow_id} has no version {number}")
     return _version_out(v)
@@ -402,7 +402,8 @@ async def retry(
     assert new_id is not None
     await session.execute(
         text(
-            "insert into workflows_steps (tenant_id, id, created_at, execution_id, node_id, iteration, node_key, status, "
+            "insert into workflows_steps (tenant_id, id, created_at, execution_id, node_id, iteration, node_key, "
+            "status, "
             "ports, input, output, error, attempts, started_at, finished_at, wake_at) "
             "select s.tenant_id, gen_random_uuid(), s.created_at, :new, s.node_id, s.iteration, s.node_key, s.status, "
             "s.ports, s.input, s.output, s.error, s.attempts, s.started_at, s.finished_at, null "
@@ -419,7 +420,10 @@ async def retry(
     return s.RunOut(execution_id=new_id, status="queued")
 
 
-async def failed_ids(session: AsyncSession, ids: Sequence[uuid.UUID] | None, workflow_id: uuid.UUID | None) -> list[uuid.UUID]:
+async def failed_ids(
+    session: AsyncSession, ids: Sequence[uuid.UUID] | None, workflow_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The failed runs among ``ids`` (or of ``workflow_id``), oldest first, at most 500."""
     stmt = select(Execution.id).where(Execution.status == "failed")
     if ids is not None:
         stmt = stmt.where(Execution.id.in_(ids))

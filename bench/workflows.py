@@ -19,6 +19,9 @@ Rounds alternate (workflow, arq, workflow, arq, ...); medians are printed.
 
     python bench/workflows.py [--executions 1000] [--concurrency 32] [--rounds 3] [--profile]
 
+``--foreach 100000`` first runs one for-each over that many items and prints the worker's RSS
+before, at its peak and every 10 s (memory must stay flat).
+
 ``--profile`` runs ``py-spy record`` on the worker during the first round (``pip install
 py-spy``, in the dev extra) and prints the hottest frames, to say where the time goes.
 """
@@ -180,6 +183,52 @@ async def _latency_round(
     return _pct(first, 0.5), _pct(first, 0.99), _pct(whole, 0.5), _pct(whole, 0.99)
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _foreach_round(
+    api: httpx.AsyncClient, db: asyncpg.Connection, h: dict[str, str], worker_pid: int, items: int
+) -> None:
+    """A manual run whose for-each walks ``items`` items (a set per item), sampling the worker's
+    RSS every 0.2 s: memory must stay flat whatever the list's length."""
+    graph = {
+        "nodes": [
+            {"id": "start", "node": "workflows.manual"},
+            {"id": "loop", "node": "workflows.for_each", "config": {"items": "{{ trigger.items }}", "concurrency": 10}},
+            {"id": "each", "node": "workflows.set", "config": {"values": {"double": "{{ item * 2 }}"}}},
+        ],
+        "edges": [{"source": "start", "target": "loop"}, {"source": "loop", "target": "each", "port": "each"}],
+    }
+    created = await api.post("/api/workflows", json={"name": "foreach", "graph": graph, "settings": {}}, headers=h)
+    created.raise_for_status()
+    wid = created.json()["id"]
+    (await api.post(f"/api/workflows/{wid}/publish", headers=h)).raise_for_status()
+    before = _rss_mib(worker_pid)
+    samples = [before]
+    started = time.perf_counter()
+    run = await api.post(f"/api/workflows/{wid}/run", json={"input": {"items": list(range(items))}}, headers=h)
+    run.raise_for_status()
+    execution_id = uuid.UUID(run.json()["execution_id"])
+    marks = []
+    while True:
+        status = await db.fetchval("select status from workflows_executions where id = $1", execution_id)
+        samples.append(_rss_mib(worker_pid))
+        elapsed = time.perf_counter() - started
+        if not marks or elapsed - marks[-1][0] >= 10:
+            marks.append((elapsed, samples[-1]))
+        if status in ("succeeded", "failed", "cancelled"):
+            break
+        await asyncio.sleep(0.2)
+    took = time.perf_counter() - started
+    print(f"\nfor-each over {items} items ({status}) in {took:.1f} s ({items / took:.0f} items/s); worker RSS MiB: "
+          f"before {before:.1f}, peak {max(samples):.1f}, end {samples[-1]:.1f}; every 10 s: "
+          + ", ".join(f"{m[1]:.0f}" for m in marks))
+
+
 async def _arq_round(redis_url: str, n: int, max_jobs: int) -> float:
     """No-op jobs through arq on the platform's Redis (a queue of their own): enqueue all, then
     count completions in a worker with the platform's poll delay."""
@@ -261,7 +310,9 @@ async def main(args: argparse.Namespace) -> None:
         db = await asyncpg.connect(_dsn(database_url))
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as api:
-            _, tenant_id, path = await _setup(api)
+            h, tenant_id, path = await _setup(api)
+            if args.foreach:
+                await _foreach_round(api, db, h, worker.pid, args.foreach)
             await _workflow_round(api, db, tenant_id, path, min(100, args.executions), args.concurrency)  # warm-up
             await _arq_round(redis_url, 200, 10)
             results, floors, latencies = [], [], []
@@ -325,9 +376,11 @@ async def main(args: argparse.Namespace) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _top_frames(path: Path, top: int = 15) -> None:
-    """The functions most often on the worker's stacks (inclusive), from py-spy's raw output."""
+def _top_frames(path: Path, top: int = 25) -> None:
+    """Where the worker's time goes, from py-spy's raw output: the project's functions (and the
+    driver and queue libraries under them) by share of samples, inclusive, and the leaves."""
     inclusive: dict[str, int] = {}
+    leaves: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -335,15 +388,18 @@ def _top_frames(path: Path, top: int = 15) -> None:
             continue
         count = int(count_text)
         total += count
-        seen = set()
-        for frame in stack.split(";"):
-            name = frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 2)[-1] + ")" \
-                if " (" in frame else frame
-            if name not in seen:
-                seen.add(name)
-                inclusive[name] = inclusive.get(name, 0) + count
-    print(f"\nworker, py-spy ({total} samples), functions by share of samples (inclusive):")
-    for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")]
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    ours = ("engine.py", "triggers.py", "deliveries.py", "outbox.py", "worker.py:", "nodes.py", "expressions.py",
+            "services.py", "sandbox.py")
+    print(f"\nworker, py-spy ({total} samples): the project's functions by share of samples (inclusive)")
+    chosen = [(n, c) for n, c in inclusive.items() if any(o in n for o in ours)]
+    for name, count in sorted(chosen, key=lambda kv: -kv[1])[:top]:
+        print(f"  {count / total * 100:5.1f}%  {name}")
+    print("leaves (self time):")
+    for name, count in sorted(leaves.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {count / total * 100:5.1f}%  {name}")
 
 
@@ -354,5 +410,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=50, help="runs fired one at a time per round")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--foreach", type=int, default=0, metavar="ITEMS",
+                        help="first, a for-each over ITEMS items with the worker's RSS sampled")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
     asyncio.run(main(parser.parse_args()))

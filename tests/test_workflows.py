@@ -6,6 +6,7 @@ engine's injectable clock (a lease expiring, a delay passing), never through sle
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -18,10 +19,12 @@ from kernel import sdk
 from kernel.app import load_app_plugins
 from kernel.context import Kernel
 from kernel.db import migrate
+from kernel.events.deliveries import QUEUE
+from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
 from plugins.workflows.engine import Engine, EngineConfig
 from plugins.workflows.triggers import next_tick, on_event
-from tests.conftest import new_tenant, open_client, other_process, settings_for
+from tests.conftest import eventually, new_tenant, open_client, other_process, settings_for
 
 FAST = EngineConfig(heartbeat_seconds=0.05, lease_seconds=30)
 
@@ -30,7 +33,7 @@ FAST = EngineConfig(heartbeat_seconds=0.05, lease_seconds=30)
 async def wf_settings(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    result = settings_for(database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows")
+    result = settings_for(database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows,crm")
     plugins = load_app_plugins(result.plugins_allowlist)
     record = plugins.get("workflows")
     assert record is not None and record.active, record and record.reason
@@ -518,3 +521,193 @@ async def test_a_schedule_tick_runs_once_however_many_workers_fire_it(
     runs = (await api.get("/api/workflows/executions", params={"workflow_id": wid}, headers=t["h"])).json()
     assert runs["pagination"]["total"] == 1 and runs["executions"][0]["trigger_kind"] == "schedule"
     assert sum(await asyncio.gather(*(engine(kernel, ahead=ahead).fire_schedules() for _ in range(2)))) == 0
+
+
+# ---- other plugins' nodes, the run's principal ---------------------------------------------------
+
+
+async def test_a_step_runs_another_plugins_action_as_the_publisher_and_fails_without_its_permission(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    assert (await api.post("/api/modules/crm/enable", headers=t["h"])).status_code == 200
+    nodes = [
+        node("start", "workflows.manual"),
+        node("people", "workflows.for_each", items="{{ trigger.names }}"),
+        node("add", "crm.create_contact", first_name="{{ item }}", last_name="Loop"),
+    ]
+    edges = [edge("start", "people"), edge("people", "add", "each")]
+    wid = await publish(api, t, nodes, edges)
+    eid = await run(api, t, wid, {"names": ["Ada", "Grace"]})
+    await engine(kernel).work()
+    body = await detail(api, t, eid)
+    assert body["execution"]["status"] == "succeeded", body
+    steps = steps_of(body)
+    assert steps[("add", "1")]["output"]["first_name"] == "Grace"
+    contacts = (await api.get("/api/crm/contacts", headers=t["h"])).json()["contacts"]
+    assert sorted(c["first_name"] for c in contacts) == ["Ada", "Grace"]
+
+    # Published with a key that may edit workflows but not contacts: its runs may not either.
+    key = await api.post("/api/api-keys", json={"name": "wf", "scopes": [
+        "workflows.definitions.write", "workflows.definitions.read", "workflows.executions.write",
+    ]}, headers=t["h"])
+    assert key.status_code == 201, key.text
+    as_key = {"X-Tenant-ID": t["slug"], "X-API-Key": key.json()["key"]}
+    published = await api.post(f"/api/workflows/{wid}/publish", headers=as_key)
+    assert published.status_code == 201, published.text
+    eid = await run(api, t, wid, {"names": ["Linus"]})
+    await engine(kernel).work()
+    body = await detail(api, t, eid)
+    assert body["execution"]["status"] == "failed"
+    error = steps_of(body)[("add", "0")]["error"]
+    assert error["status"] == 403 and "crm.contacts.write" in error["message"]
+
+
+# ---- a real worker: events, webhooks, wake-ups through Redis -----------------------------------
+
+
+async def test_a_worker_runs_event_and_webhook_triggered_workflows(
+    api: AsyncTestClient[Any], wf_settings: Settings
+) -> None:
+    t = await tenant(api)
+    on_created = await publish(api, t, [
+        node("start", "workflows.event", event="workflows.definition.created",
+             filter="{{ trigger.name.startswith('match') }}"),
+        node("seen", "workflows.set", values={"name": "{{ trigger.name }}"}),
+    ], [edge("start", "seen")])
+    hooked = await publish(api, t, [
+        node("start", "workflows.webhook", respond="result", timeout_seconds=20),
+        node("echo", "workflows.set", values={"hello": "{{ trigger.body.name }}"}),
+    ], [edge("start", "echo")])
+    hook = await api.post(f"/api/workflows/{hooked}/webhook", headers=t["h"])
+    assert hook.status_code == 201, hook.text
+    path = hook.json()["path"]
+    assert path.startswith("/hooks/workflows/")
+
+    plugins = load_app_plugins(wf_settings.plugins_allowlist)
+    assert wf_settings.redis_url
+    worker = build_worker(wf_settings, plugins, wf_settings.redis_url, queue=QUEUE, cron_jobs=False)
+    running = asyncio.create_task(worker.main())
+    try:
+        for name in ("match-1", "other"):
+            created = await api.post("/api/workflows", json={"name": name}, headers=t["h"])
+            assert created.status_code == 201
+
+        async def triggered() -> bool:
+            runs = (await api.get("/api/workflows/executions", params={"workflow_id": on_created},
+                                  headers=t["h"])).json()["executions"]
+            return [r["status"] for r in runs] == ["succeeded"]
+
+        await eventually(triggered, timeout=90)
+        runs = (await api.get("/api/workflows/executions", params={"workflow_id": on_created},
+                              headers=t["h"])).json()["executions"]
+        assert runs[0]["output"] == {"name": "match-1"} and runs[0]["trigger_kind"] == "event"
+
+        queued = await api.post(path, json={"name": "Grace"})
+        assert queued.status_code == 202, queued.text
+
+        async def answered() -> bool:
+            body = await detail(api, t, queued.json()["execution_id"])
+            return bool(body["execution"]["output"] == {"hello": "Grace"})
+
+        await eventually(answered, timeout=90)
+        assert (await api.post(path[:-4] + "abcd", json={})).status_code == 404
+    finally:
+        await worker.close()
+        running.cancel()
+
+
+async def test_a_webhook_can_answer_with_the_result(api: AsyncTestClient[Any], wf_settings: Settings) -> None:
+    t, other = await tenant(api), await tenant(api)
+    hooked = await publish(api, t, [
+        node("start", "workflows.webhook", respond="result", timeout_seconds=20),
+        node("echo", "workflows.set", values={"hello": "{{ trigger.body.name }}"}),
+    ], [edge("start", "echo")])
+    assert (await api.post(f"/api/workflows/{hooked}/webhook", headers=other["h"])).status_code == 404
+    path = (await api.post(f"/api/workflows/{hooked}/webhook", headers=t["h"])).json()["path"]
+    # The test client holds its loop while the request waits, so the engine runs in a thread with
+    # a loop of its own, as another process would.
+    stop = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            async with other_process(wf_settings) as k:
+                e = Engine(k.services("workflows"), config=FAST)
+                while not stop.is_set():
+                    if not await e.work():
+                        await asyncio.sleep(0.005)  # a worker's idle poll, not a test's wait
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        answer = await api.post(path, json={"name": "Ada"})
+    finally:
+        stop.set()
+        thread.join(30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "succeeded" and answer.json()["output"] == {"hello": "Ada"}
+
+
+# ---- the sweeper and retention -----------------------------------------------------------------
+
+
+async def test_a_lost_wake_up_is_found_by_the_sweeper_and_old_runs_are_dropped(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    wid = await publish(api, t, [node("start", "workflows.manual"), node("a", "workflows.set", values={"a": 1})],
+                        [edge("start", "a")])
+    eid = await run(api, t, wid)
+    await kernel.redis.flushdb()  # the wake-up is gone, as after a Redis restart without persistence
+    assert await kernel.redis.zcard(QUEUE) == 0
+    assert await engine(kernel).sweep() >= 1
+    assert await kernel.redis.zcard(QUEUE) >= 1  # a worker is woken again
+    await engine(kernel).work()
+    assert (await detail(api, t, eid))["execution"]["status"] == "succeeded"
+
+    kept = await publish(api, t, [node("start", "workflows.manual"), node("a", "workflows.set")],
+                         [edge("start", "a")], retention_days=60)
+    kept_run = await run(api, t, kept)
+    await engine(kernel).work()
+    await engine(kernel, ahead=29 * 86400).cleanup()
+    assert (await api.get(f"/api/workflows/executions/{eid}", headers=t["h"])).status_code == 200
+    assert await engine(kernel, ahead=31 * 86400).cleanup() >= 1  # past the tenant's 30 days
+    assert (await api.get(f"/api/workflows/executions/{kept_run}", headers=t["h"])).status_code == 200
+    assert (await api.get(f"/api/workflows/executions/{eid}", headers=t["h"])).status_code == 404
+
+
+async def test_an_approval_times_out_along_rejected_and_an_event_starts_one_run_however_often_delivered(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    nodes = [node("start", "workflows.manual"),
+             node("ok", "workflows.approval", title="t", timeout_seconds=300, on_timeout="reject"),
+             node("no", "workflows.set", values={"r": "{{ steps.ok.output.decision }}"})]
+    wid = await publish(api, t, nodes, [edge("start", "ok"), edge("ok", "no", "rejected")])
+    eid = await run(api, t, wid)
+    await engine(kernel).work()
+    await engine(kernel, ahead=301).work()
+    body = await detail(api, t, eid)
+    assert body["execution"]["output"] == {"r": "expired"}
+    approvals = (await api.get("/api/workflows/approvals", headers=t["h"])).json()["approvals"]
+    assert [a["status"] for a in approvals] == ["expired"]
+
+    listener = await publish(api, t, [node("start", "workflows.event", event="billing.invoice.paid"),
+                                      node("a", "workflows.set", values={"id": "{{ trigger.id }}"})],
+                             [edge("start", "a")], concurrency=1)
+    event = sdk.EventContext(tenant_id=uuid.UUID(t["id"]), event="billing.invoice.paid", payload={"id": "i-1"},
+                             services=kernel.services("workflows"), event_id=uuid.uuid4())
+    await on_event(event)
+    await on_event(event)  # delivered again (at least once): no second run
+    await on_event(sdk.EventContext(tenant_id=event.tenant_id, event=event.event, payload={"id": "i-2"},
+                                    services=event.services, event_id=uuid.uuid4()))
+    runs = (await api.get("/api/workflows/executions", params={"workflow_id": listener}, headers=t["h"])).json()
+    assert runs["pagination"]["total"] == 2
+    ids = {r["id"] for r in runs["executions"]}
+    e = engine(kernel)
+    first = await e.claim()
+    assert first is not None and str(first[1]) in ids
+    second = await e.claim()
+    assert second is None or str(second[1]) not in ids  # the workflow's concurrency is 1

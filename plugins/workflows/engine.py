@@ -330,6 +330,8 @@ class Engine:
         self.clock = clock
         self.worker_id = worker_id or f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.observer = observer
+        self._prefetched: dict[uuid.UUID, Any] = {}
+        """What :meth:`claim` read of a run in its own transaction, for :meth:`run`."""
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -395,7 +397,7 @@ class Engine:
         if metered:
             await self.services.entitlements.check(tenant_id, "workflows.executions")
         settings = msgspec.convert(version.settings, WorkflowSettings)
-        concurrency, _ = await self.limits(tenant_id)
+        concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
         new_id = execution_id or sdk.uuid7()
         inserted = await session.execute(
@@ -417,11 +419,12 @@ class Engine:
             return None
         await session.execute(
             text(
-                "insert into workflows_tenants (tenant_id, id, concurrency) values (:t, :t, :c) "
-                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency "
-                "where workflows_tenants.concurrency <> excluded.concurrency"
+                "insert into workflows_tenants (tenant_id, id, concurrency, retention_days) values (:t, :t, :c, :r) "
+                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
+                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
+                "or workflows_tenants.retention_days is distinct from excluded.retention_days"
             ),
-            {"t": tenant_id, "c": concurrency},
+            {"t": tenant_id, "c": concurrency, "r": retention},
         )
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
@@ -436,7 +439,7 @@ class Engine:
         try:
             await self.services.jobs.enqueue(WORK_JOB, at=at)
         except Exception:  # Redis down: the sweeper will find the row
-            log.debug("could not enqueue a wake-up; the sweeper will find the run")
+            log.warning("could not enqueue a wake-up; the sweeper will find the run", exc_info=True)
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -449,25 +452,17 @@ class Engine:
             tenants = (
                 await session.execute(
                     text(
-                        "select t.tenant_id, t.concurrency from workflows_tenants t "
-                        "where exists (select 1 from workflows_executions e where e.tenant_id = t.tenant_id "
-                        "and e.due_at <= :now) order by t.last_served_at nulls first, t.tenant_id limit 8 "
-                        "for update of t skip locked"
+                        "select t.tenant_id, t.concurrency, (select count(*) from workflows_executions r "
+                        "where r.tenant_id = t.tenant_id and r.status = 'running' and r.lease_until > :now) running "
+                        "from workflows_tenants t where exists (select 1 from workflows_executions e "
+                        "where e.tenant_id = t.tenant_id and e.due_at <= :now) "
+                        "order by t.last_served_at nulls first, t.tenant_id limit 8 for update of t skip locked"
                     ),
                     {"now": now},
                 )
             ).all()
             for tenant in tenants:
-                running = (
-                    await session.execute(
-                        text(
-                            "select count(*) from workflows_executions where tenant_id = :t and status = 'running' "
-                            "and lease_until > :now"
-                        ),
-                        {"t": tenant.tenant_id, "now": now},
-                    )
-                ).scalar_one()
-                if running >= tenant.concurrency:
+                if tenant.running >= tenant.concurrency:
                     continue
                 row = (
                     await session.execute(
@@ -495,6 +490,8 @@ class Engine:
                     text("update workflows_tenants set last_served_at = :now where tenant_id = :t"),
                     {"now": now, "t": tenant.tenant_id},
                 )
+                # Read the run in this transaction too (the engine's policy opens its rows here).
+                self._prefetched[row.id] = await self._fetch(session, tenant.tenant_id, row.id)
                 return tenant.tenant_id, row.id
         return None
 
@@ -541,30 +538,38 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------
 
+    async def _fetch(self, session: AsyncSession, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> Any:
+        e = (
+            await session.execute(
+                text(
+                    "select e.*, v.graph, v.settings, v.run_as from workflows_executions e "
+                    "join workflows_versions v on v.tenant_id = e.tenant_id and v.id = e.version_id "
+                    "where e.tenant_id = :t and e.id = :id and e.lease_owner = :me and e.status = 'running'"
+                ),
+                {"t": tenant_id, "id": execution_id, "me": self.worker_id},
+            )
+        ).first()
+        if e is None:
+            return None
+        steps = (
+            await session.execute(
+                text(
+                    "select node_id, status, output, ports, attempts, wake_at, error from workflows_steps "
+                    "where tenant_id = :t and execution_id = :id and iteration = :top"
+                ),
+                {"t": tenant_id, "id": execution_id, "top": TOP},
+            )
+        ).all()
+        return e, steps
+
     async def _load(self, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> _Run | None:
-        async with self.services.data.tenant(tenant_id) as session:
-            e = (
-                await session.execute(
-                    text(
-                        "select e.*, v.graph, v.settings, v.run_as from workflows_executions e "
-                        "join workflows_versions v "
-                        "on v.tenant_id = e.tenant_id and v.id = e.version_id where e.id = :id and e.lease_owner = :me "
-                        "and e.status = 'running'"
-                    ),
-                    {"id": execution_id, "me": self.worker_id},
-                )
-            ).first()
-            if e is None:
+        fetched = self._prefetched.pop(execution_id, None)
+        if fetched is None:
+            async with self.services.data.tenant(tenant_id) as session:
+                fetched = await self._fetch(session, tenant_id, execution_id)
+            if fetched is None:
                 return None
-            steps = (
-                await session.execute(
-                    text(
-                        "select node_id, status, output, ports, attempts, wake_at, error from workflows_steps "
-                        "where execution_id = :id and iteration = :top"
-                    ),
-                    {"id": execution_id, "top": TOP},
-                )
-            ).all()
+        e, steps = fetched
         plan = _PLANS.get(e.version_id)
         if plan is None:
             plan = plan_of(
@@ -1244,16 +1249,19 @@ class Engine:
         return fired
 
     async def cleanup(self, limit: int = 1000) -> int:
-        """Delete finished runs older than their workflow's ``retention_days`` (or the engine's
-        default); their steps and approvals go with them. Returns how many."""
+        """Delete finished runs older than their retention: the workflow version's
+        ``retention_days``, else the tenant's (plugin settings), else the engine's default. Their
+        steps and approvals go with them. Returns how many."""
         now = self.clock()
         async with self.services.data.untenanted() as session:
             await session.execute(text(ENGINE_SETTING))
             result = await session.execute(
                 text(
                     "delete from workflows_executions e using (select x.tenant_id, x.id from workflows_executions x "
+                    "join workflows_versions v on v.tenant_id = x.tenant_id and v.id = x.version_id "
                     "left join workflows_tenants t on t.tenant_id = x.tenant_id "
-                    "where x.finished_at is not null and x.finished_at < :now - make_interval(days => :days) "
+                    "where x.finished_at is not null and x.finished_at < cast(:now as timestamptz) - make_interval("
+                    "days => coalesce((v.settings ->> 'retention_days')::int, t.retention_days, :days)) "
                     "limit :n) old where e.tenant_id = old.tenant_id and e.id = old.id"
                 ),
                 {"now": now, "days": self.config.retention_days, "n": limit},

@@ -163,4 +163,5 @@ class TenantState(sdk.TenantScoped, Base):
     __tablename__ = "workflows_tenants"
 
     concurrency: Mapped[int] = mapped_column(Integer)
+    retention_days: Mapped[int | None] = mapped_column(Integer)
     last_served_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -490,3 +490,21 @@ async def attach_webhook(session: AsyncSession, workflow_id: uuid.UUID, endpoint
     if row.webhook_endpoint_id is not None:
         raise sdk.Conflict(f"workflow {workflow_id} already has a webhook URL; POST again to rotate it")
     row.webhook_endpoint_id = endpoint_id
+
+
+async def connection_users(services: sdk.Services, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> list[str]:
+    """The published workflows (current versions) whose nodes name ``connection_id`` in their
+    config's ``connection``: what the ``businessos_connection_users`` hook answers."""
+    async with services.data.tenant(tenant_id) as session:
+        rows = (
+            await session.execute(
+                text(
+                    "select d.name, v.number from workflows_definitions d join workflows_versions v "
+                    "on v.tenant_id = d.tenant_id and v.workflow_id = d.id and v.number = d.published_version "
+                    "where exists (select 1 from jsonb_array_elements(v.graph -> 'nodes') n "
+                    "where n -> 'config' ->> 'connection' = :c) order by d.name"
+                ),
+                {"c": str(connection_id)},
+            )
+        ).all()
+    return [f"workflow {r.name!r} (version {r.number})" for r in rows]

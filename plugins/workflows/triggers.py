@@ -200,7 +200,8 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
                 "execution_id": str(execution_id), "status": done.status, "output": done.output, "error": done.error,
             })
         if loop.time() >= deadline:
-            return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": "running"})
+            status = done.status if done is not None else "queued"
+            return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": status})
         await asyncio.sleep(min(pause, max(deadline - loop.time(), 0)))
         pause = min(pause * 2, 0.2)
 

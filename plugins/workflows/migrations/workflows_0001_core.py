@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "workflow_id", "number", name="uq_workflows_versions_number"),
     )
     _reference("workflows_versions", "workflow_id", "workflows_definitions")
+    _engine_policy("workflows_versions")  # retention reads each run's version settings
     op.execute("CREATE INDEX ix_workflows_versions_event ON workflows_versions (tenant_id, trigger_event)")
 
     sdk.create_tenant_table(
@@ -169,6 +170,7 @@ def upgrade() -> None:
     sdk.create_tenant_table(
         "workflows_tenants",
         sa.Column("concurrency", sa.Integer(), nullable=False),
+        sa.Column("retention_days", sa.Integer()),
         sa.Column("last_served_at", _TS),
     )
     _engine_policy("workflows_tenants")

@@ -149,15 +149,15 @@ async def test_the_agent_calls_enabled_allowed_nodes_as_audited_tool_steps(
         "model": MODEL,
         "instructions": "You run a CRM.",
         "prompt": "Add {{ trigger.who }}",
-        "tools": ["crm.create_contact", "projects.create_task", "crm.deal_stage_changed"],
+        "tools": ["crm.create_contact", "projects.create_task", "crm.deal_stage_changed", "workflows.agent"],
         "max_steps": 5,
     }
     result = await run(api, tenant, "workflows.agent", {"config": config, "input": {"trigger": {"who": "Grace"}}})
     assert result["ok"] is True, result
     out = result["output"]
     assert (out["text"], out["stop_reason"], out["steps"]) == ("Created Grace.", "answered", 3)
-    # Projects is not enabled and a trigger is no tool: neither is offered.
-    assert out["unavailable_tools"] == ["projects.create_task", "crm.deal_stage_changed"]
+    # Projects is not enabled, a trigger is no tool, an agent is not its own tool: none is offered.
+    assert out["unavailable_tools"] == ["projects.create_task", "crm.deal_stage_changed", "workflows.agent"]
     first, second, third = out["tool_calls"]
     assert first["output"]["first_name"] == "Grace" and first["error"] is None and first["step_id"] == "test.tool1"
     assert second["error"]["status"] == 422 and second["error"]["errors"][0]["field"] == "config.email"

@@ -51,7 +51,7 @@ CATALOGUE = {
         *(sdk.CatalogueNode.of("crm", s) for s in CRM_NODES),
     ]
 }
-SETTINGS = WorkflowSettings()
+SETTINGS = WorkflowSettings(variables={"temperature": 0.3})
 
 
 def graph(nodes: list[dict[str, Any]], edges: list[tuple[str, str] | tuple[str, str, str]]) -> Graph:
@@ -130,10 +130,11 @@ def test_unknown_nodes_bad_configs_and_bad_expressions_name_the_node_and_field()
                 "node": "workflows.set",
                 "config": {"values": {"a": "{{ stepz.a }}", "b": "{{ steps.nope.output }}"}},
             },
+            {"id": "e", "node": "workflows.set", "config": {"values": {"a": "{{ env.nope }}"}}},
             {"id": "v", "node": "workflows.set", "config": {"extra": 1, "values": {}}},
             {"id": "w", "node": "workflows.set"},
         ],
-        [("start", x) for x in ("ghost", "contact", "mover", "s", "t", "u", "v", "w")],
+        [("start", x) for x in ("ghost", "contact", "mover", "s", "t", "u", "e", "v", "w")],
     )
     errors = fields(validate(g, SETTINGS, CATALOGUE))
     assert "unknown node 'billing.charge'" in errors["nodes.ghost.node"]
@@ -145,6 +146,7 @@ def test_unknown_nodes_bad_configs_and_bad_expressions_name_the_node_and_field()
     assert "no node 'nope'" in errors["nodes.u.config.values.b"]
     assert "extra" in errors["nodes.v.config"] and "values" in errors["nodes.w.config"]
     assert "nodes.mover.config.stage_id" in errors  # `x` is not a scope name
+    assert errors["nodes.e.config.values.a"] == "env.nope: no such variable in the workflow's settings"
 
 
 def test_triggers_duplicates_edges_cycles_and_unreachable_nodes() -> None:

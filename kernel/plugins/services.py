@@ -265,7 +265,8 @@ class ChatOptions(TypedDict, total=False):
     object_id: uuid.UUID | str | None
     tools: list[dict[str, Any]] | None
     """OpenAI-style function tools (``{"type": "function", "function": {name, description,
-    parameters}}``); the model's calls come back in :attr:`AIAnswer.tool_calls`."""
+    parameters}}``); the model's calls come back in :attr:`AIAnswer.tool_calls` (``chat`` only:
+    ``stream`` yields text and drops tool calls)."""
     tool_choice: Any
     response_format: dict[str, Any] | None
     """``{"type": "json_object"}`` (or a ``json_schema`` one) where the provider supports it."""

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
+AGENT = "workflows.agent"
 
 
 class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -90,7 +91,7 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     """The model's id of the call."""
     node: str
     step_id: str
-    """``<agent step>.tool<n>``: its idempotency key is ``<execution>:<step_id>``."""
+    """``<agent step>.tool<n>``: its idempotency key is ``<execution>:<step_id>:<iteration>``."""
     arguments: Any
     output: Any = None
     error: dict[str, Any] | None = None
@@ -211,7 +212,8 @@ async def _tools(ctx: sdk.NodeContext, keys: list[str]) -> tuple[dict[str, sdk.C
     catalogue = {n.key: n for n in await ctx.services.nodes.catalogue(ctx.tenant_id)}
     for key in dict.fromkeys(keys):
         node = catalogue.get(key)
-        runnable = node is not None and node.kind == "action" and node.spec.run is not None
+        # An agent as its own tool would recurse on the tenant's budget.
+        runnable = node is not None and node.kind == "action" and node.spec.run is not None and key != AGENT
         if node is None or not runnable or not ctx.services.nodes.allowed(node, ctx.actor):
             unavailable.append(key)
         else:
@@ -231,7 +233,7 @@ async def _run_tool(
         output = msgspec.to_builtins(
             await ctx.services.nodes.run(
                 node.key, tenant_id=ctx.tenant_id, execution_id=ctx.execution_id, step_id=step_id,
-                attempt=ctx.attempt, actor=ctx.actor, config=arguments,
+                attempt=ctx.attempt, actor=ctx.actor, config=arguments, iteration=ctx.iteration,
             ),
             enc_hook=str,
         )
@@ -341,7 +343,7 @@ AI_NODES = [
         run=run_ai,
     ),
     sdk.NodeSpec(
-        key="workflows.agent",
+        key=AGENT,
         kind="action",
         title="AI agent with tools",
         description="A model that calls the named action nodes as tools, each call an audited sub-step.",

@@ -11,7 +11,7 @@ the node's config JSON Schema) and every literal value is then checked against t
 Struct; the expression's own value is converted and checked again when the step runs
 (``services.nodes.run``). Expressions must parse here, and their root names must be in scope
 (``trigger``, ``steps``, ``item``, ``index``, ``execution``, ``env``); ``steps.<id>`` must name a
-node of the graph.
+node of the graph and ``env.<name>`` a variable of the workflow's settings.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SCOPE_NAMES = frozenset({"trigger", "steps", "item", "index", "execution", "env"
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _STEP_REF = re.compile(r"\bsteps\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+_ENV_REF = re.compile(r"\benv\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _MAX_SUBSTITUTIONS = 100
 
 
@@ -40,7 +41,7 @@ def validate(
     graph: Graph, settings: WorkflowSettings, catalogue: Mapping[str, sdk.CatalogueNode]
 ) -> list[sdk.FieldError]:
     """Every reason ``graph`` cannot run with ``catalogue`` (the tenant's nodes by key); an empty
-    list when it can. ``settings`` gives the names ``env`` holds."""
+    list when it can. ``settings.variables`` are the names ``env`` holds."""
     errors: list[sdk.FieldError] = []
     ids: dict[str, int] = {}
     for i, node in enumerate(graph.nodes):
@@ -61,7 +62,7 @@ def validate(
         if entry.kind == "trigger":
             triggers.append(node.id)
         errors.extend(_config_errors(node.id, node.config, entry))
-        errors.extend(_expression_errors(node.id, node.config, ids))
+        errors.extend(_expression_errors(node.id, node.config, ids, settings))
     if len(triggers) != 1:
         found = ", ".join(triggers) if triggers else "none"
         errors.append(sdk.FieldError("nodes", f"a workflow has exactly one trigger node (found: {found})"))
@@ -150,7 +151,9 @@ def _cycle(following: Mapping[str, list[str]]) -> list[str]:
     return []
 
 
-def _expression_errors(node_id: str, config: Any, ids: Mapping[str, int]) -> list[sdk.FieldError]:
+def _expression_errors(
+    node_id: str, config: Any, ids: Mapping[str, int], settings: WorkflowSettings
+) -> list[sdk.FieldError]:
     errors = []
     for path, source in expressions.expressions_in(config):
         field = f"nodes.{node_id}.{path}"
@@ -167,6 +170,10 @@ def _expression_errors(node_id: str, config: Any, ids: Mapping[str, int]) -> lis
             step = match.group(1) or match.group(2)
             if step not in ids:
                 errors.append(sdk.FieldError(field, f"steps.{step}: no node {step!r} in this workflow"))
+        for match in _ENV_REF.finditer(source):
+            if match.group(1) not in settings.variables:
+                message = f"env.{match.group(1)}: no such variable in the workflow's settings"
+                errors.append(sdk.FieldError(field, message))
     return errors
 
 

@@ -713,3 +713,26 @@ async def test_an_approval_times_out_along_rejected_and_an_event_starts_one_run_
     assert first is not None and str(first[1]) in ids
     second = await e.claim()
     assert second is None or str(second[1]) not in ids  # the workflow's concurrency is 1
+
+
+async def test_a_switch_follows_its_case_and_a_merge_collects_the_branches_that_ran(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    nodes = [
+        node("start", "workflows.manual"),
+        node("sw", "workflows.switch", value="{{ trigger.kind }}", cases={"lead": "lead", "deal": "deal"}),
+        node("lead", "workflows.set", values={"k": "L"}),
+        node("other", "workflows.set", values={"k": "O"}),
+        node("always", "workflows.set", values={"k": "A"}),
+        node("join", "workflows.merge"),
+    ]
+    edges = [edge("start", "sw"), edge("sw", "lead", "lead"), edge("sw", "other", "default"),
+             edge("start", "always"), edge("lead", "join"), edge("other", "join"), edge("always", "join")]
+    wid = await publish(api, t, nodes, edges)
+    lead, misc = await run(api, t, wid, {"kind": "lead"}), await run(api, t, wid, {"kind": "ticket"})
+    await engine(kernel).work()
+    assert (await detail(api, t, lead))["execution"]["output"] == {"lead": {"k": "L"}, "always": {"k": "A"}}
+    body = await detail(api, t, misc)
+    assert body["execution"]["output"] == {"other": {"k": "O"}, "always": {"k": "A"}}
+    assert steps_of(body)[("sw", "0")]["ports"] == ["default"]

@@ -65,10 +65,13 @@ from kernel.plugins.contract import (
     NodeSpec,
     Permission,
     Schedule,
+    StepJournal,
 )
 from kernel.plugins.hookspecs import hookimpl
+from kernel.plugins.nodes import CatalogueNode, Nodes
 from kernel.plugins.services import AI, Actor, AIAnswer, ChangeLog, Changes, Data, Members, Services, Tenants
 from kernel.runtime import open_services
+from kernel.sandbox import TemplateFailed, TemplateSandbox
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import SecretUnreadable, Vault
 from kernel.webhooks.contract import InboundWebhook, WebhookReply, WebhookRoute
@@ -85,6 +88,7 @@ __all__ = [
     "Actor",
     "BadRequest",
     "BrokenConnection",
+    "CatalogueNode",
     "ChangeLog",
     "Changes",
     "Conflict",
@@ -118,6 +122,7 @@ __all__ = [
     "NodeContext",
     "NodeRunner",
     "NodeSpec",
+    "Nodes",
     "NotFound",
     "OAuth2Config",
     "OAuth2Credentials",
@@ -136,6 +141,9 @@ __all__ = [
     "Secret",
     "SecretUnreadable",
     "Services",
+    "StepJournal",
+    "TemplateFailed",
+    "TemplateSandbox",
     "Tenant",
     "TenantScoped",
     "Tenants",

@@ -5,9 +5,9 @@ when ``stream_options.include_usage``), ``/v1/embeddings`` and OpenAI-style erro
 Behaviour by model name: ``rate-limited`` -> 429, ``broken`` -> 500, ``bad-request`` -> 400;
 any other model answers. A key not in ``valid_keys`` -> 401. Every key received is recorded.
 ``failures[model] = n`` makes the next ``n`` chat calls for that model answer 503 (then it answers).
-Embedding models named ``bow-<n>`` answer a hashed bag of words of ``n`` dimensions (unit
-length), so that texts sharing words are near each other; other embedding models answer four
-numbers.
+``script`` scripts the next answers (tool calls, JSON). Embedding models named ``bow-<n>``
+answer a hashed bag of words of ``n`` dimensions (unit length), so that texts sharing words are
+near each other; other embedding models answer four numbers.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class FakeOpenAI:
     delay: float = 0.0
     chunk_delay: float = 0.005
     failures: dict[str, int] = field(default_factory=dict)
+    script: list[dict[str, Any]] = field(default_factory=list)
+    """Assistant messages the next non-streamed chat calls answer with, in order (a message with
+    ``tool_calls`` finishes with ``tool_calls``); once empty the usual reply comes back."""
 
     @property
     def base(self) -> str:
@@ -91,6 +94,15 @@ def _app(state: FakeOpenAI) -> Litestar:
             "prompt_tokens_details": {"cached_tokens": 3},
         }
         created = int(time.time())
+        if not body.get("stream") and state.script:
+            scripted = state.script.pop(0)
+            finish = "tool_calls" if scripted.get("tool_calls") else "stop"
+            answer = {
+                "id": "chatcmpl-local", "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", **scripted}, "finish_reason": finish}],
+                "usage": usage,
+            }
+            return Response(msgspec.json.encode(answer), media_type="application/json")
         if not body.get("stream"):
             answer = {
                 "id": "chatcmpl-local",

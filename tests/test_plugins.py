@@ -289,6 +289,18 @@ def businessos_settings_schema() -> Any:
             "event and filter belong to triggers",
             id="action-with-an-event",
         ),
+        pytest.param(
+            "@sdk.hookimpl\ndef businessos_workflow_nodes() -> Any:\n"
+            "    return [sdk.NodeSpec(key=NAME + '.send', kind='action', title='Send', permission='write')]\n",
+            "not a permission name",
+            id="node-permission-not-a-permission",
+        ),
+        pytest.param(
+            "@sdk.hookimpl\ndef businessos_workflow_nodes() -> Any:\n"
+            "    return [sdk.NodeSpec(key=NAME + '.send', kind='action', title='Send', ports=())]\n",
+            "port name",
+            id="node-without-ports",
+        ),
     ],
 )
 def test_a_hook_returning_the_wrong_shape_disables_the_plugin(

@@ -15,17 +15,13 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
-import time
 import uuid
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 import msgspec
-from jinja2 import StrictUndefined, Template, meta, nodes
+from jinja2 import Template, meta
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +44,8 @@ from kernel.audit.log import RequestMeta, record
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
 from kernel.errors import Conflict, FieldError, NotFound, Problem, Unprocessable
+from kernel.sandbox import ENV as _ENV
+from kernel.sandbox import MAX_OUTPUT, deadline, unsafe_attribute
 
 __all__ = [
     "MAX_OUTPUT",
@@ -61,39 +59,8 @@ __all__ = [
     "variables_of",
 ]
 
-MAX_OUTPUT = 200_000
-_MAX_RANGE = 1000
 RENDER_SECONDS = 0.25
 """How long one message template may take to render (422 after)."""
-_MAX_SEQUENCE = 100_000
-
-
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, with the arithmetic that can allocate without bound checked."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise SecurityError("exponent too large")
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_SEQUENCE:
-                    raise SecurityError("repetition too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _range(*args: int) -> range:
-    values = range(*args)
-    if len(values) > _MAX_RANGE:
-        raise SecurityError(f"range is limited to {_MAX_RANGE} items")
-    return values
-
-
-_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-# Only harmless helpers: lipsum, cycler and joiner add nothing a prompt needs.
-_ENV.globals.clear()
-_ENV.globals.update({"range": _range, "dict": dict})
 _UNDEFINED_NAME = re.compile(r"^'([^']+)' is undefined$")
 _NO_ATTRIBUTE = re.compile(r"has no attribute '([^']+)'$")
 
@@ -103,21 +70,6 @@ def _sources(template: str | Sequence[MessageTemplate]) -> list[tuple[str, str, 
     if isinstance(template, str):
         return [("template", "user", template)]
     return [(f"template[{i}].content", m.role, m.content) for i, m in enumerate(template)]
-
-
-def _unsafe_attribute(tree: nodes.Template) -> str | None:
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
-        name: Any = None
-        if isinstance(node, nodes.Getattr):
-            name = node.attr
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-            name = node.arg.value
-        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
-            arg = node.args[0]
-            name = arg.value if isinstance(arg, nodes.Const) else None
-        if isinstance(name, str) and name.startswith("_"):
-            return name
-    return None
 
 
 def variables_of(template: str | Sequence[MessageTemplate]) -> list[str]:
@@ -133,7 +85,7 @@ def variables_of(template: str | Sequence[MessageTemplate]) -> list[str]:
                 errors=[FieldError(field=field, message=f"line {exc.lineno}: {exc.message}")],
                 extra={"line": exc.lineno},
             ) from None
-        unsafe = _unsafe_attribute(tree)
+        unsafe = unsafe_attribute(tree)
         if unsafe is not None:
             raise Unprocessable(
                 f"{field} uses the attribute {unsafe!r}, which templates may not access",
@@ -141,22 +93,6 @@ def variables_of(template: str | Sequence[MessageTemplate]) -> list[str]:
             )
         found |= meta.find_undeclared_variables(tree)
     return sorted(found - set(_ENV.globals))
-
-
-class _Deadline:
-    """A trace function that stops a render running past its time: loops nested over inputs
-    (``{% for a in s %}{% for b in s %}...``) can spin for hours without producing output, and
-    nothing else in the sandbox bounds them. It checks the clock every 1,024 traced lines."""
-
-    def __init__(self, seconds: float) -> None:
-        self.until = time.monotonic() + seconds
-        self.events = 0
-
-    def __call__(self, frame: FrameType, event: str, arg: Any) -> _Deadline:
-        self.events += 1
-        if not self.events & 1023 and time.monotonic() > self.until:
-            raise SecurityError(f"rendering took longer than {RENDER_SECONDS} s")
-        return self
 
 
 @functools.lru_cache(maxsize=512)
@@ -170,16 +106,12 @@ def _generate(source: str, variables: dict[str, Any]) -> str:
     out: list[str] = []
     size = 0
     template = _compiled(source)
-    previous = sys.gettrace()
-    sys.settrace(_Deadline(RENDER_SECONDS))  # synchronous: no other coroutine runs meanwhile
-    try:
+    with deadline(RENDER_SECONDS):  # synchronous: no other coroutine runs meanwhile
         for piece in template.generate(**variables):
             size += len(piece)
             if size > MAX_OUTPUT:
                 raise SecurityError(f"the rendered text is longer than {MAX_OUTPUT} characters")
             out.append(piece)
-    finally:
-        sys.settrace(previous)
     return "".join(out)
 
 

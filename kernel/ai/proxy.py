@@ -168,6 +168,11 @@ class ChatParams:
     template_version: int | None = None
     save: bool = False
     """Without ``conversation_id``: store the exchange as a new conversation."""
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI-style function tools the model may call (the answer's message has ``tool_calls``)."""
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    """``{"type": "json_object"}`` or ``{"type": "json_schema", ...}``, passed to the provider."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,8 @@ class AIProxy:
         model_cap = int(target.info.get("max_output_tokens") or DEFAULT_MAX_TOKENS)
         max_tokens = params.max_tokens or min(model_cap, DEFAULT_MAX_TOKENS)
         prompt_estimate = _prompt_estimate(params.messages)
+        if params.tools:
+            prompt_estimate += len(msgspec.json.encode(params.tools))
         # Enough for the dearest model the call may end on.
         cost = max(r.price.cost(prompt_estimate, max_tokens) for r in [Route(target, credentials, price), *fallbacks])
         attempts = (settings.retries + 1) * (1 + len(fallbacks))
@@ -366,7 +373,7 @@ class AIProxy:
         arguments.update(
             self.clients.arguments(call.target.litellm_model, call.credentials.api_key, arguments["api_base"])
         )
-        for name in ("temperature", "top_p", "stop"):
+        for name in ("temperature", "top_p", "stop", "tools", "tool_choice", "response_format"):
             value = getattr(params, name)
             if value is not None:
                 arguments[name] = value
@@ -382,6 +389,12 @@ class AIProxy:
         prompt, completion, cached = _usage_numbers(getattr(response, "usage", None))
         choice = response.choices[0]
         message = {"role": choice.message.role or "assistant", "content": choice.message.content}
+        if getattr(choice.message, "tool_calls", None):
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in choice.message.tool_calls
+            ]
         call.answer_text = choice.message.content
         cost = call.price.cost(prompt, completion, cached)
         settlement: asyncio.Future[None] | None = None

@@ -32,6 +32,7 @@ __all__ = [
     "NodeSpec",
     "Permission",
     "Schedule",
+    "StepJournal",
 ]
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -100,6 +101,14 @@ class EventHandler:
     qualified name. Keep it stable: renaming it orphans the deliveries still pending."""
 
 
+class StepJournal(Protocol):
+    """Checkpoints inside one step, kept by the workflow engine: ``await journal.step(name, work)``
+    runs ``work()`` and stores its (JSON-able) result under ``name``; on a later attempt of the
+    same step it returns the stored result without running ``work`` again."""
+
+    def step(self, name: str, work: Callable[[], Awaitable[Any]], /) -> Awaitable[Any]: ...
+
+
 @dataclass(frozen=True)
 class NodeContext:
     """What a node runner receives besides its configuration: where in which workflow run it is,
@@ -116,12 +125,19 @@ class NodeContext:
     """The principal the workflow runs as: the audit log's actor of what the node changes."""
     services: Services = field(repr=False)
     logger: logging.Logger = field(repr=False, default_factory=lambda: logging.getLogger("businessos.nodes"))
+    iteration: str = "0"
+    """Which pass of the step: ``"0"`` outside loops, the item's index inside a for-each body
+    (``"3"``; ``"3.7"`` in a nested one)."""
+    journal: StepJournal | None = field(default=None, repr=False)
+    """The engine's checkpoints within this step (``None`` outside a durable run): a node doing
+    several side effects in one step (an agent's tool calls) runs each through it."""
 
     @property
     def idempotency_key(self) -> str:
-        """The same on every attempt of one step of one run (and different for any other step or
-        run): a node that calls out passes it on so that a retry does not act twice."""
-        return f"{self.execution_id}:{self.step_id}"
+        """``<execution>:<step>:<iteration>``: the same on every attempt of one step of one run
+        (and different for any other step, iteration or run): a node that calls out passes it on
+        so that a retry does not act twice."""
+        return f"{self.execution_id}:{self.step_id}:{self.iteration}"
 
 
 class NodeRunner(Protocol):
@@ -151,6 +167,13 @@ class NodeSpec:
     filter: Callable[[Any, dict[str, Any]], bool] | None = field(default=None, compare=False)
     """For triggers: ``filter(config, payload)``, whether this event starts the workflow (``None``:
     every event of the type does)."""
+    permission: str | None = None
+    """For actions: the permission the workflow's principal needs to run it (a step of a workflow
+    whose principal lacks it fails with 403): ``crm.contacts.write`` for ``crm.create_contact``."""
+    ports: tuple[str, ...] = ("main",)
+    """The output ports edges may leave from (``("true", "false")`` for an if); ``"*"`` accepts
+    any name, for ports its config names (a switch's cases). ``error`` is added for a node whose
+    step sets ``on_error="port"``."""
 
 
 @dataclass(frozen=True)

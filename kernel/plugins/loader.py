@@ -416,6 +416,12 @@ def _check_nodes(record: PluginRecord) -> None:
             record.disable(f"node {node.key!r} is an action: event and filter belong to triggers")
         elif node.event is not None and (not _DOTTED.match(node.event) or node.event.count(".") != 2):
             record.disable(f"node {node.key!r} starts on {node.event!r}, not an event name (<plugin>.<entity>.<verb>)")
+        elif node.permission is not None and (not _DOTTED.match(node.permission) or node.permission.count(".") < 2):
+            record.disable(
+                f"node {node.key!r} needs {node.permission!r}, not a permission name (<plugin>.<resource>.<verb>)"
+            )
+        elif not node.ports or any(not p or len(p) > 64 for p in node.ports):
+            record.disable(f"node {node.key!r} has an empty or overlong port name")
 
 
 def route_keys(handlers: Sequence[Any]) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from kernel.events.outbox import emit, emit_many
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
+from kernel.plugins.nodes import Nodes
 from kernel.tenants.schemas import Tenant
 from kernel.vault.service import Vault
 from kernel.webhooks.service import Webhooks
@@ -218,10 +219,12 @@ class Data:
             yield session
 
     @asynccontextmanager
-    async def installation(self) -> AsyncIterator[AsyncSession]:
+    async def untenanted(self) -> AsyncIterator[AsyncSession]:
         """One transaction with no tenant set, for the plugin's installation-level tables (a
-        catalogue, a number sequence, an index of due work across tenants): every tenant table
-        answers nothing in it. Commits like :meth:`tenant`."""
+        catalogue, a number sequence) and cross-tenant work queues. Tenant tables answer nothing in
+        it, except where a policy of the plugin's own table opens the table to a setting the plugin
+        sets in this transaction (the workflow engine's claim, billing's due index). Commits as
+        :meth:`tenant` does."""
         async with self._db.global_() as session:
             yield session
 
@@ -302,6 +305,13 @@ class ChatOptions(TypedDict, total=False):
     object_type: str | None
     """The business object the call is for, ``<plugin>.<entity>``; the ledger row names it."""
     object_id: uuid.UUID | str | None
+    tools: list[dict[str, Any]] | None
+    """OpenAI-style function tools (``{"type": "function", "function": {name, description,
+    parameters}}``); the model's calls come back in :attr:`AIAnswer.tool_calls` (``chat`` only:
+    ``stream`` yields text and drops tool calls)."""
+    tool_choice: Any
+    response_format: dict[str, Any] | None
+    """``{"type": "json_object"}`` (or a ``json_schema`` one) where the provider supports it."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +324,9 @@ class AIAnswer:
     prompt_tokens: int
     completion_tokens: int
     cost: Decimal
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The model's tool calls, ``{"id", "type": "function", "function": {"name", "arguments"}}``
+    (``arguments`` a JSON string, as the provider sent it)."""
 
 
 class AI:
@@ -352,7 +365,8 @@ class AI:
         params = ChatParams(
             messages=messages, stream=stream, model=options.get("model"), max_tokens=options.get("max_tokens"),
             temperature=options.get("temperature"), object_type=options.get("object_type"),
-            object_id=str(object_id) if object_id is not None else None,
+            object_id=str(object_id) if object_id is not None else None, tools=options.get("tools"),
+            tool_choice=options.get("tool_choice"), response_format=options.get("response_format"),
         )
         return await self._proxy.prepare(self._caller(tenant_id, actor), params)
 
@@ -364,6 +378,7 @@ class AI:
         return AIAnswer(
             content=str(done.message.get("content") or ""), model=done.model, finish_reason=done.finish_reason,
             prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, cost=done.cost,
+            tool_calls=list(done.message.get("tool_calls") or []),
         )
 
     async def stream(
@@ -427,6 +442,8 @@ class Services:
         names = {event.name for event in KERNEL_EVENT_TYPES}
         names.update(event.name for record in self._kernel.plugins.active() for event in record.event_types)
         return sorted(names)
+        self.nodes = Nodes(kernel)
+        """The tenant's workflow node catalogue, and running one node as a step (``sdk.Nodes``)."""
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

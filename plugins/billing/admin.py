@@ -46,26 +46,26 @@ async def _tenant(services: sdk.Services, ref: str) -> sdk.Tenant:
 
 @get("/plans", opt=PERM)
 async def admin_list_plans(services: sdk.Services) -> dict[str, Any]:
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         return {"plans": await _CATALOGUE.list(session)}
 
 
 @post("/plans", opt=PERM)
 async def admin_create_plan(data: PlanCreate, services: sdk.Services) -> Any:
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         return await _CATALOGUE.create(session, data)
 
 
 @get("/plans/{code:str}", opt=PERM)
 async def admin_get_plan(code: str, services: sdk.Services) -> Any:
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         return await _CATALOGUE.get(session, code)
 
 
 @patch("/plans/{code:str}", opt=PERM)
 async def admin_change_plan(code: str, data: PlanChange, services: sdk.Services) -> Any:
     """A new version of the plan; subscriptions keep the version they have until migrated."""
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         return await _CATALOGUE.change(session, code, data)
 
 
@@ -93,7 +93,7 @@ async def admin_migrate(ref: str, services: sdk.Services, operator: sdk.Operator
 async def admin_migrate_plan(code: str, services: sdk.Services, operator: sdk.Operator) -> Any:
     """Move every subscription on an older version of the plan to its newest version, each at
     its next period end (one transaction per tenant, audited in its log)."""
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         latest = await _CATALOGUE.latest(session, code)
         tenants = (await session.execute(text("select tenant_id from billing_due order by tenant_id"))).scalars().all()
     if latest is None:
@@ -206,7 +206,7 @@ async def admin_invoices(ref: str, services: sdk.Services) -> Any:
 @post("/clocks", opt=PERM)
 async def admin_create_clock(data: ClockCreate, services: sdk.Services) -> Any:
     clock_id = sdk.uuid7()
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         await session.execute(text("insert into billing_clocks (id, name, frozen_at) values (:id, :n, :f)"),
                               {"id": clock_id, "n": data.name, "f": data.frozen_at})
     return {"id": clock_id, "name": data.name, "frozen_at": data.frozen_at}
@@ -241,7 +241,7 @@ async def admin_attach_clock(ref: str, clock_id: uuid.UUID, services: sdk.Servic
 async def admin_advance_clock(clock_id: uuid.UUID, data: ClockAdvance, services: sdk.Services) -> Any:
     """Move the clock forward and run, at its new time, everything due for its tenants
     (renewals, invoices, trial ends, dunning)."""
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         current = (await session.execute(text("select frozen_at from billing_clocks where id = :c for update"),
                                          {"c": clock_id})).scalar_one_or_none()
         if current is None:

@@ -146,7 +146,7 @@ async def past_due(session: AsyncSession, log: sdk.ChangeLog, now: datetime) -> 
 async def run_dunning(services: sdk.Services, *, clock_id: uuid.UUID | None = None) -> dict[str, int]:
     """Overdue invoices make their subscriptions past due; a subscription past due longer than
     :data:`SUSPEND_AFTER` gets its tenant suspended. Idempotent (state transitions only)."""
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         which = "clock_id = :c" if clock_id else "clock_id is null"
         query = "select tenant_id from billing_due where " + which  # noqa: S608 (a constant)
         tenants = (await session.execute(text(query), {"c": clock_id})).scalars().all()

@@ -298,7 +298,7 @@ async def run_due(
     """The period-end run: every tenant due by now (the wall clock, or the test clock
     ``clock_id``), one transaction each, so one tenant's failure does not hold the others."""
     billing = Billing(services)
-    async with services.data.installation() as session:
+    async with services.data.untenanted() as session:
         if clock_id is None:
             due = (await session.execute(
                 text("select tenant_id from billing_due where clock_id is null and due_at <= :now "

@@ -93,6 +93,7 @@ NODES = [
         config=CreateContactConfig,
         output=s.ContactOut,
         run=create_contact,
+        permission="crm.contacts.write",
     ),
     sdk.NodeSpec(
         key="crm.update_deal_stage",
@@ -102,6 +103,7 @@ NODES = [
         config=UpdateDealStageConfig,
         output=s.DealOut,
         run=update_deal_stage,
+        permission="crm.deals.write",
     ),
     sdk.NodeSpec(
         key="crm.deal_stage_changed",

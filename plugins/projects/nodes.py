@@ -59,6 +59,7 @@ NODES = [
         config=CreateTaskConfig,
         output=TaskOut,
         run=create_task,
+        permission="projects.tasks.write",
     ),
     sdk.NodeSpec(
         key="projects.task_completed",

@@ -1,0 +1,210 @@
+"""Triggers: schedule ticks, domain events (and event waits), inbound webhooks.
+
+- ``workflows.schedule``: :func:`next_tick` computes ticks with ``cronsim`` in the trigger's IANA
+  zone (a tick in a skipped hour runs at its end, a repeated hour runs once); the next tick is a
+  durable ``workflows_schedules`` row the engine claims with a compare-and-set (see
+  :meth:`Engine.fire_schedules`).
+- ``workflows.event`` and other plugins' event triggers (``NodeSpec.event``/``filter``): one
+  ``sdk.EventHandler(event="*")``, :func:`on_event`, starts the published versions listening to
+  the event (the run's id derives from the event's id, so a redelivered event starts nothing
+  new) and resumes runs parked in ``workflows.wait_event`` whose correlation key matches.
+- ``workflows.webhook``: ``POST /api/workflows/{id}/webhook`` gives a workflow an unguessable
+  ``/hooks/workflows/<token>`` URL (the kernel's inbound routes); :func:`on_webhook` verifies the
+  optional signature, starts a run and answers 202 with its id, or (``respond="result"``) waits
+  up to ``timeout_seconds`` for its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from cronsim import CronSim
+from sqlalchemy import text
+
+from kernel import sdk
+from plugins.workflows import nodes as control
+from plugins.workflows.engine import TERMINAL, Engine, _key_text
+from plugins.workflows.expressions import ExpressionError, render
+
+__all__ = ["EVENT_HANDLER", "WEBHOOK_ROUTE", "next_tick", "on_event", "on_webhook"]
+
+log = logging.getLogger("businessos.workflows")
+
+_HIDDEN_HEADERS = frozenset({
+    "authorization", "cookie", "x-api-key", "webhook-signature", "webhook-id", "webhook-timestamp",
+})
+
+
+def next_tick(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first tick of ``cron`` in ``timezone`` strictly after ``after``, in UTC."""
+    zone = ZoneInfo(timezone)
+    return next(iter(CronSim(cron, after.astimezone(zone)))).astimezone(UTC)
+
+
+def _dig(payload: Any, path: str) -> Any:
+    value = payload
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+async def on_event(ctx: sdk.EventContext) -> None:
+    """Resume the runs waiting for this event and start the workflows it triggers."""
+    engine = Engine(ctx.services)
+    woke = False
+    async with ctx.services.data.tenant(ctx.tenant_id) as session:
+        waiting = (
+            await session.execute(
+                text("select id, wait_path, wait_key from workflows_executions where status = 'waiting' "
+                     "and wait_event = :e"),
+                {"e": ctx.event},
+            )
+        ).all()
+        now = engine.clock()
+        for row in waiting:
+            if _key_text(_dig(ctx.payload, row.wait_path or "id")) != row.wait_key:
+                continue
+            await session.execute(
+                text("update workflows_steps set status = 'succeeded', output = cast(:o as jsonb), ports = :p, "
+                     "finished_at = :now where execution_id = :id and node_key = 'workflows.wait_event' "
+                     "and iteration = '0' and status = 'waiting'"),
+                {"o": msgspec.json.encode({"event": ctx.event, "payload": ctx.payload}).decode(), "p": ["main"],
+                 "now": now, "id": row.id},
+            )
+            await session.execute(
+                text("update workflows_executions set status = 'queued', due_at = :now, wait_event = null "
+                     "where id = :id and status = 'waiting'"),
+                {"now": now, "id": row.id},
+            )
+            woke = True
+        listeners = (
+            await session.execute(
+                text("select v.workflow_id, v.number, v.trigger_key, v.graph from workflows_versions v "
+                     "join workflows_definitions d on d.tenant_id = v.tenant_id and d.id = v.workflow_id "
+                     "and d.published_version = v.number where d.active and v.trigger_event = :e"),
+                {"e": ctx.event},
+            )
+        ).all()
+        specs: dict[str, sdk.NodeSpec] = {}
+        if any(r.trigger_key not in control.TRIGGER_KEYS for r in listeners):
+            specs = {node.key: node.spec for node in await ctx.services.nodes.catalogue(ctx.tenant_id)}
+        for row in listeners:
+            trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == row.trigger_key), None)
+            if trigger is None or not _matches(row.trigger_key, trigger.get("config") or {}, ctx.payload, specs):
+                continue
+            event_id = ctx.event_id or uuid.uuid5(uuid.NAMESPACE_URL, msgspec.json.encode(ctx.payload).decode())
+            try:
+                started = await engine.start(
+                    session, tenant_id=ctx.tenant_id, workflow_id=row.workflow_id, trigger_kind="event",
+                    payload=ctx.payload, started_by=f"event:{ctx.event}", version_number=row.number,
+                    execution_id=uuid.uuid5(event_id, str(row.workflow_id)),
+                )
+            except sdk.PaymentRequired as exc:
+                log.warning("workflow %s not started by %s: %s", row.workflow_id, ctx.event, exc)
+                continue
+            woke = woke or started is not None
+    if woke:
+        await engine.wake()
+
+
+def _matches(key: str, config: dict[str, Any], payload: dict[str, Any], specs: dict[str, sdk.NodeSpec]) -> bool:
+    if key == "workflows.event":
+        expression = config.get("filter")
+        if not expression:
+            return True
+        try:
+            return control.truthy(render(expression, {"trigger": payload}))
+        except ExpressionError as exc:
+            log.warning("event trigger filter failed: %s", exc)
+            return False
+    spec = specs.get(key)
+    if spec is None or spec.filter is None:
+        return spec is not None
+    try:
+        typed = msgspec.convert(config, spec.config) if spec.config is not None else config
+        return bool(spec.filter(typed, payload))
+    except Exception:
+        log.warning("trigger filter of %s failed", key, exc_info=True)
+        return False
+
+
+async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
+    """A delivery to a workflow's webhook URL."""
+    services = hook.services
+    async with services.data.tenant(hook.tenant_id) as session:
+        row = (
+            await session.execute(
+                text("select d.id, d.active, v.number, v.graph from workflows_definitions d "
+                     "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+                     "and v.number = d.published_version where d.webhook_endpoint_id = :ep"),
+                {"ep": hook.endpoint_id},
+            )
+        ).first()
+    if row is None or row.number is None or not row.active:
+        raise sdk.NotFound("no active workflow answers at this URL")
+    trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == "workflows.webhook"), None)
+    if trigger is None:
+        raise sdk.Conflict("the workflow's published version has no webhook trigger")
+    config = msgspec.convert(trigger.get("config") or {}, control.WebhookTriggerConfig)
+    if config.verify != "none":
+        if config.secret is None:
+            raise sdk.InvalidSignature("webhook signature cannot be verified")
+        if config.verify == "standard":
+            await hook.verify_standard(config.secret)
+        else:
+            await hook.verify_hmac(config.secret, sdk.HmacScheme(
+                header=config.hmac_header, algorithm=config.hmac_algorithm, prefix=config.hmac_prefix,
+            ))
+    try:
+        body: Any = msgspec.json.decode(hook.body) if hook.body else None
+    except msgspec.DecodeError:
+        body = hook.body.decode("utf-8", errors="replace")
+    payload = {
+        "body": body, "method": hook.method, "query": dict(hook.query),
+        "headers": {k: v for k, v in hook.headers.items()
+                    if k not in _HIDDEN_HEADERS and k != config.hmac_header.lower()},
+    }
+    engine = Engine(services)
+    async with services.data.tenant(hook.tenant_id) as session:
+        execution_id = await engine.start(
+            session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook", payload=payload,
+            started_by="webhook", version_number=row.number,
+        )
+    assert execution_id is not None
+    await engine.wake()
+    if config.respond == "id":
+        return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": "queued"})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.timeout_seconds
+    pause = 0.005
+    while True:
+        async with services.data.tenant(hook.tenant_id) as session:
+            done = (
+                await session.execute(
+                    text("select status, output, error from workflows_executions where id = :id"), {"id": execution_id}
+                )
+            ).first()
+        if done is not None and done.status in TERMINAL:
+            return sdk.WebhookReply(status=200, content={
+                "execution_id": str(execution_id), "status": done.status, "output": done.output, "error": done.error,
+            })
+        if loop.time() >= deadline:
+            status = done.status if done is not None else "queued"
+            return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": status})
+        await asyncio.sleep(min(pause, max(deadline - loop.time(), 0)))
+        pause = min(pause * 2, 0.2)
+
+
+EVENT_HANDLER = sdk.EventHandler(event="*", handler=on_event, name="triggers")
+WEBHOOK_ROUTE = sdk.WebhookRoute(name="trigger", handler=on_webhook, description="Starts a workflow run")

@@ -33,7 +33,7 @@ FAST = EngineConfig(heartbeat_seconds=0.05, lease_seconds=30)
 async def wf_settings(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    result = settings_for(database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows,crm")
+    result = settings_for(database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows,crm,http")
     plugins = load_app_plugins(result.plugins_allowlist)
     record = plugins.get("workflows")
     assert record is not None and record.active, record and record.reason
@@ -736,3 +736,25 @@ async def test_a_switch_follows_its_case_and_a_merge_collects_the_branches_that_
     body = await detail(api, t, misc)
     assert body["execution"]["output"] == {"other": {"k": "O"}, "always": {"k": "A"}}
     assert steps_of(body)[("sw", "0")]["ports"] == ["default"]
+
+
+async def test_a_connection_a_published_workflow_uses_cannot_be_deleted(api: AsyncTestClient[Any]) -> None:
+    t, other = await tenant(api, "wfc"), await tenant(api, "wfc")
+    assert (await api.post("/api/modules/http/enable", headers=t["h"])).status_code == 200
+    made = await api.post(
+        "/api/connections", headers=t["h"],
+        json={"type": "http.bearer", "name": "partner api", "credentials": {"token": "s3cret-token"}},
+    )
+    assert made.status_code == 201, made.text
+    cid = made.json()["id"]
+    call = node("call", "http.request", url="https://partner.example/api", connection=cid)
+    wid = await publish(api, t, [node("start", "workflows.manual"), call], [edge("start", "call")])
+    name = (await api.get(f"/api/workflows/{wid}", headers=t["h"])).json()["name"]
+
+    refused = await api.delete(f"/api/connections/{cid}", headers=t["h"])
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["used_by"] == [f"workflow {name!r} (version 1)"]
+    # Another tenant can neither see nor delete it; once the workflow is gone, the owner can.
+    assert (await api.delete(f"/api/connections/{cid}", headers=other["h"])).status_code == 404
+    assert (await api.delete(f"/api/workflows/{wid}", headers=t["h"])).status_code == 204
+    assert (await api.delete(f"/api/connections/{cid}", headers=t["h"])).status_code == 204

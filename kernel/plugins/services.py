@@ -433,6 +433,8 @@ class Services:
         self.http = kernel.egress
         self.connections = Connections(kernel, plugin)
         """The tenants' connections of this plugin's credential types (``open`` them in a node)."""
+        self.nodes = Nodes(kernel)
+        """The tenant's workflow node catalogue, and running one node as a step (``sdk.Nodes``)."""
 
     def event_types(self) -> list[str]:
         """Names of every declared event type, the kernel's and each loaded plugin's: the
@@ -442,8 +444,6 @@ class Services:
         names = {event.name for event in KERNEL_EVENT_TYPES}
         names.update(event.name for record in self._kernel.plugins.active() for event in record.event_types)
         return sorted(names)
-        self.nodes = Nodes(kernel)
-        """The tenant's workflow node catalogue, and running one node as a step (``sdk.Nodes``)."""
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

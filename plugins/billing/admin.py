@@ -15,6 +15,7 @@ from sqlalchemy import text
 from kernel import sdk
 from plugins.billing import invoices, payments
 from plugins.billing.catalogue import Catalogue
+from plugins.billing.models import SWEEP
 from plugins.billing.schemas import (
     ClockAdvance,
     ClockCreate,
@@ -94,6 +95,7 @@ async def admin_migrate_plan(code: str, services: sdk.Services, operator: sdk.Op
     """Move every subscription on an older version of the plan to its newest version, each at
     its next period end (one transaction per tenant, audited in its log)."""
     async with services.data.untenanted() as session:
+        await session.execute(text(SWEEP))
         latest = await _CATALOGUE.latest(session, code)
         tenants = (await session.execute(text("select tenant_id from billing_due order by tenant_id"))).scalars().all()
     if latest is None:

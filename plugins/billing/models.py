@@ -10,9 +10,13 @@ from __future__ import annotations
 from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.dialects.postgresql import UUID
 
-__all__ = ["METADATA"]
+__all__ = ["METADATA", "SWEEP"]
 
 METADATA = MetaData()
+
+SWEEP = "select set_config('app.billing_sweep', 'on', true)"
+"""Run first in an untenanted transaction that reads ``billing_due`` across tenants: its
+policy opens the table (for reading) to such a transaction only."""
 
 
 def _tenant_table(name: str) -> Table:

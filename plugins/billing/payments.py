@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.billing import invoices
+from plugins.billing.models import SWEEP
 from plugins.billing.subscriptions import clock_now
 
 __all__ = [
@@ -147,6 +148,7 @@ async def run_dunning(services: sdk.Services, *, clock_id: uuid.UUID | None = No
     """Overdue invoices make their subscriptions past due; a subscription past due longer than
     :data:`SUSPEND_AFTER` gets its tenant suspended. Idempotent (state transitions only)."""
     async with services.data.untenanted() as session:
+        await session.execute(text(SWEEP))
         which = "clock_id = :c" if clock_id else "clock_id is null"
         query = "select tenant_id from billing_due where " + which  # noqa: S608 (a constant)
         tenants = (await session.execute(text(query), {"c": clock_id})).scalars().all()

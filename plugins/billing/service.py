@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kernel import sdk
 from plugins.billing import credits, invoices, payments, usage
 from plugins.billing.catalogue import DEFAULT_PLAN, Catalogue, PlanTerms
+from plugins.billing.models import SWEEP
 from plugins.billing.pricing import Charge
 from plugins.billing.schemas import UsageEvent
 from plugins.billing.subscriptions import CATALOGUE, Subscriptions, clock_now, profile_of
@@ -299,6 +300,7 @@ async def run_due(
     ``clock_id``), one transaction each, so one tenant's failure does not hold the others."""
     billing = Billing(services)
     async with services.data.untenanted() as session:
+        await session.execute(text(SWEEP))
         if clock_id is None:
             due = (await session.execute(
                 text("select tenant_id from billing_due where clock_id is null and due_at <= :now "

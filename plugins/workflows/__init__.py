@@ -23,6 +23,7 @@ from plugins.workflows.models import Base
 from plugins.workflows.node_routes import NODE_ROUTES
 from plugins.workflows.nodes import NODES
 from plugins.workflows.routes import ROUTES
+from plugins.workflows.service import connection_users
 from plugins.workflows.triggers import EVENT_HANDLER, WEBHOOK_ROUTE
 
 __all__ = ["WorkflowsSettings", "manifest"]
@@ -147,3 +148,8 @@ def businessos_schedules() -> list[sdk.Schedule]:
 @sdk.hookimpl
 def businessos_webhook_routes() -> list[sdk.WebhookRoute]:
     return [WEBHOOK_ROUTE]
+
+
+@sdk.hookimpl
+def businessos_connection_users() -> sdk.ConnectionUsers:
+    return connection_users

@@ -100,6 +100,13 @@ def upgrade() -> None:
         sa.Column("clock_id", _UUID, sa.ForeignKey("billing_clocks.id", ondelete="SET NULL")),
     )
     op.execute("CREATE INDEX ix_billing_due_at ON billing_due (clock_id, due_at)")
+    # Written in each tenant's own transaction; read across tenants only by the period-end run and
+    # dunning, which open it with app.billing_sweep (plugins/billing/models.py SWEEP).
+    sdk.enable_tenant_rls("billing_due")
+    op.execute(
+        "CREATE POLICY billing_sweep ON billing_due FOR SELECT "
+        "USING (current_setting('app.billing_sweep', true) = 'on')"
+    )
     for statement in _SEED.split(";\n"):
         if statement.strip():
             op.execute(statement)

@@ -88,7 +88,7 @@ function NewContact() {
       </button>
     );
   return (
-    <form onSubmit={submit} className="card" aria-label="New contact">
+    <form onSubmit={submit} className="card" aria-label="New contact" noValidate>
       <div className="row">
         <Field label="First name" name="first_name" required error={create.error} />
         <Field label="Last name" name="last_name" error={create.error} />
@@ -281,7 +281,7 @@ function ContactDetail() {
           </button>
         </div>
       ) : null}
-      <form key={`${formKey}-${c.version}`} onSubmit={submit} aria-label="Edit contact">
+      <form key={`${formKey}-${c.version}`} onSubmit={submit} aria-label="Edit contact" noValidate>
         <div className="row">
           <Field label="First name" name="first_name" defaultValue={c.first_name} required error={save.error} />
           <Field label="Last name" name="last_name" defaultValue={c.last_name} error={save.error} />
@@ -387,6 +387,42 @@ function usePipelines() {
   });
 }
 
+function NewPipeline() {
+  const client = useQueryClient();
+  const create = useMutation({
+    mutationFn: (body: Record<string, unknown>) => api("/api/crm/pipelines", { method: "POST", body }),
+    onSuccess: () => client.invalidateQueries({ queryKey: ["pipelines"] }),
+  });
+  const submit = (event: FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const v = formValues(event.currentTarget);
+    const stages = v.stages
+      .split(",")
+      .map((x) => x.trim())
+      .filter(Boolean)
+      .map((name) => ({ name, kind: /^won$/i.test(name) ? "won" : /^lost$/i.test(name) ? "lost" : "open" }));
+    create.mutate({ name: v.pipeline_name, stages, is_default: true });
+  };
+  return (
+    <form className="card" onSubmit={submit} aria-label="New pipeline">
+      <p>Deals move through the stages of a pipeline; create the first one.</p>
+      <div className="row">
+        <Field label="Pipeline name" name="pipeline_name" defaultValue="Sales" required error={create.error} />
+        <Field
+          label="Stages"
+          name="stages"
+          defaultValue="Lead, Qualified, Proposal, Won, Lost"
+          hint="Comma-separated, left to right; Won and Lost close a deal"
+          required
+          error={create.error}
+        />
+        <button type="submit">Create pipeline</button>
+      </div>
+      <ErrorNote error={create.error} />
+    </form>
+  );
+}
+
 function Deals() {
   const client = useQueryClient();
   const pipelines = usePipelines();
@@ -414,6 +450,7 @@ function Deals() {
   };
   return (
     <Section title="Deals" actions={<Link to="/crm/board">Pipeline board</Link>}>
+      {pipelines.data?.length === 0 ? <NewPipeline /> : null}
       <form className="row" onSubmit={submit} aria-label="New deal">
         <Field label="Deal title" name="title" required error={create.error} />
         <Field label="Amount" name="amount" inputMode="decimal" error={create.error} />
@@ -495,7 +532,7 @@ function Board() {
   });
   const [dragging, setDragging] = useState<string | null>(null);
   if (pipelines.isPending) return <Loading />;
-  if (!pipeline) return <p>No pipeline yet.</p>;
+  if (!pipeline) return <NewPipeline />;
   const drop = (stage: string) => (event: DragEvent) => {
     event.preventDefault();
     const id = event.dataTransfer.getData("text/plain") || dragging;

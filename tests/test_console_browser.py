@@ -151,19 +151,33 @@ async def test_console_journey(console_url: str, browser: Any, artifacts: Path) 
 
     # --- first visit: the sign-in page, its paint time -------------------------------------------
     # A throw-away tab first, so the paint measured is the page's, not the browser's own start-up;
-    # the measured tab has its own context, so an empty cache all the same.
+    # the measured tab has its own context (an empty cache) and no axe-core injected, whose half a
+    # megabyte of JavaScript would run before the page's.
     warm_up = await browser.new_context()
     await (await warm_up.new_page()).goto(f"{console_url}/health")
     await warm_up.close()
+    bare = await browser.new_context()
+    first = await bare.new_page()
+    await first.goto(f"{console_url}/console/")
+    await expect(first.get_by_role("heading", name="Sign in")).to_be_visible()
+    fcp = await first.evaluate(
+        "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+    )
+    timing = await first.evaluate(
+        "() => { const n = performance.getEntriesByType('navigation')[0];"
+        " return {response: n.responseEnd, interactive: n.domInteractive}; }"
+    )
+    await bare.close()
+    print(
+        f"\nconsole first contentful paint: {fcp:.0f} ms (budget {FCP_BUDGET_MS:.0f} ms); page received at "
+        f"{timing['response']:.0f} ms, interactive at {timing['interactive']:.0f} ms"
+    )
+    assert fcp is not None and fcp < FCP_BUDGET_MS
+
     tab = await open_tab(browser, console_url, artifacts)
     page = tab.page
     await tab.goto("/")
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    fcp = await page.evaluate(
-        "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
-    )
-    print(f"\nconsole first contentful paint: {fcp:.0f} ms (budget {FCP_BUDGET_MS:.0f} ms)")
-    assert fcp is not None and fcp < FCP_BUDGET_MS
     await tab.check("01-sign-in")
 
     # --- sign up; a problem+json error shows next to its field ----------------------------------

@@ -29,9 +29,11 @@ type Props = {
   onSubmit: (value: Record<string, unknown>) => void;
   onChange?: (value: Record<string, unknown>) => void;
   busy?: boolean;
+  /** Values offered on text fields (e.g. expressions naming earlier steps' outputs). */
+  suggestions?: string[];
 };
 
-export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmit, onChange, busy }: Props) {
+export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmit, onChange, busy, suggestions }: Props) {
   const root = resolve(schema, schema);
   const [draft, setDraft] = useState<Record<string, unknown>>(value);
   const prefix = useId();
@@ -99,6 +101,7 @@ export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmi
             <input
               type={s.format === "uri" ? "url" : s.format === "email" ? "email" : "text"}
               {...common}
+              list={suggestions?.length ? `${prefix}-suggestions` : undefined}
               value={current === null || current === undefined ? "" : String(current)}
               onChange={(e) => set(key, e.target.value === "" && raw.anyOf ? null : e.target.value)}
             />
@@ -121,6 +124,13 @@ export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmi
           </div>
         );
       })}
+      {suggestions?.length ? (
+        <datalist id={`${prefix}-suggestions`}>
+          {suggestions.map((x) => (
+            <option key={x} value={x} />
+          ))}
+        </datalist>
+      ) : null}
       <button type="submit" disabled={busy}>
         {submitLabel}
       </button>

@@ -222,16 +222,96 @@ export type Deal = {
   version: number;
 };
 
-// -- workflows (plugins/workflows/graph.py; the API is being written: keep this thin) ---------
+// -- workflows (plugins/workflows: graph.py, schemas.py, node_routes.py; keep this thin) ---------
 
-export type WorkflowNode = { id: string; node: string; config: Record<string, unknown>; position: { x: number; y: number } };
+export type WorkflowNode = {
+  id: string;
+  node: string;
+  config: Record<string, unknown>;
+  name?: string;
+  position: { x: number; y: number };
+};
 export type WorkflowEdge = { source: string; target: string; port?: string };
 export type WorkflowGraph = { nodes: WorkflowNode[]; edges: WorkflowEdge[] };
 export type NodeCatalogueEntry = {
   key: string;
-  kind: string;
+  kind: "action" | "trigger";
+  plugin: string;
   title: string;
   description: string;
-  config: JsonSchema;
-  output: JsonSchema;
+  config_schema: JsonSchema;
+  output_schema: JsonSchema;
+  ports: string[];
+  allowed: boolean;
+};
+export type WorkflowSummary = {
+  id: string;
+  name: string;
+  description: string;
+  version: number;
+  published_version: number | null;
+  active: boolean;
+  updated_at: string;
+};
+export type Workflow = WorkflowSummary & { graph: WorkflowGraph };
+export type Execution = {
+  id: string;
+  workflow_id: string;
+  version: number;
+  status: string;
+  trigger_kind: string;
+  error: unknown;
+  created_at: string;
+  finished_at: string | null;
+};
+export type Step = {
+  node_id: string;
+  iteration: string;
+  node_key: string;
+  status: string;
+  input: unknown;
+  output: unknown;
+  error: unknown;
+  attempts: number;
+  duration_ms: number | null;
+};
+export type ExecutionDetail = { execution: Execution; steps: Step[]; steps_total: number };
+export type Approval = {
+  id: string;
+  execution_id: string;
+  workflow_id: string;
+  node_id: string;
+  status: string;
+  title: string;
+  details: unknown;
+  created_at: string;
+};
+
+export const workflowsApi = {
+  catalogue: async () => (await api<{ nodes: NodeCatalogueEntry[] }>("/api/workflows/nodes", { query: { limit: 500 } })).nodes,
+  list: (page: number) =>
+    api<{ workflows: WorkflowSummary[]; pagination: Pagination }>("/api/workflows", { query: { page, limit: 25 } }),
+  get: async (id: string) => {
+    const response = await send(`/api/workflows/${id}`);
+    return { workflow: (await response.json()) as Workflow, etag: response.headers.get("ETag") ?? "" };
+  },
+  create: (name: string, graph: WorkflowGraph) => api<Workflow>("/api/workflows", { method: "POST", body: { name, graph } }),
+  update: (id: string, etag: string, name: string, graph: WorkflowGraph) =>
+    api<Workflow>(`/api/workflows/${id}`, { method: "PATCH", body: { name, graph }, headers: etag ? { "If-Match": etag } : {} }),
+  publish: (id: string) => api<unknown>(`/api/workflows/${id}/publish`, { method: "POST" }),
+  run: (id: string, input: unknown) =>
+    api<{ execution_id: string; status: string }>(`/api/workflows/${id}/run`, { method: "POST", body: { input } }),
+  executions: (workflowId: string | undefined, page: number) =>
+    api<{ executions: Execution[]; pagination: Pagination }>("/api/workflows/executions", {
+      query: { workflow_id: workflowId, page, limit: 25 },
+    }),
+  execution: (id: string) => api<ExecutionDetail>(`/api/workflows/executions/${id}`),
+  retry: (id: string) =>
+    api<{ execution_id: string }>(`/api/workflows/executions/${id}/retry`, { method: "POST", body: { version: "pinned" } }),
+  approvals: (page: number) =>
+    api<{ approvals: Approval[]; pagination: Pagination }>("/api/workflows/approvals", {
+      query: { status: "pending", page, limit: 25 },
+    }),
+  decide: (id: string, decision: "approve" | "reject") =>
+    api<unknown>(`/api/workflows/approvals/${id}/decide`, { method: "POST", body: { decision } }),
 };

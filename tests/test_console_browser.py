@@ -12,8 +12,11 @@ contentful paint and the initial JavaScript size are printed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import sys
 import re
 import shutil
 import uuid
@@ -27,7 +30,7 @@ import pytest
 from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.settings import Settings
-from tests.conftest import settings_for
+from tests.conftest import SECRET, settings_for
 from tests.servers import api_servers
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -47,6 +50,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FCP_BUDGET_MS = 1000.0
+# Two cores shared by parallel test runs: waiting for what the screen should show takes longer.
+playwright_api.expect.set_options(timeout=20_000)
 
 if not CHROMIUM.exists() or not AXE.exists():
     missing = CHROMIUM if not CHROMIUM.exists() else AXE
@@ -71,6 +76,56 @@ async def console_url(settings: Settings, tmp_path_factory: pytest.TempPathFacto
         "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
     }
     async with api_servers(scoped, data, env=env) as urls:
+        yield urls[0]
+
+
+@contextlib.asynccontextmanager
+async def job_worker(settings: Settings, data: Path, env: dict[str, str]) -> AsyncIterator[None]:
+    """``businessos worker`` beside the API: it runs the workflows' steps."""
+    assert settings.database_url and settings.redis_url
+    environment = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "BUSINESSOS_SECRET_KEY": SECRET,
+        "BUSINESSOS_DATA_DIR": str(data),
+        "BUSINESSOS_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    environment.pop("DATABASE_APP_URL", None)
+    with (data / "worker.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kernel.cli", "worker", env=environment, stdout=log, stderr=log, cwd=ROOT
+        )
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture(scope="module")
+async def workflows_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """An API process and a job worker with the workflows module (skipped while it has no API)."""
+    assert settings.database_url and settings.redis_url
+    plugins_env = "console,workflows"
+    data = tmp_path_factory.mktemp("console-workflows")
+    scoped = settings_for(settings.database_url, settings.redis_url, data, BUSINESSOS_PLUGINS=plugins_env)
+    plugins = load_app_plugins(scoped.plugins_allowlist)
+    workflows = plugins.get("workflows")
+    if workflows is None or not workflows.active or not workflows.routes:
+        pytest.skip("the workflows module has no API in this tree yet")
+    await migrate.upgrade(scoped, settings.database_url, plugins.migration_folders())
+    env = {
+        "BUSINESSOS_PLUGINS": plugins_env,
+        "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000",
+        "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    async with api_servers(scoped, data, env=env) as urls, job_worker(scoped, data, env):
         yield urls[0]
 
 
@@ -348,3 +403,80 @@ async def test_console_journey(console_url: str, browser: Any, artifacts: Path) 
     await phone.nav("Modules")
     await phone.check("22-phone-modules")
     await phone.page.context.close()
+
+
+async def sign_up(tab: Tab, slug: str, email: str, password: str) -> None:
+    page = tab.page
+    await tab.goto("/sign-up")
+    await page.get_by_label("Business name").fill(f"Business {slug}")
+    await page.get_by_label("Workspace address").fill(slug)
+    await page.get_by_label("E-mail").fill(email)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Create business").click()
+    await playwright_api.expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+async def connect(page: Any, source: str, target: str, port: str = "main") -> None:
+    """Drag from ``source``'s output port to ``target``'s input, as a user connects two nodes."""
+    start = page.locator(f'[data-node-id="{source}"] .react-flow__handle.source[data-handleid="{port}"]')
+    end = page.locator(f'[data-node-id="{target}"] .react-flow__handle.target')
+    a, b = await start.bounding_box(), await end.bounding_box()
+    assert a and b
+    await page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+    await page.mouse.down()
+    await page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=8)
+    await page.mouse.up()
+
+
+async def test_workflow_journey(workflows_url: str, browser: Any, artifacts: Path) -> None:
+    expect = playwright_api.expect
+    slug = f"flow-{uuid.uuid4().hex[:8]}"
+    tab = await open_tab(browser, workflows_url, artifacts, viewport={"width": 1400, "height": 1000})
+    page = tab.page
+    await sign_up(tab, slug, f"owner@{slug}.example.com", f"Correct horse {uuid.uuid4().hex}")
+    await tab.nav("Modules")
+    await page.get_by_role("button", name="Enable workflows").click()
+    await tab.nav("Workflows")
+    await page.get_by_role("link", name="New workflow").click()
+
+    # Three nodes dragged from the palette onto the canvas.
+    canvas = page.get_by_role("region", name="Canvas")
+    await expect(page.locator('[data-node-key="workflows.manual"]')).to_be_visible()
+    await canvas.scroll_into_view_if_needed()  # so that no scrolling happens mid-drag
+    for key, x, y in (("workflows.manual", 40, 60), ("workflows.set", 220, 200), ("workflows.set", 40, 340)):
+        await page.locator(f'[data-node-key="{key}"]').drag_to(canvas, target_position={"x": x, "y": y})
+    for node in ("manual_1", "set_1", "set_2"):
+        await expect(page.locator(f'[data-node-id="{node}"]')).to_be_visible()
+
+    # Configure the two steps; the second reads the first's output.
+    await page.locator('[data-node-id="set_1"]').click()
+    await page.get_by_role("complementary", name="Node configuration").get_by_label("values").fill('{"greeting": "hello"}')
+    await page.locator('[data-node-id="set_2"]').click()
+    await page.get_by_role("complementary", name="Node configuration").get_by_label("values").fill(
+        '{"echo": "{{ steps.set_1.output.greeting }}"}'
+    )
+
+    # Only the first edge: saving names the unreachable node, pinned to it on the canvas.
+    await page.get_by_role("textbox", name="Workflow name").fill("Greeting")
+    await connect(page, "manual_1", "set_1")
+    await page.get_by_role("button", name="Save", exact=True).click()
+    await expect(page.locator('[data-node-id="set_2"] .node-problems')).to_be_visible()
+    await tab.check("30-workflow-invalid")
+
+    await connect(page, "set_1", "set_2")
+    await page.get_by_role("button", name="Save", exact=True).click()
+    await expect(page.get_by_text("Draft, not published")).to_be_visible()
+    await expect(page.locator(".node-problems")).to_have_count(0)
+    await page.get_by_role("button", name="Publish").click()
+    await expect(page.get_by_text("Published: version 1")).to_be_visible()
+    await tab.check("31-workflow-builder")
+
+    # Run it and watch the steps succeed.
+    await page.get_by_role("button", name="Run").click()
+    await expect(page.locator('[data-run-status="succeeded"]')).to_be_visible(timeout=30_000)
+    for node in ("manual_1", "set_1", "set_2"):
+        await expect(page.locator(f'tr[data-step="{node}"][data-status="succeeded"]')).to_be_visible()
+    await expect(page.locator('tr[data-step="set_2"]')).to_contain_text('"echo": "hello"')
+    await tab.check("32-workflow-run")
+    await page.get_by_role("navigation", name="Workflows").get_by_role("link", name="Approvals").click()
+    await tab.check("33-workflow-approvals")

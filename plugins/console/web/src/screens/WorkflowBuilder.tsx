@@ -40,7 +40,7 @@ function StepNodeView({ id, data, selected }: NodeProps<StepNode>) {
   const ports = data.ports.length ? data.ports : ["main"];
   return (
     <div className={`wf-node${selected ? " selected" : ""}${data.problems.length ? " invalid" : ""}`} data-node-id={id}>
-      {data.kind !== "trigger" ? <Handle type="target" position={Position.Left} aria-label={`Input of ${id}`} /> : null}
+      {data.kind !== "trigger" ? <Handle type="target" position={Position.Left} /> : null}
       <strong>{data.title}</strong>
       <code>{id}</code>
       {data.problems.length ? (
@@ -55,7 +55,6 @@ function StepNodeView({ id, data, selected }: NodeProps<StepNode>) {
           type="source"
           position={Position.Right}
           style={{ top: `${((i + 1) * 100) / (ports.length + 1)}%` }}
-          aria-label={`Port ${port} of ${id}`}
           data-port={port}
         >
           {ports.length > 1 ? <span className="port-label">{port}</span> : null}
@@ -245,11 +244,13 @@ function Canvas() {
       </div>
       <ErrorNote error={run.error ?? (problems.size ? null : (save.error ?? publish.error))} />
       {general.length ? (
-        <ul role="alert" className="error">
-          {general.map((p) => (
-            <li key={p}>{p}</li>
-          ))}
-        </ul>
+        <div role="alert">
+          <ul className="error">
+            {general.map((p) => (
+              <li key={p}>{p}</li>
+            ))}
+          </ul>
+        </div>
       ) : null}
       <div className="builder">
         <aside aria-label="Node palette" className="palette">
@@ -286,7 +287,9 @@ function Canvas() {
               )
             }
             onNodeClick={(_, node) => setSelected(node.id)}
-            fitView
+            defaultViewport={{ x: 0, y: 0, zoom: 1 }}
+            fitView={id !== "new"}
+            fitViewOptions={{ maxZoom: 1 }}
           >
             <Background />
             <Controls />
@@ -300,11 +303,13 @@ function Canvas() {
               </h3>
               <p className="muted">{chosenEntry.description}</p>
               {chosen.data.problems.length ? (
-                <ul role="alert" className="error">
-                  {chosen.data.problems.map((p) => (
-                    <li key={p}>{p}</li>
-                  ))}
-                </ul>
+                <div role="alert">
+                  <ul className="error">
+                    {chosen.data.problems.map((p) => (
+                      <li key={p}>{p}</li>
+                    ))}
+                  </ul>
+                </div>
               ) : null}
               <SchemaForm
                 key={chosen.id}

@@ -82,7 +82,8 @@ async def test_hashed_assets_are_cached_for_a_year(api: AsyncTestClient[Any]) ->
 
 
 @pytest.mark.parametrize(
-    "path", ["/console/assets/nope-123.js", "/console/assets/%2e%2e/%2e%2e/routes.py", "/console/assets/..%2f..%2froutes.py"]
+    "path",
+    ["/console/assets/nope-123.js", "/console/assets/%2e%2e/%2e%2e/routes.py", "/console/assets/..%2f..%2froutes.py"],
 )
 async def test_unknown_or_escaping_assets_answer_404(api: AsyncTestClient[Any], path: str) -> None:
     response = await api.get(path)

@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -57,7 +57,9 @@ if not CHROMIUM.exists() or not AXE.exists():
     missing = CHROMIUM if not CHROMIUM.exists() else AXE
     if os.environ.get("CI"):
         raise RuntimeError(f"{missing} is missing: .ci/run installs chromium and runs npm ci in plugins/console/web")
-    pytest.skip(f"{missing} is missing (apt-get install chromium; npm ci in plugins/console/web)", allow_module_level=True)
+    pytest.skip(
+        f"{missing} is missing (apt-get install chromium; npm ci in plugins/console/web)", allow_module_level=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +329,8 @@ async def test_console_journey(console_url: str, browser: Any, artifacts: Path) 
     )
     await page.get_by_role("button", name="Import").click()
     await expect(page.get_by_text("2 imported, 1 rows with errors.")).to_be_visible()
-    await expect(page.get_by_role("table", name="Rows not imported").get_by_role("cell", name="3", exact=True)).to_be_visible()
+    refused = page.get_by_role("table", name="Rows not imported")
+    await expect(refused.get_by_role("cell", name="3", exact=True)).to_be_visible()
     await tab.check("10-crm-import")
 
     # --- projects: a board, a task dragged to Done, a comment --------------------------------------
@@ -449,12 +452,11 @@ async def test_workflow_journey(workflows_url: str, browser: Any, artifacts: Pat
         await expect(page.locator(f'[data-node-id="{node}"]')).to_be_visible()
 
     # Configure the two steps; the second reads the first's output.
+    inspector = page.get_by_role("complementary", name="Node configuration")
     await page.locator('[data-node-id="set_1"]').click()
-    await page.get_by_role("complementary", name="Node configuration").get_by_label("values").fill('{"greeting": "hello"}')
+    await inspector.get_by_label("values").fill('{"greeting": "hello"}')
     await page.locator('[data-node-id="set_2"]').click()
-    await page.get_by_role("complementary", name="Node configuration").get_by_label("values").fill(
-        '{"echo": "{{ steps.set_1.output.greeting }}"}'
-    )
+    await inspector.get_by_label("values").fill('{"echo": "{{ steps.set_1.output.greeting }}"}')
 
     # Only the first edge: saving names the unreachable node, pinned to it on the canvas.
     await page.get_by_role("textbox", name="Workflow name").fill("Greeting")

@@ -18,6 +18,7 @@ const Ai = lazy(() => import("./screens/Ai"));
 const Audit = lazy(() => import("./screens/Audit"));
 const Workflows = lazy(() => import("./screens/Workflows"));
 const Pending = lazy(() => import("./screens/Pending"));
+const Billing = lazy(() => import("./screens/Billing"));
 
 const queryClient = new QueryClient({
   defaultOptions: {
@@ -120,7 +121,7 @@ function Shell() {
             <Route path="/audit" element={<Audit />} />
             <Route path="/workflows/*" element={<Workflows />} />
             <Route path="/connections" element={<Pending module="connections" title="Connections" />} />
-            <Route path="/billing" element={<Pending module="billing" title="Billing" />} />
+            <Route path="/billing" element={<Billing />} />
             <Route path="/sign-in" element={<Navigate to="/" replace />} />
             <Route path="/sign-up" element={<Navigate to="/" replace />} />
             <Route path="*" element={<p>Nothing here.</p>} />

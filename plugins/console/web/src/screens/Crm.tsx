@@ -26,30 +26,31 @@ function useDebounced(value: string, ms = 250): string {
   return debounced;
 }
 
-function ListControls({
-  q,
-  setQ,
-  sort,
-  setSort,
-  sorts,
-  label,
-}: {
-  q: string;
-  setQ: (v: string) => void;
-  sort: string;
-  setSort: (v: string) => void;
-  sorts: [string, string][];
-  label: string;
-}) {
+type ListState = ReturnType<typeof useListState>;
+
+/** Search text (debounced), sort and page of a list; a new search goes back to page 1. */
+function useListState(initialSort = "-created_at") {
+  const [q, setQuery] = useState("");
+  const [sort, setSort] = useState(initialSort);
+  const [page, setPage] = useState(1);
+  const search = useDebounced(q);
+  const setQ = (value: string) => {
+    setQuery(value);
+    setPage(1);
+  };
+  return { q, setQ, sort, setSort, page, setPage, search };
+}
+
+function ListControls({ list, sorts, label }: { list: ListState; sorts: [string, string][]; label: string }) {
   return (
     <div className="row" role="search">
       <div className="field">
         <label htmlFor={`${label}-q`}>Search {label}</label>
-        <input id={`${label}-q`} type="search" value={q} onChange={(e) => setQ(e.target.value)} />
+        <input id={`${label}-q`} type="search" value={list.q} onChange={(e) => list.setQ(e.target.value)} />
       </div>
       <div className="field">
         <label htmlFor={`${label}-sort`}>Sort</label>
-        <select id={`${label}-sort`} value={sort} onChange={(e) => setSort(e.target.value)}>
+        <select id={`${label}-sort`} value={list.sort} onChange={(e) => list.setSort(e.target.value)}>
           {sorts.map(([value, text]) => (
             <option key={value} value={value}>
               {text}
@@ -107,11 +108,9 @@ function NewContact() {
 }
 
 function Contacts() {
-  const [q, setQ] = useState("");
-  const [sort, setSort] = useState("-created_at");
-  const [page, setPage] = useState(1);
+  const list = useListState();
+  const { search, sort, page, setPage } = list;
   const [company, setCompany] = useState("");
-  const search = useDebounced(q);
   const companies = useQuery({
     queryKey: ["companies", "all-names"],
     queryFn: () => api<Page<"companies", Company>>("/api/crm/companies", { query: { limit: 100, sort: "name" } }),
@@ -128,13 +127,7 @@ function Contacts() {
     <Section title="Contacts" actions={<NewContact />}>
       <div className="row">
         <ListControls
-          q={q}
-          setQ={(v) => {
-            setQ(v);
-            setPage(1);
-          }}
-          sort={sort}
-          setSort={setSort}
+          list={list}
           label="contacts"
           sorts={[
             ["-created_at", "Newest first"],
@@ -307,10 +300,8 @@ function ContactDetail() {
 
 function Companies() {
   const client = useQueryClient();
-  const [q, setQ] = useState("");
-  const [sort, setSort] = useState("-created_at");
-  const [page, setPage] = useState(1);
-  const search = useDebounced(q);
+  const list = useListState();
+  const { search, sort, page, setPage } = list;
   const companies = useQuery({
     queryKey: ["companies", search, sort, page],
     queryFn: () =>
@@ -336,13 +327,7 @@ function Companies() {
       </form>
       <ErrorNote error={create.error} />
       <ListControls
-        q={q}
-        setQ={(v) => {
-          setQ(v);
-          setPage(1);
-        }}
-        sort={sort}
-        setSort={setSort}
+        list={list}
         label="companies"
         sorts={[
           ["-created_at", "Newest first"],
@@ -426,11 +411,9 @@ function NewPipeline() {
 function Deals() {
   const client = useQueryClient();
   const pipelines = usePipelines();
-  const [q, setQ] = useState("");
-  const [sort, setSort] = useState("-created_at");
+  const list = useListState();
+  const { search, sort, page, setPage } = list;
   const [status, setStatus] = useState("");
-  const [page, setPage] = useState(1);
-  const search = useDebounced(q);
   const deals = useQuery({
     queryKey: ["deals", search, sort, status, page],
     queryFn: () =>
@@ -460,13 +443,7 @@ function Deals() {
       <ErrorNote error={create.error} />
       <div className="row">
         <ListControls
-          q={q}
-          setQ={(v) => {
-            setQ(v);
-            setPage(1);
-          }}
-          sort={sort}
-          setSort={setSort}
+          list={list}
           label="deals"
           sorts={[
             ["-created_at", "Newest first"],
@@ -477,7 +454,14 @@ function Deals() {
         />
         <div className="field">
           <label htmlFor="deal-status">Status</label>
-          <select id="deal-status" value={status} onChange={(e) => setStatus(e.target.value)}>
+          <select
+            id="deal-status"
+            value={status}
+            onChange={(e) => {
+              setStatus(e.target.value);
+              setPage(1);
+            }}
+          >
             <option value="">Any</option>
             <option value="open">Open</option>
             <option value="won">Won</option>

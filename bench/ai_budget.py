@@ -3,8 +3,8 @@
 Starts the embedded PostgreSQL and Redis in a temporary directory, migrates, creates a tenant
 with a budget and times ``BudgetService.reserve`` the way the proxy calls it, two ways side by
 side in alternating blocks: the PostgreSQL transaction (a ``BudgetService`` without Redis) and
-the Redis admission (one script call; the PostgreSQL record written beside, as during the
-provider call). Each reservation is released after it is timed (not counted).
+the Redis admission (one script call; the reservation lives in Redis only). Each reservation is
+released after it is timed (not counted).
 
     python bench/ai_budget.py [--reservations 400]
 """

@@ -7,7 +7,10 @@ calls (``litellm.acompletion``, which the proxy wraps, is the baseline; the sync
 ``litellm.completion`` is shown too), the proxied call (API key auth, tenant key unsealed, price,
 ledger row, audit row and event in one transaction), and the proxied call under a budget (plus
 the reservation). Added latency is the difference of medians. The four paths are timed in five
-alternating blocks each, so that drift on a shared machine affects them alike.
+alternating blocks each, so that drift on a shared machine affects them alike. On a loaded
+machine wall-clock medians swing by more than what is measured, so the CPU time the server
+process spends per call (user + system, from /proc, over each path's blocks; settlements that run
+after an answer are counted where they run) is shown too: it does not grow with others' load.
 
     python bench/ai_proxy.py [--requests 200]
 """
@@ -45,19 +48,36 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _in_blocks(calls: list[Callable[[], object]], n: int, rounds: int = 5) -> list[list[float]]:
+def _cpu_ms(pid: int | None) -> float:
+    """User + system CPU time (ms) process ``pid`` has used so far (0 where /proc is missing)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _in_blocks(
+    calls: list[Callable[[], object]], n: int, rounds: int = 5, server: int | None = None
+) -> tuple[list[list[float]], list[float]]:
     """``n`` timings (ms) of each call, taken in ``rounds`` alternating blocks: drift on a shared
     machine hits all paths alike, while each path still pays for what its previous request left
-    running (the proxy's settlement after the answer)."""
+    running (the proxy's settlement after the answer). Also the server process's CPU time per
+    call of each path (ms)."""
     samples: list[list[float]] = [[] for _ in calls]
+    cpu = [0.0 for _ in calls]
     per_block = max(1, n // rounds)
     for _ in range(rounds):
-        for call, timings in zip(calls, samples, strict=True):
+        for index, (call, timings) in enumerate(zip(calls, samples, strict=True)):
+            used = _cpu_ms(server)
             for _ in range(per_block):
                 start = time.perf_counter()
                 call()
                 timings.append((time.perf_counter() - start) * 1000)
-    return samples
+            cpu[index] += _cpu_ms(server) - used
+    return samples, [total / max(1, len(timings)) for total, timings in zip(cpu, samples, strict=True)]
 
 
 def _p(samples: list[float]) -> tuple[float, float]:
@@ -139,7 +159,7 @@ def main() -> None:
 
                 paths = [direct, direct_sync, proxied, proxied_with_budget]
                 _in_blocks(paths, 20, rounds=1)  # warm-up
-                direct_ms, sync_ms, proxy_ms, budget_ms = _in_blocks(paths, n)
+                (direct_ms, sync_ms, proxy_ms, budget_ms), cpu = _in_blocks(paths, n, server=server.pid)
         finally:
             server.send_signal(signal.SIGINT)
             try:
@@ -148,15 +168,16 @@ def main() -> None:
                 server.kill()
     base50, base99 = _p(direct_ms)
     header = f"{'chat completion (ms), one client, sequential':<46} {'p50':>8} {'p99':>8}"
-    print(f"{header} {'added p50':>10} {'added p99':>10}")
-    for name, samples in (
-        ("direct litellm.acompletion (baseline)", direct_ms),
-        ("direct litellm.completion (synchronous)", sync_ms),
-        ("proxy /v1/chat/completions", proxy_ms),
-        ("proxy /v1/chat/completions with a budget", budget_ms),
+    print(f"{header} {'added p50':>10} {'added p99':>10} {'server CPU/call':>16}")
+    for name, samples, used in (
+        ("direct litellm.acompletion (baseline)", direct_ms, None),
+        ("direct litellm.completion (synchronous)", sync_ms, None),
+        ("proxy /v1/chat/completions", proxy_ms, cpu[2]),
+        ("proxy /v1/chat/completions with a budget", budget_ms, cpu[3]),
     ):
         p50, p99 = _p(samples)
-        print(f"{name:<46} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f}")
+        shown = "" if used is None else f"{used:16.2f}"
+        print(f"{name:<46} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {shown}")
 
 
 if __name__ == "__main__":

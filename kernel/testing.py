@@ -57,6 +57,7 @@ __all__ = [
     "ApiKey",
     "TenantFactory",
     "TestTenant",
+    "TestWorker",
     "act_as_owner",
     "businessos_api_key",
     "businessos_client",
@@ -73,6 +74,7 @@ __all__ = [
     "new_tenant",
     "open_client",
     "running_servers",
+    "running_worker",
     "settings_for",
 ]
 
@@ -198,6 +200,58 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class TestWorker:
+    """A job worker running beside the test's app (see :func:`running_worker`)."""
+
+    __test__ = False
+
+    settings: Settings
+
+    async def enqueue(
+        self, job: str, *, tenant_id: str | uuid.UUID | None = None, payload: dict[str, Any] | None = None
+    ) -> None:
+        """Put a plugin's job (``<plugin>.<job>``) on the worker's queue now, as a schedule's
+        tick or ``services.jobs.enqueue`` would (a sweeper a test wants to run at once, say)."""
+        from arq.connections import ArqRedis, RedisSettings, create_pool
+
+        from kernel.events.deliveries import QUEUE
+        from kernel.jobs.facade import enqueue_job
+
+        assert self.settings.redis_url
+        queue: ArqRedis = await create_pool(RedisSettings.from_dsn(self.settings.redis_url))
+        try:
+            await enqueue_job(
+                queue, QUEUE, job, tenant_id=uuid.UUID(str(tenant_id)) if tenant_id else None, payload=payload or {}
+            )
+        finally:
+            await queue.aclose()
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[TestWorker]:
+    """The platform's job worker in this event loop, as ``businessos worker`` runs it: the outbox
+    dispatcher, event deliveries, plugin jobs, the delivery sweeper and schedules. Leaving the
+    block stops it, like killing the process: work it had claimed stays claimed until its lease
+    expires."""
+    from kernel.events.deliveries import QUEUE
+    from kernel.jobs.worker import build_worker
+
+    assert settings.redis_url
+    plugins = load_app_plugins(settings.plugins_allowlist)
+    worker = build_worker(settings, plugins, settings.redis_url, queue=QUEUE, cron_jobs=False)
+    task = asyncio.create_task(worker.main())
+    try:
+        yield TestWorker(settings)
+    finally:
+        in_hand = [task, *worker.tasks.values()]
+        for running in in_hand:
+            running.cancel()
+        await asyncio.gather(*in_hand, return_exceptions=True)
+        worker.tasks.clear()  # cancelled above: close() would re-raise their cancellation
+        await worker.close()
 
 
 # -- fixtures ----------------------------------------------------------------------------------

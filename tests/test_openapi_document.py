@@ -24,7 +24,7 @@ async def api(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     settings: Settings = settings_for(
-        database_url, servers[1], tmp_path_factory.mktemp("openapi"), BUSINESSOS_PLUGINS="crm,projects"
+        database_url, servers[1], tmp_path_factory.mktemp("openapi"), BUSINESSOS_PLUGINS="crm,projects,webhooks"
     )
     await migrate.upgrade(settings, database_url, load_app_plugins(settings.plugins_allowlist).migration_folders())
     async with open_client(settings) as client:
@@ -120,3 +120,52 @@ async def test_allow_lists_every_method_of_the_path(api: AsyncTestClient[Any]) -
     assert one.headers["allow"] == "DELETE, GET, OPTIONS, PATCH"
     refused = await api.put("/api/crm/contacts", json={}, headers=headers)
     assert refused.status_code == 405 and set(refused.headers["allow"].split(", ")) == {"GET", "OPTIONS", "POST"}
+
+
+def _operations(document: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        operation["operationId"]: (path, method)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+
+
+async def test_creating_operations_link_to_what_they_created(api: AsyncTestClient[Any]) -> None:
+    """Links (for schemathesis' stateful phase) are derived from the routes: a POST answering an
+    object with an ``id`` leads to the operations of the path below it, with that id."""
+    document = await _document(api)
+    operations = _operations(document)
+    links = document["paths"]["/api/crm/contacts"]["post"]["responses"]["201"]["links"]
+    targets = {operations[link["operationId"]]: link["parameters"] for link in links.values()}
+    one = "/api/crm/contacts/{contact_id}"
+    assert set(targets) == {(one, "get"), (one, "patch"), (one, "delete")}
+    assert all(parameters == {"contact_id": "$response.body#/id"} for parameters in targets.values())
+    # A resource below another passes the parent's id on from the request's path.
+    nested = [
+        link
+        for item in document["paths"].values()
+        for link in item.get("post", {}).get("responses", {}).get("201", {}).get("links", {}).values()
+        if any(value.startswith("$request.path.") for value in link["parameters"].values())
+    ]
+    every = [
+        link
+        for item in document["paths"].values()
+        for response in item.get("post", {}).get("responses", {}).values()
+        for link in response.get("links", {}).values()
+    ]
+    print(f"\n{len(every)} links, {len(nested)} of them below another resource")
+    assert nested and len(every) >= 20
+    for link in every:  # every link names an operation that exists, and each of its path parameters
+        path, method = operations[link["operationId"]]
+        assert set(link["parameters"]) == {p["name"] for p in document["paths"][path][method]["parameters"]
+                                           if p["in"] == "path"}
+
+    # Followed over HTTP: the created contact's id answers in its tenant, and 404 in another.
+    headers = await _crm_tenant(api)
+    other = await _crm_tenant(api)
+    created = await api.post("/api/crm/contacts", json={"first_name": "Linked"}, headers=headers)
+    assert created.status_code == 201, created.text
+    path = one.replace("{contact_id}", created.json()[targets[(one, "get")]["contact_id"].rpartition("/")[2]])
+    assert (await api.get(path, headers=headers)).json()["first_name"] == "Linked"
+    assert (await api.get(path, headers=other)).status_code == 404

@@ -6,9 +6,11 @@ stateful phases) and every check schemathesis has runs on each answer, ``not_a_s
 among them: no request may answer 5xx. A fixed seed and a small number of examples per operation
 keep it reproducible and bounded.
 
-The tenant owner's access token authenticates the run; a second, shorter run uses an API key in
-``X-API-Key``. The AI operations that call out reach the suite's local OpenAI-compatible server,
-registered as the tenant's key.
+The tenant owner's access token authenticates the run (examples, coverage and fuzzing phases) and
+a stateful run: scenarios of calls chained along the document's links (what a POST created is read,
+changed and deleted through its id; ``kernel/http/openapi.py``), which must follow some links. A
+third, shorter run uses an API key in ``X-API-Key``. The AI operations that call out reach the
+suite's local OpenAI-compatible server, registered as the tenant's key.
 
 Run alone: ``python -m pytest -q -s tests/test_openapi_fuzz.py`` (``-s`` shows the case counts).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -35,9 +38,11 @@ from tests.conftest import settings_for
 from tests.fake_openai import fake_openai
 from tests.servers import api_servers
 
-PLUGINS = "crm,projects"
+PLUGINS = "crm,projects,webhooks"
 SEED = 20261130
 PROVIDER_KEY = "sk-fuzz-" + "0" * 24
+STATEFUL_STEPS = 8
+STATEFUL_SCENARIOS = 60  # about two minutes on a loaded two-core machine
 
 # What schemathesis may call "accepted" besides 2xx: valid-looking input the server refuses for a
 # reason no schema states (an id of nothing in this tenant, a name already taken, a version that
@@ -52,6 +57,15 @@ max_response_time = 120
 
 [checks.positive_data_acceptance]
 expected-statuses = {json.dumps(POSITIVE_EXPECTED)}
+
+# The stateful phase follows the document's links (POST /x -> /x/{{id}}, see kernel/http/openapi.py)
+# through scenarios of at most this many calls; --max-examples bounds the number of scenarios.
+# Only the document's own links: schemathesis' inferred ones (hundreds) would dilute the bounded run.
+[phases.stateful]
+max-steps = {STATEFUL_STEPS}
+
+[phases.stateful.inference]
+algorithms = []
 """
 
 
@@ -135,7 +149,9 @@ async def test_schemathesis_finds_no_failure_over_the_whole_document(api_url: st
         async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
             owner = await _owner(http, provider.base)
         runs = {
-            "owner token": (f"Authorization: Bearer {owner['token']}", 6, "examples,coverage,fuzzing,stateful", []),
+            "owner token": (f"Authorization: Bearer {owner['token']}", 6, "examples,coverage,fuzzing", []),
+            # Chains of calls along the links: what one call created, the next reads, changes, deletes.
+            "stateful": (f"Authorization: Bearer {owner['token']}", STATEFUL_SCENARIOS, "stateful", []),
             # ignored_auth is left to the run above: it sends a made-up bearer token beside this
             # valid X-API-Key, and the key, which takes precedence, rightly authenticates.
             "API key": (f"X-API-Key: {owner['api_key']}", 2, "examples,fuzzing", ["--exclude-checks", "ignored_auth"]),
@@ -154,3 +170,8 @@ async def test_schemathesis_finds_no_failure_over_the_whole_document(api_url: st
             )
             output = result["output"]
             assert result["returncode"] == 0, output[max(output.find("== FAILURES =="), output.find("== ERRORS ==")) :]
+            if name == "stateful":
+                covered = re.search(r"API Links:\s+(\d+) covered / (\d+) selected / (\d+) total", output)
+                assert covered is not None, output[-3000:]
+                print(f"stateful: {covered.group(0)}")
+                assert int(covered.group(1)) > 0, covered.group(0)  # the links were followed

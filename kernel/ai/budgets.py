@@ -1,10 +1,11 @@
 """Monthly budgets that concurrent calls cannot overspend: the tenant's, and optionally one
 principal's (a user or an API key).
 
-With Redis (``kernel.ai.budget_gate``, the API and worker always have it) a call is admitted by one
-Redis script against a balance derived from PostgreSQL, and the reservation's PostgreSQL record
-below is written beside the provider call instead of before it; Redis unreachable refuses budgeted
-calls with 503. Without Redis (a bare ``BudgetService``) the PostgreSQL path below admits:
+With Redis (``kernel.ai.budget_gate``, the API and worker always have it) a call is admitted by
+one Redis script against a balance derived from PostgreSQL's settled spend, and the reservation
+lives in Redis only (with an expiry); settling writes the spend in the settlement's transaction
+and, once it committed, turns the reservation into spend in Redis. Redis unreachable refuses
+budgeted calls with 503. Without Redis (a bare ``BudgetService``) the PostgreSQL path below admits:
 
 Before a call the proxy reserves an upper bound of its cost and tokens in every budget that
 applies (the tenant's and the caller's) with one conditional ``UPDATE`` on their month rows
@@ -29,19 +30,18 @@ after a sweep, returns nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -136,8 +136,8 @@ class Reservation:
     id: uuid.UUID | None = None
     """Its ``ai_reservations`` row."""
     tenant_id: uuid.UUID | None = None
-    recorded: asyncio.Future[None] | None = field(default=None, compare=False, repr=False)
-    """The write of its PostgreSQL record, when it runs beside the call (awaited before settling)."""
+    in_redis: bool = field(default=False, compare=False)
+    """Held in Redis only (no ``ai_reservations`` row): settled and released there."""
 
 
 _CLAIM = text(
@@ -172,24 +172,8 @@ _RESERVE = text(
        )
        select array(select scope from admitted) as admitted, (select id from held) as held"""
 )
-_HOLD = text(
-    # The record of a reservation Redis admitted, in one statement: each month row created or
-    # locked in scope order with the reservation added (no condition: the admission was Redis's),
-    # and the ai_reservations row.
-    """with held as (
-           insert into ai_budget_months (tenant_id, id, scope, month, reserved_cost, reserved_tokens)
-           select :t, u.id, u.scope, :m, cast(:c as numeric), cast(:k as bigint)
-             from unnest(cast(:ids as uuid[]), cast(:s as text[])) with ordinality as u(id, scope, n)
-            order by u.n
-           on conflict (tenant_id, scope, month) do update
-              set reserved_cost = ai_budget_months.reserved_cost + excluded.reserved_cost,
-                  reserved_tokens = ai_budget_months.reserved_tokens + excluded.reserved_tokens
-       )
-       insert into ai_reservations (tenant_id, id, month, scopes, cost, tokens, expires_at)
-       values (:t, :i, :m, cast(:s as text[]), :c, :k, :e)"""
-)
-_IN_USE = text(
-    """select scope, spent_cost + reserved_cost as cost, spent_tokens + reserved_tokens as tokens
+_SETTLED = text(
+    """select scope, spent_cost as cost, spent_tokens as tokens
          from ai_budget_months where month = :m and scope = any(cast(:s as text[]))"""
 )
 _STATE = text(
@@ -244,11 +228,6 @@ def _remaining(limit: Any, spent: Any, reserved: Any) -> Any:
     return None if limit is None else max(limit - spent - reserved, 0)
 
 
-def _log_failed_record(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("the PostgreSQL record of a budget reservation failed: %s", task.exception())
-
-
 def _exceeded(scope: str, remaining_cost: Any, remaining_tokens: Any, cost: Decimal, tokens: int) -> BudgetExceeded:
     return BudgetExceeded(
         "this call could exceed the " + ("tenant's" if scope == TENANT_SCOPE else f"{scope}'s") + " monthly AI budget",
@@ -288,6 +267,12 @@ class BudgetService:
         month = current_month()
         async with self.db.tenant(tenant_id) as session:
             row = (await session.execute(_STATE, {"m": month, "s": scope})).one()
+        reserved_cost, reserved_tokens = row.reserved_cost, row.reserved_tokens
+        if self.gate is not None:
+            # Running calls' reservations live in Redis (unreachable: none are shown).
+            held = await self.gate.held(tenant_id, scope, month)
+            if held is not None:
+                reserved_cost, reserved_tokens = reserved_cost + held[0], reserved_tokens + held[1]
         return Budget(
             scope=scope,
             monthly_cost_limit=None if row.monthly_cost_limit is None else str(row.monthly_cost_limit),
@@ -296,14 +281,14 @@ class BudgetService:
             month=month,
             spent_cost=str(row.spent_cost),
             spent_tokens=row.spent_tokens,
-            reserved_cost=str(row.reserved_cost),
-            reserved_tokens=row.reserved_tokens,
+            reserved_cost=str(reserved_cost),
+            reserved_tokens=reserved_tokens,
             remaining_cost=(
                 None
                 if row.monthly_cost_limit is None
-                else str(_remaining(row.monthly_cost_limit, row.spent_cost, row.reserved_cost))
+                else str(_remaining(row.monthly_cost_limit, row.spent_cost, reserved_cost))
             ),
-            remaining_tokens=_remaining(row.monthly_token_limit, row.spent_tokens, row.reserved_tokens),
+            remaining_tokens=_remaining(row.monthly_token_limit, row.spent_tokens, reserved_tokens),
         )
 
     async def put(
@@ -330,6 +315,8 @@ class BudgetService:
                 },
             )
         await self.cache.forget(CallCache.key(tenant_id, "budgets"))
+        if self.gate is not None:
+            await self.gate.resync(tenant_id, [scope], current_month())
         return await self.get(tenant_id, scope)
 
     async def reserve(
@@ -345,17 +332,15 @@ class BudgetService:
         """Reserve ``cost`` and ``tokens`` in every budget of the tenant and of ``principal``
         (``user:<id>`` / ``api_key:<id>``) for at most ``ttl_seconds`` (then the sweeper releases
         it); ``None`` when none applies; 402 with what remains in the budget that refused,
-        reserving nothing, when the call does not fit. With Redis, ``wait=False`` returns as soon
-        as Redis admitted the call and writes the PostgreSQL record beside it (settling awaits it)."""
+        reserving nothing, when the call does not fit. With Redis the reservation is held there
+        only (``wait`` is kept for callers; nothing is written beside the call)."""
         limits = await self._budgeted(tenant_id)
         budgeted = sorted(set(_scopes(principal)) & set(limits))
         if not budgeted:
             return None  # the common case: no budget, no transaction
         month = current_month()
         if self.gate is not None:
-            return await self._admit(
-                tenant_id, month, {s: limits[s] for s in budgeted}, cost, tokens, ttl_seconds, wait=wait
-            )
+            return await self._admit(tenant_id, month, {s: limits[s] for s in budgeted}, cost, tokens, ttl_seconds)
         async with self.db.tenant(tenant_id) as session:
             await session.execute(
                 _CLAIM, {"t": tenant_id, "m": month, "s": budgeted, "ids": [uuid7() for _ in budgeted]}
@@ -382,18 +367,18 @@ class BudgetService:
 
     async def _admit(
         self, tenant_id: uuid.UUID, month: date, limits: dict[str, Limits], cost: Decimal, tokens: int,
-        ttl_seconds: float, *, wait: bool,
+        ttl_seconds: float,
     ) -> Reservation:
         assert self.gate is not None
         scopes = sorted(limits)
 
-        async def in_use() -> dict[str, tuple[Decimal, int]]:
+        async def settled() -> dict[str, tuple[Decimal, int]]:
             async with self.db.tenant(tenant_id) as session:
-                rows = await session.execute(_IN_USE, {"m": month, "s": scopes})
+                rows = await session.execute(_SETTLED, {"m": month, "s": scopes})
                 return {row.scope: (Decimal(row.cost), int(row.tokens)) for row in rows}
 
         held = uuid7()
-        admission = await self.gate.admit(tenant_id, month, limits, cost, tokens, held, ttl_seconds, in_use)
+        admission = await self.gate.admit(tenant_id, month, limits, cost, tokens, held, ttl_seconds, settled)
         if not admission.admitted:
             refused = admission.refused_scope or TENANT_SCOPE
             limit = limits[refused]
@@ -404,35 +389,9 @@ class BudgetService:
                 cost,
                 tokens,
             )
-        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-        recorded = asyncio.ensure_future(self._record(tenant_id, month, scopes, cost, tokens, held, expires))
-        recorded.add_done_callback(_log_failed_record)
-        if wait:
-            await recorded
         return Reservation(
-            month=month, cost=cost, tokens=tokens, scopes=tuple(scopes), id=held, tenant_id=tenant_id,
-            recorded=recorded,
+            month=month, cost=cost, tokens=tokens, scopes=tuple(scopes), id=held, tenant_id=tenant_id, in_redis=True
         )
-
-    async def _record(
-        self, tenant_id: uuid.UUID, month: date, scopes: list[str], cost: Decimal, tokens: int,
-        held: uuid.UUID, expires: datetime,
-    ) -> None:
-        ids = [uuid7() for _ in scopes]
-        async with self.db.tenant(tenant_id) as session:
-            await session.execute(
-                _HOLD,
-                {"t": tenant_id, "m": month, "s": scopes, "ids": ids, "c": cost, "k": tokens, "i": held, "e": expires},
-            )
-
-    @staticmethod
-    async def _recorded(reservations: Sequence[Reservation | None]) -> None:
-        """Wait for the PostgreSQL records still being written (a failed one simply is not there:
-        settling then finds nothing to take back there)."""
-        for reservation in reservations:
-            if reservation is not None and reservation.recorded is not None:
-                with contextlib.suppress(Exception):
-                    await reservation.recorded
 
     async def settle(
         self,
@@ -442,28 +401,41 @@ class BudgetService:
         reservation: Reservation | None,
         cost: Decimal,
         tokens: int,
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         """Charge the real ``cost`` and ``tokens`` to the tenant's and the principal's month and
         drop the reservation, in ``session``'s transaction; emit the soft-limit event for each
         budget this call crossed."""
-        await self.settle_many(session, tenant_id, [Charge(principal, reservation, cost, tokens)])
+        return await self.settle_many(session, tenant_id, [Charge(principal, reservation, cost, tokens)])
 
-    async def settle_many(self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge]) -> None:
+    async def settle_many(
+        self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge]
+    ) -> asyncio.Future[None] | None:
         """:meth:`settle` for several calls in at most three statements: their reservations are
         taken back, their spend is summed per scope and month, and each budget's soft limit is
-        checked once against the batch's total."""
+        checked once against the batch's total. Reservations held in Redis are turned into spend
+        there once ``session``'s transaction has committed (never before: a rolled back batch
+        keeps holding them); the returned future resolves when that is done."""
         if not charges:
-            return
-        await self._recorded([c.reservation for c in charges])
-        ids = [c.reservation.id for c in charges if c.reservation is not None and c.reservation.id is not None]
+            return None
+        ids = [
+            c.reservation.id for c in charges
+            if c.reservation is not None and c.reservation.id is not None and not c.reservation.in_redis
+        ]
         taken = set((await session.execute(_TAKE_MANY, {"ids": ids})).scalars()) if ids else set()
         spent: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
         released: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+        in_redis: list[uuid.UUID] = []
         for charge in charges:
             reservation = charge.reservation
-            # Already given back by the sweeper: charge, release nothing.
-            held = reservation is not None and (reservation.id is None or reservation.id in taken)
-            month = reservation.month if reservation is not None and held else current_month()
+            if reservation is not None and reservation.in_redis and reservation.id is not None:
+                in_redis.append(reservation.id)
+                # Charged to the month it was admitted in; Redis gives the reservation back only
+                # while it is still held (not expired and swept).
+                month, held = reservation.month, False
+            else:
+                # Already given back by the sweeper: charge, release nothing.
+                held = reservation is not None and (reservation.id is None or reservation.id in taken)
+                month = reservation.month if reservation is not None and held else current_month()
             for scope in _scopes(charge.principal):
                 spent[(scope, month)][0] += charge.cost
                 spent[(scope, month)][1] += charge.tokens
@@ -494,9 +466,10 @@ class BudgetService:
             if row.budgeted:
                 total_cost, total_tokens = spent[(row.scope, row.month)]
                 await self._soft_limit(session, tenant_id, row.scope, row.month, row, row, total_cost, total_tokens)
-        if self.gate is not None:
-            held_here = [c.reservation.id for c in charges if c.reservation is not None and c.reservation.id]
-            await self.gate.settle(tenant_id, held_here, {k: (v[0], v[1]) for k, v in spent.items()})
+        if self.gate is None:
+            return None
+        gate, charged = self.gate, {k: (v[0], v[1]) for k, v in spent.items()}
+        return _after_commit(session, lambda: gate.settle(tenant_id, in_redis, charged))
 
     async def _soft_limit(
         self, session: AsyncSession, tenant_id: uuid.UUID, scope: str, month: date,
@@ -532,9 +505,11 @@ class BudgetService:
         return (await session.execute(_TAKE, {"i": reservation.id})).first() is not None
 
     async def release(self, session: AsyncSession, reservation: Reservation | None) -> None:
-        await self._recorded([reservation])
-        if self.gate is not None and reservation is not None and reservation.id and reservation.tenant_id:
-            await self.gate.settle(reservation.tenant_id, [reservation.id], {})
+        """Give ``reservation`` back (once): in Redis at once, or in ``session``'s transaction."""
+        if reservation is not None and reservation.in_redis:
+            if self.gate is not None and reservation.id and reservation.tenant_id:
+                await self.gate.settle(reservation.tenant_id, [reservation.id], {})
+            return
         if await self._take(session, reservation) and reservation is not None:
             await session.execute(
                 _RELEASE,
@@ -564,5 +539,44 @@ class BudgetService:
                         released += 1
             if len(rows) < _SWEEP_BATCH:
                 if self.gate is not None:
-                    await self.gate.sweep()
+                    released += await self.gate.sweep()
                 return released
+
+
+def _after_commit(session: AsyncSession, work: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+    """Run ``work()`` once ``session``'s transaction has committed (never if it rolls back); the
+    future resolves when it ran, or at once on a rollback."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish(_: object = None) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    async def run() -> None:
+        try:
+            await work()
+        finally:
+            finish()
+
+    def committed(_: object) -> None:
+        if done.done() or started:
+            return
+        started.append(True)
+        task = loop.create_task(run())
+        _RUNNING.add(task)
+        task.add_done_callback(_RUNNING.discard)
+
+    def rolled_back(_: object) -> None:
+        if not started:
+            finish()
+
+    # Listeners of this session only; it is discarded after its one transaction.
+    started: list[bool] = []
+    event.listen(session.sync_session, "after_commit", committed)
+    event.listen(session.sync_session, "after_rollback", rolled_back)
+    return done
+
+
+_RUNNING: set[asyncio.Task[None]] = set()
+"""Redis settlements started after a commit (held so they are not garbage-collected midway)."""

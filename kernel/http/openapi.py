@@ -15,6 +15,9 @@ them, when the document is first served (:class:`OpenAPIDocument` renders ``/sch
 - statuses only the handler knows of (a budget, an outside provider): ``opt["problems"]``;
 - a PATCH whose JSON body carries a ``version`` is optimistic (the CRM's records): its
   ``If-Match`` header and the 412/428 it leads to;
+- links, for stateful testing (schemathesis follows them): a ``POST /x`` answering an object with an
+  ``id`` links to the operations of ``/x/{param}`` with that id (and the path parameters the two
+  share), derived from the route patterns, not written per route (:func:`_links`);
 - request body schemas as msgspec states them: Litestar's own rendering of a ``msgspec.Struct``
   drops ``forbid_unknown_fields`` (``additionalProperties: false``) and some bounds (those inside
   ``UNSET`` unions, those of list items); msgspec's is what the server enforces (with one
@@ -206,6 +209,53 @@ def _versioned(operation: dict[str, Any], schemas: dict[str, Any]) -> bool:
     return "version" in schema.get("properties", {})
 
 
+_LINKED_METHODS = ("get", "put", "patch", "delete")
+
+
+def _has_id(schema: dict[str, Any], schemas: dict[str, Any]) -> bool:
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        schema = schemas.get(ref.rpartition("/")[2], {})
+    return "id" in (schema.get("properties") or {})
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [segment[1:-1] for segment in path.split("/") if segment.startswith("{") and segment.endswith("}")]
+
+
+def _links(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """OpenAPI links from each creating ``POST /x`` (a 201 or 200 answering an object with ``id``)
+    to every operation of ``/x/{param}``: ``param`` is the answer's ``id``, and the path
+    parameters of ``/x`` are passed on from the request."""
+    for path, item in paths.items():
+        create = item.get("post")
+        if not isinstance(create, dict):
+            continue
+        responses = create.get("responses", {})
+        status = "201" if "201" in responses else "200" if "200" in responses else None
+        if status is None:
+            continue
+        answer = responses[status]
+        body = answer.get("content", {}).get("application/json", {}).get("schema", {})
+        if not _has_id(body, schemas):
+            continue
+        shared = _path_parameters(path)
+        for target, target_item in paths.items():
+            head, _, last = target.rpartition("/")
+            if head != path or not (last.startswith("{") and last.endswith("}")):
+                continue
+            parameters = {last[1:-1]: "$response.body#/id", **{name: f"$request.path.{name}" for name in shared}}
+            for method in _LINKED_METHODS:
+                operation = target_item.get(method)
+                if not isinstance(operation, dict) or "operationId" not in operation:
+                    continue
+                answer.setdefault("links", {})[operation["operationId"]] = {
+                    "operationId": operation["operationId"],
+                    "parameters": parameters,
+                    "description": f"The {method.upper()} of what this call created",
+                }
+
+
 def complete_document(app: Litestar, document: dict[str, Any]) -> dict[str, Any]:
     """Add security and the error answers to ``document`` (Litestar's, as a dict), in place."""
     components = document.setdefault("components", {})
@@ -234,6 +284,7 @@ def complete_document(app: Litestar, document: dict[str, Any]) -> dict[str, Any]
             raw_body = handler.opt.get(REQUEST_MEDIA_TYPE_OPT)
             if raw_body and "requestBody" not in operation:
                 operation["requestBody"] = {"required": True, "content": {raw_body: {"schema": {"type": "string"}}}}
+    _links(document.get("paths", {}), schemas)
     return document
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,19 +22,22 @@ from kernel.db.models import utcnow, uuid7
 from kernel.entitlements import EntitlementGate
 from kernel.errors import Conflict, FieldError, Forbidden, NotFound, Unprocessable
 from kernel.events import catalog as events
-from kernel.identity.models import ApiKeyRow, MembershipRow, RefreshTokenRow, RoleGrantRow
+from kernel.identity.models import ApiKeyRow, MembershipRow, RefreshTokenRow, RoleGrantRow, UserRow
 from kernel.identity.permissions import KERNEL_PERMISSIONS, ROLES, default_grants
 from kernel.identity.principal import Principal
 from kernel.identity.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyInfo,
+    Member,
     MemberInfo,
+    MemberList,
     PermissionInfo,
     RoleGrants,
     RoleList,
 )
 from kernel.identity.tokens import OpaqueSecret, TokenError
+from kernel.listing import Pagination, check_list, list_and_count
 from kernel.plugins.contract import Permission
 from kernel.plugins.loader import PluginSet
 
@@ -318,6 +322,28 @@ class AccessService:
             scopes=row.scopes,
             expires_at=row.expires_at,
         )
+
+    async def list_members(self, tenant_id: uuid.UUID, page: int, limit: int) -> MemberList:
+        """A page of the tenant's members, longest-standing first (``page``/``limit`` checked
+        like every list: 422 naming the field)."""
+        check_list(page, limit, "joined_at", ("joined_at",))
+        async with self.db.tenant(tenant_id) as session:
+            order: list[ColumnElement[Any]] = [MembershipRow.created_at.asc(), MembershipRow.user_id.asc()]
+            memberships, total = await list_and_count(session, select(MembershipRow), order, page, limit)
+        users: dict[uuid.UUID, UserRow] = {}
+        if memberships:
+            async with self.db.global_() as session:
+                found = await session.execute(select(UserRow).where(UserRow.id.in_([m.user_id for m in memberships])))
+                users = {user.id: user for user in found.scalars()}
+        members = [
+            Member(
+                user_id=m.user_id, email=users[m.user_id].email, name=users[m.user_id].name, role=m.role,
+                joined_at=m.created_at, last_login_at=m.last_login_at,
+            )
+            for m in memberships
+            if m.user_id in users
+        ]
+        return MemberList(members=members, pagination=Pagination.of(page, limit, total))
 
     async def list_api_keys(self, tenant_id: uuid.UUID) -> list[ApiKeyInfo]:
         async with self.db.tenant(tenant_id) as session:

@@ -1,12 +1,13 @@
-"""HTTP surface of identity: /api/auth, /api/tenant/invitations, /api/roles, /api/api-keys."""
+"""HTTP surface of identity: /api/auth, /api/tenant/invitations and members, /api/roles, /api/api-keys."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post, put
+from litestar.params import Parameter
 
 from kernel.context import Kernel, current_tenant
 from kernel.errors import Forbidden
@@ -24,6 +25,7 @@ from kernel.identity.schemas import (
     LogoutRequest,
     Me,
     MemberInfo,
+    MemberList,
     MemberRoleUpdate,
     MfaChallenge,
     PasswordChange,
@@ -35,6 +37,7 @@ from kernel.identity.schemas import (
     SwitchTenant,
     TokenPair,
 )
+from kernel.listing import MAX_LIMIT, MAX_PAGE
 from kernel.tenants.schemas import Tenant
 
 __all__ = ["handlers"]
@@ -125,6 +128,16 @@ async def invite(data: InvitationCreate, request: Req, kernel: Kernel) -> Invita
     return await kernel.identity.invite(_user(request), data, request_meta(request))
 
 
+PageNumber = Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="1-based page number")]
+PageSize = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="rows per page")]
+
+
+@get("/api/tenant/members", tags=["tenants"], opt={"permission": "kernel.members.read"})
+async def list_members(tenant: Tenant, kernel: Kernel, page: PageNumber = 1, limit: PageSize = 20) -> MemberList:
+    """The tenant's members (e-mail, name, role, when they joined, last log-in), longest-standing first."""
+    return await kernel.access.list_members(tenant.id, page, limit)
+
+
 @put(
     "/api/tenant/members/{user_id:uuid}",
     tags=["tenants"],
@@ -196,6 +209,7 @@ handlers = [
     switch_tenant,
     jwks,
     invite,
+    list_members,
     set_member_role,
     remove_member,
     list_roles,

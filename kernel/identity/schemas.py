@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from kernel.listing import Pagination
 from kernel.tenants.schemas import Name, Plan, Slug, Tenant
 
 __all__ = [
@@ -181,6 +182,22 @@ class MemberRoleUpdate(msgspec.Struct, forbid_unknown_fields=True):
 class MemberInfo(msgspec.Struct, frozen=True):
     user_id: uuid.UUID
     role: str
+
+
+class Member(msgspec.Struct, frozen=True):
+    """A member of the tenant: who, their role here, since when, their last log-in here."""
+
+    user_id: uuid.UUID
+    email: str
+    name: str
+    role: str
+    joined_at: datetime
+    last_login_at: datetime | None
+
+
+class MemberList(msgspec.Struct, frozen=True):
+    members: list[Member]
+    pagination: Pagination
 
 
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -242,6 +242,15 @@ class Tenants:
         """Whether the tenant has this plugin's module enabled."""
         return self._plugin in await self._kernel.modules.enabled(tenant_id)
 
+    async def with_module(self) -> list[uuid.UUID]:
+        """Ids of the active tenants that have this plugin's module enabled, for installation-wide
+        jobs (a sweeper) that visit each tenant in its own transaction."""
+        found = []
+        for tenant in await self._kernel.tenants.list():
+            if tenant.status == "active" and self._plugin in await self._kernel.modules.enabled(tenant.id):
+                found.append(tenant.id)
+        return found
+
 
 class ChatOptions(TypedDict, total=False):
     """The options of :meth:`AI.chat` and :meth:`AI.stream`, all optional."""
@@ -367,6 +376,15 @@ class Services:
         self.entitlements = Entitlements(kernel.entitlements, plugin)
         self.jobs = Jobs(kernel, plugin)
         self.http = kernel.egress
+
+    def event_types(self) -> list[str]:
+        """Names of every declared event type, the kernel's and each loaded plugin's: the
+        catalogue ``GET /api/events/types`` lists (to check a subscription's event names)."""
+        from kernel.events.catalog import KERNEL_EVENT_TYPES
+
+        names = {event.name for event in KERNEL_EVENT_TYPES}
+        names.update(event.name for record in self._kernel.plugins.active() for event in record.event_types)
+        return sorted(names)
 
     async def settings(self, tenant_id: uuid.UUID) -> Any:
         """The tenant's settings for this plugin, decoded into its settings Struct (defaults

@@ -1,0 +1,211 @@
+"""Outgoing webhook deliveries per second, signed and logged, next to raw httpx POSTs.
+
+On embedded PostgreSQL and Redis (a temporary data directory), with the ``webhooks`` plugin: one
+tenant per run subscribes ``--subscriptions`` URLs of a local receiver (a separate process on
+127.0.0.1, let through by the operator allowlist) to one event type. Each run
+
+1. records ``--events`` events in the outbox (batches of 200, before the clock starts), then
+2. starts the job worker in this process (as ``businessos worker`` runs it: outbox dispatcher,
+   event deliveries, webhook attempts) and times until every delivery is ``succeeded``: the whole
+   path, outbox -> event delivery -> fan-out -> signed POST through the egress client -> attempt
+   logged in PostgreSQL;
+
+then, in the same run, two references: the kernel's floor (the same events through the same
+worker with the plugin's ``"*"`` handler replaced by one that does nothing: what any event
+consumer pays before doing its work), and a baseline: as many POSTs of a body of the same size to the same receiver
+with a bare ``httpx.AsyncClient`` (as many in flight as the worker runs jobs; unsigned, unlogged).
+It prints each run, the medians and the ratio.
+
+    python bench/webhook_deliveries.py [--events 2000] [--runs 3] [--subscriptions 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from sqlalchemy import text
+
+from connectors.webhooks import schemas, service
+from kernel.app import load_app_plugins
+from kernel.db import migrate
+from kernel.events.outbox import emit_many
+from kernel.jobs.worker import build_worker
+from kernel.plugins.contract import EventContext, EventHandler
+from kernel.plugins.services import Actor
+from kernel.runtime import open_kernel
+from kernel.tenants.schemas import TenantCreate
+from kernel.testing import running_servers, settings_for
+
+EVENT = "kernel.api_key.created"
+BATCH = 200
+CONCURRENCY = 10  # arq's default max_jobs: how many jobs the worker runs at once
+PAYLOAD = {"api_key_id": str(uuid.uuid4()), "name": "bench", "prefix": "bos_abcd", "role": "viewer",
+           "actor": f"user:{uuid.uuid4()}"}
+
+
+def _receiver(port: int, ready: Any) -> None:
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text='{"ok":true}', content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", ok)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_succeeded(kernel: Any, tenant_id: uuid.UUID, expected: int, table: str) -> None:
+    while True:
+        async with kernel.db.tenant(tenant_id) as session:
+            done = (
+                await session.execute(text(f"select count(*) from {table} where status = 'succeeded'"))
+            ).scalar_one()
+        if done >= expected:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _baseline(url: str, body: bytes, count: int) -> float:
+    async with httpx.AsyncClient() as client:
+        await client.post(url, content=body)  # warm the connection
+        left = [count]
+
+        async def one() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                assert response.status_code == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        return time.perf_counter() - started
+
+
+async def _noop(ctx: EventContext) -> None:
+    return None
+
+
+def _floor_plugins(settings: Any) -> Any:
+    plugins = load_app_plugins(settings.plugins_allowlist)
+    record = plugins.get("webhooks")
+    assert record is not None
+    record.event_handlers = [EventHandler("*", _noop, name="fan_out")]
+    return plugins
+
+
+async def _timed(kernel: Any, settings: Any, plugins: Any, redis_url: str, tenant_id: uuid.UUID, events: int,
+                 expected: int, table: str) -> float:
+    """Start a worker, wait until it is ready, then queue ``events`` events and time until
+    ``expected`` rows of ``table`` succeeded (the worker's start-up is not counted)."""
+    async with kernel.db.tenant(tenant_id) as session:  # leave only the benchmark's events queued
+        await session.execute(text("delete from events_outbox where dispatched_at is null"))
+    worker = build_worker(settings, plugins, redis_url, cron_jobs=False)
+    task = asyncio.create_task(worker.main())
+    while "kernel" not in worker.ctx:  # noqa: ASYNC110 - arq offers no ready event
+        await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    for start in range(0, events, BATCH):
+        async with kernel.db.tenant(tenant_id) as session:
+            await emit_many(session, tenant_id=tenant_id, events=[(EVENT, PAYLOAD)] * min(BATCH, events - start))
+    await _wait_succeeded(kernel, tenant_id, expected, table)
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
+    return elapsed
+
+
+async def _one_run(kernel: Any, settings: Any, plugins: Any, floor: Any, redis_url: str, url: str, events: int,
+                   subscriptions: int) -> tuple[float, float, float]:
+    services = kernel.services("webhooks")
+    tenant = await kernel.tenants.create(TenantCreate(name="Bench", slug=f"b-{uuid.uuid4().hex[:8]}"))
+    await kernel.modules.enable(tenant.id, "webhooks")
+    log = services.changes.by(Actor.system("bench"), tenant.id)
+    async with services.data.tenant(tenant.id) as session:
+        for index in range(subscriptions):
+            await service.create(
+                session, services, log, schemas.SubscriptionCreate(url=f"{url}/{index}", event_types=[EVENT])
+            )
+    total = events * subscriptions
+    elapsed = await _timed(kernel, settings, plugins, redis_url, tenant.id, events, total, "webhooks_deliveries")
+    other = await kernel.tenants.create(TenantCreate(name="Floor", slug=f"f-{uuid.uuid4().hex[:8]}"))
+    await kernel.modules.enable(other.id, "webhooks")
+    floor_elapsed = await _timed(kernel, settings, floor, redis_url, other.id, events, events, "event_deliveries")
+    body = msgspec.json.encode({"type": EVENT, "timestamp": "2026-11-30T00:00:00+00:00", "data": PAYLOAD})
+    return total / elapsed, events / floor_elapsed, total / await _baseline(url, body, total)
+
+
+async def run(events: int, runs: int, subscriptions: int) -> None:
+    port = _free_port()
+    ready = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receiver, args=(port, ready), daemon=True)
+    receiver.start()
+    ready.wait(10)
+    data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-hooks-"))
+    rates, floors, bases = [], [], []
+    try:
+        with running_servers(data_dir / "servers") as (database_url, redis_url):
+            settings = settings_for(
+                database_url, redis_url, data_dir, BUSINESSOS_PLUGINS="webhooks",
+                BUSINESSOS_EGRESS_ALLOW_NETWORKS="127.0.0.1/32", BUSINESSOS_LOG_LEVEL="WARNING",
+            )
+            plugins = load_app_plugins(settings.plugins_allowlist)
+            await migrate.upgrade(settings, database_url, plugins.migration_folders())
+            async with open_kernel(settings, plugins) as kernel:
+                for number in range(runs):
+                    rate, floor, base = await _one_run(
+                        kernel, settings, plugins, _floor_plugins(settings), redis_url,
+                        f"http://127.0.0.1:{port}/hook", events, subscriptions,
+                    )
+                    rates.append(rate)
+                    floors.append(floor)
+                    bases.append(base)
+                    print(f"run {number + 1}: {rate:8.1f} deliveries/s (signed, logged); kernel floor "
+                          f"{floor:8.1f} events/s; raw httpx {base:8.1f} POSTs/s", flush=True)
+    finally:
+        receiver.terminate()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    rate, floor, base = statistics.median(rates), statistics.median(floors), statistics.median(bases)
+    print(f"median of {runs} runs, {events} events x {subscriptions} subscription(s): {rate:.1f} deliveries/s; "
+          f"kernel floor {floor:.1f} events/s (ratio {rate / floor:.2f}); raw httpx {base:.1f} POSTs/s "
+          f"(ratio {rate / base:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Outgoing webhook deliveries per second")
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--subscriptions", type=int, default=1)
+    args = parser.parse_args()
+    asyncio.run(run(args.events, args.runs, args.subscriptions))
+
+
+if __name__ == "__main__":
+    main()

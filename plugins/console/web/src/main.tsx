@@ -3,7 +3,7 @@ import { StrictMode, Suspense, lazy, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { BrowserRouter, NavLink, Navigate, Route, Routes } from "react-router";
 import { ApiError, api, clearSession } from "./api";
-import { SignIn, SignUp } from "./screens/Auth";
+import { Join, SignIn, SignUp } from "./screens/Auth";
 import { useMe, useModuleOn, useSignedIn } from "./session";
 import { Loading } from "./ui";
 import "./styles.css";
@@ -124,6 +124,7 @@ function Shell() {
             <Route path="/billing" element={<Billing />} />
             <Route path="/sign-in" element={<Navigate to="/" replace />} />
             <Route path="/sign-up" element={<Navigate to="/" replace />} />
+            <Route path="/join" element={<Navigate to="/" replace />} />
             <Route path="*" element={<p>Nothing here.</p>} />
           </Routes>
         </Suspense>
@@ -141,6 +142,7 @@ function Public() {
       </div>
       <Routes>
         <Route path="/sign-up" element={<SignUp />} />
+        <Route path="/join" element={<Join />} />
         <Route path="*" element={<SignIn />} />
       </Routes>
     </main>

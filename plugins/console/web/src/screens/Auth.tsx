@@ -124,7 +124,49 @@ export function SignIn() {
         Sign in
       </button>
       <p>
-        New here? <Link to="/sign-up">Create your business</Link>
+        New here? <Link to="/sign-up">Create your business</Link> or{" "}
+        <Link to="/join">join with an invitation</Link>
+      </p>
+    </form>
+  );
+}
+
+/** Join a business with the invitation token its owner or an admin gave you. */
+export function Join() {
+  const [error, setError] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  const submit = async (event: FormEvent<HTMLFormElement>) => {
+    event.preventDefault();
+    const v = formValues(event.currentTarget);
+    setBusy(true);
+    setError(null);
+    try {
+      const tokens = await api<TokenPair>("/api/auth/register", {
+        method: "POST",
+        tenant: v.workspace,
+        body: { email: v.email, password: v.password, name: v.name, invitation_token: v.invitation_token.trim() },
+      });
+      setSession(tokens, v.workspace);
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form className="card narrow" onSubmit={submit} aria-labelledby="join-title">
+      <h1 id="join-title">Join with an invitation</h1>
+      <Field label="Workspace" name="workspace" error={error} required />
+      <Field label="Invitation token" name="invitation_token" error={error} required autoComplete="off" />
+      <Field label="Your name" name="name" error={error} autoComplete="name" />
+      <Field label="E-mail" name="email" type="email" error={error} required autoComplete="email" />
+      <Field label="Password" name="password" type="password" error={error} required autoComplete="new-password" />
+      <ErrorNote error={error} />
+      <button type="submit" disabled={busy}>
+        Join
+      </button>
+      <p>
+        <Link to="/sign-in">Sign in</Link> instead
       </p>
     </form>
   );

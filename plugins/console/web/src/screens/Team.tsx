@@ -1,8 +1,8 @@
 // Members, invitations, roles and API keys of the tenant.
-import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
-import { api } from "../api";
-import { ErrorNote, Field, Loading, Secret, Section, formValues } from "../ui";
+import { api, type Pagination } from "../api";
+import { ErrorNote, Field, Loading, Pager, Secret, Section, formValues } from "../ui";
 
 type Invitation = { id: string; email: string; role: string; expires_at: string; token: string };
 type RoleGrants = { role: string; permissions: string[]; customized: boolean; editable: boolean };
@@ -59,45 +59,96 @@ function Invitations() {
   );
 }
 
+type Member = {
+  user_id: string;
+  email: string;
+  name: string;
+  role: string;
+  joined_at: string;
+  last_login_at: string | null;
+};
+
 function Members() {
+  const client = useQueryClient();
+  const [page, setPage] = useState(1);
+  const members = useQuery({
+    queryKey: ["members", page],
+    queryFn: () => api<{ members: Member[]; pagination: Pagination }>("/api/tenant/members", { query: { page, limit: 20 } }),
+    placeholderData: keepPreviousData,
+  });
+  const refresh = () => client.invalidateQueries({ queryKey: ["members"] });
   const change = useMutation({
     mutationFn: ({ user, role }: { user: string; role: string }) =>
       api(`/api/tenant/members/${encodeURIComponent(user)}`, { method: "PUT", body: { role } }),
+    onSettled: refresh,
   });
   const remove = useMutation({
     mutationFn: (user: string) => api(`/api/tenant/members/${encodeURIComponent(user)}`, { method: "DELETE" }),
+    onSuccess: refresh,
   });
-  const submit = (event: FormEvent<HTMLFormElement>) => {
-    event.preventDefault();
-    const v = formValues(event.currentTarget);
-    change.mutate({ user: v.user_id, role: v.role });
-  };
   return (
     <Section title="Members">
-      <p className="muted">
-        The API has no member list yet: change a member's role or remove them by their user id (shown in the audit
-        log).
-      </p>
-      <form className="row" onSubmit={submit}>
-        <Field label="User id" name="user_id" required error={change.error ?? remove.error} />
-        <Field label="New role" name="role" error={change.error}>
-          {(p) => <RoleSelect {...p} name="role" />}
-        </Field>
-        <button type="submit">Change role</button>
-        <button
-          type="button"
-          className="danger"
-          onClick={(e) => {
-            const form = e.currentTarget.form;
-            if (form) remove.mutate(formValues(form).user_id);
-          }}
-        >
-          Remove member
-        </button>
-      </form>
-      <ErrorNote error={change.error ?? remove.error} />
-      {change.isSuccess ? <p role="status">Role changed.</p> : null}
-      {remove.isSuccess ? <p role="status">Member removed.</p> : null}
+      <ErrorNote error={members.error ?? change.error ?? remove.error} />
+      {members.isPending ? (
+        <Loading />
+      ) : (
+        <div className="table-wrap">
+          <table>
+            <caption className="sr-only">Members</caption>
+            <thead>
+              <tr>
+                <th scope="col">Member</th>
+                <th scope="col">Role</th>
+                <th scope="col">Joined</th>
+                <th scope="col">Last sign-in</th>
+                <th scope="col">
+                  <span className="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {members.data?.members.map((m) => (
+                <tr key={m.user_id}>
+                  <td>
+                    {m.name || m.email}
+                    {m.name ? <div className="muted">{m.email}</div> : null}
+                  </td>
+                  <td>
+                    {m.role === "owner" ? (
+                      "owner"
+                    ) : (
+                      <>
+                        <label className="sr-only" htmlFor={`role-${m.user_id}`}>
+                          Role of {m.email}
+                        </label>
+                        <select
+                          id={`role-${m.user_id}`}
+                          value={m.role}
+                          onChange={(e) => change.mutate({ user: m.user_id, role: e.target.value })}
+                        >
+                          {ROLES.map((r) => (
+                            <option key={r}>{r}</option>
+                          ))}
+                        </select>
+                      </>
+                    )}
+                  </td>
+                  <td>{new Date(m.joined_at).toLocaleDateString()}</td>
+                  <td>{m.last_login_at ? new Date(m.last_login_at).toLocaleString() : "never"}</td>
+                  <td>
+                    {m.role === "owner" ? null : (
+                      <button type="button" className="danger" onClick={() => remove.mutate(m.user_id)}>
+                        Remove {m.email}
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <Pager pagination={members.data?.pagination} onPage={setPage} />
     </Section>
   );
 }

@@ -324,6 +324,18 @@ function Canvas() {
                   setNodes((current) => current.map((n) => (n.id === chosen.id ? { ...n, data: { ...n.data, config } } : n)))
                 }
               />
+              {hints.length ? (
+                <details className="hints">
+                  <summary>Expressions from earlier steps</summary>
+                  <ul className="plain">
+                    {hints.map((h) => (
+                      <li key={h}>
+                        <code>{h}</code>
+                      </li>
+                    ))}
+                  </ul>
+                </details>
+              ) : null}
               <button
                 type="button"
                 className="danger"

@@ -47,7 +47,7 @@ function StepRow({ step }: { step: Step }) {
     <tr data-step={step.node_id} data-status={step.status}>
       <td>
         <code>{step.node_id}</code>
-        {step.iteration ? <span className="muted"> [{step.iteration}]</span> : null}
+        {step.iteration && step.iteration !== "0" ? <span className="muted"> [{step.iteration}]</span> : null}
         <div className="muted">{step.node_key}</div>
       </td>
       <td>

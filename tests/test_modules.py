@@ -283,7 +283,11 @@ async def test_module_settings_start_at_the_defaults_and_keep_valid_changes(
             url = f"/api/modules/{name}/settings"
             response = await client.get(url, headers=headers)
             assert response.status_code == 200
-            assert response.json() == {"module": name, "settings": {"greeting": "hello", "page_size": 20}}
+            body = response.json()
+            assert body["module"] == name and body["settings"] == {"greeting": "hello", "page_size": 20}
+            # The settings' JSON Schema comes along, so a client (the console) can build the form.
+            options = body["schema"]["$defs"]["Options"]
+            assert options["properties"]["page_size"] == {"type": "integer", "default": 20}
 
             response = await client.put(url, json={"greeting": "hi there", "page_size": 50}, headers=headers)
             assert response.status_code == 200, response.text

@@ -83,7 +83,8 @@ async def purge_module_data(name: str, kernel: Kernel, tenant: Tenant, request: 
 @get("/api/modules/{name:str}/settings", tags=["modules"], opt={"permission": "kernel.modules.read"})
 async def get_module_settings(name: str, kernel: Kernel, tenant: Tenant) -> ModuleSettings:
     """This tenant's settings for a module, defaults filled in."""
-    return ModuleSettings(module=name, settings=await kernel.modules.get_settings(tenant.id, name))
+    settings = await kernel.modules.get_settings(tenant.id, name)
+    return ModuleSettings(module=name, settings=settings, schema=kernel.modules.settings_schema(name))
 
 
 @put("/api/modules/{name:str}/settings", tags=["modules"], opt={"permission": WRITE})
@@ -94,4 +95,4 @@ async def put_module_settings(
     settings = await kernel.modules.put_settings(
         tenant.id, name, data, actor=request_actor(request), meta=request_meta(request)
     )
-    return ModuleSettings(module=name, settings=settings)
+    return ModuleSettings(module=name, settings=settings, schema=kernel.modules.settings_schema(name))

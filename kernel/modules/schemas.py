@@ -28,3 +28,5 @@ class ModuleList(msgspec.Struct, frozen=True):
 class ModuleSettings(msgspec.Struct, frozen=True):
     module: str
     settings: dict[str, Any]
+    schema: dict[str, Any] | None = None
+    """The settings' JSON Schema (clients such as the console build their form from it)."""

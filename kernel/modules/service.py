@@ -222,6 +222,13 @@ class ModuleService:
             ).scalar_one_or_none()
         return _current_settings(stored or {}, record.settings_schema)
 
+    def settings_schema(self, name: str) -> dict[str, Any]:
+        """The JSON Schema of ``name``'s settings (404 when the module has none)."""
+        record = self._plugin(name)
+        if record.settings_schema is None:
+            raise NotFound(f"module {name!r} has no settings")
+        return msgspec.json.schema(record.settings_schema)
+
     async def put_settings(
         self,
         tenant_id: uuid.UUID,

@@ -33,7 +33,9 @@ FAST = EngineConfig(heartbeat_seconds=0.05, lease_seconds=30)
 async def wf_settings(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    result = settings_for(database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows,crm,http")
+    result = settings_for(
+        database_url, servers[1], tmp_path_factory.mktemp("wf"), BUSINESSOS_PLUGINS="workflows,crm,http"
+    )
     plugins = load_app_plugins(result.plugins_allowlist)
     record = plugins.get("workflows")
     assert record is not None and record.active, record and record.reason

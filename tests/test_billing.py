@@ -29,7 +29,7 @@ async def billing_settings(
     database_url: str, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     result = settings_for(
-        database_url, servers[1], tmp_path_factory.mktemp("billing"), BUSINESSOS_PLUGINS="billing,crm,projects"
+        database_url, servers[1], tmp_path_factory.mktemp("billing"), BUSINESSOS_PLUGINS="billing,crm,projects,slack"
     )
     plugins = load_app_plugins(result.plugins_allowlist)
     billing = plugins.get("billing")
@@ -242,9 +242,10 @@ async def billing_events(database_url: str, tenant_id: str) -> list[tuple[str, d
 async def test_the_plan_decides_modules_and_api_keys(api: AsyncTestClient[Any]) -> None:
     free, pro = await tenant(api), await tenant(api, plan="pro")
     assert (await api.post("/api/modules/crm/enable", headers=free["h"])).status_code == 200
-    body = problem(await api.post("/api/modules/projects/enable", headers=free["h"]), 402)
-    assert body["limit"] == "modules" and "pro" in body["lift"] and "projects" in body["detail"]
-    assert (await api.post("/api/modules/projects/enable", headers=pro["h"])).status_code == 200
+    assert (await api.post("/api/modules/projects/enable", headers=free["h"])).status_code == 200
+    body = problem(await api.post("/api/modules/slack/enable", headers=free["h"]), 402)
+    assert body["limit"] == "modules" and "pro" in body["lift"] and "slack" in body["detail"]
+    assert (await api.post("/api/modules/slack/enable", headers=pro["h"])).status_code == 200
     for n in range(2):
         ok(await api.post("/api/api-keys", json={"name": f"k{n}", "role": "viewer"}, headers=free["h"]), 201)
     body = problem(await api.post("/api/api-keys", json={"name": "k3", "role": "viewer"}, headers=free["h"]), 402)

@@ -664,7 +664,8 @@ async def test_a_lost_wake_up_is_found_by_the_sweeper_and_old_runs_are_dropped(
                         [edge("start", "a")])
     eid = await run(api, t, wid)
     await kernel.redis.flushdb()  # the wake-up is gone, as after a Redis restart without persistence
-    assert await kernel.redis.zcard(QUEUE) == 0
+    # (no check that the queue is empty now: the API's outbox dispatcher may enqueue event
+    # deliveries at any moment; what matters is that the sweeper wakes the run again)
     assert await engine(kernel).sweep() >= 1
     assert await kernel.redis.zcard(QUEUE) >= 1  # a worker is woken again
     await engine(kernel).work()

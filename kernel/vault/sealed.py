@@ -101,5 +101,8 @@ NOT_SEALED: Mapping[tuple[str, str], str] = {
     ("billing_subscriptions", "plan_code"): "the subscribed plan's public name",
     ("billing_usage_events", "unique_key"): "what a unique-count metric counts (a user id), not a key",
     ("billing_usage_uniques", "unique_key"): "what a unique-count metric counts (a user id), not a key",
+    ("workflows_versions", "trigger_key"): "the catalogue key of the version's trigger node (workflows.manual)",
+    ("workflows_steps", "node_key"): "the catalogue key of the step's node (crm.create_contact)",
+    ("workflows_executions", "wait_key"): "the correlation value a waiting run expects in an event, not a key",
     ("webhooks_replays", "idempotency_key"): "the caller's name for a replay request, to answer a repeat once",
 }

@@ -46,7 +46,7 @@ async def test_a_json_request_carries_headers_query_and_the_step_idempotency_key
     assert seen["method"] == "POST" and seen["query"] == {"a": "1"}
     assert msgspec.json.decode(seen["body"]) == {"n": [1, 2]}
     assert seen["headers"]["x-trace"] == "t1" and seen["headers"]["content-type"] == "application/json"
-    assert seen["headers"]["idempotency-key"] == ctx.idempotency_key == f"{ctx.execution_id}:notify"
+    assert seen["headers"]["idempotency-key"] == ctx.idempotency_key == f"{ctx.execution_id}:notify:0"
     assert out.headers["content-type"].startswith("application/json")
     # A retry of the same step sends the same key.
     again = await send_request(node_context(services, businessos_tenant.id, step_id="notify", attempt=2,

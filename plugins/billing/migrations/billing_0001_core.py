@@ -30,7 +30,8 @@ on conflict do nothing;
 insert into billing_plan_versions (id, plan_id, version, currency, prices, trial_days, entitlements, charges) values
   ('01900000-0000-7000-8000-000000000011', '01900000-0000-7000-8000-000000000001', 1, 'USD',
    '{"monthly": 0, "yearly": 0}', 0,
-   '{"modules": ["crm"], "seats": 3, "api_keys": 2, "ai_tokens": 100000,
+   '{"modules": ["crm", "projects", "workflows", "console", "http", "webhooks", "email"],
+     "seats": 3, "api_keys": 2, "ai_tokens": 100000,
      "workflow_executions": 1000, "rate_limit": 60}',
    '[]'),
   ('01900000-0000-7000-8000-000000000012', '01900000-0000-7000-8000-000000000002', 1, 'USD',

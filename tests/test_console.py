@@ -64,7 +64,7 @@ async def test_the_page_is_served_without_a_tenant_or_token_with_a_strict_csp(ap
     for path in ("/console", "/console/", "/console/crm/contacts/0190b9d2-0000-7000-8000-000000000000"):
         response = await api.get(path)
         assert response.status_code == 200, (path, response.text)
-        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["content-type"] == "text/html; charset=utf-8"
         assert response.headers["cache-control"] == "no-cache"
         csp = response.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "connect-src 'self'" in csp
@@ -77,7 +77,7 @@ async def test_hashed_assets_are_cached_for_a_year(api: AsyncTestClient[Any]) ->
     response = await api.get(f"/console/assets/{script.name}")
     assert response.status_code == 200
     assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
-    assert response.headers["content-type"].startswith("text/javascript")
+    assert response.headers["content-type"] == "text/javascript; charset=utf-8"
     assert response.content == script.read_bytes()
 
 

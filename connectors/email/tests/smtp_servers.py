@@ -24,14 +24,35 @@ USER = "mailer"
 PASSWORD = "correct horse battery staple"
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """How one message reached the servers: the port it came in on, whether the session was
+    encrypted (TLS from the start or after STARTTLS) and whether it had logged in."""
+
+    port: int
+    encrypted: bool
+    authenticated: bool
+    envelope: Envelope
+
+
 @dataclass
 class Inbox:
-    """What the servers received: one envelope per message."""
+    """What the servers received: one envelope per message, and how each arrived."""
 
     envelopes: list[Envelope] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
+        transport = server.transport
         self.envelopes.append(envelope)
+        self.arrivals.append(
+            Arrival(
+                port=int(transport.get_extra_info("sockname")[1]),
+                encrypted=transport.get_extra_info("ssl_object") is not None,
+                authenticated=bool(session.authenticated),
+                envelope=envelope,
+            )
+        )
         return "250 Message accepted for delivery"
 
 

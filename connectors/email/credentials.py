@@ -50,8 +50,8 @@ def _failed(field: str, message: str) -> sdk.Unprocessable:
 @asynccontextmanager
 async def smtp_session(services: sdk.Services, creds: SmtpCredentials) -> AsyncIterator[aiosmtplib.SMTP]:
     """A connected, secured and logged-in SMTP session; a problem naming the field at fault when
-    the relay cannot be reached (``host``/``port``), TLS fails (``security``) or the login is
-    refused (``password``)."""
+    the relay cannot be reached (``host``, 502: transient for a workflow step), TLS fails
+    (``security``) or the login is refused (``password``)."""
     address = await services.http.check_host(creds.host, creds.port, field="host")
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -59,7 +59,10 @@ async def smtp_session(services: sdk.Services, creds: SmtpCredentials) -> AsyncI
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address, creds.port)), TIMEOUT)
     except (OSError, TimeoutError) as error:
         sock.close()
-        raise _failed("host", f"cannot connect to {creds.host}:{creds.port} ({type(error).__name__})") from None
+        message = f"cannot connect to {creds.host}:{creds.port} ({type(error).__name__})"
+        # 502, not 422: a relay that is down looks the same as a wrong address from here, so a
+        # step failing so is transient (its retry policy applies); the test still names ``host``.
+        raise sdk.EgressFailed(f"SMTP: {message}", errors=[sdk.FieldError(field="host", message=message)]) from None
     client = aiosmtplib.SMTP(
         hostname=creds.host.strip("[]"),
         sock=sock,

@@ -42,6 +42,13 @@ def _failed(field: str, message: str) -> sdk.Unprocessable:
     return sdk.Unprocessable(f"NATS: {message}", errors=[sdk.FieldError(field=field, message=message)])
 
 
+def _unreachable(message: str) -> sdk.EgressFailed:
+    """No server answered: a 502 naming ``servers``. Not a 422, because an outage looks the same
+    as a wrong address from here: a workflow step failing so is transient (its retry policy
+    applies), while the connection test still says which field to look at."""
+    return sdk.EgressFailed(f"NATS: {message}", errors=[sdk.FieldError(field="servers", message=message)])
+
+
 async def _judged_servers(services: sdk.Services, servers: str) -> tuple[list[str], str | None]:
     """The server URLs with each host replaced by the address the egress policy accepted, and the
     TLS name to check certificates against (the first host that was a name)."""
@@ -72,8 +79,9 @@ async def _judged_servers(services: sdk.Services, servers: str) -> tuple[list[st
 async def nats_client(
     services: sdk.Services, creds: NatsCredentials, *, reconnect: bool = False, name: str = "businessos"
 ) -> AsyncIterator[Client]:
-    """A connected client (closed on exit); a 422 naming ``servers`` or the login field when the
-    server cannot be reached or refuses the login. ``reconnect``: keep reconnecting after a
+    """A connected client (closed on exit); a 422 naming ``servers`` (not a NATS URL, refused by
+    the egress policy) or the login field (refused), a 502 naming ``servers`` when no server
+    answers. ``reconnect``: keep reconnecting after a
     loss (long-lived consumers) instead of failing."""
     servers, tls_name = await _judged_servers(services, creds.servers)
     options: dict[str, Any] = {
@@ -106,7 +114,7 @@ async def nats_client(
         if "authoriz" in text or "authentic" in text:
             field = "token" if creds.token else "password"
             raise _failed(field, "the server refused the login (authorization violation)") from None
-        raise _failed("servers", f"cannot connect ({type(cause).__name__})") from None
+        raise _unreachable(f"cannot connect ({type(cause).__name__})") from None
     try:
         yield client
     finally:
@@ -114,13 +122,14 @@ async def nats_client(
 
 
 async def check(services: sdk.Services, creds: Any) -> None:
-    """Connect, log in and round-trip a PING; a 422 naming the field at fault otherwise."""
+    """Connect, log in and round-trip a PING; otherwise a problem naming the field at fault (422
+    for a refused login or URL, 502 when no server answers)."""
     assert isinstance(creds, NatsCredentials)
     async with nats_client(services, creds, name="businessos-check") as client:
         try:
             await client.flush(timeout=CONNECT_SECONDS)
         except (NatsError, TimeoutError) as error:
-            raise _failed("servers", f"the server did not answer ({type(error).__name__})") from None
+            raise _unreachable(f"the server did not answer ({type(error).__name__})") from None
 
 
 CREDENTIALS = sdk.CredentialType(

@@ -172,6 +172,25 @@ async def test_a_wrong_password_fails_the_connection_test_and_the_step_naming_it
     assert len(smtp.inbox.arrivals) == received
 
 
+async def test_an_unreachable_relay_fails_the_test_naming_host_and_the_step_transiently(
+    api: AsyncTestClient[Any], smtp: SmtpServers, worker: TestWorker
+) -> None:
+    tenant, closed = await _tenant(api, smtp, "mail-down", port=1)
+    result = (await api.post(f"/api/connections/{closed}/test", headers=tenant["h"])).json()
+    assert result["ok"] is False and result["error"]["status"] == 502
+    assert result["error"]["detail"].startswith("SMTP: cannot connect to 127.0.0.1:1")
+    assert [e["field"].rsplit(".", 1)[-1] for e in result["error"]["errors"]] == ["host"]
+
+    sending = step("send", "email.send", connection=closed, to=["ada@example.com"], subject="s", text="t")
+    workflow = await publish_workflow(api, tenant, [
+        step("start", "workflows.manual"), {**sending, "retry": {"attempts": 2, "backoff_seconds": 0}},
+    ])
+    detail = await finished_run(api, tenant, await start_run(api, tenant, workflow))
+    assert detail["execution"]["status"] == "failed"
+    sent = steps_of(detail)["send"]
+    assert sent["attempts"] == 2 and sent["error"]["status"] == 502 and sent["error"]["transient"] is True, sent
+
+
 async def test_another_tenants_connection_cannot_be_read_tested_or_used(
     api: AsyncTestClient[Any], smtp: SmtpServers, worker: TestWorker
 ) -> None:
@@ -187,6 +206,6 @@ async def test_another_tenants_connection_cannot_be_read_tested_or_used(
     detail = await finished_run(api, intruder, await start_run(api, intruder, workflow))
     assert detail["execution"]["status"] == "failed"
     error = steps_of(detail)["send"]["error"]
-    assert error["status"] == 404 and error["transient"] is False, error
+    assert error["status"] == 404 and error["transient"] is False and error["message"] == f"no connection {connection}"
     assert len(smtp.inbox.arrivals) == received
     assert (await api.post(f"/api/connections/{connection}/test", headers=owner["h"])).json()["ok"] is True

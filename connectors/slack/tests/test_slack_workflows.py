@@ -226,7 +226,7 @@ async def test_another_tenants_connection_cannot_be_read_tested_or_used(
     detail = await finished_run(api, intruder, await start_run(api, intruder, workflow))
     assert detail["execution"]["status"] == "failed"
     error = steps_of(detail)["post"]["error"]
-    assert error["status"] == 404 and error["transient"] is False, error
+    assert error["status"] == 404 and error["transient"] is False and error["message"] == f"no connection {connection}"
     assert _posted(fake, marker) == []
     # The owner's connection is untouched and still works for the owner.
     assert (await api.post(f"/api/connections/{connection}/test", headers=owner["h"])).json()["ok"] is True

@@ -147,6 +147,24 @@ async def test_a_published_workflow_sends_over_starttls_and_tls_with_expressions
     assert copy["message_id"] != sent["message_id"]  # one Message-ID per step
 
 
+async def test_a_line_break_from_the_trigger_cannot_inject_headers(
+    api: AsyncTestClient[Any], smtp: SmtpServers, worker: TestWorker
+) -> None:
+    tenant, connection = await _tenant(api, smtp, "mail-inj")
+    workflow = await publish_workflow(api, tenant, [
+        step("start", "workflows.manual"),
+        step("send", "email.send", connection=connection, to=["ada@example.com"],
+             subject="Re: {{ trigger.topic }}", text="t"),
+    ])
+    received = len(smtp.inbox.arrivals)
+    topic = "hello\r\nBcc: victim@example.com"
+    detail = await finished_run(api, tenant, await start_run(api, tenant, workflow, {"topic": topic}))
+    assert detail["execution"]["status"] == "failed"
+    error = steps_of(detail)["send"]["error"]
+    assert error["status"] == 422 and "subject" in error["message"], error
+    assert len(smtp.inbox.arrivals) == received
+
+
 async def test_a_wrong_password_fails_the_connection_test_and_the_step_naming_it(
     api: AsyncTestClient[Any], smtp: SmtpServers, worker: TestWorker
 ) -> None:

@@ -176,6 +176,11 @@ async def test_a_signed_slack_event_starts_a_published_workflow_once(
         answer = await api.post(path, content=body, headers=headers)
         assert answer.status_code == 401, (label, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json")
+    # Tenant B's connection (same signing secret, even) cannot sign for tenant A's endpoint: the
+    # connection named in the URL is looked up in the endpoint's tenant only.
+    _, theirs_connection = await _tenant(api, "slk-ev-c")
+    crossed = await api.post(path.replace(connection, theirs_connection), content=body, headers=_signed(body))
+    assert crossed.status_code == 401, crossed.text
     async with open_services(settings, "slack") as services:
         assert await recorded_events(services, uuid.UUID(tenant["id"]), "slack.event.received") == []
 

@@ -347,9 +347,13 @@ def _first(anchor: datetime, interval: str, timezone: str) -> tuple[datetime, da
 
 
 async def _due(session: AsyncSession, tenant_id: uuid.UUID, due_at: datetime, clock_id: uuid.UUID | None) -> None:
-    """Tell the period-end run when this tenant next needs it (an installation table)."""
+    """Tell the period-end run when this tenant next needs it (an installation table). An earlier
+    time already there wins (a canceled subscription's last draft still waits for its grace when a
+    new free subscription begins); the run sets the exact next time after its work."""
     await session.execute(
-        text("insert into billing_due (tenant_id, due_at, clock_id) values (:t, :d, :c) "
-             "on conflict (tenant_id) do update set due_at = excluded.due_at, clock_id = excluded.clock_id"),
+        text("insert into billing_due as d (tenant_id, due_at, clock_id) values (:t, :d, :c) "
+             "on conflict (tenant_id) do update set due_at = case when d.clock_id is not distinct from "
+             "excluded.clock_id then least(d.due_at, excluded.due_at) else excluded.due_at end, "
+             "clock_id = excluded.clock_id"),
         {"t": tenant_id, "d": due_at, "c": clock_id},
     )

@@ -348,3 +348,21 @@ async def test_thresholds_fire_at_80_and_100_percent_for_that_tenant_only(
     assert levels(await billing_events(database_url, b["id"])) == [80]
     used = {m["metric"]: m for m in ok(await api.get("/api/billing/usage", headers=a["h"]))["metrics"]}
     assert (used["workflow_executions"]["used"], used["workflow_executions"]["remaining"]) == ("1000", "0")
+
+
+# --- AI tokens: the allowance the AI proxy asks before each call ---------------------------------
+
+
+async def test_ai_tokens_allowed_are_counted_until_the_ledger_is_read_again(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    a, b = await tenant(api), await tenant(api)  # free: 100,000 tokens a month
+    a_id, b_id = uuid.UUID(a["id"]), uuid.UUID(b["id"])
+    first = await kernel.entitlements.ask(a_id, "kernel.ai.tokens", 60_000)
+    assert (first.allowed, first.remaining) == (True, 40_000)
+    # The call has not reached the ledger yet, but what was allowed is spoken for.
+    second = await kernel.entitlements.ask(a_id, "kernel.ai.tokens", 60_000)
+    assert (second.allowed, second.remaining, second.limit) == (False, 40_000, "ai_tokens")
+    assert (await kernel.entitlements.ask(a_id, "kernel.ai.tokens", 0)).remaining == 40_000
+    # b's allowance is its own.
+    assert (await kernel.entitlements.ask(b_id, "kernel.ai.tokens", 60_000)).remaining == 40_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,21 @@ class _Current:
     entitlements: dict[str, Any]
     charges: list[dict[str, Any]]
     used: dict[str, Decimal]
+
+
+@dataclass
+class _Tokens:
+    """One tenant's AI-token allowance and use as this process last read them."""
+
+    read_at: float
+    plan: str
+    limit: Any
+    used: Decimal
+
+
+AI_TOKENS_SECONDS = 1.0
+"""Longest this process answers the AI-token allowance without reading the ledger again."""
+_AI_TOKENS: dict[uuid.UUID, _Tokens] = {}
 
 
 def _aggregations(charges: list[dict[str, Any]]) -> dict[str, str]:
@@ -308,16 +324,19 @@ class Billing:
 
         What each costs: modules, seats and API keys open one tenant transaction (the live
         subscription, then a count); the rate limit reads the live subscription (the kernel caches
-        the answer for a minute per process); AI tokens and workflow executions are one statement
-        on the read path (:meth:`_quick`: the period, the plan's terms, the rollups and the AI
-        ledger's sum over the period through its ``(tenant_id, created_at)`` index), falling back
-        to the transaction only when the subscription must be made or renewed."""
+        the answer for a minute per process); workflow executions are one statement on the read
+        path (:meth:`_quick`: the period, the plan's terms, the rollups and the AI ledger's sum over
+        the period through its ``(tenant_id, created_at)`` index), falling back to the transaction
+        only when the subscription must be made or renewed; AI tokens are that statement at most
+        once a second per tenant and process (:meth:`_ai_tokens`), otherwise no I/O."""
         feature = query.feature
         if feature == "kernel.module.billing":
             return sdk.Entitlement(allowed=True)
         metered = {"workflows.executions": "workflow_executions", "workflows.runs": "workflow_executions",
                    "kernel.workflow_executions": "workflow_executions", "kernel.ai.tokens": "ai_tokens"}
         name = metered.get(feature) or ("ai_tokens" if feature.endswith(".ai_tokens") else None)
+        if name == "ai_tokens":
+            return await self._ai_tokens(query)
         if name is not None:
             now = await self._quick(query.tenant_id) or await self._slow(query.tenant_id, SYSTEM)
             return _against(now.name, name, now.entitlements.get(name), now.used.get(name, Decimal(0)), query.amount)
@@ -351,6 +370,26 @@ class Billing:
                 return sdk.Entitlement(allowed=True)
             used = Decimal((await session.execute(text(query_text))).scalar_one())
         return _against(terms.name, name, limit, used, query.amount)
+
+    async def _ai_tokens(self, query: sdk.EntitlementQuery) -> sdk.Entitlement:
+        """The AI-token allowance, asked before every AI call: answered from this process's copy
+        of the allowance and the tokens used (read at most every :data:`AI_TOKENS_SECONDS` per
+        tenant, one statement) plus what this process allowed since (each allowed ``amount`` is
+        counted as used until the next read brings the ledger's real figure). Several processes
+        may each allow up to what remained at their last read, for that long: the overrun is
+        bounded by one interval's calls."""
+        clock = time.monotonic()
+        cached = _AI_TOKENS.get(query.tenant_id)
+        if cached is None or cached.read_at + AI_TOKENS_SECONDS < clock:
+            now = await self._quick(query.tenant_id) or await self._slow(query.tenant_id, SYSTEM)
+            cached = _Tokens(clock, now.name, now.entitlements.get("ai_tokens"), now.used.get("ai_tokens", Decimal(0)))
+            if len(_AI_TOKENS) >= 10_000:
+                _AI_TOKENS.clear()
+            _AI_TOKENS[query.tenant_id] = cached
+        answer = _against(cached.plan, "ai_tokens", cached.limit, cached.used, query.amount)
+        if answer.allowed and query.amount > 0:
+            cached.used += query.amount
+        return answer
 
     async def grant_credits(self, tenant_id: uuid.UUID, actor: sdk.Actor, amount: int, currency: str,
                             expires_at: datetime | None, note: str) -> dict[str, Any]:

@@ -133,6 +133,9 @@ class EntitlementGate:
         self._services: Callable[[str], Services] | None = None
         # tenant id -> (plan code it was answered for, limit or None)
         self._limits: TTLCache[str, object] = TTLCache(RATE_LIMIT_TTL)
+        # The last answer per tenant, for while the cache is bypassed (the invalidation bus is not
+        # subscribed: Redis away, when the limiter lets requests through anyway, or start-up).
+        self._last: dict[str, tuple[str, int | None]] = {}
         if tenants.bus is not None:
             tenants.bus.register(TOPIC, self._limits)
 
@@ -189,6 +192,9 @@ class EntitlementGate:
         cached = self._limits.get(key)
         if isinstance(cached, tuple) and cached[0] == tenant.plan:
             return cast(int | None, cached[1])
+        last = self._last.get(key)
+        if self._limits.bypassed and last is not None and last[0] == tenant.plan:
+            return last[1]
         generation = self._limits.generation
         try:
             answer = await self.ask(tenant_id, RATE_LIMIT_FEATURE, 0)
@@ -197,6 +203,9 @@ class EntitlementGate:
             return None
         limit = answer.remaining if answer.remaining is None or answer.remaining >= 1 else 1
         self._limits.put(key, (tenant.plan, limit), generation)
+        if len(self._last) >= 100_000:
+            self._last.clear()
+        self._last[key] = (tenant.plan, limit)
         return limit
 
     async def forget(self, tenant_id: uuid.UUID) -> None:

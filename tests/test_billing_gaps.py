@@ -61,7 +61,9 @@ async def usage_of(api: AsyncTestClient[Any], t: dict[str, Any], metric: str) ->
 # --- 1. the plan's rate limit --------------------------------------------------------------------
 
 
-async def test_the_plan_sets_the_tenants_rate_limit(api: AsyncTestClient[Any], op: dict[str, str]) -> None:
+async def test_the_plan_sets_the_tenants_rate_limit(
+    api: AsyncTestClient[Any], op: dict[str, str], database_url: str
+) -> None:
     tiny = await new_plan(api, op, "tiny", entitlements={"modules": ["crm"], "rate_limit": 3})
     a, b = await tenant(api), await tenant(api)
     ok(await api.post("/api/billing/subscriptions/change", json={"plan": tiny}, headers=a["h"]))
@@ -79,6 +81,21 @@ async def test_the_plan_sets_the_tenants_rate_limit(api: AsyncTestClient[Any], o
     ok(await api.put(f"/api/admin/tenants/{b['slug']}/plan", json={"plan": "pro"}, headers=op))
     assert (await api.get("/api/billing/plans", headers=b["h"])).headers["ratelimit-limit"] == "600"
     assert (await api.get("/api/billing/plans", headers=a["h"])).headers["ratelimit-limit"] == "3"
+    # A new version of a's plan leaves a on its version (grandfathered) until the operator moves
+    # it: the same plan code, and still the limit follows at once.
+    ok(await api.patch(f"/api/admin/billing/plans/{tiny}", json={"entitlements": {"modules": ["crm"],
+                                                                                  "rate_limit": 7}}, headers=op))
+    assert (await api.get("/api/billing/plans", headers=a["h"])).headers["ratelimit-limit"] == "3"
+    ok(await api.put(f"/api/admin/tenants/{a['slug']}/plan", json={"plan": tiny}, headers=op))
+    conn = await asyncpg.connect(_dsn(database_url))  # a is held to its limit: read as the owner
+    try:
+        version = await conn.fetchval(
+            "select v.version from billing_subscriptions s join billing_plan_versions v on v.id = s.plan_version_id "
+            "where s.tenant_id = $1 and s.status <> 'canceled'", uuid.UUID(a["id"]))
+    finally:
+        await conn.close()
+    assert version == 2
+    assert (await api.get("/api/billing/plans", headers=a["h"])).headers["ratelimit-limit"] == "7"
 
 
 # --- 2. API calls metered -------------------------------------------------------------------------

@@ -382,7 +382,8 @@ class Billing:
         cached = _AI_TOKENS.get(query.tenant_id)
         if cached is None or cached.read_at + AI_TOKENS_SECONDS < clock:
             now = await self._quick(query.tenant_id) or await self._slow(query.tenant_id, SYSTEM)
-            cached = _Tokens(clock, now.name, now.entitlements.get("ai_tokens"), now.used.get("ai_tokens", Decimal(0)))
+            cached = _Tokens(time.monotonic(), now.name, now.entitlements.get("ai_tokens"),
+                             now.used.get("ai_tokens", Decimal(0)))
             if len(_AI_TOKENS) >= 10_000:
                 _AI_TOKENS.clear()
             _AI_TOKENS[query.tenant_id] = cached

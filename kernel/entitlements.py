@@ -6,6 +6,14 @@ The kernel asks it before enabling a module (``kernel.module.<name>``), adding a
 ``services.entitlements`` before a metered action of their own (``<plugin>.<feature>``). A refusal
 is a 402 problem naming the limit and how to lift it. With no provider installed every question
 is answered "allowed, unlimited" and any plan code is accepted.
+
+Two questions are answered on other paths. The per-minute request limit of a tenant's principals
+(``kernel.rate_limit``: the answer's ``remaining`` is the limit, ``None`` keeps the installation's
+setting) is asked on every request, so the gate caches it per process (:meth:`EntitlementGate.rate_limit`):
+a minute at most, dropped in every process when the tenant's plan code changes or the provider
+says the tenant's terms changed (``services.entitlements.changed``). And an operator's plan
+change goes through the provider first (:meth:`EntitlementProvider.operator_plan`), so that a
+provider that bills records it where it bills (its subscription).
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import msgspec
 
+from kernel.cache import TTLCache
 from kernel.errors import FieldError, PaymentRequired, ServiceUnavailable, Unprocessable
 
 if TYPE_CHECKING:
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PLAN",
+    "RATE_LIMIT_FEATURE",
     "Entitlement",
     "EntitlementGate",
     "EntitlementProvider",
@@ -47,6 +57,11 @@ PlanCode = Annotated[
         description="a plan code: lower-case letters, digits, '_', '.', '-'",
     ),
 ]
+RATE_LIMIT_FEATURE = "kernel.rate_limit"
+"""The feature whose answer's ``remaining`` is the tenant's requests per minute per principal."""
+RATE_LIMIT_TTL = 60.0
+"""Longest a process keeps a tenant's rate limit (invalidations usually drop it sooner)."""
+TOPIC = "entitlements"
 _FEATURE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_-]+)+$")
 
 
@@ -95,6 +110,13 @@ class EntitlementProvider:
         An exception here refuses the action with a 503 (entitlements fail closed)."""
         return Entitlement(allowed=True)
 
+    async def operator_plan(self, tenant_id: uuid.UUID, plan: str, actor: str, services: Services) -> None:
+        """An operator is moving the tenant to ``plan`` (``PUT /api/admin/tenants/{id}/plan``),
+        called before the kernel records the new code; ``actor`` is ``operator:<id>``. A provider
+        that bills applies it to its own records here (an exception refuses the change). The
+        default: nothing."""
+        return None
+
 
 _ALLOWED = Entitlement(allowed=True)
 
@@ -109,6 +131,13 @@ class EntitlementGate:
         self.provider: EntitlementProvider | None = answering[0].entitlements if answering else None
         self._tenants = tenants
         self._services: Callable[[str], Services] | None = None
+        # tenant id -> (plan code it was answered for, limit or None)
+        self._limits: TTLCache[str, object] = TTLCache(RATE_LIMIT_TTL)
+        # The last answer per tenant, for while the cache is bypassed (the invalidation bus is not
+        # subscribed: Redis away, when the limiter lets requests through anyway, or start-up).
+        self._last: dict[str, tuple[str, int | None]] = {}
+        if tenants.bus is not None:
+            tenants.bus.register(TOPIC, self._limits)
 
     def attach(self, services: Callable[[str], Services]) -> None:
         """Give the gate the kernel's facade factory (the kernel exists only after the gate)."""
@@ -150,6 +179,51 @@ class EntitlementGate:
             raise ServiceUnavailable(f"cannot check the tenant's entitlement to {feature} right now")
         return answer
 
+    async def rate_limit(self, tenant_id: uuid.UUID) -> int | None:
+        """The tenant's requests per minute per principal as its plan sets them, or ``None`` (the
+        installation's setting applies). Cached per process; never raises: when the provider
+        cannot answer, ``None``."""
+        if self.provider is None:
+            return None
+        key = str(tenant_id)
+        tenant = await self._tenants.find(key)
+        if tenant is None:
+            return None
+        cached = self._limits.get(key)
+        if isinstance(cached, tuple) and cached[0] == tenant.plan:
+            return cast(int | None, cached[1])
+        last = self._last.get(key)
+        if self._limits.bypassed and last is not None and last[0] == tenant.plan:
+            return last[1]
+        generation = self._limits.generation
+        try:
+            answer = await self.ask(tenant_id, RATE_LIMIT_FEATURE, 0)
+        except Exception:
+            log.warning("no rate limit from %s for tenant %s: the installation's applies", self.plugin, key)
+            return None
+        limit = answer.remaining if answer.remaining is None or answer.remaining >= 1 else 1
+        self._limits.put(key, (tenant.plan, limit), generation)
+        if len(self._last) >= 100_000:
+            self._last.clear()
+        self._last[key] = (tenant.plan, limit)
+        return limit
+
+    async def forget(self, tenant_id: uuid.UUID) -> None:
+        """Drop what every process cached for the tenant (its terms changed)."""
+        bus = self._tenants.bus
+        if bus is not None:
+            await bus.publish(TOPIC, str(tenant_id))
+        else:
+            self._limits.drop(str(tenant_id))
+
+    async def operator_plan(self, tenant_id: uuid.UUID, plan: str, actor: str) -> None:
+        """Let the provider apply an operator's plan change before the kernel records it."""
+        if self.provider is None:
+            return
+        assert self.plugin is not None and self._services is not None
+        await self.provider.operator_plan(tenant_id, plan, actor, self._services(self.plugin))
+        await self.forget(tenant_id)
+
     async def require(self, tenant_id: uuid.UUID, feature: str, amount: int = 1) -> Entitlement:
         """:meth:`ask`, raising :class:`~kernel.errors.PaymentRequired` on a refusal."""
         answer = await self.ask(tenant_id, feature, amount)
@@ -182,6 +256,11 @@ class Entitlements:
         """Refuse with a 402 problem (naming the limit and how to lift it) unless the tenant may use
         ``amount`` more of ``feature``; returns what remains after it (``None``: not metered)."""
         return (await self._gate.require(tenant_id, self._feature(feature), amount)).remaining
+
+    async def changed(self, tenant_id: uuid.UUID) -> None:
+        """Tell every process that the tenant's terms changed (for the entitlement provider:
+        after a plan change or a new plan version, so cached answers such as the rate limit go)."""
+        await self._gate.forget(tenant_id)
 
     async def remaining(self, tenant_id: uuid.UUID, feature: str) -> int | None:
         """How much of ``feature`` the tenant has left (``None``: not metered); never refuses."""

@@ -21,6 +21,12 @@ Response headers (draft-ietf-httpapi-ratelimit-headers, the separate-fields form
 on every limited response: ``RateLimit-Limit`` (requests per window), ``RateLimit-Remaining``,
 ``RateLimit-Reset`` (seconds until the bucket is full again) and ``RateLimit-Policy``
 (``<limit>;w=<window seconds>``). A refusal is a 429 problem with ``Retry-After`` (seconds).
+
+A tenant's plan may set its own limit: the entitlement provider (billing) answers
+``kernel.rate_limit`` and the gate caches that answer per process (see
+``EntitlementGate.rate_limit``), so the guard costs no database round trip. The same script also
+counts each allowed request of a tenant's principal in the hash ``bos:calls`` (tenant -> count):
+no extra round trip. :class:`ApiCalls` hands those counts to the plugin that meters them.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ __all__ = [
     "EXEMPT_POLICY",
     "KEY_PREFIX",
     "RATE_LIMIT_OPT",
+    "ApiCalls",
     "Decision",
     "RateLimiter",
     "check",
@@ -69,8 +76,11 @@ AUTH_POLICY = "auth"
 EXEMPT_POLICY = "exempt"
 DEFAULT_PERIOD = 60.0
 """Window of the per-minute limits, in seconds."""
+CALLS_KEY = "bos:calls"
+"""Hash of API calls per tenant not yet handed to the meter."""
 
-# KEYS[1] bucket; ARGV limit, emission interval (integer microseconds), cost.
+# KEYS[1] bucket, optional KEYS[2] the API-call counters; ARGV limit, emission interval (integer
+# microseconds), cost, and with KEYS[2] the tenant whose allowed request is counted.
 # Integer microseconds (about 2^51 today) stay exact in Lua's doubles; string.format('%d') keeps
 # them exact in Redis too (plain tostring would round to 14 digits).
 _GCRA = """
@@ -92,6 +102,9 @@ if ahead > capacity then
   return {0, remaining, tat - now, ahead - capacity}
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil(ahead / 1000))
+if KEYS[2] then
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+end
 return {1, math.floor((capacity - ahead) / interval), ahead, 0}
 """
 
@@ -135,8 +148,11 @@ class RateLimiter:
         # register_script runs EVALSHA and falls back to SCRIPT LOAD once per server.
         self._script = redis.register_script(_GCRA)
 
-    async def hit(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
-        """Spend ``cost`` from the bucket ``key`` that allows ``limit`` per ``period`` seconds.
+    async def hit(
+        self, key: str, limit: int, period: float, cost: int = 1, *, count_for: str | None = None
+    ) -> Decision:
+        """Spend ``cost`` from the bucket ``key`` that allows ``limit`` per ``period`` seconds;
+        when allowed and ``count_for`` (a tenant id) is given, count one API call for it.
 
         Raises ``ValueError`` for a limit below 1, a period not above 0, or a cost outside
         ``1..limit``, and ``redis.exceptions.RedisError`` when Redis cannot be reached.
@@ -144,7 +160,12 @@ class RateLimiter:
         if limit < 1 or period <= 0 or not 1 <= cost <= limit:
             raise ValueError(f"invalid rate limit: limit={limit}, period={period}, cost={cost}")
         interval = max(1, int(period * 1_000_000) // limit)
-        raw: Any = await self._script(keys=[self._prefix + key], args=[limit, interval, cost])
+        keys: list[str] = [self._prefix + key]
+        args: list[int | str] = [limit, interval, cost]
+        if count_for is not None:
+            keys.append(CALLS_KEY)
+            args.append(count_for)
+        raw: Any = await self._script(keys=keys, args=args)
         allowed, remaining, reset_us, retry_us = (int(value) for value in raw)
         return Decision(
             allowed=bool(allowed),
@@ -198,21 +219,24 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
         return
     state = connection.scope["state"]
     kernel: Kernel = connection.app.state.kernel
+    counted: str | None = None
     if policy == AUTH_POLICY:
         key = ip_bucket(AUTH_POLICY, state.get("client_ip"))
         limit = kernel.settings.auth_rate_limit_per_minute
     else:
         principal = state.get("principal")
         operator = state.get("operator")
+        limit = kernel.settings.rate_limit_per_minute
         if principal is not None:
             key = principal_bucket(principal.tenant_id, principal.actor)
+            counted = str(principal.tenant_id)
+            limit = await kernel.entitlements.rate_limit(principal.tenant_id) or limit
         elif operator is not None:
             key = f"req:{operator.actor}"
         else:
             key = ip_bucket("req", state.get("client_ip"))
-        limit = kernel.settings.rate_limit_per_minute
     try:
-        decision = await kernel.limiter.hit(key, limit, DEFAULT_PERIOD)
+        decision = await kernel.limiter.hit(key, limit, DEFAULT_PERIOD, count_for=counted)
     except RedisError as exc:
         if policy == AUTH_POLICY:
             raise ServiceUnavailable(
@@ -227,3 +251,49 @@ async def rate_limit_guard(connection: ASGIConnection[Any, Any, Any, Any], handl
             f"rate limit exceeded: retry in {max(1, math.ceil(decision.retry_after))} s",
             headers=decision.headers(),
         )
+
+
+# Rename the counters aside under a fresh take id (Redis's clock, microseconds), atomically: a
+# request counted after the rename lands in a new hash and in the next take.
+_TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+local clock = redis.call('TIME')
+local id = clock[1] .. string.format('%06d', tonumber(clock[2]))
+redis.call('RENAME', KEYS[1], KEYS[1] .. ':take:' .. id)
+redis.call('SADD', KEYS[1] .. ':takes', id)
+return id
+"""
+
+
+class ApiCalls:
+    """The API calls counted per tenant, for the plugin that meters them (``services.api_calls``).
+
+    :meth:`take` moves the counts aside under a take id and answers every take not yet
+    :meth:`done` (a crash between the two leaves the take to be answered again); the meter stores
+    each under an idempotency key made from the take id, then calls :meth:`done`.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._take = redis.register_script(_TAKE)
+
+    async def take(self) -> list[tuple[str, dict[str, int]]]:
+        """Every pending take, oldest first: ``(take id, {tenant id: calls})``."""
+        await self._take(keys=[CALLS_KEY])
+        ids = sorted(m.decode() if isinstance(m, bytes) else str(m)
+                     for m in await self._redis.smembers(CALLS_KEY + ":takes"))  # type: ignore[misc]
+        taken: list[tuple[str, dict[str, int]]] = []
+        for take_id in ids:
+            raw: dict[Any, Any] = await self._redis.hgetall(f"{CALLS_KEY}:take:{take_id}")  # type: ignore[misc]
+            counts = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+            taken.append((take_id, counts))
+        return taken
+
+    async def done(self, take_id: str) -> None:
+        """The take ``take_id`` is stored: forget it."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{CALLS_KEY}:take:{take_id}")
+            pipe.srem(CALLS_KEY + ":takes", take_id)
+            await pipe.execute()

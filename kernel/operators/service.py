@@ -276,6 +276,9 @@ class OperatorService:
 
     async def set_plan(self, operator: Operator, ref: str, plan: Plan, meta: RequestMeta) -> Tenant:
         tenant = await self.tenant(ref)
+        gate = self.tenants.entitlements
+        if gate is not None:  # the provider (billing) records the change on its side first
+            await gate.operator_plan(tenant.id, gate.plan(plan), operator.actor)
         return await self.tenants.set_plan(str(tenant.id), plan, actor=operator.actor, meta=meta)
 
     async def verify_chain(self, operator: Operator, ref: str, meta: RequestMeta) -> VerifiedChain:

@@ -25,6 +25,7 @@ from kernel.connections.facade import Connections
 from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit, emit_many
+from kernel.http.ratelimit import ApiCalls
 from kernel.identity.access import is_member
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
@@ -435,6 +436,8 @@ class Services:
         """The tenants' connections of this plugin's credential types (``open`` them in a node)."""
         self.nodes = Nodes(kernel)
         """The tenant's workflow node catalogue, and running one node as a step (``sdk.Nodes``)."""
+        self.api_calls = ApiCalls(kernel.redis)
+        """The API calls of tenants' principals counted by the rate limiter, to meter (billing)."""
 
     def event_types(self) -> list[str]:
         """Names of every declared event type, the kernel's and each loaded plugin's: the

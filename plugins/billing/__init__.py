@@ -11,15 +11,23 @@ It imports nothing from the kernel but ``kernel.sdk``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from kernel import sdk
 from plugins.billing.admin import ADMIN_ROUTES
-from plugins.billing.catalogue import DEFAULT_PLAN, KNOWN
+from plugins.billing.catalogue import DEFAULT_PLAN, KNOWN, SYNC_SECONDS, Catalogue
 from plugins.billing.models import METADATA
 from plugins.billing.routes import INVOICES_READ, ROUTES, SUBSCRIPTION_MANAGE, SUBSCRIPTION_READ, USAGE_WRITE
 from plugins.billing.service import EVENTS, SYSTEM, Billing, run_due
+
+logger = logging.getLogger("businessos.billing")
 
 manifest = sdk.Manifest(
     name="billing",
@@ -44,6 +52,9 @@ class Plans(sdk.EntitlementProvider):
     async def check(self, query: sdk.EntitlementQuery, services: sdk.Services) -> sdk.Entitlement:
         return await Billing(services).entitlement(query)
 
+    async def operator_plan(self, tenant_id: uuid.UUID, plan: str, actor: str, services: sdk.Services) -> None:
+        await Billing(services).operator_plan(tenant_id, plan, actor)
+
 
 async def _on_event(ctx: sdk.EventContext) -> None:
     """Meter kernel and plugin events (each at most once: the event id is the transaction id)."""
@@ -52,6 +63,7 @@ async def _on_event(ctx: sdk.EventContext) -> None:
         log = billing.log(SYSTEM, ctx.tenant_id)
         async with ctx.services.data.tenant(ctx.tenant_id) as session:
             await billing.subscriptions.ensure(session, log, str(ctx.payload.get("plan") or DEFAULT_PLAN))
+        await billing.sync_plan(ctx.tenant_id, SYSTEM)  # sign-up's guess of the plan may be corrected
         return
     from plugins.billing.schemas import UsageEvent
 
@@ -70,39 +82,50 @@ async def _on_event(ctx: sdk.EventContext) -> None:
 
 
 async def _stripe_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
-    """Stripe's word on a PaymentIntent: verified, then applied to the invoice it names (only
-    when that invoice is this endpoint's tenant's)."""
-    import uuid
+    """The per-tenant alias of ``POST /api/billing/stripe/webhook``: the same verification, and
+    only events whose metadata names this endpoint's tenant are applied."""
+    from plugins.billing.stripe_events import StripeUnavailable, receive
 
-    from plugins.billing.payments import ChargeResult, apply_result
-    from plugins.billing.stripe_provider import configured
-
-    provider = configured()
-    if provider is None:
-        return sdk.WebhookReply(status=503, content={"error": "stripe is not configured"})
     try:
-        event = provider.event(hook.body, hook.headers.get("stripe-signature", ""))
-    except Exception:  # a bad signature or payload: the sender learns nothing more
+        answer = await receive(hook.services, hook.body, hook.headers.get("stripe-signature", ""),
+                               only_tenant=hook.tenant_id)
+    except StripeUnavailable:
+        return sdk.WebhookReply(status=503, content={"error": "stripe is not configured"})
+    except sdk.BadRequest:
         return sdk.WebhookReply(status=400, content={"error": "invalid signature"})
-    intent = event["data"]["object"]
-    metadata = intent.get("metadata") or {}
-    if metadata.get("tenant_id") != str(hook.tenant_id) or "invoice_id" not in metadata:
-        return sdk.WebhookReply(status=200, content={"ignored": True})
-    invoice_id = uuid.UUID(metadata["invoice_id"])
-    if event["type"] == "payment_intent.succeeded":
-        result = ChargeResult("succeeded", intent["id"])
-    elif event["type"] == "payment_intent.payment_failed":
-        error = (intent.get("last_payment_error") or {}).get("code") or "payment_failed"
-        result = ChargeResult("failed", intent["id"], error)
-    else:
-        return sdk.WebhookReply(status=200, content={"ignored": True})
-    await apply_result(hook.services, hook.tenant_id, invoice_id, result, int(intent.get("amount_received") or
-                                                                              intent.get("amount") or 0))
-    return sdk.WebhookReply(status=200, content={"received": True})
+    return sdk.WebhookReply(status=200, content=answer)
 
 
 async def _period_end(ctx: sdk.JobContext) -> dict[str, int]:
     return await run_due(ctx.services)
+
+
+async def _api_calls(ctx: sdk.JobContext) -> dict[str, int]:
+    return await Billing(ctx.services).flush_api_calls()
+
+
+@asynccontextmanager
+async def _catalogue_sync(services: sdk.Services) -> AsyncIterator[None]:
+    """Keep this process's copy of the catalogue current: one primary-key read every
+    ``SYNC_SECONDS``, a reload only when another process changed the catalogue."""
+    catalogue = Catalogue()
+
+    async def loop() -> None:
+        while True:
+            try:
+                async with services.data.untenanted() as session:
+                    await catalogue.sync(session)
+            except Exception as exc:  # an outage: try again at the next tick
+                logger.warning("billing catalogue not checked: %s", type(exc).__name__)
+            await asyncio.sleep(SYNC_SECONDS)
+
+    task = asyncio.create_task(loop(), name="billing-catalogue-sync")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _dunning(ctx: sdk.JobContext) -> dict[str, int]:
@@ -166,6 +189,7 @@ def businessos_jobs() -> list[sdk.JobSpec]:
     return [
         sdk.JobSpec(name="billing.period_end", run=_period_end, timeout=3000.0),
         sdk.JobSpec(name="billing.dunning", run=_dunning, timeout=3000.0),
+        sdk.JobSpec(name="billing.api_calls", run=_api_calls, timeout=300.0),
     ]
 
 
@@ -174,4 +198,10 @@ def businessos_schedules() -> list[sdk.Schedule]:
     return [
         sdk.Schedule(name="billing.period_end", cron="* * * * *", job="billing.period_end"),
         sdk.Schedule(name="billing.dunning", cron="17 * * * *", job="billing.dunning"),
+        sdk.Schedule(name="billing.api_calls", cron="* * * * *", job="billing.api_calls"),
     ]
+
+
+@sdk.hookimpl
+def businessos_lifespan() -> Any:
+    return _catalogue_sync

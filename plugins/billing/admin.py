@@ -260,10 +260,17 @@ async def admin_advance_clock(clock_id: uuid.UUID, data: ClockAdvance, services:
 
 @post("/tenants/{ref:str}/stripe/webhook", opt=PERM)
 async def admin_stripe_webhook(ref: str, services: sdk.Services, operator: sdk.Operator) -> Any:
-    """A webhook endpoint for Stripe's events about this tenant's payments: give Stripe its path
-    (the tenant comes from its token, as for every inbound webhook)."""
+    """A per-tenant alias of ``POST /api/billing/stripe/webhook`` (kept for installations that
+    configured one): only events whose metadata names this tenant are applied there."""
     tenant = await _tenant(services, ref)
     return await services.webhooks.create(tenant.id, "stripe", actor=_actor(operator))
+
+
+@post("/api-calls/flush", status_code=200, opt=PERM)
+async def admin_flush_api_calls(services: sdk.Services) -> Any:
+    """Store the API calls counted so far as ``api_calls`` usage now (the schedule does it every
+    minute)."""
+    return await Billing(services).flush_api_calls()
 
 
 @post("/run", status_code=200, opt=PERM)
@@ -276,5 +283,5 @@ ADMIN_ROUTES = [
     admin_list_plans, admin_create_plan, admin_get_plan, admin_change_plan, admin_migrate_plan, admin_migrate,
     admin_profile,
     admin_grant, admin_void, admin_finalize, admin_record_payment, admin_invoices, admin_create_clock,
-    admin_attach_clock, admin_advance_clock, admin_stripe_webhook, admin_run,
+    admin_attach_clock, admin_advance_clock, admin_stripe_webhook, admin_flush_api_calls, admin_run,
 ]

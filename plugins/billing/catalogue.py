@@ -2,8 +2,15 @@
 
 A plan's terms never change in place: a change writes version ``n + 1``, new subscriptions take
 the newest version, and existing ones keep theirs (grandfathered) until the operator migrates
-them. ``KNOWN`` mirrors, per process, what sign-up needs to know synchronously (is a plan paid,
-does it start with a trial); it is refreshed at start-up and on every change here.
+them.
+
+Each process keeps two copies: ``KNOWN``, what sign-up needs to know synchronously (is a plan
+paid, does it start with a trial), and the plan versions it has read. Every change bumps the one
+row of ``billing_catalogue`` in its own transaction; every process (API and worker) compares that
+number with the one it last saw (:meth:`Catalogue.sync`, one primary-key read, from the plugin's
+lifespan every :data:`SYNC_SECONDS` and wherever a fresh answer matters) and reloads when it
+moved. ``KNOWN`` is only a first guess anyway: the subscription made for a self-service sign-up
+checks the plan again against the database (``Subscriptions.ensure``).
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from kernel import sdk
 from plugins.billing.pricing import CURRENCY_EXPONENTS
 from plugins.billing.schemas import PlanChange, PlanCreate, PlanOut, PlanVersionOut
 
-__all__ = ["DEFAULT_PLAN", "KNOWN", "Catalogue", "PlanTerms"]
+__all__ = ["DEFAULT_PLAN", "KNOWN", "SYNC_SECONDS", "Catalogue", "PlanTerms", "seen_version"]
 
 DEFAULT_PLAN = "free"
+SYNC_SECONDS = 1.0
+"""How often each process checks the catalogue's version."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,14 @@ _VERSIONS: dict[uuid.UUID, PlanTerms] = {}
 
 # code -> (paid, trial_days): seeded values until the first refresh.
 KNOWN: dict[str, tuple[bool, int]] = {"free": (False, 0), "pro": (True, 14), "enterprise": (True, 30)}
+# The catalogue version this process's copies are of (0: not loaded yet).
+_SEEN = {"version": 0}
+
+
+def seen_version() -> int:
+    """The catalogue version this process last loaded."""
+    return _SEEN["version"]
+
 
 _TERMS = """
 select p.id as plan_id, p.code, p.name, v.id as version_id, v.version, v.currency, v.prices, v.trial_days,
@@ -108,7 +125,24 @@ class Catalogue:
         terms = _VERSIONS[version_id] = _terms(row)
         return terms
 
+    async def sync(self, session: AsyncSession) -> int:
+        """Reload this process's copies when the catalogue changed since it last loaded them
+        (another process's change included); answers the version now loaded."""
+        current = int((await session.execute(text("select version from billing_catalogue where id = 1"))).scalar_one())
+        if current != _SEEN["version"]:
+            await self.refresh(session)
+            _SEEN["version"] = current
+        return current
+
+    async def _bump(self, session: AsyncSession) -> None:
+        """Mark the catalogue changed (in the change's transaction) and reload here at once."""
+        bumped = await session.execute(
+            text("update billing_catalogue set version = version + 1 where id = 1 returning version"))
+        await self.refresh(session)
+        _SEEN["version"] = int(bumped.scalar_one())
+
     async def refresh(self, session: AsyncSession) -> None:
+        _VERSIONS.clear()  # only a plan's name can change in a version: read them again
         rows = (await session.execute(text(_TERMS + " where not p.archived"))).all()
         latest: dict[str, Any] = {}
         for row in rows:
@@ -147,7 +181,7 @@ class Catalogue:
         await self._add_version(session, plan_id, 1, data.currency, msgspec.to_builtins(data.prices),
                                 data.trial_days, msgspec.to_builtins(data.entitlements),
                                 msgspec.to_builtins(data.charges))
-        await self.refresh(session)
+        await self._bump(session)
         return await self.get(session, data.code)
 
     async def change(self, session: AsyncSession, code: str, data: PlanChange) -> PlanOut:
@@ -168,7 +202,7 @@ class Catalogue:
             msgspec.to_builtins(data.entitlements) if data.entitlements is not None else last.entitlements,
             msgspec.to_builtins(data.charges) if data.charges is not None else last.charges,
         )
-        await self.refresh(session)
+        await self._bump(session)
         return await self.get(session, code)
 
     async def _add_version(

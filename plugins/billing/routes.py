@@ -156,7 +156,18 @@ async def credit_balance(tenant: sdk.Tenant, services: sdk.Services, currency: s
     return await Billing(services).credit_summary(tenant.id, currency)
 
 
+@post("/api/billing/stripe/webhook", status_code=200, tags=TAGS,
+      opt={"permission": sdk.PUBLIC, "module": None}, include_in_schema=True)
+async def stripe_webhook(request: AnyRequest, services: sdk.Services) -> Any:
+    """The installation's one Stripe endpoint (give Stripe this URL): the body is verified with
+    the operator's webhook secret (400 problem when it does not verify), then the PaymentIntent
+    event is applied to the tenant and invoice its metadata names, if they are Stripe's customer's."""
+    from plugins.billing.stripe_events import receive
+
+    return await receive(services, await request.body(), request.headers.get("stripe-signature", ""))
+
+
 ROUTES = [
     list_subscriptions, get_subscription, list_plans, change_plan, cancel, resume, ingest_usage, amend_usage,
-    current_usage, list_invoices, get_invoice, invoice_html, invoice_pdf, credit_balance,
+    current_usage, list_invoices, get_invoice, invoice_html, invoice_pdf, credit_balance, stripe_webhook,
 ]

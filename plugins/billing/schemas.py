@@ -113,6 +113,9 @@ class Subscription(msgspec.Struct):
     pending_plan: str | None
     pending_interval: str | None
     canceled_at: datetime | None
+    override_by: str | None = None
+    """The operator (``operator:<id>``) who last set the plan outside the tenant's own choice."""
+    override_at: datetime | None = None
 
 
 class ChangePlan(msgspec.Struct, forbid_unknown_fields=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,13 +28,15 @@ from plugins.billing.usage import text_of
 __all__ = ["SYSTEM", "Billing", "run_due"]
 
 SYSTEM = sdk.Actor.system("billing")
+RATE_LIMIT = "kernel.rate_limit"
+"""The kernel's question for a tenant's requests per minute (the plan's ``rate_limit``)."""
 logger = logging.getLogger("businessos.billing")
 
 # The usage read in one statement: the live subscription, the tenant's now, the plan version and
 # the period's rollups and AI tokens (the AI ledger's (tenant_id, created_at) index).
 _CURRENT_USAGE = sdk.Query(text(
     """
-    select s.current_period_start, s.current_period_end, p.code, v.entitlements, v.charges,
+    select s.current_period_start, s.current_period_end, p.code, p.name, v.entitlements, v.charges,
            coalesce((select c.frozen_at from billing_profiles pr join billing_clocks c on c.id = pr.clock_id
                      limit 1), now()) as now,
            (select coalesce(json_agg(json_build_array(r.metric, r.events, r.total::text, r.maximum::text,
@@ -50,6 +53,57 @@ _CURRENT_USAGE = sdk.Query(text(
      where s.status <> 'canceled'
     """
 ))
+
+
+@dataclass(frozen=True)
+class _Current:
+    """The current period of the live subscription with its plan's terms and the usage so far."""
+
+    start: datetime
+    end: datetime
+    code: str
+    name: str
+    entitlements: dict[str, Any]
+    charges: list[dict[str, Any]]
+    used: dict[str, Decimal]
+
+
+@dataclass
+class _Tokens:
+    """One tenant's AI-token allowance and use as this process last read them."""
+
+    read_at: float
+    plan: str
+    limit: Any
+    used: Decimal
+
+
+AI_TOKENS_SECONDS = 1.0
+"""Longest this process answers the AI-token allowance without reading the ledger again."""
+_AI_TOKENS: dict[uuid.UUID, _Tokens] = {}
+
+
+def _aggregations(charges: list[dict[str, Any]]) -> dict[str, str]:
+    aggregations = {c["metric"]: c.get("aggregation", "sum") for c in charges}
+    aggregations.setdefault("workflow_executions", "count")
+    aggregations.setdefault("seats", "max")
+    aggregations.setdefault("api_calls", "sum")
+    return aggregations
+
+
+def _against(plan: str, name: str, limit: Any, used: Decimal, amount: int) -> sdk.Entitlement:
+    """Allowed while ``used + amount`` stays within ``limit`` (``None``: unlimited)."""
+    if limit is None:
+        return sdk.Entitlement(allowed=True)
+    left = int(Decimal(limit) - used)
+    after = left - amount
+    if after >= 0:
+        return sdk.Entitlement(allowed=True, remaining=after)
+    return sdk.Entitlement(
+        allowed=False, remaining=max(left, 0), limit=name,
+        detail=f"the {plan} plan allows {limit} {name.replace('_', ' ')}; {max(left, 0)} remain",
+        lift="upgrade to a plan with more " + name.replace("_", " "),
+    )
 
 
 def _json(value: Any) -> Any:
@@ -113,6 +167,44 @@ class Billing:
         code = row.plan_code if row is not None else DEFAULT_PLAN  # canceled: free from the next read
         if tenant is not None and tenant.plan != code:
             await self.services.tenants.set_plan(tenant_id, code, actor)
+        # The same code may now be another version (a renewal onto a migrated one): every process
+        # drops what it cached of the tenant's terms (its rate limit).
+        await self.services.entitlements.changed(tenant_id)
+
+    async def operator_plan(self, tenant_id: uuid.UUID, code: str, actor: str) -> None:
+        """An operator's plan change (the kernel's ``PUT /api/admin/tenants/{id}/plan``): the
+        subscription moves to the plan's newest version now, without prorations, and records who
+        overrode it (audited and emitted as ``billing.subscription.updated``). The kernel then
+        records the new code on the tenant."""
+        log = self.log(sdk.Actor.system(actor), tenant_id)
+        async with self.services.data.tenant(tenant_id) as session:
+            await self.current(session, log)
+            await self.subscriptions.override(session, log, code, actor)
+
+    async def flush_api_calls(self) -> dict[str, int]:
+        """Turn the API calls the kernel counted in Redis into ``api_calls`` usage events: one
+        event per tenant and take, idempotent on ``api_calls:<take id>`` (a take that failed half
+        way is answered again and its stored events are duplicates). A take is forgotten only
+        once every tenant in it is stored."""
+        from plugins.billing.schemas import UsageEvent
+
+        totals = {"takes": 0, "tenants": 0, "calls": 0}
+        for take_id, counts in await self.services.api_calls.take():
+            try:
+                for tenant_ref, calls in sorted(counts.items()):
+                    tenant = await self.services.tenants.find(tenant_ref)
+                    if tenant is None or calls <= 0:  # a tenant deleted since: nothing to bill
+                        continue
+                    event = UsageEvent(transaction_id=f"api_calls:{take_id}", metric="api_calls", value=calls)
+                    await self.ingest(tenant.id, SYSTEM, [event])
+                    totals["tenants"] += 1
+                    totals["calls"] += calls
+            except Exception:  # kept for the next run; the tenants already stored are duplicates then
+                logger.exception("API calls of take %s not stored", take_id)
+                continue
+            await self.services.api_calls.done(take_id)
+            totals["takes"] += 1
+        return totals
 
     async def signed_up_plan(self, tenant_id: uuid.UUID) -> str | None:
         tenant = await self.services.tenants.find(str(tenant_id))
@@ -149,45 +241,50 @@ class Billing:
             return result
 
     async def _used(self, session: AsyncSession, row: Any, terms: PlanTerms) -> dict[str, Decimal]:
-        aggregations = {c["metric"]: c.get("aggregation", "sum") for c in terms.charges}
-        aggregations.setdefault("workflow_executions", "count")
-        aggregations.setdefault("seats", "max")
-        return await usage.quantities(session, row.current_period_start, row.current_period_end, aggregations)
+        return await usage.quantities(session, row.current_period_start, row.current_period_end,
+                                      _aggregations(terms.charges))
+
+    async def _quick(self, tenant_id: uuid.UUID) -> _Current | None:
+        """The live subscription's period, plan terms and usage in one statement on the read path
+        (rollups and the AI ledger's sum for the period); ``None`` when the subscription must be
+        made or renewed first (the slow path)."""
+        async with self.services.data.read(tenant_id) as reader:
+            found = await reader.fetchrow(_CURRENT_USAGE)
+        if found is None or found["now"] >= found["current_period_end"]:
+            return None
+        charges = _json(found["charges"])
+        aggregations = _aggregations(charges)
+        rollups = _rollup_rows(_json(found["rollups"]))
+        used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in rollups}
+        used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found["ai_tokens"])
+        used["ai_cost"] = Decimal(found["ai_cost"])
+        return _Current(found["current_period_start"], found["current_period_end"], found["code"], found["name"],
+                        _json(found["entitlements"]), charges, used)
+
+    async def _slow(self, tenant_id: uuid.UUID, actor: sdk.Actor) -> _Current:
+        async with self.services.data.tenant(tenant_id) as session:
+            row, terms = await self.current(session, self.log(actor, tenant_id))
+            used = await self._used(session, row, terms)
+        return _Current(row.current_period_start, row.current_period_end, terms.code, terms.name,
+                        terms.entitlements, terms.charges, used)
 
     async def usage_report(self, tenant_id: uuid.UUID, actor: sdk.Actor) -> dict[str, Any]:
         """The current period's usage per metric against the plan's allowances. The usual case
         (a live subscription in its period) is one statement over the rollups; otherwise the
         subscription is made or renewed first."""
-        async with self.services.data.read(tenant_id) as reader:
-            found = await reader.fetchrow(_CURRENT_USAGE)
-        if found is None or found["now"] >= found["current_period_end"]:
-            async with self.services.data.tenant(tenant_id) as session:
-                row, terms = await self.current(session, self.log(actor, tenant_id))
-                used = await self._used(session, row, terms)
-            start, end, code = row.current_period_start, row.current_period_end, terms.code
-            entitlements, charges = terms.entitlements, terms.charges
-        else:
-            start, end, code = found["current_period_start"], found["current_period_end"], found["code"]
-            entitlements, charges = _json(found["entitlements"]), _json(found["charges"])
-            aggregations = {c["metric"]: c.get("aggregation", "sum") for c in charges}
-            aggregations.setdefault("workflow_executions", "count")
-            aggregations.setdefault("seats", "max")
-            rollups = _rollup_rows(_json(found["rollups"]))
-            used = {r.metric: usage.pick(aggregations.get(r.metric, "sum"), r) for r in rollups}
-            used["ai_tokens"] = used.get("ai_tokens", Decimal(0)) + int(found["ai_tokens"])
-            used["ai_cost"] = Decimal(found["ai_cost"])
-        included = {c["metric"]: c.get("included") for c in charges}
+        now = await self._quick(tenant_id) or await self._slow(tenant_id, actor)
+        included = {c["metric"]: c.get("included") for c in now.charges}
         for feature, metric in usage.ALLOWANCE_METRICS.items():
-            included.setdefault(metric, entitlements.get(feature))
+            included.setdefault(metric, now.entitlements.get(feature))
         metrics = []
-        for metric in sorted(set(used) | set(included)):
-            amount = used.get(metric, Decimal(0))
+        for metric in sorted(set(now.used) | set(included)):
+            amount = now.used.get(metric, Decimal(0))
             limit = included.get(metric)
             metrics.append({
                 "metric": metric, "used": text_of(amount), "included": limit,
                 "remaining": text_of(max(Decimal(limit) - amount, Decimal(0))) if limit is not None else None,
             })
-        return {"period": {"start": start, "end": end}, "plan": code, "metrics": metrics}
+        return {"period": {"start": now.start, "end": now.end}, "plan": now.code, "metrics": metrics}
 
     async def run_tenant(self, tenant_id: uuid.UUID) -> dict[str, int]:
         """The period-end work of one tenant, due or not: renew ended periods, finalize drafts
@@ -223,11 +320,31 @@ class Billing:
         )
 
     async def entitlement(self, query: sdk.EntitlementQuery) -> sdk.Entitlement:
+        """Billing's answer to the kernel's entitlement question.
+
+        What each costs: modules, seats and API keys open one tenant transaction (the live
+        subscription, then a count); the rate limit reads the live subscription (the kernel caches
+        the answer for a minute per process); workflow executions are one statement on the read
+        path (:meth:`_quick`: the period, the plan's terms, the rollups and the AI ledger's sum over
+        the period through its ``(tenant_id, created_at)`` index), falling back to the transaction
+        only when the subscription must be made or renewed; AI tokens are that statement at most
+        once a second per tenant and process (:meth:`_ai_tokens`), otherwise no I/O."""
         feature = query.feature
         if feature == "kernel.module.billing":
             return sdk.Entitlement(allowed=True)
+        metered = {"workflows.executions": "workflow_executions", "workflows.runs": "workflow_executions",
+                   "kernel.workflow_executions": "workflow_executions", "kernel.ai.tokens": "ai_tokens"}
+        name = metered.get(feature) or ("ai_tokens" if feature.endswith(".ai_tokens") else None)
+        if name == "ai_tokens":
+            return await self._ai_tokens(query)
+        if name is not None:
+            now = await self._quick(query.tenant_id) or await self._slow(query.tenant_id, SYSTEM)
+            return _against(now.name, name, now.entitlements.get(name), now.used.get(name, Decimal(0)), query.amount)
         async with self.services.data.tenant(query.tenant_id) as session:
             row, terms = await self.current(session, self.log(SYSTEM, query.tenant_id))
+            if feature == RATE_LIMIT:
+                limit = terms.entitlements.get("rate_limit")
+                return sdk.Entitlement(allowed=True, remaining=int(limit) if limit is not None else None)
             if row.status in ("canceled", "paused") and feature.startswith("kernel.module."):
                 return sdk.Entitlement(allowed=False, limit="modules", detail=f"the subscription is {row.status}",
                                        lift="resume the subscription")
@@ -245,29 +362,35 @@ class Billing:
                 "kernel.api_keys": ("api_keys", "select count(*) from api_keys where revoked_at is null "
                                                 "and (expires_at is null or expires_at > now())"),
             }
-            if feature in counted:
-                name, query_text = counted[feature]
-                used = Decimal((await session.execute(text(query_text))).scalar_one())
-            elif feature in ("workflows.executions", "workflows.runs", "kernel.workflow_executions"):
-                name = "workflow_executions"
-                used = (await self._used(session, row, terms)).get("workflow_executions", Decimal(0))
-            elif feature.endswith(".ai_tokens") or feature == "kernel.ai.tokens":
-                name = "ai_tokens"
-                used = (await self._used(session, row, terms)).get("ai_tokens", Decimal(0))
-            else:
+            if feature not in counted:
                 return sdk.Entitlement(allowed=True)
-        limit = terms.entitlements.get(name)
-        if limit is None:
-            return sdk.Entitlement(allowed=True)
-        left = int(Decimal(limit) - used)
-        after = left - query.amount
-        if after >= 0:
-            return sdk.Entitlement(allowed=True, remaining=after)
-        return sdk.Entitlement(
-            allowed=False, remaining=max(left, 0), limit=name,
-            detail=f"the {terms.name} plan allows {limit} {name.replace('_', ' ')}; {max(left, 0)} remain",
-            lift="upgrade to a plan with more " + name.replace("_", " "),
-        )
+            name, query_text = counted[feature]
+            limit = terms.entitlements.get(name)
+            if limit is None:
+                return sdk.Entitlement(allowed=True)
+            used = Decimal((await session.execute(text(query_text))).scalar_one())
+        return _against(terms.name, name, limit, used, query.amount)
+
+    async def _ai_tokens(self, query: sdk.EntitlementQuery) -> sdk.Entitlement:
+        """The AI-token allowance, asked before every AI call: answered from this process's copy
+        of the allowance and the tokens used (read at most every :data:`AI_TOKENS_SECONDS` per
+        tenant, one statement) plus what this process allowed since (each allowed ``amount`` is
+        counted as used until the next read brings the ledger's real figure). Several processes
+        may each allow up to what remained at their last read, for that long: the overrun is
+        bounded by one interval's calls."""
+        clock = time.monotonic()
+        cached = _AI_TOKENS.get(query.tenant_id)
+        if cached is None or cached.read_at + AI_TOKENS_SECONDS < clock:
+            now = await self._quick(query.tenant_id) or await self._slow(query.tenant_id, SYSTEM)
+            cached = _Tokens(time.monotonic(), now.name, now.entitlements.get("ai_tokens"),
+                             now.used.get("ai_tokens", Decimal(0)))
+            if len(_AI_TOKENS) >= 10_000:
+                _AI_TOKENS.clear()
+            _AI_TOKENS[query.tenant_id] = cached
+        answer = _against(cached.plan, "ai_tokens", cached.limit, cached.used, query.amount)
+        if answer.allowed and query.amount > 0:
+            cached.used += query.amount
+        return answer
 
     async def grant_credits(self, tenant_id: uuid.UUID, actor: sdk.Actor, amount: int, currency: str,
                             expires_at: datetime | None, note: str) -> dict[str, Any]:

@@ -57,6 +57,11 @@ class StripeProvider:
             return ChargeResult("succeeded", intent.id)
         return ChargeResult("pending", intent.id)
 
+    @property
+    def verifies(self) -> bool:
+        """Whether a webhook secret is set (without one no event can be trusted)."""
+        return bool(self._webhook_secret)
+
     def event(self, payload: bytes, signature: str) -> Any:
         """The verified event of a webhook delivery (``ValueError`` or a signature error if not)."""
         if not self._webhook_secret:

@@ -46,6 +46,14 @@ async def profile_of(session: AsyncSession) -> Profile:
     return Profile(row.timezone, Decimal(row.tax_rate), row.tax_id, row.clock_id)
 
 
+async def _signed_up_itself(session: AsyncSession) -> bool:
+    """Whether the tenant ``session`` is scoped to was made by a self-service sign-up (its
+    ``tenant.created`` audit row names a user), not by an operator or the CLI."""
+    found = await session.execute(text(
+        "select exists (select 1 from audit_logs where action = 'tenant.created' and actor like 'user:%')"))
+    return bool(found.scalar_one())
+
+
 async def clock_now(session: AsyncSession) -> datetime:
     """Now, for the tenant ``session`` is scoped to: its test clock's time, or the wall clock."""
     frozen = (
@@ -59,7 +67,8 @@ async def clock_now(session: AsyncSession) -> datetime:
 _SUB_COLUMNS = """
 s.id, s.plan_code, s.plan_version_id, s.period_plan_version_id, s.status, s.billing_interval, s.currency,
 s.timezone, s.anchor, s.current_period_start, s.current_period_end, s.trial_end, s.cancel_at_period_end,
-s.pending_plan_version_id, s.pending_interval, s.canceled_at, s.past_due_since, s.created_at
+s.pending_plan_version_id, s.pending_interval, s.canceled_at, s.past_due_since, s.created_at, s.override_by,
+s.override_at
 """
 _ALL_SUBS = f"select {_SUB_COLUMNS} from billing_subscriptions s order by s.created_at, s.id"  # noqa: S608
 _ONE_SUB = f"select {_SUB_COLUMNS} from billing_subscriptions s where s.id = :id"  # noqa: S608
@@ -71,7 +80,8 @@ def _out(row: Any, version: int, pending: str | None) -> Subscription:
         status=row.status, interval=row.billing_interval, currency=row.currency, timezone=row.timezone,
         current_period={"start": row.current_period_start, "end": row.current_period_end},
         trial_end=row.trial_end, cancel_at_period_end=row.cancel_at_period_end, pending_plan=pending,
-        pending_interval=row.pending_interval, canceled_at=row.canceled_at,
+        pending_interval=row.pending_interval, canceled_at=row.canceled_at, override_by=row.override_by,
+        override_at=row.override_at,
     )
 
 
@@ -99,6 +109,10 @@ class Subscriptions:
         # A tenant whose subscription ended starts again on the free plan: no second trial.
         ended = (await session.execute(text("select exists (select 1 from billing_subscriptions)"))).scalar_one()
         terms = await self.catalogue.latest(session, DEFAULT_PLAN if ended else plan_code or DEFAULT_PLAN)
+        if terms is not None and terms.paid and not terms.trial_days and await _signed_up_itself(session):
+            # Sign-up chose the plan from this process's copy of the catalogue, which may predate a
+            # change in another process: the database decides. No paid plan for free.
+            terms = None
         if terms is None:
             terms = await self.catalogue.latest(session, DEFAULT_PLAN)
         assert terms is not None, "the free plan is seeded by the migration"
@@ -215,6 +229,33 @@ class Subscriptions:
         await log.record(session, "billing.subscription.updated", row.id, before=before, after=after)
         return after
 
+    async def override(self, session: AsyncSession, log: sdk.ChangeLog, code: str, by: str) -> Subscription:
+        """The operator puts the tenant on ``code``'s newest version now: no prorations (the
+        current period keeps the fee it started with), pending changes dropped, the override
+        recorded on the subscription (``override_by``, ``override_at``) and in the audit log."""
+        row = await self._current(session, log)
+        now = await clock_now(session)
+        new = await self.catalogue.latest(session, code)
+        if new is None:
+            raise sdk.Unprocessable(f"plan {code!r} does not exist",
+                                    errors=[sdk.FieldError(field="plan", message="an existing plan code")])
+        if new.currency != row.currency:
+            raise sdk.Unprocessable("the plan is in another currency",
+                                    errors=[sdk.FieldError(field="plan", message=f"a plan in {row.currency}")])
+        before = await self.view(session, row)
+        changes: dict[str, Any] = {"plan_code": new.code, "plan_version_id": new.version_id,
+                                   "pending_plan_version_id": None, "pending_interval": None,
+                                   "override_by": by, "override_at": now}
+        if new.prices.get(row.billing_interval) is None:
+            raise sdk.Unprocessable(f"plan {code!r} has no {row.billing_interval} price", errors=[
+                sdk.FieldError(field="plan", message=f"a plan with a {row.billing_interval} price")])
+        if row.status == "trialing":  # nothing was charged yet: the trial goes on, on the new plan
+            changes["period_plan_version_id"] = new.version_id
+        await self._set(session, row.id, **changes)
+        after = await self.view(session, await self.live(session))
+        await log.record(session, "billing.subscription.updated", row.id, before=before, after=after)
+        return after
+
     async def cancel(self, session: AsyncSession, log: sdk.ChangeLog, at: str) -> Subscription:
         row = await self._current(session, log)
         before = await self.view(session, row)
@@ -306,9 +347,13 @@ def _first(anchor: datetime, interval: str, timezone: str) -> tuple[datetime, da
 
 
 async def _due(session: AsyncSession, tenant_id: uuid.UUID, due_at: datetime, clock_id: uuid.UUID | None) -> None:
-    """Tell the period-end run when this tenant next needs it (an installation table)."""
+    """Tell the period-end run when this tenant next needs it (an installation table). An earlier
+    time already there wins (a canceled subscription's last draft still waits for its grace when a
+    new free subscription begins); the run sets the exact next time after its work."""
     await session.execute(
-        text("insert into billing_due (tenant_id, due_at, clock_id) values (:t, :d, :c) "
-             "on conflict (tenant_id) do update set due_at = excluded.due_at, clock_id = excluded.clock_id"),
+        text("insert into billing_due as d (tenant_id, due_at, clock_id) values (:t, :d, :c) "
+             "on conflict (tenant_id) do update set due_at = case when d.clock_id is not distinct from "
+             "excluded.clock_id then least(d.due_at, excluded.due_at) else excluded.due_at end, "
+             "clock_id = excluded.clock_id"),
         {"t": tenant_id, "d": due_at, "c": clock_id},
     )

@@ -114,7 +114,9 @@ async def job_worker(settings: Settings, data: Path, env: dict[str, str]) -> Asy
             await process.wait()
 
 
-@pytest.fixture(scope="module")
+# Workers of one test session share Redis and its job queue, and a worker without a plugin would
+# take (and skip) that plugin's jobs: the fixtures with a worker live for their one journey only.
+@pytest.fixture
 async def workflows_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """An API process and a job worker with the workflows module."""
     assert settings.database_url and settings.redis_url
@@ -576,7 +578,7 @@ INTEGRATIONS_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def integrations(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[str, Settings, Path]]:

@@ -217,8 +217,16 @@ function Subscriptions() {
   );
 }
 
+/** A body or headers, pretty-printed when it is JSON (bodies are stored as text, maybe truncated). */
 function Json({ value, label }: { value: unknown; label: string }) {
-  const text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  let text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  if (typeof value === "string") {
+    try {
+      text = JSON.stringify(JSON.parse(value), null, 2);
+    } catch {
+      // not JSON, or cut at 4 KiB: as it came
+    }
+  }
   return (
     <pre className="json" tabIndex={0} aria-label={label}>
       {text}
@@ -266,7 +274,7 @@ function DeliveryView({ id }: { id: string }) {
               {a.response_status !== null ? ` (HTTP ${a.response_status})` : ""} in {a.duration_ms} ms, {when(a.created_at)}
             </h3>
             {a.error ? <p className="error">{a.error}</p> : null}
-            <div className="row">
+            <div className="row attempt">
               <div>
                 <h4>Request to {a.url}</h4>
                 <Json label={`Request headers of attempt ${a.number}`} value={a.request_headers} />

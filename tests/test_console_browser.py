@@ -782,5 +782,24 @@ async def test_integrations_journey(
     await download.save_as(saved)
     assert saved.read_bytes().startswith(b"%PDF")
     await tab.check("46-billing-invoices")
+
+    # A new tab of the same browser is signed in by the cookie; the dark theme passes axe too.
+    second = Tab(await page.context.new_page(), base, artifacts)
+    await second.goto("/connections")
+    await expect(second.page.get_by_role("heading", name="Connections", exact=True)).to_be_visible()
+    await second.page.get_by_role("button", name="Dark theme").click()
+    await second.check("47-connections-dark")
+    # Signing out in one tab ends the session and clears the cookie: the other tab, reloaded, asks
+    # to sign in (its old refresh cookie is gone, and would be refused anyway).
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await second.page.reload()
+    await expect(second.page.get_by_role("heading", name="Sign in")).to_be_visible()
     await http.aclose()
     await page.context.close()
+
+    phone = await open_tab(browser, base, artifacts, viewport={"width": 390, "height": 844}, is_mobile=True)
+    await sign_in(phone, "/webhooks", slug, email, password)
+    await expect(phone.page.get_by_role("link", name=hook_url)).to_be_visible()
+    await phone.check("48-phone-webhooks")
+    await phone.page.context.close()

@@ -21,7 +21,8 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import httpx
 import pyotp
 import pytest
 
+from connectors.http.tests.local_api import LocalApi, local_api
 from kernel.app import load_app_plugins
 from kernel.db import migrate
 from kernel.settings import Settings
@@ -64,9 +66,13 @@ if not CHROMIUM.exists() or not AXE.exists():
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def console_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """One real API process (uvicorn, as ``businessos serve`` runs it) with the console, CRM and projects."""
+    """One real API process (uvicorn, as ``businessos serve`` runs it) with the console, CRM and projects.
+
+    The processes of every journey share the test session's database and Redis (the outbox, the
+    job queue), and a process without a plugin would take that plugin's events and jobs and skip
+    them: each journey's processes live for that journey only (function-scoped fixtures)."""
     assert settings.database_url and settings.redis_url
     plugins_env = "console,crm,projects"
     data = tmp_path_factory.mktemp("console-browser")
@@ -112,7 +118,7 @@ async def job_worker(settings: Settings, data: Path, env: dict[str, str]) -> Asy
             await process.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def workflows_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """An API process and a job worker with the workflows module."""
     assert settings.database_url and settings.redis_url
@@ -202,6 +208,201 @@ async def sign_in(tab: Tab, path: str, slug: str, email: str, password: str) -> 
     await page.get_by_role("button", name="Sign in").click()
 
 
+# This journey runs first: the console journey's 10,000 imported contacts raise as many events,
+# which a worker started after it would deliver (billing meters them) before this journey's.
+async def test_integrations_journey(
+    integrations: tuple[str, Settings, Path], outside: LocalApi, browser: Any, artifacts: Path
+) -> None:
+    """Webhook subscriptions and their delivery log, connections (a form from the credential
+    type's schema, a test that passes and one that fails, rename, the 409 naming the workflow that
+    uses it, delete, the OAuth 2.0 dance through the provider and back), and billing (change plan,
+    an invoice's PDF), every screen checked with axe; the page reloads and stays signed in."""
+    expect = playwright_api.expect
+    base, settings, data = integrations
+    slug = f"link-{uuid.uuid4().hex[:8]}"
+    email, password = f"owner@{slug}.example.com", f"Correct horse {uuid.uuid4().hex}"
+    tab = await open_tab(browser, base, artifacts, viewport={"width": 1280, "height": 900})
+    page = tab.page
+    await sign_up(tab, slug, email, password)
+
+    # The operator puts the tenant on a test clock (at the real time), to end its period later.
+    op_email, op_password = f"op-{slug}@example.com", f"operator {uuid.uuid4().hex}"
+    await create_operator(settings, data, op_email, op_password)
+    http = httpx.AsyncClient(base_url=base, timeout=60)
+    login = await http.post("/api/admin/auth/login", json={"email": op_email, "password": op_password})
+    assert login.status_code == 200, login.text
+    op = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = await http.post("/api/admin/billing/clocks", json={"name": slug, "frozen_at": now.isoformat()}, headers=op)
+    assert clock.status_code == 201, clock.text
+    clock_id = clock.json()["id"]
+    attached = await http.post(f"/api/admin/billing/tenants/{slug}/clock/{clock_id}", headers=op)
+    assert attached.status_code == 200, attached.text
+
+    await tab.nav("Modules")
+    for module in ("http", "webhooks", "workflows"):
+        await page.get_by_role("button", name=f"Enable {module}").click()
+        await expect(page.get_by_role("button", name=f"Disable {module}")).to_be_visible()
+
+    # --- a webhook subscription: the secret once, a delivery with its request and response -------
+    await tab.nav("Webhooks")
+    hook_url = f"{outside.url}/api/echo"
+    await page.get_by_label("Endpoint URL").fill(hook_url)
+    await page.get_by_label("Event types").select_option(["kernel.api_key.created"])
+    await page.get_by_label("Filter (JSON)").fill("{not json")
+    await page.get_by_role("button", name="Subscribe").click()
+    await expect(page.get_by_label("Filter (JSON)")).to_have_attribute("aria-invalid", "true")
+    await page.get_by_label("Filter (JSON)").fill('{"name": "hooks"}')
+    await page.get_by_label("Description").fill("API keys, to the local receiver")
+    await page.get_by_role("button", name="Subscribe").click()
+    secret = page.locator(".secret code")
+    await expect(secret).to_have_text(re.compile(r"^whsec_"))
+    await expect(page.get_by_role("link", name=hook_url)).to_be_visible()
+    await tab.check("40-webhooks")
+
+    # An API key named "hooks" raises kernel.api_key.created, which passes the filter.
+    await tab.nav("Team")
+    await page.get_by_label("Key name").fill("hooks")
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.get_by_role("button", name="Revoke hooks")).to_be_visible()
+    await tab.nav("Webhooks")
+    await page.get_by_role("link", name=hook_url).click()
+    delivered = page.locator('tr[data-delivery="kernel.api_key.created"][data-status="succeeded"]')
+    # Within a test session other modules may leave events for this worker to deliver first.
+    await expect(delivered).to_be_visible(timeout=120_000)
+    await delivered.get_by_role("button", name="kernel.api_key.created").click()
+    attempt = page.locator('li[data-attempt="1"]')
+    await expect(attempt).to_contain_text("succeeded (HTTP 200)")
+    await expect(attempt.get_by_label("Request headers of attempt 1")).to_contain_text("webhook-signature")
+    await expect(attempt.get_by_label("Request body of attempt 1")).to_contain_text("kernel.api_key.created")
+    await expect(attempt.get_by_label("Response body of attempt 1")).to_contain_text("webhook-id")
+    await tab.check("41-webhook-delivery")
+    await page.get_by_role("button", name="Redeliver").click()
+    await expect(page.get_by_text("Sent again.")).to_be_visible()
+    await expect(page.locator('li[data-attempt="2"]')).to_contain_text("succeeded (HTTP 200)", timeout=60_000)
+    await page.get_by_role("link", name="All subscriptions").click()
+    await page.get_by_role("button", name=f"Disable {hook_url}").click()
+    await expect(page.get_by_role("button", name=f"Enable {hook_url}")).to_be_visible()
+
+    # --- connections: the form from the type's schema, tests that pass and fail ------------------
+    outside.bearer_tokens.add("good-token")
+    await tab.nav("Connections")
+
+    async def new_connection(kind: str, name: str, fields: dict[str, str], submit: str = "Create connection") -> None:
+        await page.get_by_role("button", name="New connection").click()
+        await page.get_by_label("Connection type").select_option(kind)
+        await page.get_by_label("Connection name").fill(name)
+        for label, value in fields.items():
+            await page.get_by_label(label, exact=True).fill(value)
+        await page.get_by_role("button", name=submit).click()
+
+    check_url = f"{outside.url}/api/me"
+    await new_connection("http.bearer", "Local API", {"token": "good-token", "check url": check_url})
+    await expect(page.get_by_role("button", name="Test Local API")).to_be_visible()
+    await new_connection("http.bearer", "Wrong key", {"token": "bad-token", "check url": check_url})
+    local_row = page.locator('tr[data-connection="Local API"]')
+    await expect(local_row).to_contain_text("token ••••")  # the secret comes back masked only
+    await page.get_by_role("button", name="Test Local API").click()
+    await expect(local_row.get_by_text("Test passed")).to_be_visible()
+    await page.get_by_role("button", name="Test Wrong key").click()
+    failed = page.locator('tr[data-connection="Wrong key"]').get_by_role("alert")
+    await expect(failed).to_contain_text("Test failed")
+    await expect(failed).to_contain_text("403")
+    await tab.check("42-connections-tested")
+    await page.get_by_role("button", name="Rename Wrong key").click()
+    await page.get_by_label("New name of Wrong key").fill("Old key")
+    await page.get_by_role("button", name="Save name").click()
+    await page.get_by_role("button", name="Delete Old key").click()
+    await page.get_by_role("button", name="Really delete Old key").click()
+    await expect(page.locator('tr[data-connection="Old key"]')).to_have_count(0)
+
+    # A published workflow uses "Local API": deleting it is refused, naming the workflow.
+    owner = await http.post(
+        "/api/auth/login", json={"email": email, "password": password}, headers={"X-Tenant-ID": slug}
+    )
+    headers = {"X-Tenant-ID": slug, "Authorization": f"Bearer {owner.json()['access_token']}"}
+    listed = (await http.get("/api/connections", headers=headers)).json()["connections"]
+    local_id = next(c["id"] for c in listed if c["name"] == "Local API")
+    graph = {
+        "nodes": [
+            {"id": "start", "node": "workflows.manual", "config": {}},
+            {"id": "call", "node": "http.request", "config": {"url": check_url, "connection": local_id}},
+        ],
+        "edges": [{"source": "start", "target": "call", "port": "main"}],
+    }
+    made = await http.post("/api/workflows", json={"name": "Calls the local API", "graph": graph}, headers=headers)
+    assert made.status_code == 201, made.text
+    published = await http.post(f"/api/workflows/{made.json()['id']}/publish", headers=headers)
+    assert published.status_code == 201, published.text
+    await page.get_by_role("button", name="Delete Local API").click()
+    await page.get_by_role("button", name="Really delete Local API").click()
+    users = page.get_by_role("list", name="What uses Local API")
+    await expect(users).to_contain_text("workflow 'Calls the local API' (version 1)")
+    await tab.check("43-connections-in-use")
+
+    # OAuth 2.0: off to the provider, which sends the browser back through the API's callback to
+    # the console: a full page load, still signed in.
+    await new_connection(
+        "http.oauth2", "Local OAuth",
+        {"client id": "client-1", "client secret": "client-secret-1", "authorize url": f"{outside.url}/oauth/authorize",
+         "token url": f"{outside.url}/oauth/token"},
+        submit="Authorize with the provider",
+    )
+    await expect(page.get_by_text("Connection authorized.")).to_be_visible()
+    assert "connection_id=" in page.url
+    await expect(page.locator('tr[data-connection="Local OAuth"]')).to_contain_text("(OAuth 2.0)")
+    assert outside.token_requests and outside.token_requests[-1]["grant_type"] == "authorization_code"
+    await tab.check("44-connections-oauth")
+
+    # --- billing: the plan, usage, a change of plan, and after the period an invoice's PDF --------
+    await tab.nav("Billing")
+    current = page.get_by_role("region", name="Your plan")
+    await expect(current).to_contain_text("free")
+    await expect(page.get_by_role("region", name="Usage this period")).to_be_visible()
+    await page.get_by_role("button", name="Change to Pro").click()
+    await expect(current).to_contain_text("pro")
+    plans = page.get_by_role("region", name="Plans")
+    await expect(plans.get_by_role("listitem").filter(has_text="Pro")).to_contain_text("current")
+    await tab.check("45-billing-plan")
+    advanced = await http.post(
+        f"/api/admin/billing/clocks/{clock_id}/advance", json={"to": (now + timedelta(days=40)).isoformat()},
+        headers=op,
+    )
+    assert advanced.status_code == 200, advanced.text
+    await page.reload()  # still signed in
+    invoices = page.get_by_role("table", name="Invoices, newest first")
+    pdf = invoices.get_by_role("button", name=re.compile(r"PDF of INV-"))
+    await expect(pdf.first).to_be_visible()
+    async with page.expect_download() as download_info:
+        await pdf.first.click()
+    download = await download_info.value
+    saved = artifacts / "46-invoice.pdf"
+    await download.save_as(saved)
+    assert saved.read_bytes().startswith(b"%PDF")
+    await tab.check("46-billing-invoices")
+
+    # A new tab of the same browser is signed in by the cookie; the dark theme passes axe too.
+    second = Tab(await page.context.new_page(), base, artifacts)
+    await second.goto("/connections")
+    await expect(second.page.get_by_role("heading", name="Connections", exact=True)).to_be_visible()
+    await second.page.get_by_role("button", name="Dark theme").click()
+    await second.check("47-connections-dark")
+    # Signing out in one tab ends the session and clears the cookie: the other tab, reloaded, asks
+    # to sign in (its old refresh cookie is gone, and would be refused anyway).
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await second.page.reload()
+    await expect(second.page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await http.aclose()
+    await page.context.close()
+
+    phone = await open_tab(browser, base, artifacts, viewport={"width": 390, "height": 844}, is_mobile=True)
+    await sign_in(phone, "/webhooks", slug, email, password)
+    await expect(phone.page.get_by_role("link", name=hook_url)).to_be_visible()
+    await phone.check("48-phone-webhooks")
+    await phone.page.context.close()
+
+
 async def test_console_journey(console_url: str, browser: Any, artifacts: Path) -> None:
     expect = playwright_api.expect
     slug = f"shop-{uuid.uuid4().hex[:8]}"
@@ -278,7 +479,7 @@ async def test_console_journey(console_url: str, browser: Any, artifacts: Path) 
     await expect(page.get_by_role("heading", name="Grace Hopper")).to_be_visible()
     contact_path = re.sub(r"^.*/console", "", page.url)
 
-    # --- the same contact in a second tab (its own sign-in: tokens live in memory) ---------------
+    # --- the same contact in a second browser (its own cookies: its own sign-in) -------------------
     other = await open_tab(browser, console_url, artifacts)
     await sign_in(other, contact_path, slug, email, password)
     await expect(other.page.get_by_role("heading", name="Grace Hopper")).to_be_visible()
@@ -410,8 +611,14 @@ async def test_console_journey(console_url: str, browser: Any, artifacts: Path) 
     await joiner.page.get_by_role("button", name="Join").click()
     await expect(joiner.page.get_by_role("heading", name="Overview")).to_be_visible()
     await joiner.page.context.close()
-    await page.reload()  # tokens live in memory: a reload signs out
-    await sign_in(tab, "/team", slug, email, password)
+    # A reload keeps the user signed in (the HttpOnly refresh cookie), while no script can read a
+    # token: nothing in localStorage or sessionStorage, no token in document.cookie.
+    await page.reload()
+    await expect(page.get_by_role("table", name="Members")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Sign in")).to_have_count(0)
+    assert await page.evaluate(
+        "() => [localStorage.length, sessionStorage.length, document.cookie.includes('rt_')]"
+    ) == [0, 0, False]
     row = page.get_by_role("table", name="Members").get_by_role("row").filter(has_text=invitee)
     await expect(row.get_by_label(f"Role of {invitee}")).to_have_value("viewer")
     await row.get_by_label(f"Role of {invitee}").select_option("member")
@@ -546,3 +753,58 @@ async def test_workflow_journey(workflows_url: str, browser: Any, artifacts: Pat
     await tab.check("32-workflow-run")
     await page.get_by_role("navigation", name="Workflows").get_by_role("link", name="Approvals").click()
     await tab.check("33-workflow-approvals")
+
+
+# --- connections, webhook subscriptions and billing ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outside() -> Iterator[LocalApi]:
+    """The outside world on 127.0.0.1: an API checking bearer tokens, an OAuth 2.0 provider (the
+    authorization-code grant with PKCE) and an echo endpoint that receives the webhooks."""
+    with local_api() as api:
+        yield api
+
+
+INTEGRATIONS_ENV = {
+    "BUSINESSOS_PLUGINS": "console,http,webhooks,workflows,billing",
+    "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000",
+    "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
+    # The local API stands for the outside: the operator allowlist opens loopback to it.
+    "BUSINESSOS_EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
+}
+
+
+@pytest.fixture
+async def integrations(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[str, Settings, Path]]:
+    """An API process and a job worker with the HTTP connector, webhooks, workflows and billing."""
+    assert settings.database_url and settings.redis_url
+    data = tmp_path_factory.mktemp("console-integrations")
+    scoped = settings_for(
+        settings.database_url, settings.redis_url, data, BUSINESSOS_PLUGINS=INTEGRATIONS_ENV["BUSINESSOS_PLUGINS"]
+    )
+    plugins = load_app_plugins(scoped.plugins_allowlist)
+    for name in INTEGRATIONS_ENV["BUSINESSOS_PLUGINS"].split(","):
+        record = plugins.get(name)
+        assert record is not None and record.active, record and record.reason
+    await migrate.upgrade(scoped, settings.database_url, plugins.migration_folders())
+    async with api_servers(scoped, data, env=INTEGRATIONS_ENV) as urls, job_worker(scoped, data, INTEGRATIONS_ENV):
+        yield urls[0], scoped, data
+
+
+async def create_operator(settings: Settings, data: Path, email: str, password: str) -> None:
+    """``businessos operators create`` (the password on standard input), as an installer runs it."""
+    assert settings.database_url and settings.redis_url
+    environment = {
+        **os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "BUSINESSOS_SECRET_KEY": SECRET, "BUSINESSOS_DATA_DIR": str(data), **INTEGRATIONS_ENV,
+    }
+    environment.pop("DATABASE_APP_URL", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kernel.cli", "operators", "create", email, env=environment, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate(f"{password}\n".encode())
+    assert process.returncode == 0, out.decode()

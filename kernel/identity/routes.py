@@ -6,7 +6,8 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, delete, get, post, put
+from litestar import Request, Response, delete, get, post, put
+from litestar.datastructures import Cookie
 from litestar.params import Parameter
 
 from kernel.context import Kernel, current_tenant
@@ -37,6 +38,7 @@ from kernel.identity.schemas import (
     SwitchTenant,
     TokenPair,
 )
+from kernel.identity.service import Unauthorized
 from kernel.listing import MAX_LIMIT, MAX_PAGE
 from kernel.tenants.schemas import Tenant
 
@@ -76,12 +78,47 @@ async def login(data: Login, request: Req, kernel: Kernel) -> TokenPair | MfaCha
     return await kernel.identity.login(data, request.headers.get("x-tenant-id"), request_meta(request))
 
 
-@post("/api/auth/refresh", status_code=200, tags=["auth"], opt=AUTH_LIMIT)
-async def refresh(data: RefreshRequest, request: Req, kernel: Kernel) -> TokenPair:
-    """Rotate a refresh token. Presenting one already used ends its whole session family."""
-    return await kernel.identity.refresh(
-        data.refresh_token, request_meta(request), tenant_ref=request.headers.get("x-tenant-id")
+# The refresh cookie, for browsers (the console) that opt in with ``X-Refresh-Cookie: 1``: the
+# refresh token then lives in an HttpOnly cookie no script can read, so a reload stays signed in
+# without the token ever touching localStorage. SameSite=Strict keeps it off cross-site requests,
+# and the custom header (a cross-origin request may only send it after a CORS preflight, which
+# the API refuses unless an operator allowed that origin) is the CSRF guard. It is scoped to
+# /api/auth, where only refresh and logout read it.
+REFRESH_COOKIE = "businessos_refresh"
+REFRESH_COOKIE_HEADER = "x-refresh-cookie"
+_COOKIE_PATH = "/api/auth"
+
+
+def _wants_cookie(request: Req) -> bool:
+    return request.headers.get(REFRESH_COOKIE_HEADER, "").strip() == "1"
+
+
+def _refresh_cookie(value: str, max_age: int) -> Cookie:
+    return Cookie(
+        key=REFRESH_COOKIE, value=value, path=_COOKIE_PATH, max_age=max_age, httponly=True, secure=True,
+        samesite="strict",
     )
+
+
+@post("/api/auth/refresh", status_code=200, tags=["auth"], opt=AUTH_LIMIT)
+async def refresh(request: Req, kernel: Kernel, data: RefreshRequest | None = None) -> Response[TokenPair]:
+    """Rotate a refresh token. Presenting one already used ends its whole session family.
+
+    With ``X-Refresh-Cookie: 1`` the token may come from the HttpOnly refresh cookie instead of
+    the body, and the new one is set in that cookie and left out of the answer (``refresh_token``
+    is empty): the browser keeps it, scripts never see it."""
+    cookie = _wants_cookie(request)
+    presented = data.refresh_token if data else (request.cookies.get(REFRESH_COOKIE) if cookie else None)
+    if not presented:
+        raise Unauthorized("no refresh token: send refresh_token (or the refresh cookie with X-Refresh-Cookie: 1)")
+    pair = await kernel.identity.refresh(
+        presented, request_meta(request), tenant_ref=request.headers.get("x-tenant-id")
+    )
+    if not cookie:
+        return Response(pair)
+    max_age = kernel.settings.refresh_token_days * 86400
+    cookies = [_refresh_cookie(pair.refresh_token, max_age)]
+    return Response(msgspec.structs.replace(pair, refresh_token=""), cookies=cookies)
 
 
 @get("/api/auth/me", tags=["auth"], opt={"permission": AUTHENTICATED})
@@ -91,10 +128,13 @@ async def me(request: Req, kernel: Kernel) -> Me:
 
 
 @post("/api/auth/logout", status_code=200, tags=["auth"], opt={"permission": AUTHENTICATED})
-async def logout(request: Req, kernel: Kernel, data: LogoutRequest | None = None) -> SessionsEnded:
-    """End the session of the given refresh token (without one: all of the caller's sessions here)."""
-    token = data.refresh_token if data else None
-    return SessionsEnded(await kernel.identity.logout(_user(request), token, request_meta(request)))
+async def logout(request: Req, kernel: Kernel, data: LogoutRequest | None = None) -> Response[SessionsEnded]:
+    """End the session of the given refresh token (without one: all of the caller's sessions here).
+    With ``X-Refresh-Cookie: 1`` the refresh cookie names the session, and is cleared."""
+    cookie = _wants_cookie(request)
+    token = data.refresh_token if data else (request.cookies.get(REFRESH_COOKIE) if cookie else None)
+    ended = SessionsEnded(await kernel.identity.logout(_user(request), token, request_meta(request)))
+    return Response(ended, cookies=[_refresh_cookie("", 0)] if cookie else [])
 
 
 @post("/api/auth/password", status_code=204, tags=["auth"], opt={"permission": AUTHENTICATED})

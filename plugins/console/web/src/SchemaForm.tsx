@@ -31,9 +31,11 @@ type Props = {
   busy?: boolean;
   /** Values offered on text fields (e.g. expressions naming earlier steps' outputs). */
   suggestions?: string[];
+  /** Properties the form leaves out (filled in by the server, such as OAuth tokens). */
+  hidden?: string[];
 };
 
-export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmit, onChange, busy, suggestions }: Props) {
+export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmit, onChange, busy, suggestions, hidden }: Props) {
   const root = resolve(schema, schema);
   const [draft, setDraft] = useState<Record<string, unknown>>(value);
   const prefix = useId();
@@ -46,7 +48,8 @@ export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmi
     event.preventDefault();
     onSubmit(draft);
   };
-  const properties = Object.entries(root.properties ?? {});
+  const properties = Object.entries(root.properties ?? {}).filter(([key]) => !hidden?.includes(key));
+  const required = new Set(root.required ?? []);
   return (
     <form onSubmit={submit} className="schema-form">
       {properties.length === 0 ? <p className="muted">No settings.</p> : null}
@@ -94,6 +97,17 @@ export function SchemaForm({ schema, value, error, submitLabel = "Save", onSubmi
                   // keep the last valid value until the JSON parses
                 }
               }}
+            />
+          );
+        } else if (s.writeOnly || s["x-secret"]) {
+          input = (
+            <input
+              type="password"
+              {...common}
+              autoComplete="off"
+              required={required.has(key)}
+              value={typeof draft[key] === "string" ? String(draft[key]) : ""}
+              onChange={(e) => set(key, e.target.value)}
             />
           );
         } else {

@@ -1,6 +1,6 @@
 // The console's only door to BusinessOS: the public HTTP API, typed thinly in this one file.
-// Tokens live in memory only (never localStorage): a reload signs the user out, by design.
-
+// The access token lives in memory only; the refresh token lives in an HttpOnly cookie the API
+// sets when asked (X-Refresh-Cookie: 1), so no script ever holds it and a reload stays signed in.
 export type FieldError = { field: string; message: string };
 export type ProblemDoc = {
   type?: string;
@@ -28,28 +28,76 @@ export class ApiError extends Error {
 export type TokenPair = { access_token: string; refresh_token: string; expires_in: number };
 export type MfaChallenge = { mfa_token: string; mfa_required: true };
 
-type Session = { access: string; refresh: string; tenant: string };
+/** `unknown` while the page asks the API whether its refresh cookie still signs someone in. */
+export type SessionState = "unknown" | "in" | "out";
+type Session = { access: string; tenant: string | null };
 let session: Session | null = null;
+let state: SessionState = "unknown";
 let refreshing: Promise<boolean> | null = null;
 const listeners = new Set<() => void>();
+const COOKIE = { "X-Refresh-Cookie": "1" };
 
 export function onSessionChange(listener: () => void): () => void {
   listeners.add(listener);
   return () => listeners.delete(listener);
 }
-export function signedIn(): boolean {
-  return session !== null;
+export function sessionState(): SessionState {
+  return state;
 }
-export function currentTenant(): string | null {
-  return session?.tenant ?? null;
-}
-export function setSession(tokens: TokenPair, tenant: string): void {
-  session = { access: tokens.access_token, refresh: tokens.refresh_token, tenant };
+function settle(next: Session | null): void {
+  session = next;
+  state = next ? "in" : "out";
   listeners.forEach((l) => l());
 }
 export function clearSession(): void {
-  session = null;
-  listeners.forEach((l) => l());
+  settle(null);
+}
+
+/**
+ * Ask the API for a new access token, the refresh token travelling in its cookie (or, right after
+ * signing in, in the body, to be traded for the cookie). Tabs of one browser share the cookie and
+ * rotation refuses a token presented twice, so refreshes are serialized across tabs with a lock.
+ */
+async function rotate(tenant: string | null, token?: string): Promise<TokenPair | null> {
+  const run = async (): Promise<TokenPair | null> => {
+    const response = await fetch("/api/auth/refresh", {
+      method: "POST",
+      headers: { ...COOKIE, ...(tenant ? { "X-Tenant-ID": tenant } : {}), ...(token ? { "Content-Type": "application/json" } : {}) },
+      body: token ? JSON.stringify({ refresh_token: token }) : undefined,
+      credentials: "same-origin",
+    });
+    if (response.ok) return (await response.json()) as TokenPair;
+    await response.text(); // read to the end, so the request is finished (idle network, reused connection)
+    return null;
+  };
+  return navigator.locks ? navigator.locks.request("businessos-refresh", run) : run();
+}
+
+/** Signed in (sign-up, log-in, MFA, invitation): keep the access token, trade the refresh token for the cookie. */
+export async function setSession(tokens: TokenPair, tenant: string): Promise<void> {
+  const traded = tokens.refresh_token ? await rotate(tenant, tokens.refresh_token) : null;
+  settle({ access: traded?.access_token ?? tokens.access_token, tenant });
+}
+
+/** On page load: the refresh cookie, if the browser has a live one, signs the user in again. */
+export async function resumeSession(): Promise<void> {
+  try {
+    const pair = await rotate(null);
+    if (!pair) return settle(null);
+    const me = await fetch("/api/auth/me", { headers: { Authorization: `Bearer ${pair.access_token}` } });
+    settle(me.ok ? { access: pair.access_token, tenant: ((await me.json()) as { tenant_id: string }).tenant_id } : null);
+  } catch {
+    settle(null);
+  }
+}
+
+/** Sign out: the API ends this session and clears its cookie. */
+export async function endSession(): Promise<void> {
+  try {
+    await send("/api/auth/logout", { method: "POST", headers: COOKIE });
+  } finally {
+    settle(null);
+  }
 }
 
 async function problemOf(response: Response): Promise<ApiError> {
@@ -62,23 +110,15 @@ async function problemOf(response: Response): Promise<ApiError> {
   return new ApiError(problem);
 }
 
-/** Rotate the refresh token once, shared by every request that found the access token expired. */
+/** A new access token, once, shared by every request that found the current one expired. */
 async function refresh(): Promise<boolean> {
   if (!session) return false;
   refreshing ??= (async () => {
     const current = session;
     if (!current) return false;
-    const response = await fetch("/api/auth/refresh", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "X-Tenant-ID": current.tenant },
-      body: JSON.stringify({ refresh_token: current.refresh }),
-    });
-    if (!response.ok) {
-      clearSession();
-      return false;
-    }
-    setSession((await response.json()) as TokenPair, current.tenant);
-    return true;
+    const pair = await rotate(current.tenant);
+    settle(pair ? { access: pair.access_token, tenant: current.tenant } : null);
+    return pair !== null;
   })().finally(() => {
     refreshing = null;
   });
@@ -183,6 +223,9 @@ export type JsonSchema = {
   anyOf?: JsonSchema[];
   $ref?: string;
   $defs?: Record<string, JsonSchema>;
+  /** A secret (connection credentials): typed as a password, never shown back. */
+  writeOnly?: boolean;
+  "x-secret"?: boolean;
 };
 
 export type Contact = {

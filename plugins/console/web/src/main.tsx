@@ -2,9 +2,9 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { StrictMode, Suspense, lazy, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { BrowserRouter, NavLink, Navigate, Route, Routes } from "react-router";
-import { ApiError, api, clearSession } from "./api";
+import { ApiError, endSession, resumeSession } from "./api";
 import { Join, SignIn, SignUp } from "./screens/Auth";
-import { useMe, useModuleOn, useSignedIn } from "./session";
+import { useMe, useModuleOn, useSessionState } from "./session";
 import { Loading } from "./ui";
 import "./styles.css";
 
@@ -17,7 +17,8 @@ const Projects = lazy(() => import("./screens/Projects"));
 const Ai = lazy(() => import("./screens/Ai"));
 const Audit = lazy(() => import("./screens/Audit"));
 const Workflows = lazy(() => import("./screens/Workflows"));
-const Pending = lazy(() => import("./screens/Pending"));
+const Connections = lazy(() => import("./screens/Connections"));
+const Webhooks = lazy(() => import("./screens/Webhooks"));
 const Billing = lazy(() => import("./screens/Billing"));
 
 const queryClient = new QueryClient({
@@ -53,14 +54,15 @@ function Shell() {
   const crm = useModuleOn("crm");
   const projects = useModuleOn("projects");
   const workflows = useModuleOn("workflows");
-  const connections = useModuleOn("connections");
+  // Connections are the kernel's (no module to enable): shown to whoever may read them.
+  const connections = Boolean(me.data?.permissions.includes("kernel.connections.read"));
+  const webhooks = useModuleOn("webhooks");
   const billing = useModuleOn("billing");
   const [menu, setMenu] = useState(false);
   const signOut = async () => {
     try {
-      await api("/api/auth/logout", { method: "POST" });
+      await endSession();
     } finally {
-      clearSession();
       queryClient.clear();
     }
   };
@@ -104,6 +106,7 @@ function Shell() {
           {link("/ai", "AI")}
           {workflows ? link("/workflows", "Workflows") : null}
           {connections ? link("/connections", "Connections") : null}
+          {webhooks ? link("/webhooks", "Webhooks") : null}
           {billing ? link("/billing", "Billing") : null}
           {link("/audit", "Audit log")}
         </ul>
@@ -120,7 +123,8 @@ function Shell() {
             <Route path="/ai/*" element={<Ai />} />
             <Route path="/audit" element={<Audit />} />
             <Route path="/workflows/*" element={<Workflows />} />
-            <Route path="/connections" element={<Pending module="connections" title="Connections" />} />
+            <Route path="/connections" element={<Connections />} />
+            <Route path="/webhooks/*" element={<Webhooks />} />
             <Route path="/billing" element={<Billing />} />
             <Route path="/sign-in" element={<Navigate to="/" replace />} />
             <Route path="/sign-up" element={<Navigate to="/" replace />} />
@@ -150,8 +154,12 @@ function Public() {
 }
 
 function App() {
-  return useSignedIn() ? <Shell /> : <Public />;
+  const state = useSessionState();
+  if (state === "unknown") return <Loading label="Signing in" />;
+  return state === "in" ? <Shell /> : <Public />;
 }
+
+void resumeSession();
 
 createRoot(document.getElementById("root")!).render(
   <StrictMode>

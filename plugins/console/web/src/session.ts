@@ -1,10 +1,10 @@
 // Who is signed in and which modules their tenant has: shared by the shell and the screens.
 import { useQuery } from "@tanstack/react-query";
 import { useSyncExternalStore } from "react";
-import { api, onSessionChange, signedIn, type Me, type Module } from "./api";
+import { api, onSessionChange, sessionState, type Me, type Module, type SessionState } from "./api";
 
-export function useSignedIn(): boolean {
-  return useSyncExternalStore(onSessionChange, signedIn);
+export function useSessionState(): SessionState {
+  return useSyncExternalStore(onSessionChange, sessionState);
 }
 
 export function useMe() {

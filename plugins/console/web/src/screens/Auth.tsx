@@ -19,7 +19,7 @@ export function SignUp() {
         method: "POST",
         body: { name: v.business, slug: v.slug, owner: { name: v.name, email: v.email, password: v.password } },
       });
-      setSession(answer, answer.tenant.id);
+      await setSession(answer, answer.tenant.id);
     } catch (e) {
       setError(e);
     } finally {
@@ -68,7 +68,7 @@ export function SignIn() {
         body: { email: v.email, password: v.password },
       });
       if ("mfa_token" in answer) setChallenge({ token: answer.mfa_token, tenant: v.workspace });
-      else setSession(answer, v.workspace);
+      else await setSession(answer, v.workspace);
     } catch (e) {
       setError(e);
     } finally {
@@ -87,7 +87,7 @@ export function SignIn() {
         tenant: challenge.tenant,
         body: { mfa_token: challenge.token, code: v.code.trim() },
       });
-      setSession(tokens, challenge.tenant);
+      await setSession(tokens, challenge.tenant);
     } catch (e) {
       setError(e);
     } finally {
@@ -146,7 +146,7 @@ export function Join() {
         tenant: v.workspace,
         body: { email: v.email, password: v.password, name: v.name, invitation_token: v.invitation_token.trim() },
       });
-      setSession(tokens, v.workspace);
+      await setSession(tokens, v.workspace);
     } catch (e) {
       setError(e);
     } finally {

@@ -11,7 +11,7 @@ not matter.
 How requests are limited (:func:`rate_limit_guard`, an app-level guard, so it runs after
 authentication and before the permission guard):
 
-- a route with ``opt["rate_limit"] = "auth"`` (log-in, MFA, registration, refresh, sign-up):
+- a route with ``opt["rate_limit"] = "auth"`` (log-in, MFA, registration, sign-up):
   ``settings.auth_rate_limit_per_minute`` per client IP (IPv6: per /64);
 - otherwise, with a principal: ``settings.rate_limit_per_minute`` per tenant and principal;
 - otherwise: the same number per client IP;

@@ -53,6 +53,7 @@ from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Problem
 from kernel.events.outbox import emit_many
 from kernel.identity.principal import Principal
@@ -90,7 +91,7 @@ _DEFAULT_BASES = {
 
 
 CALL_PROBLEMS = {"problems": (402, 409, 502, 504)}
-"""Route ``opt`` entries of a route that calls a provider: what a budget (402), a missing key
+"""Route ``opt`` entries of a route that calls a provider: what a budget or the plan's AI tokens (402), a missing key
 (409) or the provider (502, 504) can answer besides the usual (see kernel.http.openapi)."""
 
 
@@ -280,12 +281,15 @@ _MAX_UNSETTLED = 1000
 
 
 class AIProxy:
-    def __init__(self, db: Database, box: SecretBox, settings: Settings, bus: InvalidationBus | None = None) -> None:
+    def __init__(
+        self, db: Database, box: SecretBox, settings: Settings, bus: InvalidationBus | None = None,
+        entitlements: EntitlementGate | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.cache = CallCache(bus)
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
-        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis)
+        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis, entitlements)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
         self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id)
         self.clients = ProviderClients(settings)

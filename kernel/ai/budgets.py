@@ -498,13 +498,18 @@ class BudgetService:
         return await self.settle_many(session, tenant_id, [Charge(principal, reservation, cost, tokens)])
 
     async def settle_many(
-        self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge]
+        self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge], *,
+        after_commit: list[Callable[[], Awaitable[None]]] | None = None,
     ) -> asyncio.Future[None] | None:
         """:meth:`settle` for several calls in at most three statements: their reservations are
         taken back, their spend is summed per scope and month, and each budget's soft limit is
         checked once against the batch's total. Reservations held in Redis are turned into spend
         there once ``session``'s transaction has committed (never before: a rolled back batch
-        keeps holding them); the returned future resolves when that is done."""
+        keeps holding them); the returned future resolves when that is done.
+
+        A caller that commits ``session`` itself may pass ``after_commit``: the Redis work is then
+        appended to it, for the caller to run once committed (nothing is returned); that spares the
+        per-session commit listeners."""
         if not charges:
             return None
         ids = [
@@ -562,6 +567,9 @@ class BudgetService:
             return None
         gate, charged = self.gate, {k: (v[0], v[1]) for k, v in spent.items()}
         charged.update({k: (Decimal(0), v) for k, v in plan.items()})
+        if after_commit is not None:
+            after_commit.append(lambda: gate.settle(tenant_id, in_redis, charged))
+            return None
         return _after_commit(session, lambda: gate.settle(tenant_id, in_redis, charged))
 
     async def _soft_limit(

@@ -654,6 +654,7 @@ class AIProxy:
 
     async def _write(self, tenant_id: uuid.UUID, batch: Sequence[Settlement]) -> None:
         """Write ``batch`` (settlements of one tenant) in one transaction."""
+        committed: list[Callable[[], Awaitable[None]]] = []
         async with self.db.tenant(tenant_id) as session:
             await session.execute(_INSERT_USAGE, [s.usage for s in batch])
             for s in batch:
@@ -668,14 +669,15 @@ class AIProxy:
                     await self.budgets.release(session, s.reservation)
             # Calls the provider billed are charged; a failed attempt that another follows keeps
             # the reservation for it.
-            in_redis = await self.budgets.settle_many(
+            await self.budgets.settle_many(
                 session, tenant_id,
                 [Charge(s.principal, s.reservation, s.cost, s.tokens) for s in batch if s.final and s.billed],
+                after_commit=committed,
             )
             await record_many(session, tenant_id, [s.audit for s in batch])
             await emit_many(session, tenant_id=tenant_id, events=[(CALL_EVENT, s.event) for s in batch])
-        if in_redis is not None:  # committed: the reservations held in Redis become spend there
-            await in_redis
+        for work in committed:  # committed: the reservations held in Redis become spend there
+            await work()
         for s in batch:  # committed: now they count
             u = s.usage
             record_ai_call(u["provider"], u["status"], u["prompt_tokens"], u["completion_tokens"], s.cost)

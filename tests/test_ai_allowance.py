@@ -90,6 +90,7 @@ async def test_past_the_plans_ai_tokens_calls_are_refused_and_another_tenant_sti
     chat = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
 
     auth = {"Authorization": f"Bearer {await _api_key(api, over)}"}
+    sent = len(provider.requests)
     provider.delay = 0.05  # the calls overlap
     try:
         async with httpx.AsyncClient(timeout=60) as http:
@@ -100,6 +101,8 @@ async def test_past_the_plans_ai_tokens_calls_are_refused_and_another_tenant_sti
         provider.delay = 0.0
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 200, 402, 402, 402], [r.text for r in responses]
+    # The admission runs beside litellm's preparation; a refused call never reached the provider.
+    assert len(provider.requests) - sent == 2
     for refused in (r for r in responses if r.status_code == 402):
         body = _problem(refused, 402)
         assert body["feature"] == "kernel.ai.tokens" and body["limit"] == "ai_tokens"

@@ -78,7 +78,7 @@ async def test_past_the_plans_ai_tokens_calls_are_refused_and_another_tenant_sti
 ) -> None:
     over, other = await _tenant_with_key(api, provider), await _tenant_with_key(api, provider)
     allowance = int((await _ai_tokens(api, over))["included"])
-    # Usage the billing plugin received leaves room for two calls' upper bounds, not three.
+    # Usage the billing plugin received leaves room for two running calls' upper bounds, not three.
     left = 2 * RESERVED + RESERVED // 2
     metered = await api.post(
         "/api/billing/usage",
@@ -91,27 +91,31 @@ async def test_past_the_plans_ai_tokens_calls_are_refused_and_another_tenant_sti
 
     auth = {"Authorization": f"Bearer {await _api_key(api, over)}"}
     sent = len(provider.requests)
+    burst = 8  # even one after another, the last of them cannot fit: left - 7 * USED < RESERVED
     provider.delay = 0.05  # the calls overlap
     try:
         async with httpx.AsyncClient(timeout=60) as http:
             responses = await asyncio.gather(
-                *(http.post(f"{servers_billed[i % 2]}/api/ai/chat", json=chat, headers=auth) for i in range(5))
+                *(http.post(f"{servers_billed[i % 2]}/api/ai/chat", json=chat, headers=auth) for i in range(burst))
             )
     finally:
         provider.delay = 0.0
-    statuses = sorted(r.status_code for r in responses)
-    assert statuses == [200, 200, 402, 402, 402], [r.text for r in responses]
-    # The admission runs beside litellm's preparation; a refused call never reached the provider.
-    assert len(provider.requests) - sent == 2
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 402}, [r.text for r in responses]
+    admitted = statuses.count(200)
+    # However the calls interleaved, the first two always fit, and a refused call never reached
+    # the provider.
+    assert admitted >= 2 and len(provider.requests) - sent == admitted
     for refused in (r for r in responses if r.status_code == 402):
         body = _problem(refused, 402)
         assert body["feature"] == "kernel.ai.tokens" and body["limit"] == "ai_tokens"
-        assert body["remaining"] == left - 2 * RESERVED  # what the two running calls leave
+        assert 0 <= body["remaining"] < RESERVED  # what running and settled calls left: too little
         assert body["estimated_tokens"] == RESERVED and body["lift"]
 
     # Each call is settled at what the provider reported: calls fit until fewer tokens remain than
     # one call may use.
-    remaining = left - 2 * USED
+    remaining = left - admitted * USED
+    assert remaining >= 0  # never past the allowance
     await eventually(lambda: _used(api, over, allowance - remaining))
     assert billed.redis_url
     redis = Redis.from_url(billed.redis_url)

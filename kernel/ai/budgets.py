@@ -392,14 +392,6 @@ class BudgetService:
             await self.gate.resync(tenant_id, [scope], current_month())
         return await self.get(tenant_id, scope)
 
-    async def admits(self, tenant_id: uuid.UUID, principal: str | None) -> bool:
-        """Whether :meth:`reserve` has to admit a call of ``principal`` in Redis (a budget applies
-        or the plan meters AI tokens); from the per-process caches."""
-        if self.gate is None:
-            return False
-        limits = await self._budgeted(tenant_id)
-        return any(scope in limits for scope in _scopes(principal)) or await self._metered(tenant_id)
-
     async def reserve(
         self,
         tenant_id: uuid.UUID,

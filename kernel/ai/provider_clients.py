@@ -14,10 +14,8 @@ between that check and litellm's connection is the gap that remains there.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ssl
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -28,18 +26,7 @@ from kernel.settings import Settings
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["ADMISSION", "PRIVATE_NETWORKS", "ProviderClients"]
-
-ADMISSION: ContextVar[asyncio.Future[Any] | None] = ContextVar("businessos_ai_admission", default=None)
-"""The running call's budget admission, when it runs beside litellm's preparation of the request:
-every request to a provider through our clients waits for it first (and fails with its refusal),
-so nothing is sent to a provider before the call is admitted."""
-
-
-async def _admitted(request: httpx.Request) -> None:
-    admission = ADMISSION.get()
-    if admission is not None:
-        await asyncio.shield(admission)  # a cancelled request leaves the admission to finish
+__all__ = ["PRIVATE_NETWORKS", "ProviderClients"]
 
 PRIVATE_NETWORKS = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 """What ``BUSINESSOS_AI_ALLOW_PRIVATE_BASES`` opens to AI calls (never link-local)."""
@@ -74,14 +61,9 @@ class ProviderClients:
         )
         self._openai: dict[tuple[str, str], AsyncOpenAI] = {}
 
-    @staticmethod
-    def ours(litellm_model: str, api_base: str | None) -> bool:
-        """Whether litellm sends this call through our client (:meth:`arguments` gives one)."""
-        return litellm_model.startswith("openai/") and bool(api_base)
-
     def arguments(self, litellm_model: str, api_key: str, api_base: str | None) -> dict[str, Any]:
         """Extra litellm arguments for one call: ``client`` where litellm accepts ours."""
-        if not litellm_model.startswith("openai/") or not api_base:  # see ours()
+        if not litellm_model.startswith("openai/") or not api_base:
             return {}
         key = (hashlib.sha256(api_key.encode()).hexdigest(), api_base)
         client = self._openai.get(key)
@@ -90,12 +72,9 @@ class ProviderClients:
 
             if len(self._openai) >= _KEPT:
                 self._openai.clear()
-            http = self.egress.httpx_client
-            if _admitted not in http.event_hooks["request"]:
-                http.event_hooks["request"].append(_admitted)
             client = self._openai[key] = AsyncOpenAI(
                 # The OpenAI SDK is typed for httpx2 and accepts an httpx client too (its "legacy" path).
-                api_key=api_key, base_url=api_base, http_client=cast(Any, http), max_retries=0
+                api_key=api_key, base_url=api_base, http_client=cast(Any, self.egress.httpx_client), max_retries=0
             )
         return {"client": client}
 

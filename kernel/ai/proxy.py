@@ -45,7 +45,7 @@ from kernel.ai.conversations import ConversationPlan, store_exchange
 from kernel.ai.keys import Credentials, KeyService
 from kernel.ai.models import UsageRow
 from kernel.ai.pricing import PROVIDERS, Price, Target, litellm_async, price_for, resolve_model
-from kernel.ai.provider_clients import ADMISSION, ProviderClients
+from kernel.ai.provider_clients import ProviderClients
 from kernel.ai.settler import Settler
 from kernel.ai.tenant_settings import DEFAULTS, TenantAISettings, TenantSettingsService
 from kernel.audit.log import Entry, RequestMeta, record_many
@@ -195,8 +195,6 @@ class PreparedCall:
     max_tokens: int
     prompt_estimate: int
     reservation: Reservation | None
-    admission: asyncio.Future[Reservation | None] | None = None
-    """The reservation while it is still being admitted (see :meth:`AIProxy.prepare`)."""
     started: float = field(default_factory=time.perf_counter)
     finished: bool = False
     settings: TenantAISettings = DEFAULTS
@@ -334,24 +332,13 @@ class AIProxy:
         # Enough for the dearest model the call may end on.
         cost = max(r.price.cost(prompt_estimate, max_tokens) for r in [Route(target, credentials, price), *fallbacks])
         attempts = (settings.retries + 1) * (1 + len(fallbacks))
-        reserve = self.budgets.reserve(
+        reservation = await self.budgets.reserve(
             caller.tenant_id, _actor(caller), cost, prompt_estimate + max_tokens,
             ttl_seconds=self._timeout(settings) * attempts + _RESERVATION_MARGIN_SECONDS, wait=False,
         )
-        reservation, admission = None, None
-        api_base = credentials.api_base or _DEFAULT_BASES.get(target.provider)
-        if (
-            not fallbacks and self.clients.ours(target.litellm_model, api_base)
-            and await self.budgets.admits(caller.tenant_id, _actor(caller))
-        ):
-            # The admission (a Redis round trip) runs while litellm prepares the request; our
-            # provider client sends nothing before it is admitted (provider_clients.ADMISSION).
-            admission = asyncio.ensure_future(reserve)
-        else:
-            reservation = await reserve
         return PreparedCall(
             caller=caller, params=params, target=target, credentials=credentials, price=price,
-            max_tokens=max_tokens, prompt_estimate=prompt_estimate, reservation=reservation, admission=admission,
+            max_tokens=max_tokens, prompt_estimate=prompt_estimate, reservation=reservation,
             settings=settings, fallbacks=fallbacks, requested_model=target.model,
             template_id=plan.template_id, template_version=plan.template_version, conversation=plan.conversation,
         )
@@ -413,7 +400,6 @@ class AIProxy:
                 for c in choice.message.tool_calls
             ]
         call.answer_text = choice.message.content
-        await self._admitted(call)
         cost = call.price.cost(prompt, completion, cached)
         settlement: asyncio.Future[None] | None = None
         if call.conversation is not None:
@@ -498,7 +484,6 @@ class AIProxy:
         for index, route in enumerate(routes):
             call.target, call.credentials, call.price = route.target, route.credentials, route.price
             for attempt in range(retries + 1):
-                admission = ADMISSION.set(call.admission)
                 try:
                     if attempt:
                         await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 1.0))
@@ -507,42 +492,13 @@ class AIProxy:
                     await self._finish_shielded(call, status="cancelled")
                     raise
                 except Exception as exc:
-                    refused = await self._refused(call)
-                    if refused is not None:  # not admitted: nothing was sent, nothing to record
-                        raise refused from None
                     problem = provider_problem(exc, call.target.provider, call.credentials.api_key)
                     last = index == len(routes) - 1 and attempt == retries
                     if last or not _retriable(problem):
                         await self._finish_shielded(call, status="error", error=problem)
                         raise problem from None
                     await self._finish_shielded(call, status="error", error=problem, final=False)
-                finally:
-                    ADMISSION.reset(admission)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _admitted(self, call: PreparedCall) -> None:
-        """Wait for ``call``'s admission, if it still runs, and keep its reservation (``None``
-        when it was refused: there is nothing to give back)."""
-        admission, call.admission = call.admission, None
-        if admission is None:
-            return
-        try:
-            call.reservation = await asyncio.shield(admission)
-        except Exception:
-            call.reservation = None
-
-    async def _refused(self, call: PreparedCall) -> Exception | None:
-        """The admission's refusal (402, 503) when ``call`` was not admitted; the call is then
-        finished without a ledger row, as a refusal before the call always was."""
-        admission = call.admission
-        if admission is None:
-            return None
-        try:
-            await asyncio.shield(admission)
-        except Exception as refusal:
-            call.admission, call.finished = None, True
-            return refusal
-        return None
 
     async def _call_provider(self, call: PreparedCall, request: Awaitable[Any]) -> Any:
         """Await the provider. On failure or cancellation the call is settled (its reservation
@@ -618,7 +574,6 @@ class AIProxy:
         (``outcome``: see :meth:`_settlement`)."""
         if call.finished:
             return Decimal(0)
-        await self._admitted(call)
         settlement = self._settlement(call, **outcome)
         await self._write(call.caller.tenant_id, [settlement])
         return settlement.cost

@@ -12,7 +12,14 @@ machine wall-clock medians swing by more than what is measured, so the CPU time 
 process spends per call (user + system, from /proc, over each path's blocks; settlements that run
 after an answer are counted where they run) is shown too: it does not grow with others' load.
 
-    python bench/ai_proxy.py [--requests 200]
+Like for like: the direct calls import litellm the way the server does
+(``kernel.ai.pricing.litellm``: its per-call INFO logging off, no debug banners) and pass the
+arguments the proxy passes (``timeout``, no retries); both sides keep their connections alive (the
+client's ``httpx.Client`` to the server, litellm's cached client and the proxy's pooled one to the
+provider). ``--billing`` runs the server with the billing plugin, so that every call also reserves
+in the plan's AI tokens (the free plan meters them).
+
+    python bench/ai_proxy.py [--requests 200] [--billing]
 """
 
 from __future__ import annotations
@@ -88,15 +95,20 @@ def _p(samples: list[float]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200)
-    n = parser.parse_args().requests
-    import litellm
+    parser.add_argument("--billing", action="store_true", help="serve with the billing plugin (plan AI tokens)")
+    arguments = parser.parse_args()
+    n = arguments.requests
+    from kernel.ai.pricing import litellm as load_litellm
 
+    litellm = load_litellm()  # as the server loads it: without litellm's per-call INFO logging
+    timeout = int(os.environ.get("BUSINESSOS_AI_TIMEOUT_SECONDS", "60"))  # the server's default
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-ai-"))
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
         "BUSINESSOS_DATA_DIR": str(data_dir),
-        "BUSINESSOS_PLUGINS": "",
+        "BUSINESSOS_PLUGINS": "billing" if arguments.billing else "",
         "BUSINESSOS_RATE_LIMIT_PER_MINUTE": "1000000",
         "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000",
         "BUSINESSOS_LOG_LEVEL": "WARNING",
@@ -142,6 +154,8 @@ def main() -> None:
                 call = {
                     "model": "openai/gpt-4o-mini", "messages": MESSAGES, "api_key": PROVIDER_KEY,
                     "api_base": provider.base, "max_tokens": 16,
+                    # What the proxy passes too (kernel.ai.proxy.AIProxy._arguments).
+                    "timeout": timeout, "num_retries": 0, "max_retries": 0,
                 }
                 loop = asyncio.new_event_loop()
 
@@ -178,6 +192,7 @@ def main() -> None:
         p50, p99 = _p(samples)
         shown = "" if used is None else f"{used:16.2f}"
         print(f"{name:<46} {p50:8.2f} {p99:8.2f} {p50 - base50:10.2f} {p99 - base99:10.2f} {shown}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

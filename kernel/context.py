@@ -59,7 +59,7 @@ class Kernel:
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.ai = AIProxy(self.db, self.box, self.settings, self.bus)
+        self.ai = AIProxy(self.db, self.box, self.settings, self.bus, self.entitlements)
         self.retrieval = RetrievalService(self.db, self.ai)
         self.entitlements.attach(self.services)
         self.deliveries = Deliveries(self)

@@ -2,7 +2,8 @@
 
 A plugin answers through the ``businessos_entitlements`` hook with an :class:`EntitlementProvider`.
 The kernel asks it before enabling a module (``kernel.module.<name>``), adding a member
-(``kernel.members``) and creating an API key (``kernel.api_keys``); plugins ask it through
+(``kernel.members``) and creating an API key (``kernel.api_keys``), and the AI proxy asks how
+many AI tokens remain (``kernel.ai.tokens``, amount 0; see ``kernel.ai.budgets``); plugins ask it through
 ``services.entitlements`` before a metered action of their own (``<plugin>.<feature>``). A refusal
 is a 402 problem naming the limit and how to lift it. With no provider installed every question
 is answered "allowed, unlimited" and any plan code is accepted.
@@ -72,7 +73,8 @@ class EntitlementQuery(msgspec.Struct, frozen=True, kw_only=True):
     plan: str
     """The tenant's plan code."""
     feature: str
-    """``kernel.module.<name>``, ``kernel.members``, ``kernel.api_keys`` or ``<plugin>.<feature>``."""
+    """``kernel.module.<name>``, ``kernel.members``, ``kernel.api_keys``, ``kernel.ai.tokens`` or
+    ``<plugin>.<feature>``."""
     amount: int
     """How much the action uses; 0 asks only how much remains."""
 

@@ -16,6 +16,17 @@ transaction rolls back and nothing is reserved. After the call the reservation i
 real cost (or released on failure and cancellation) in the transaction that writes the ledger
 row. Nothing is counted in a process: any number of API replicas share it.
 
+**The plan's AI tokens.** When an entitlement provider (the billing plugin) meters
+``kernel.ai.tokens`` for the tenant, every call also reserves its upper bound of tokens in one
+more balance, scope ``plan``, in the same admission script as the budgets (no extra round trip):
+its limit is 0 and it holds ``-remaining`` as the provider counted it from the ledger, plus what
+running calls hold, plus what settled since. A call that does not fit is refused with 402
+``payment-required`` naming the limit and the remaining figure. Whether the plan meters AI tokens
+is cached for a minute per process; each time that is read again the balance is marked stale, so
+the next admission asks the provider for the remaining figure again (plan changes, a new period,
+usage the billing plugin received otherwise are seen within the minute). Without Redis the
+provider is asked before every call (exact for sequential calls only).
+
 Crossing ``soft_limit_ratio`` of a limit emits ``ai.budget.soft_limit`` in the settling
 transaction; exactly one settlement crosses it, because each sees its own before and after.
 
@@ -52,11 +63,14 @@ from kernel.ai.schemas import Budget, BudgetUpdate
 from kernel.audit.log import RequestMeta, record
 from kernel.db.engine import Database
 from kernel.db.models import utcnow, uuid7
-from kernel.errors import FieldError, Problem, Unprocessable
+from kernel.entitlements import EntitlementGate
+from kernel.errors import FieldError, PaymentRequired, Problem, Unprocessable
 from kernel.events.outbox import emit
 
 __all__ = [
+    "AI_TOKENS",
     "DEFAULT_RESERVATION_TTL",
+    "PLAN_SCOPE",
     "TENANT_SCOPE",
     "BudgetExceeded",
     "BudgetService",
@@ -72,6 +86,12 @@ SOFT_LIMIT_EVENT = "ai.budget.soft_limit"
 DEFAULT_RESERVATION_TTL = 600.0
 _SWEEP_BATCH = 500
 TENANT_SCOPE = "tenant"
+PLAN_SCOPE = "plan"
+"""The balance of the plan's monthly AI tokens (the entitlement provider's figure)."""
+AI_TOKENS = "kernel.ai.tokens"
+"""The feature the entitlement provider is asked about before AI calls."""
+_UNMETERED = 10**15
+"""What a plan that stopped metering AI tokens leaves (no call reserves that much)."""
 _PRINCIPAL_SCOPE = re.compile(r"^(user|api_key):[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -245,11 +265,64 @@ def _scopes(principal: str | None) -> list[str]:
     return [TENANT_SCOPE] if principal is None else sorted({TENANT_SCOPE, principal})
 
 
+def _allowance_refused(remaining: int, tokens: int, provider_says: Any = None) -> PaymentRequired:
+    """402 for a call past the plan's AI tokens; the provider's own words when it gave them."""
+    refused = provider_says is not None and not provider_says.allowed
+    return PaymentRequired(
+        (provider_says.detail if refused and provider_says.detail else "")
+        or f"this call could use up to {tokens} AI tokens; the plan has {remaining} left this period",
+        extra={
+            "feature": AI_TOKENS,
+            "limit": (provider_says.limit if refused and provider_says.limit else "") or "ai_tokens",
+            "remaining": remaining,
+            "estimated_tokens": tokens,
+            "lift": (provider_says.lift if refused and provider_says.lift else "")
+            or "upgrade to a plan with more AI tokens",
+        },
+    )
+
+
 class BudgetService:
-    def __init__(self, db: Database, cache: CallCache, redis: Redis | None = None) -> None:
+    def __init__(
+        self, db: Database, cache: CallCache, redis: Redis | None = None, entitlements: EntitlementGate | None = None
+    ) -> None:
         self.db = db
         self.cache = cache
         self.gate = None if redis is None else BudgetGate(redis)
+        self.entitlements = entitlements
+
+    async def _metered(self, tenant_id: uuid.UUID) -> bool:
+        """Whether the tenant's plan meters AI tokens (cached a minute; no provider: never). Each
+        time it is read again the plan balance is marked stale, so that the next admission takes
+        the provider's remaining figure again."""
+        gate = self.entitlements
+        if gate is None or gate.provider is None:
+            return False
+
+        async def read() -> bool:
+            answer = await gate.ask(tenant_id, AI_TOKENS, 0)
+            metered = answer.remaining is not None or not answer.allowed
+            if metered and self.gate is not None:
+                await self.gate.resync(tenant_id, [PLAN_SCOPE], current_month())
+            return metered
+
+        return await self.cache.get(CallCache.key(tenant_id, "ai-allowance"), read)
+
+    async def _plan_remaining(self, tenant_id: uuid.UUID) -> int:
+        """The AI tokens the plan has left, as the provider counts them from the ledger."""
+        assert self.entitlements is not None
+        answer = await self.entitlements.ask(tenant_id, AI_TOKENS, 0)
+        if answer.remaining is None:
+            return 0 if not answer.allowed else _UNMETERED
+        return max(int(answer.remaining), 0)
+
+    async def _plan_refusal(self, tenant_id: uuid.UUID, remaining: int, tokens: int) -> PaymentRequired:
+        assert self.entitlements is not None
+        try:  # the provider's words for the refusal (only on this rare path)
+            words = await self.entitlements.ask(tenant_id, AI_TOKENS, tokens)
+        except Problem:
+            words = None
+        return _allowance_refused(remaining, tokens, words)
 
     async def _budgeted(self, tenant_id: uuid.UUID) -> dict[str, Limits]:
         """The tenant's budgets by scope (cached; dropped when one is set)."""
@@ -336,11 +409,20 @@ class BudgetService:
         only (``wait`` is kept for callers; nothing is written beside the call)."""
         limits = await self._budgeted(tenant_id)
         budgeted = sorted(set(_scopes(principal)) & set(limits))
-        if not budgeted:
+        metered = await self._metered(tenant_id)
+        if metered and self.gate is None:
+            # No Redis: the provider is asked before each call (running calls are not counted).
+            remaining = await self._plan_remaining(tenant_id)
+            if tokens > remaining:
+                raise await self._plan_refusal(tenant_id, remaining, tokens)
+        if not budgeted and not (metered and self.gate is not None):
             return None  # the common case: no budget, no transaction
         month = current_month()
         if self.gate is not None:
-            return await self._admit(tenant_id, month, {s: limits[s] for s in budgeted}, cost, tokens, ttl_seconds)
+            scopes = {s: limits[s] for s in budgeted}
+            if metered:
+                scopes[PLAN_SCOPE] = Limits(None, 0)  # holds -remaining: see the module's docstring
+            return await self._admit(tenant_id, month, scopes, cost, tokens, ttl_seconds)
         async with self.db.tenant(tenant_id) as session:
             await session.execute(
                 _CLAIM, {"t": tenant_id, "m": month, "s": budgeted, "ids": [uuid7() for _ in budgeted]}
@@ -371,16 +453,24 @@ class BudgetService:
     ) -> Reservation:
         assert self.gate is not None
         scopes = sorted(limits)
+        budgets = [s for s in scopes if s != PLAN_SCOPE]
 
         async def settled() -> dict[str, tuple[Decimal, int]]:
-            async with self.db.tenant(tenant_id) as session:
-                rows = await session.execute(_SETTLED, {"m": month, "s": scopes})
-                return {row.scope: (Decimal(row.cost), int(row.tokens)) for row in rows}
+            seeds: dict[str, tuple[Decimal, int]] = {}
+            if budgets:
+                async with self.db.tenant(tenant_id) as session:
+                    rows = await session.execute(_SETTLED, {"m": month, "s": budgets})
+                    seeds = {row.scope: (Decimal(row.cost), int(row.tokens)) for row in rows}
+            if PLAN_SCOPE in limits:
+                seeds[PLAN_SCOPE] = (Decimal(0), -await self._plan_remaining(tenant_id))
+            return seeds
 
         held = uuid7()
         admission = await self.gate.admit(tenant_id, month, limits, cost, tokens, held, ttl_seconds, settled)
         if not admission.admitted:
             refused = admission.refused_scope or TENANT_SCOPE
+            if refused == PLAN_SCOPE:
+                raise await self._plan_refusal(tenant_id, max(-admission.used_tokens, 0), tokens)
             limit = limits[refused]
             raise _exceeded(
                 refused,
@@ -408,13 +498,18 @@ class BudgetService:
         return await self.settle_many(session, tenant_id, [Charge(principal, reservation, cost, tokens)])
 
     async def settle_many(
-        self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge]
+        self, session: AsyncSession, tenant_id: uuid.UUID, charges: Sequence[Charge], *,
+        after_commit: list[Callable[[], Awaitable[None]]] | None = None,
     ) -> asyncio.Future[None] | None:
         """:meth:`settle` for several calls in at most three statements: their reservations are
         taken back, their spend is summed per scope and month, and each budget's soft limit is
         checked once against the batch's total. Reservations held in Redis are turned into spend
         there once ``session``'s transaction has committed (never before: a rolled back batch
-        keeps holding them); the returned future resolves when that is done."""
+        keeps holding them); the returned future resolves when that is done.
+
+        A caller that commits ``session`` itself may pass ``after_commit``: the Redis work is then
+        appended to it, for the caller to run once committed (nothing is returned); that spares the
+        per-session commit listeners."""
         if not charges:
             return None
         ids = [
@@ -423,6 +518,7 @@ class BudgetService:
         ]
         taken = set((await session.execute(_TAKE_MANY, {"ids": ids})).scalars()) if ids else set()
         spent: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+        plan: dict[tuple[str, date], int] = defaultdict(int)
         released: dict[tuple[str, date], list[Any]] = defaultdict(lambda: [Decimal(0), 0])
         in_redis: list[uuid.UUID] = []
         for charge in charges:
@@ -439,6 +535,7 @@ class BudgetService:
             for scope in _scopes(charge.principal):
                 spent[(scope, month)][0] += charge.cost
                 spent[(scope, month)][1] += charge.tokens
+            plan[(PLAN_SCOPE, month)] += charge.tokens  # in Redis only, where the plan balance exists
             if held and reservation is not None:
                 for scope in reservation.scopes:
                     released[(scope, reservation.month)][0] += reservation.cost
@@ -469,6 +566,10 @@ class BudgetService:
         if self.gate is None:
             return None
         gate, charged = self.gate, {k: (v[0], v[1]) for k, v in spent.items()}
+        charged.update({k: (Decimal(0), v) for k, v in plan.items()})
+        if after_commit is not None:
+            after_commit.append(lambda: gate.settle(tenant_id, in_redis, charged))
+            return None
         return _after_commit(session, lambda: gate.settle(tenant_id, in_redis, charged))
 
     async def _soft_limit(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
@@ -60,8 +60,11 @@ def _usage(result: Completion) -> dict[str, Any]:
     }
 
 
+_ENCODE = msgspec.json.Encoder().encode
+
+
 def _sse(data: Any) -> bytes:
-    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+    return b"data: " + _ENCODE(data) + b"\n\n"
 
 
 @post("/v1/chat/completions", status_code=200, tags=["openai"], opt={"permission": USE, **CALL_PROBLEMS})
@@ -76,14 +79,15 @@ async def chat_completions(
     call = await kernel.ai.prepare(caller_of(request, tenant.id, "openai"), params)
     if not params.stream:
         result = await kernel.ai.complete(call)
-        return Response({
+        body = _ENCODE({
             "id": result.id,
             "object": "chat.completion",
             "created": result.created,
             "model": result.model,
             "choices": [{"index": 0, "message": result.message, "finish_reason": result.finish_reason}],
             "usage": _usage(result),
-        }, background=BackgroundTask(kernel.ai.settled, result))
+        })  # encoded here: plain JSON types, no need for the framework's serializer lookup
+        return Response(body, media_type=MediaType.JSON, background=BackgroundTask(kernel.ai.settled, result))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
     pieces = await kernel.ai.open_stream(call)
     model = call.target.model

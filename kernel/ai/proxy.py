@@ -53,6 +53,7 @@ from kernel.cache import InvalidationBus
 from kernel.crypto import SecretBox
 from kernel.db.engine import Database
 from kernel.db.models import uuid7
+from kernel.entitlements import EntitlementGate
 from kernel.errors import Problem
 from kernel.events.outbox import emit_many
 from kernel.identity.principal import Principal
@@ -90,7 +91,7 @@ _DEFAULT_BASES = {
 
 
 CALL_PROBLEMS = {"problems": (402, 409, 502, 504)}
-"""Route ``opt`` entries of a route that calls a provider: what a budget (402), a missing key
+"""Route ``opt`` entries of a route that calls a provider: what a budget or the plan's AI tokens (402), a missing key
 (409) or the provider (502, 504) can answer besides the usual (see kernel.http.openapi)."""
 
 
@@ -280,12 +281,15 @@ _MAX_UNSETTLED = 1000
 
 
 class AIProxy:
-    def __init__(self, db: Database, box: SecretBox, settings: Settings, bus: InvalidationBus | None = None) -> None:
+    def __init__(
+        self, db: Database, box: SecretBox, settings: Settings, bus: InvalidationBus | None = None,
+        entitlements: EntitlementGate | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.cache = CallCache(bus)
         self.keys = KeyService(db, box, self.cache, allow_private_bases=settings.ai_allow_private_bases)
-        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis)
+        self.budgets = BudgetService(db, self.cache, None if bus is None else bus.redis, entitlements)
         self.tenant_settings = TenantSettingsService(db, settings.ai_timeout_seconds, self.cache)
         self._settler: Settler[Settlement] = Settler(self._write, lambda s: s.tenant_id)
         self.clients = ProviderClients(settings)
@@ -650,6 +654,7 @@ class AIProxy:
 
     async def _write(self, tenant_id: uuid.UUID, batch: Sequence[Settlement]) -> None:
         """Write ``batch`` (settlements of one tenant) in one transaction."""
+        committed: list[Callable[[], Awaitable[None]]] = []
         async with self.db.tenant(tenant_id) as session:
             await session.execute(_INSERT_USAGE, [s.usage for s in batch])
             for s in batch:
@@ -664,14 +669,15 @@ class AIProxy:
                     await self.budgets.release(session, s.reservation)
             # Calls the provider billed are charged; a failed attempt that another follows keeps
             # the reservation for it.
-            in_redis = await self.budgets.settle_many(
+            await self.budgets.settle_many(
                 session, tenant_id,
                 [Charge(s.principal, s.reservation, s.cost, s.tokens) for s in batch if s.final and s.billed],
+                after_commit=committed,
             )
             await record_many(session, tenant_id, [s.audit for s in batch])
             await emit_many(session, tenant_id=tenant_id, events=[(CALL_EVENT, s.event) for s in batch])
-        if in_redis is not None:  # committed: the reservations held in Redis become spend there
-            await in_redis
+        for work in committed:  # committed: the reservations held in Redis become spend there
+            await work()
         for s in batch:  # committed: now they count
             u = s.usage
             record_ai_call(u["provider"], u["status"], u["prompt_tokens"], u["completion_tokens"], s.cost)

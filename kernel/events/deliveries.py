@@ -143,7 +143,8 @@ class _Outcome:
     uncount: bool
     """Give the attempt back (it was not the handler's)."""
     result: str
-    """What :meth:`Deliveries.run` answers: ``succeeded``, ``retry``, ``dead``, ``unknown-handler``."""
+    """What :meth:`Deliveries.run` answers: ``succeeded``, ``retry``, ``dead``, ``unknown-handler``,
+    ``postponed`` (no turn in time)."""
 
 
 _CREATE = text(
@@ -313,8 +314,9 @@ class Deliveries:
         """:meth:`run` for ``(tenant_id, delivery_id)`` pairs: one statement claims those that are
         due, the handlers run (at most :data:`CONCURRENCY` at once; a batch handler once per
         tenant), one statement records every outcome. Returns the outcome of each claimed one."""
-        # Every claimed row's outcome is recorded within half its lease, waiting for a turn
-        # included: a handler that has not finished by then fails with TimeoutError and is retried.
+        # A claimed delivery waits at most half its lease for a turn (then it is given back
+        # uncounted and queued again), and its handler at most the other half: either way the
+        # outcome is recorded before the lease lets another worker take the row.
         deadline = asyncio.get_running_loop().time() + self.lease / 2
         claims = await self._claim(deliveries)
         if not claims:
@@ -344,11 +346,12 @@ class Deliveries:
             for outcome in done:
                 outcomes[outcome.claim.id] = outcome
         await self._record(list(outcomes.values()))
-        retries = [o for o in outcomes.values() if o.result == "retry"]
+        retries = [o for o in outcomes.values() if o.result in ("retry", "postponed")]
         try:
             for outcome in retries:
                 claim = outcome.claim
-                await self.enqueue(queue, queue_name, claim.tenant_id, claim.id, claim.attempt + 1, outcome.delay)
+                attempt = claim.attempt if outcome.uncount else claim.attempt + 1
+                await self.enqueue(queue, queue_name, claim.tenant_id, claim.id, attempt, outcome.delay)
         except Exception:  # Redis down: the sweeper enqueues them when due
             log.debug("could not enqueue %d retries; the sweeper will", len(retries))
         return {delivery_id: outcome.result for delivery_id, outcome in outcomes.items()}
@@ -368,10 +371,17 @@ class Deliveries:
         self, semaphore: asyncio.Semaphore, deadline: float, plugin: str, handler: EventHandler, claim: _Claim
     ) -> list[_Outcome]:
         try:
-            async with asyncio.timeout_at(deadline), semaphore:
+            async with asyncio.timeout_at(deadline):
+                await semaphore.acquire()
+        except TimeoutError:
+            return [self._postponed(claim)]
+        try:
+            async with asyncio.timeout(self.lease / 2):
                 await handler.handler(self._context(plugin, claim))
         except Exception as exc:
             return [self._failed(claim, exc)]
+        finally:
+            semaphore.release()
         return [_Outcome(claim, "succeeded", None, 0.0, False, "succeeded")]
 
     async def _run_batch(
@@ -380,11 +390,23 @@ class Deliveries:
     ) -> list[_Outcome]:
         assert handler.batch is not None
         try:
-            async with asyncio.timeout_at(deadline), semaphore:
+            async with asyncio.timeout_at(deadline):
+                await semaphore.acquire()
+        except TimeoutError:
+            return [self._postponed(claim) for claim in claims]
+        try:
+            async with asyncio.timeout(self.lease / 2):
                 await handler.batch([self._context(plugin, claim) for claim in claims])
         except Exception as exc:
             return [self._failed(claim, exc) for claim in claims]
+        finally:
+            semaphore.release()
         return [_Outcome(claim, "succeeded", None, 0.0, False, "succeeded") for claim in claims]
+
+    @staticmethod
+    def _postponed(claim: _Claim) -> _Outcome:
+        """A claim whose handler never got a turn: given back, due again at once."""
+        return _Outcome(claim, "pending", None, 0.0, True, "postponed")
 
     def _failed(self, claim: _Claim, exc: Exception) -> _Outcome:
         log.warning(

@@ -102,7 +102,7 @@ def businessos_settings_schema() -> type[msgspec.Struct]:
 
 @sdk.hookimpl
 def businessos_event_handlers() -> list[sdk.EventHandler]:
-    return [sdk.EventHandler("*", delivery.fan_out, name="fan_out")]
+    return [sdk.EventHandler("*", delivery.fan_out, name="fan_out", batch=delivery.fan_out_many)]
 
 
 @sdk.hookimpl

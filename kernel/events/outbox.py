@@ -3,7 +3,7 @@
 ``emit`` inserts the event in the caller's transaction, so the change and its events commit
 together or not at all. The dispatcher (in the job worker) turns pending rows into one delivery per
 handler (``kernel.events.deliveries``) in the transaction that marks them dispatched, and then
-enqueues one job per delivery. Delivery state lives in PostgreSQL; a queue lost with Redis is
+enqueues a job per batch of deliveries. Delivery state lives in PostgreSQL; a queue lost with Redis is
 rebuilt from it by the worker's sweeper.
 """
 
@@ -103,8 +103,7 @@ class OutboxDispatcher(BackgroundLoop):
                     {"ids": [row.id for row in rows]},
                 )
         try:
-            for tenant_id, delivery_id in created:
-                await self.deliveries.enqueue(self.queue, self.queue_name, tenant_id, delivery_id, 1)
+            await self.deliveries.enqueue_batches(self.queue, self.queue_name, created)
         except Exception as exc:  # the sweeper enqueues what is left
             log.warning("cannot enqueue event deliveries (%s); the sweeper will", exc, extra={"repeat_key": "enqueue"})
         return len(rows)

@@ -25,7 +25,7 @@ from redis.asyncio import ConnectionPool
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.context import Kernel
-from kernel.events.deliveries import DELIVER_JOB, QUEUE, backoff
+from kernel.events.deliveries import BATCH_JOB, DELIVER_JOB, QUEUE, backoff
 from kernel.events.loop import TROUBLE_INTERVAL, BackgroundLoop
 from kernel.events.outbox import OutboxDispatcher
 from kernel.jobs.facade import RUN_JOB
@@ -42,6 +42,7 @@ __all__ = [
     "Supervisor",
     "build_worker",
     "deliver_event",
+    "deliver_events",
     "run_event_handlers",
     "run_job",
     "sweep_ai_reservations",
@@ -73,6 +74,22 @@ async def deliver_event(ctx: dict[str, Any], tenant_id: str, delivery_id: str) -
     except (SQLAlchemyError, OSError) as exc:
         log.warning("event deliveries wait for PostgreSQL (%s)", exc, extra={"repeat_key": "db"})
         return "postponed"
+
+
+async def deliver_events(ctx: dict[str, Any], deliveries: list[str]) -> int:
+    """Run a batch of deliveries, each ``<tenant id>:<delivery id>`` (see
+    ``kernel.events.deliveries``); returns how many were claimed. PostgreSQL unreachable: as
+    :func:`deliver_event`, the rows stay as they are and the sweeper offers them again."""
+    kernel: Kernel = ctx["kernel"]
+    pairs = []
+    for item in deliveries:
+        tenant_id, _, delivery_id = item.partition(":")
+        pairs.append((uuid.UUID(tenant_id), uuid.UUID(delivery_id)))
+    try:
+        return len(await kernel.deliveries.run_many(pairs, ctx["redis"], ctx["queue"]))
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("event deliveries wait for PostgreSQL (%s)", exc, extra={"repeat_key": "db"})
+        return 0
 
 
 async def run_event_handlers(
@@ -248,6 +265,8 @@ def build_worker(
             # or a redelivery can be enqueued, a copy of a queued or running one cannot. The
             # delivery's lease, not arq's retries, decides when a stuck one runs again.
             func(deliver_event, name=DELIVER_JOB, keep_result=0, max_tries=3,  # type: ignore[arg-type]
+                 timeout=settings.event_lease_seconds),
+            func(deliver_events, name=BATCH_JOB, keep_result=0, max_tries=3,  # type: ignore[arg-type]
                  timeout=settings.event_lease_seconds),
             func(run_event_handlers, name=LEGACY_EVENT_JOB),  # type: ignore[arg-type]
             # The job's own max_attempts and timeout decide; arq's limits only stand behind them.

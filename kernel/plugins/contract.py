@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -99,6 +99,14 @@ class EventHandler:
     name: str = ""
     """Names the handler in its deliveries (``<plugin>:<name>``); defaults to the function's
     qualified name. Keep it stable: renaming it orphans the deliveries still pending."""
+    accepts: Callable[[str], bool] | None = None
+    """Optional, for ``"*"`` handlers: a cheap test of the event's name; an event it refuses gets
+    no delivery for this handler at all (no row, no job). Must not change its answer for an event
+    name while the process runs (it decides when the event is dispatched)."""
+    batch: Callable[[Sequence[EventContext]], Awaitable[None]] | None = None
+    """Optional: runs several deliveries of this handler for one tenant in one call (what
+    ``handler`` does for each, with fewer round trips). Its exception fails them all; each is then
+    retried on its own, with ``handler``. Both must be idempotent per event id."""
 
 
 class StepJournal(Protocol):

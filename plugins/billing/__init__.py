@@ -171,7 +171,10 @@ def businessos_event_types() -> list[sdk.EventType]:
 
 @sdk.hookimpl
 def businessos_event_handlers() -> list[sdk.EventHandler]:
-    return [sdk.EventHandler(event="*", handler=_on_event, name="meter")]
+    # Only these events are metered: the others get no delivery for this handler at all.
+    metered = frozenset({"kernel.tenant.created", "workflows.execution.started", "kernel.member.added",
+                         "kernel.member.removed"})
+    return [sdk.EventHandler(event="*", handler=_on_event, name="meter", accepts=metered.__contains__)]
 
 
 @sdk.hookimpl

@@ -119,6 +119,17 @@ async def publish_workflow(
     return workflow
 
 
+async def refused_workflow(
+    api: AsyncTestClient[Any], tenant: dict[str, Any], nodes: list[dict[str, Any]]
+) -> list[str]:
+    """Save ``nodes`` as a chain and expect 422; the fields the problem names."""
+    edges = [{"source": a["id"], "target": b["id"], "port": "main"} for a, b in pairwise(nodes)]
+    body = {"name": f"wf-{uuid.uuid4().hex[:6]}", "graph": {"nodes": nodes, "edges": edges}}
+    made = await api.post("/api/workflows", json=body, headers=tenant["h"])
+    assert made.status_code == 422, made.text
+    return [error["field"] for error in made.json()["errors"]]
+
+
 async def start_run(api: AsyncTestClient[Any], tenant: dict[str, Any], workflow: str, payload: Any = None) -> str:
     """``POST /api/workflows/{id}/run`` (a manual trigger's input); the execution id."""
     response = await api.post(f"/api/workflows/{workflow}/run", json={"input": payload or {}}, headers=tenant["h"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import TYPE_CHECKING, TypeVar, overload
 
 import msgspec
@@ -43,6 +44,12 @@ class Connections:
         Keep what it returns inside the call that needs it: never log it, return it or store it.
         """
         return await self._kernel.connections.open(tenant_id, connection_id, self._plugin, schema)
+
+    async def plugins_of(self, tenant_id: uuid.UUID, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """For each of ``ids`` that is a connection of ``tenant_id``, the plugin whose credential
+        type it is; other ids (unknown, another tenant's) are absent. For checking a saved config
+        before it runs (a workflow names connections by id)."""
+        return await self._kernel.connections.plugins_of(tenant_id, ids)
 
     async def users(self, tenant_id: uuid.UUID, connection_id: uuid.UUID) -> list[str]:
         """What uses the connection, as every plugin's ``businessos_connection_users`` says."""

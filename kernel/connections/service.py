@@ -24,7 +24,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -379,6 +379,17 @@ class ConnectionService:
             row = await self._row(session, connection_id, lock=True)
             await session.delete(row)
             await self._audit(session, row, "deleted", actor, before=self._audited(row))
+
+    async def plugins_of(self, tenant_id: uuid.UUID, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The plugin whose credential type each of ``ids`` is, for those that are connections of
+        ``tenant_id`` (another tenant's ids and unknown ids are simply absent)."""
+        if not ids:
+            return {}
+        async with self.kernel.db.tenant(tenant_id) as session:
+            rows = await session.execute(
+                select(ConnectionRow.id, ConnectionRow.plugin).where(ConnectionRow.id.in_(list(ids)))
+            )
+            return {row.id: row.plugin for row in rows}
 
     # -- use -----------------------------------------------------------------------------------
 

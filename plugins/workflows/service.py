@@ -7,8 +7,9 @@ Functions take a tenant session (``services.data.tenant``) and, for changes, the
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -69,6 +70,7 @@ async def check_graph(
     the run order and a schedule's cron. Returns the trigger's catalogue entry (``full``)."""
     nodes = await catalogue(services, tenant_id)
     errors = list(validate(graph, settings, nodes))
+    errors += await connection_errors(services, tenant_id, graph, nodes)
     if full and not errors:
         try:
             plan = plan_of(graph, settings, {key for key, node in nodes.items() if node.kind == "trigger"})
@@ -87,6 +89,31 @@ async def check_graph(
     if errors:
         raise sdk.Unprocessable("the workflow is invalid", errors=errors)
     return None
+
+
+async def connection_errors(
+    services: sdk.Services, tenant_id: uuid.UUID, graph: Graph, nodes: Mapping[str, sdk.CatalogueNode]
+) -> list[sdk.FieldError]:
+    """A node config's literal ``connection`` (the connectors' convention) must be a connection of
+    this tenant, of the node's own plugin. Another tenant's id reads as unknown. The step checks it
+    again when it runs (``services.connections.open``); this only makes the mistake visible at save."""
+    named: dict[str, tuple[uuid.UUID, str]] = {}
+    for node in graph.nodes:
+        value = node.config.get("connection")
+        if isinstance(value, str) and node.node in nodes:
+            with contextlib.suppress(ValueError):
+                named[node.id] = (uuid.UUID(value), nodes[node.node].plugin)
+    owners = await services.connections.plugins_of(tenant_id, {found for found, _ in named.values()})
+    errors = []
+    for node_id, (connection, plugin) in named.items():
+        owner = owners.get(connection)
+        if owner is None:
+            errors.append(sdk.FieldError(f"nodes.{node_id}.config.connection", f"no connection {connection}"))
+        elif owner != plugin:
+            errors.append(sdk.FieldError(
+                f"nodes.{node_id}.config.connection", f"connection {connection} is a {owner} connection, not {plugin}"
+            ))
+    return errors
 
 
 def _out(row: Definition) -> s.WorkflowOut:

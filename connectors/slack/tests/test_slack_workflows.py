@@ -22,6 +22,7 @@ from connectors.conftest import (
     make_connection,
     publish_workflow,
     recorded_events,
+    refused_workflow,
     runs_of,
     start_run,
     step,
@@ -224,14 +225,10 @@ async def test_another_tenants_connection_cannot_be_read_tested_or_used(
     })
     assert tried.status_code == 200 and tried.json()["ok"] is False and tried.json()["error"]["status"] == 404
 
-    workflow = await publish_workflow(api, intruder, [
+    assert await refused_workflow(api, intruder, [
         step("start", "workflows.manual"),
         step("post", "slack.post_message", connection=connection, channel="CGENERAL1", text=f"stolen {marker}"),
-    ])
-    detail = await finished_run(api, intruder, await start_run(api, intruder, workflow))
-    assert detail["execution"]["status"] == "failed"
-    error = steps_of(detail)["post"]["error"]
-    assert error["status"] == 404 and error["transient"] is False and error["message"] == f"no connection {connection}"
+    ]) == ["nodes.post.config.connection"]
     assert _posted(fake, marker) == []
     # The owner's connection is untouched and still works for the owner.
     assert (await api.post(f"/api/connections/{connection}/test", headers=owner["h"])).json()["ok"] is True

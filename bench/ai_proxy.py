@@ -133,12 +133,28 @@ def main() -> None:
                         raise SystemExit("serve did not become healthy")
                     time.sleep(0.2)
 
+                operator: dict[str, str] = {}
+                if arguments.billing:
+                    # The plan's rate limit now applies (Free: 60 a minute per principal): the
+                    # bench's tenants go on Enterprise, through an operator as an installer would.
+                    email, password = "ops@bench.example", f"pw-{uuid.uuid4().hex}"
+                    subprocess.run(
+                        [sys.executable, "-m", "kernel.cli", "operators", "create", email],
+                        env=env, input=f"{password}\n", text=True, check=True, capture_output=True,
+                    )
+                    login = client.post("/api/admin/auth/login", json={"email": email, "password": password})
+                    operator = {"Authorization": f"Bearer {login.raise_for_status().json()['access_token']}"}
+
                 def tenant_key(budget: bool) -> dict[str, str]:
                     """A new tenant with the provider key and an API key (and a large budget)."""
                     slug = f"bench-{uuid.uuid4().hex[:8]}"
                     owner = {"email": f"owner@{slug}.example", "password": f"pw-{uuid.uuid4().hex}"}
                     made = client.post("/api/tenants", json={"name": "Bench", "slug": slug, "owner": owner}).json()
                     auth = {"Authorization": f"Bearer {made['access_token']}"}
+                    if operator:
+                        client.put(
+                            f"/api/admin/tenants/{slug}/plan", json={"plan": "enterprise"}, headers=operator
+                        ).raise_for_status()
                     client.put(
                         "/api/ai/keys/openai", json={"api_key": PROVIDER_KEY, "api_base": provider.base}, headers=auth
                     ).raise_for_status()

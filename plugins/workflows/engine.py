@@ -878,19 +878,31 @@ class Engine:
         started = self.clock()
         rows.append(self._row(run, node, iteration, "running", input=config, attempts=attempt, started=started))
         await self._flush(run, rows)
-        timeout = node.timeout_seconds
+        timeout, run_bound = node.timeout_seconds, False
         if run.deadline is not None:
             left = (run.deadline - self.clock()).total_seconds()
-            timeout = left if timeout is None else min(timeout, left)
+            run_bound = timeout is None or left < timeout
+            timeout = left if run_bound else timeout
+        limit = asyncio.timeout(max(timeout, 0.001) if timeout is not None else None)
         try:
-            async with asyncio.timeout(max(timeout, 0.001) if timeout is not None else None):
+            async with limit:
                 output = await self._act(run, node, iteration, attempt, config)
             output = _jsonable(output)
             self._check_size(output)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return await self._failed(run, node, iteration, attempt, classify(exc), rows, config, in_body, started)
+            error = classify(exc)
+            if isinstance(exc, TimeoutError) and limit.expired():
+                if run_bound:  # the run's own deadline came first: the run ends, no retry
+                    detail = {"message": f"the run exceeded its timeout of {run.plan.settings.timeout_seconds:g} s"
+                              f" (in step {node.id!r})", "type": "timeout"}
+                    rows.append(self._row(run, node, iteration, "failed", error=detail, input=config,
+                                          attempts=attempt, started=started))
+                    raise _Fail({**detail, "node": node.id}) from None
+                error = StepError(f"step {node.id!r} exceeded its timeout of {node.timeout_seconds:g} s",
+                                  transient=True, kind="timeout")
+            return await self._failed(run, node, iteration, attempt, error, rows, config, in_body, started)
         rows.append(self._row(run, node, iteration, "succeeded", output=output, ports=[MAIN], input=config,
                               attempts=attempt, started=started))
         return _Rec("succeeded", output, [MAIN], attempt)

@@ -165,6 +165,8 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
         else:
             await hook.verify_hmac(config.secret, sdk.HmacScheme(
                 header=config.hmac_header, algorithm=config.hmac_algorithm, prefix=config.hmac_prefix,
+                encoding=config.hmac_encoding, timestamp_header=config.hmac_timestamp_header,
+                template=config.hmac_template,
             ))
     try:
         body: Any = msgspec.json.decode(hook.body) if hook.body else None
@@ -175,14 +177,20 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
         "headers": {k: v for k, v in hook.headers.items()
                     if k not in _HIDDEN_HEADERS and k != config.hmac_header.lower()},
     }
+    # A verified Standard Webhooks message id names its run: a redelivery (the sender retrying
+    # within the signature's tolerance) starts nothing new and is answered with the first run.
+    message_id = hook.headers.get("webhook-id") if config.verify == "standard" else None
+    execution_id = uuid.uuid5(hook.endpoint_id, f"webhook-id:{message_id}") if message_id else None
     engine = Engine(services)
     async with services.data.tenant(hook.tenant_id) as session:
-        execution_id = await engine.start(
+        started = await engine.start(
             session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook", payload=payload,
-            started_by="webhook", version_number=row.number,
+            started_by="webhook", version_number=row.number, execution_id=execution_id,
         )
+    if started is not None:
+        execution_id = started
+        await engine.wake()
     assert execution_id is not None
-    await engine.wake()
     if config.respond == "id":
         return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": "queued"})
     loop = asyncio.get_running_loop()

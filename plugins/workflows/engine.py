@@ -298,6 +298,12 @@ def _jsonable(value: Any) -> Any:
 # ---- the engine ------------------------------------------------------------------------------
 
 
+WAKE_WINDOW_SECONDS = 0.1
+"""Immediate wake-ups one process asks for within this window share one job (see :meth:`Engine.wake`)."""
+_PROCESS = uuid.uuid4().hex[:12]
+REFILL = 4
+"""A work job claims again once this many of its slots are free (or half of them, if fewer)."""
+
 _PLANS: dict[uuid.UUID, Plan] = {}
 """Plans by version id (versions never change); bounded, see :func:`_cache_plan`."""
 _LIMITS: dict[uuid.UUID, tuple[float, int, int]] = {}
@@ -436,11 +442,20 @@ class Engine:
         )
         return new_id
 
-    async def wake(self, at: datetime | None = None) -> None:
+    async def wake(self, at: datetime | None = None, *, coalesce: bool = True) -> None:
         """Ask a worker to claim work now (or ``at``). Losing this is harmless: the sweeper finds
-        due runs in PostgreSQL."""
+        due runs in PostgreSQL.
+
+        An immediate wake-up is coalesced with the others this process asks for in the same
+        :data:`WAKE_WINDOW_SECONDS`: the queue refuses a second job of the same window. That is
+        safe because the window's job runs after this run was committed, or started less than a
+        window before, and :func:`work_job` then claims, or lingers polling PostgreSQL for longer
+        than a window. ``coalesce=False``: always a fresh job (a work job handing on)."""
+        dedup = None
+        if at is None and coalesce:
+            dedup = f"{_PROCESS}:{int(time.time() / WAKE_WINDOW_SECONDS)}"
         try:
-            await self.services.jobs.enqueue(WORK_JOB, at=at)
+            await self.services.jobs.enqueue(WORK_JOB, at=at, dedup_key=dedup)
         except Exception:  # Redis down: the sweeper will find the row
             log.warning("could not enqueue a wake-up; the sweeper will find the run", exc_info=True)
 
@@ -538,9 +553,9 @@ class Engine:
     async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
         done = 0
         while limit is None or done < limit:
-            # Refill once at most half the slots are busy: one claim transaction then serves
-            # several runs instead of one claim per finished run.
-            while running and len(running) > parallel // 2:
+            # Refill once a few slots are free: one claim transaction then serves several runs
+            # instead of one claim per finished run.
+            while running and len(running) > parallel - min(REFILL, max(1, parallel // 2)):
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running.difference_update(finished)
                 for task in finished:
@@ -1390,9 +1405,10 @@ class _WorkLoop:
 
 
 _LOOPS: weakref.WeakKeyDictionary[sdk.Services, _WorkLoop] = weakref.WeakKeyDictionary()
-LINGER_SECONDS = 1.0
-"""How long a work job that ran out of due runs stays, looking for new ones, before it ends."""
-LINGER_POLL_SECONDS = 0.005
+LINGER_SECONDS = 0.5
+"""How long a work job that ran out of due runs stays, looking for new ones, before it ends;
+longer than :data:`WAKE_WINDOW_SECONDS` (coalesced wake-ups rely on it)."""
+LINGER_POLL_SECONDS = 0.01
 """How often a lingering work job asks PostgreSQL whether a run became due."""
 
 
@@ -1436,7 +1452,7 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
     finally:
         state.busy = False
     if done >= batch:
-        await engine.wake()
+        await engine.wake(coalesce=False)
     return done
 
 

@@ -379,21 +379,22 @@ async def main(args: argparse.Namespace) -> None:
             await _workflow_round(api, db, tenant_id, path, min(100, args.executions), args.concurrency)  # warm-up
             await _arq_round(redis_url, 200, 10)
             results, floors, latencies = [], [], []
-            profiler = None
+            profilers: list[subprocess.Popen[bytes]] = []
             for round_no in range(1, args.rounds + 1):
                 if args.profile and round_no == 1:
                     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                    profiler = subprocess.Popen(  # noqa: ASYNC220
-                        [spy, "record", "--pid", str(worker.pid), "--subprocesses", "--format", "raw",
-                         "--output", str(data_dir / "worker.spy"), "--rate", "200", "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )
+                    for name, pid in (("worker", worker.pid), ("api", processes[0].pid)):
+                        profilers.append(subprocess.Popen(  # noqa: ASYNC220
+                            [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+                             "--output", str(data_dir / f"{name}.spy"), "--rate", "200", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        ))
                 result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency, meter,
                                                counter)
-                if profiler is not None:
+                for profiler in profilers:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(60)
-                    profiler = None
+                profilers = []
                 floor = await _arq_round(redis_url, args.executions, 10)
                 latency = await _latency_round(api, db, path, args.latency_runs)
                 results.append(result)
@@ -432,8 +433,9 @@ async def main(args: argparse.Namespace) -> None:
         lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
         print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")
         print(f"    trigger -> finished                     p50 {lat[2]:6.1f} ms   p99 {lat[3]:6.1f} ms")
-        if args.profile and (data_dir / "worker.spy").exists():
-            _top_frames(data_dir / "worker.spy")
+        for name in ("worker", "api"):
+            if args.profile and (data_dir / f"{name}.spy").exists():
+                _top_frames(data_dir / f"{name}.spy", name)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -449,8 +451,8 @@ async def main(args: argparse.Namespace) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _top_frames(path: Path, top: int = 25) -> None:
-    """Where the worker's time goes, from py-spy's raw output: the project's functions (and the
+def _top_frames(path: Path, process: str, top: int = 25) -> None:
+    """Where a process's time goes, from py-spy's raw output: the project's functions (and the
     driver and queue libraries under them) by share of samples, inclusive, and the leaves."""
     inclusive: dict[str, int] = {}
     leaves: dict[str, int] = {}
@@ -466,8 +468,8 @@ def _top_frames(path: Path, top: int = 25) -> None:
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
     ours = ("engine.py", "triggers.py", "deliveries.py", "outbox.py", "worker.py:", "nodes.py", "expressions.py",
-            "services.py", "sandbox.py")
-    print(f"\nworker, py-spy ({total} samples): the project's functions by share of samples (inclusive)")
+            "services.py", "sandbox.py", "routes.py", "middleware", "audit", "limiter", "facade.py")
+    print(f"\n{process}, py-spy ({total} samples): the project's functions by share of samples (inclusive)")
     chosen = [(n, c) for n, c in inclusive.items() if any(o in n for o in ours)]
     for name, count in sorted(chosen, key=lambda kv: -kv[1])[:top]:
         print(f"  {count / total * 100:5.1f}%  {name}")

@@ -5,7 +5,9 @@ PostgreSQL is the truth; Redis only wakes workers.
 - **Start.** :meth:`Engine.start` inserts the execution in status ``queued`` (due now) in the
   caller's transaction: the row *is* the start job (outbox style). After the commit,
   :meth:`Engine.wake` enqueues a ``workflows.work`` job; if Redis lost it (or was down), the
-  ``workflows.sweep`` schedule finds the due row and enqueues one again.
+  ``workflows.sweep`` schedule finds the due row and enqueues one again. One job per process
+  claims (:func:`work_job`): other wake-ups join it, and it lingers polling PostgreSQL a moment
+  after the last due run, so wake-ups of one process within :data:`WAKE_WINDOW_SECONDS` share a job.
 - **Claim.** :meth:`Engine.claim` takes one due execution (queued, a parked run whose wake-up
   time came, or a running one whose lease expired) with ``FOR UPDATE SKIP LOCKED``, fairly across
   tenants: tenants are tried least recently served first, skipping a tenant at its concurrency

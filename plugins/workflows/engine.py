@@ -979,21 +979,41 @@ class Engine:
         child_id = uuid.uuid5(run.execution_id, f"{node.id}:{attempt}")
 
         async def spawn(session: AsyncSession) -> None:
-            await self.start(
-                session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
-                payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
-                parent=(run.execution_id, node.id) if sub.wait else None,
-            )
+            try:
+                await self.start(
+                    session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
+                    payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
+                    parent=(run.execution_id, node.id) if sub.wait else None,
+                )
+            except sdk.Problem as exc:  # refused before writing: unknown, unpublished, plan spent
+                error = StepError(f"the sub-workflow could not start: {classify(exc).message}", kind="sub_workflow",
+                                  status=exc.status)
+                if not sub.wait:
+                    raise error from None
+                # The step fails in this same write and the run is due again at once, to go on
+                # along the step's error handling.
+                await session.execute(
+                    text("update workflows_steps set status = 'failed', output = null, error = cast(:e as jsonb), "
+                         "finished_at = :now where execution_id = :id and node_id = :n and iteration = '0' "
+                         "and status = 'waiting'"),
+                    {"e": _json(error.as_dict()), "now": self.clock(), "id": run.execution_id, "n": node.id},
+                )
+                parking.due = self.clock()
 
         out = {"execution_id": str(child_id)}
         if not sub.wait:
             rows.append(self._row(run, node, TOP, "succeeded", input=config, output=out, ports=[MAIN],
                                   attempts=attempt))
-            await self._flush(run, rows, spawn)
+            try:
+                await self._flush(run, rows, spawn)
+            except StepError:
+                rows.pop()  # rolled back with the refused start
+                raise
             await self.wake()
             return _Rec("succeeded", out, [MAIN], attempt)
         rows.append(self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt))
-        raise _Park(None, prepare=spawn)
+        parking = _Park(None, prepare=spawn)
+        raise parking
 
     async def _resume(self, run: _Run, node: Node, rec: _Rec, rows: list[dict[str, Any]]) -> _Rec:
         """A parked step still waiting when its run was claimed again."""
@@ -1150,14 +1170,16 @@ class Engine:
     # -- ending a claim ----------------------------------------------------------------------
 
     async def _park(self, run: _Run, park: _Park) -> str:
-        due = park.due
-        if run.deadline is not None and (due is None or due > run.deadline):
-            due = run.deadline
+        due: datetime | None = None
         wait = park.wait
 
         async def parked(session: AsyncSession) -> None:
+            nonlocal due
             if park.prepare is not None:
-                await park.prepare(session)
+                await park.prepare(session)  # it may make the run due at once (a refused sub-workflow)
+            due = park.due
+            if run.deadline is not None and (due is None or due > run.deadline):
+                due = run.deadline
             await session.execute(
                 text(
                     "update workflows_executions set status = 'waiting', due_at = :due, lease_owner = null, "

@@ -46,6 +46,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
@@ -109,8 +110,44 @@ async def _setup(api: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
     return h, body["tenant"]["id"], hook.json()["path"]
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each process of the platform spends, to say where the time of a
+    round goes: the API, the worker, PostgreSQL (the postmaster, its backends, and the ones it
+    reaped), Redis and this bench (its HTTP client)."""
+
+    def __init__(self, groups: dict[str, list[int]], postmaster: int | None) -> None:
+        self.groups = groups
+        self.postmaster = postmaster
+
+    def _process_seconds(self, pid: int, *, reaped: bool = False) -> float:
+        try:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+        except psutil.Error:
+            return 0.0
+        seconds = float(times.user + times.system)
+        if reaped:
+            seconds += times.children_user + times.children_system
+        return seconds
+
+    def snapshot(self) -> dict[str, float]:
+        out = {name: sum(self._process_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        if self.postmaster is not None:
+            total = self._process_seconds(self.postmaster, reaped=True)
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.postmaster).children():
+                    total += self._process_seconds(child.pid)
+            out["postgres"] = total
+        return out
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 async def _workflow_round(
-    api: httpx.AsyncClient, db: asyncpg.Connection, tenant_id: str, path: str, n: int, concurrency: int
+    api: httpx.AsyncClient, db: asyncpg.Connection, tenant_id: str, path: str, n: int, concurrency: int,
+    meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
     ids: list[str] = []
     answer: list[float] = []
@@ -128,6 +165,7 @@ async def _workflow_round(
                 return
             ids.append(response.json()["execution_id"])
 
+    cpu_before = meter.snapshot() if meter is not None else {}
     before = await db.fetchval("select now()")
     started = time.perf_counter()
     await asyncio.gather(*(fire(i) for i in range(n)))
@@ -140,6 +178,7 @@ async def _workflow_round(
         if not left:
             break
         await asyncio.sleep(0.02)
+    cpu = CpuMeter.spent(cpu_before, meter.snapshot()) if meter is not None else {}
     rows = await db.fetch(
         "select e.status, e.created_at, e.finished_at, (select min(s.started_at) from workflows_steps s "
         "where s.execution_id = e.id) as first_step from workflows_executions e where e.id = any($1::uuid[])",
@@ -157,6 +196,7 @@ async def _workflow_round(
         "answer_p99": _pct(answer, 0.99),
         "first_p50": _pct(first, 0.5) if first else float("nan"),
         "first_p99": _pct(first, 0.99) if first else float("nan"),
+        "cpu_ms": {name: seconds * 1000 / max(len(rows), 1) for name, seconds in cpu.items()},
     }
 
 
@@ -307,6 +347,13 @@ async def main(args: argparse.Namespace) -> None:
             )
         processes.append(worker)
         await asyncio.to_thread(_wait_healthy, url, processes[0], api_log)
+        redis_pid = getattr(getattr(embedded, "_redis", None), "pid", None)
+        pg = getattr(embedded, "_pg", None)
+        meter = CpuMeter(
+            {"api": [processes[0].pid], "worker": [worker.pid], "redis": [redis_pid] if redis_pid else [],
+             "bench": [os.getpid()]},
+            pg.get_postmaster_info().pid if pg is not None else None,
+        )
         db = await asyncpg.connect(_dsn(database_url))
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as api:
@@ -325,7 +372,7 @@ async def main(args: argparse.Namespace) -> None:
                          "--output", str(data_dir / "worker.spy"), "--rate", "200", "--nonblocking"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
-                result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency)
+                result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency, meter)
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(60)
@@ -355,6 +402,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  webhook answer (202 with the id)          p50 {med('answer_p50') * 1000:6.1f} ms   "
               f"p99 {med('answer_p99') * 1000:6.1f} ms")
         print(f"  raw arq no-op jobs (same Redis, floor)    {statistics.median(floors):8.1f} jobs/s")
+        print(f"  ratio to the arq floor                    {med('per_second') / statistics.median(floors):8.3f}")
+        names = list(results[0]["cpu_ms"])
+        cpu = {n: statistics.median(r["cpu_ms"].get(n, 0.0) for r in results) for n in names}
+        print("  CPU ms per execution, by process:         " + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items())
+              + f"; total {sum(cpu.values()):.2f} (2 cores give {2000 / max(med('per_second'), 1e-9):.2f} ms "
+              "per execution at this rate)")
         print(f"  one run at a time ({args.latency_runs} per round):")
         lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
         print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")

@@ -44,6 +44,7 @@ import os
 import random
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -368,6 +369,7 @@ class Engine:
         parent: tuple[uuid.UUID, str] | None = None,
         retry_of: uuid.UUID | None = None,
         metered: bool = True,
+        version: tuple[uuid.UUID, int, Any] | None = None,
     ) -> uuid.UUID | None:
         """Create a run of ``workflow_id`` (its published version, or ``version_number``) in the
         caller's transaction, queued and due now; call :meth:`wake` after the commit.
@@ -375,57 +377,58 @@ class Engine:
         404 for an unknown workflow, 409 when it has no published version, 402 (the
         ``workflows.executions`` entitlement) when the plan's monthly runs are spent. With
         ``execution_id`` (an event's or a schedule tick's deterministic id), a second start of the
-        same id does nothing and answers ``None``."""
-        # One round trip: the workflow, and the version asked for (or the published one).
-        row = (
-            await session.execute(
-                text(
-                    "select d.published_version, v.id, v.number, v.settings from workflows_definitions d "
-                    "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
-                    "and v.number = coalesce(cast(:n as integer), d.published_version) where d.id = :w"
-                ),
-                {"w": workflow_id, "n": version_number},
-            )
-        ).first()
-        if row is None:
-            raise sdk.NotFound(f"workflow {workflow_id} not found")
-        if version_number is None and row.published_version is None:
-            raise sdk.Conflict(f"workflow {workflow_id} has no published version")
-        if row.id is None:
-            raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
-        number, version = row.number, row
+        same id does nothing and answers ``None``.
+
+        ``version``: ``(id, number, settings)`` of the version to run, when the caller read it in
+        this transaction already (the webhook trigger does), saving a round trip."""
+        if version is None:
+            # One round trip: the workflow, and the version asked for (or the published one).
+            row = (
+                await session.execute(
+                    text(
+                        "select d.published_version, v.id, v.number, v.settings from workflows_definitions d "
+                        "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+                        "and v.number = coalesce(cast(:n as integer), d.published_version) where d.id = :w"
+                    ),
+                    {"w": workflow_id, "n": version_number},
+                )
+            ).first()
+            if row is None:
+                raise sdk.NotFound(f"workflow {workflow_id} not found")
+            if version_number is None and row.published_version is None:
+                raise sdk.Conflict(f"workflow {workflow_id} has no published version")
+            if row.id is None:
+                raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
+            version = (row.id, row.number, row.settings)
+        version_id, number, raw_settings = version
         if metered:
             await self.services.entitlements.check(tenant_id, "workflows.executions")
-        settings = msgspec.convert(version.settings, WorkflowSettings)
+        settings = msgspec.convert(raw_settings, WorkflowSettings)
         concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
         new_id = execution_id or sdk.uuid7()
+        # One statement: the run, and the tenant's row the claim walks (kept in step with its limits).
         inserted = await session.execute(
             text(
+                "with tenant as (insert into workflows_tenants (tenant_id, id, concurrency, retention_days) "
+                "values (:t, :t, :c, :r) on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
+                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
+                "or workflows_tenants.retention_days is distinct from excluded.retention_days) "
                 "insert into workflows_executions (tenant_id, id, created_at, workflow_id, version_id, version_number, "
                 "status, trigger_kind, trigger, due_at, deadline_at, concurrency, parent_execution_id, parent_node, "
                 "retry_of, started_by) values (:t, :id, :now, :w, :v, :n, 'queued', :kind, cast(:trigger as jsonb), "
                 ":now, :deadline, :conc, :parent, :parent_node, :retry_of, :by) on conflict do nothing returning id"
             ),
             {
-                "t": tenant_id, "id": new_id, "now": now, "w": workflow_id, "v": version.id, "n": number,
+                "t": tenant_id, "id": new_id, "now": now, "w": workflow_id, "v": version_id, "n": number,
                 "kind": trigger_kind, "trigger": _json(payload if payload is not None else {}),
                 "deadline": now + timedelta(seconds=settings.timeout_seconds), "conc": settings.concurrency,
                 "parent": parent[0] if parent else None, "parent_node": parent[1] if parent else None,
-                "retry_of": retry_of, "by": started_by,
+                "retry_of": retry_of, "by": started_by, "c": concurrency, "r": retention,
             },
         )
         if inserted.first() is None:
             return None
-        await session.execute(
-            text(
-                "insert into workflows_tenants (tenant_id, id, concurrency, retention_days) values (:t, :t, :c, :r) "
-                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
-                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
-                "or workflows_tenants.retention_days is distinct from excluded.retention_days"
-            ),
-            {"t": tenant_id, "c": concurrency, "r": retention},
-        )
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
             payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number,
@@ -512,9 +515,10 @@ class Engine:
                     {"now": now, "t": tenant.tenant_id},
                 )
                 claimed += [(tenant.tenant_id, i) for i in ids]
-            # Read the runs in this transaction too (the engine's policy opens their rows here).
-            for tenant_id, execution_id in claimed:
-                self._prefetched[execution_id] = await self._fetch(session, tenant_id, execution_id)
+            # Read the runs in this transaction too (the engine's policy opens their rows here):
+            # two statements for the whole batch, not two per run.
+            if claimed:
+                self._prefetched.update(await self._fetch_many(session, claimed))
         return claimed
 
     async def work(self, *, limit: int | None = None, parallel: int = 1) -> int:
@@ -534,7 +538,9 @@ class Engine:
     async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
         done = 0
         while limit is None or done < limit:
-            while len(running) >= parallel:
+            # Refill once at most half the slots are busy: one claim transaction then serves
+            # several runs instead of one claim per finished run.
+            while running and len(running) > parallel // 2:
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running.difference_update(finished)
                 for task in finished:
@@ -587,6 +593,40 @@ class Engine:
         ).all()
         return e, steps
 
+    async def _fetch_many(
+        self, session: AsyncSession, claimed: list[tuple[uuid.UUID, uuid.UUID]]
+    ) -> dict[uuid.UUID, Any]:
+        """:meth:`_fetch` for a batch of claimed runs; the version's graph is only read when its
+        plan is not cached yet (versions never change)."""
+        # (tenant, id) pairs, joined so that the (tenant_id, ...) keys' indexes serve the lookups.
+        pairs = {"ts": [t for t, _ in claimed], "ids": [i for _, i in claimed]}
+        runs = (
+            await session.execute(
+                text(
+                    "select e.*, case when v.id = any(:known) then null else v.graph end as graph, v.settings, "
+                    "v.run_as from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
+                    "join workflows_executions e on e.tenant_id = c.t and e.id = c.id "
+                    "join workflows_versions v on v.tenant_id = e.tenant_id and v.id = e.version_id "
+                    "where e.lease_owner = :me and e.status = 'running'"
+                ),
+                {**pairs, "me": self.worker_id, "known": list(_PLANS)},
+            )
+        ).all()
+        steps = (
+            await session.execute(
+                text(
+                    "select s.execution_id, s.node_id, s.status, s.output, s.ports, s.attempts, s.wake_at, s.error "
+                    "from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
+                    "join workflows_steps s on s.tenant_id = c.t and s.execution_id = c.id where s.iteration = :top"
+                ),
+                {**pairs, "top": TOP},
+            )
+        ).all()
+        by_run: dict[uuid.UUID, list[Any]] = {}
+        for step in steps:
+            by_run.setdefault(step.execution_id, []).append(step)
+        return {e.id: (e, by_run.get(e.id, [])) for e in runs}
+
     async def _load(self, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> _Run | None:
         fetched = self._prefetched.pop(execution_id, None)
         if fetched is None:
@@ -596,6 +636,12 @@ class Engine:
                 return None
         e, steps = fetched
         plan = _PLANS.get(e.version_id)
+        if plan is None and e.graph is None:  # the cache was cleared since the batch was read
+            async with self.services.data.tenant(tenant_id) as session:
+                fetched = await self._fetch(session, tenant_id, execution_id)
+            if fetched is None:
+                return None
+            e, steps = fetched
         if plan is None:
             plan = plan_of(
                 msgspec.convert(e.graph, Graph), msgspec.convert(e.settings, WorkflowSettings),
@@ -669,16 +715,26 @@ class Engine:
         }
 
     async def _flush(
-        self, run: _Run, rows: list[dict[str, Any]], prepare: Callable[[AsyncSession], Awaitable[None]] | None = None
+        self, run: _Run, rows: list[dict[str, Any]], prepare: Callable[[AsyncSession], Awaitable[None]] | None = None,
+        *, fenced_by_prepare: bool = False,
     ) -> None:
-        """Write checkpoints (and ``prepare``'s changes) in one transaction fenced by the lease."""
+        """Write checkpoints (and ``prepare``'s changes) in one transaction fenced by the lease.
+
+        ``fenced_by_prepare``: ``prepare`` runs first and its first statement updates the run's row
+        under the fence's conditions, raising :class:`_LeaseLost` when it matched nothing (one
+        statement fewer). Either way the run's row is locked before its steps, the order cancel
+        takes them in."""
         async with run.lock, self.services.data.tenant(run.tenant_id) as session:
-            fenced = await session.execute(_FENCE, self._fence(run))
-            if fenced.rowcount == 0:  # type: ignore[attr-defined]
-                raise _LeaseLost
+            if fenced_by_prepare:
+                assert prepare is not None
+                await prepare(session)
+            else:
+                fenced = await session.execute(_FENCE, self._fence(run))
+                if fenced.rowcount == 0:  # type: ignore[attr-defined]
+                    raise _LeaseLost
             if rows:
                 await session.execute(_UPSERT_STEP, rows)
-            if prepare is not None:
+            if prepare is not None and not fenced_by_prepare:
                 await prepare(session)
         rows.clear()
 
@@ -990,15 +1046,18 @@ class Engine:
                                   status=exc.status)
                 if not sub.wait:
                     raise error from None
-                # The step fails in this same write and the run is due again at once, to go on
-                # along the step's error handling.
+                # The step fails in this same write (its pending checkpoint, or its row when it is
+                # already written) and the run is due again at once, to go on along the step's
+                # error handling.
+                now = self.clock()
+                waiting.update(status="failed", output=None, error=_json(error.as_dict()), finished_at=now)
                 await session.execute(
                     text("update workflows_steps set status = 'failed', output = null, error = cast(:e as jsonb), "
                          "finished_at = :now where execution_id = :id and node_id = :n and iteration = '0' "
                          "and status = 'waiting'"),
-                    {"e": _json(error.as_dict()), "now": self.clock(), "id": run.execution_id, "n": node.id},
+                    {"e": waiting["error"], "now": now, "id": run.execution_id, "n": node.id},
                 )
-                parking.due = self.clock()
+                parking.due = now
 
         out = {"execution_id": str(child_id)}
         if not sub.wait:
@@ -1011,7 +1070,8 @@ class Engine:
                 raise
             await self.wake()
             return _Rec("succeeded", out, [MAIN], attempt)
-        rows.append(self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt))
+        waiting = self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt)
+        rows.append(waiting)
         parking = _Park(None, prepare=spawn)
         raise parking
 
@@ -1170,26 +1230,35 @@ class Engine:
     # -- ending a claim ----------------------------------------------------------------------
 
     async def _park(self, run: _Run, park: _Park) -> str:
-        due: datetime | None = None
+        due = park.due
+        if run.deadline is not None and (due is None or due > run.deadline):
+            due = run.deadline
         wait = park.wait
 
         async def parked(session: AsyncSession) -> None:
             nonlocal due
-            if park.prepare is not None:
-                await park.prepare(session)  # it may make the run due at once (a refused sub-workflow)
-            due = park.due
-            if run.deadline is not None and (due is None or due > run.deadline):
-                due = run.deadline
-            await session.execute(
+            moved = await session.execute(
                 text(
                     "update workflows_executions set status = 'waiting', due_at = :due, lease_owner = null, "
-                    "lease_until = null, wait_event = :we, wait_path = :wp, wait_key = :wk where id = :id"
+                    "lease_until = null, wait_event = :we, wait_path = :wp, wait_key = :wk where tenant_id = :t "
+                    "and id = :id and status = 'running' and lease_owner = :me"
                 ),
                 {"due": due, "we": wait[0] if wait else None, "wp": wait[1] if wait else None,
-                 "wk": wait[2] if wait else None, "id": run.execution_id},
+                 "wk": wait[2] if wait else None, "t": run.tenant_id, "id": run.execution_id, "me": self.worker_id},
             )
+            if moved.rowcount == 0:  # type: ignore[attr-defined]
+                raise _LeaseLost
+            if park.prepare is not None:
+                await park.prepare(session)
+                if park.due is not None and (due is None or park.due < due):
+                    # A refused sub-workflow failed its step: the run is due again at once.
+                    due = park.due
+                    await session.execute(
+                        text("update workflows_executions set due_at = :due where tenant_id = :t and id = :id"),
+                        {"due": due, "t": run.tenant_id, "id": run.execution_id},
+                    )
 
-        await self._flush(run, run.writes, parked)
+        await self._flush(run, run.writes, parked, fenced_by_prepare=True)
         if park.prepare is not None:
             await self.wake()  # a child run may be due
         if due is not None:
@@ -1202,15 +1271,18 @@ class Engine:
         async def finished(session: AsyncSession) -> None:
             nonlocal wake_parent
             now = self.clock()
-            await session.execute(
+            ended = await session.execute(
                 text(
                     "update workflows_executions set status = :s, output = cast(:o as jsonb), "
                     "error = cast(:e as jsonb), "
                     "finished_at = :now, due_at = null, lease_owner = null, lease_until = null, wait_event = null "
-                    "where id = :id"
+                    "where tenant_id = :t and id = :id and status = 'running' and lease_owner = :me"
                 ),
-                {"s": status, "o": _json(output), "e": _json(error), "now": now, "id": run.execution_id},
+                {"s": status, "o": _json(output), "e": _json(error), "now": now, "t": run.tenant_id,
+                 "id": run.execution_id, "me": self.worker_id},
             )
+            if ended.rowcount == 0:  # type: ignore[attr-defined]
+                raise _LeaseLost
             await self.services.changes.emit(
                 session, tenant_id=run.tenant_id, event=f"workflows.execution.{status}",
                 payload={"id": str(run.execution_id), "workflow_id": str(run.workflow_id),
@@ -1231,7 +1303,7 @@ class Engine:
                 except sdk.Problem as exc:
                     log.warning("error workflow of %s not started: %s", run.workflow_id, exc)
 
-        await self._flush(run, run.writes, finished)
+        await self._flush(run, run.writes, finished, fenced_by_prepare=True)
         if wake_parent:
             await self.wake()
         return status
@@ -1247,6 +1319,19 @@ class Engine:
                     await session.execute(
                         text("select count(*) from (select 1 from workflows_executions where due_at <= :now "
                              "limit 1000) d"),
+                        {"now": self.clock()},
+                    )
+                ).scalar_one()
+            )
+
+    async def anything_due(self) -> bool:
+        """Whether some run is due now (a cheap probe; :meth:`claim_many` decides what may run)."""
+        async with self.services.data.untenanted() as session:
+            await session.execute(text(ENGINE_SETTING))
+            return bool(
+                (
+                    await session.execute(
+                        text("select exists (select 1 from workflows_executions where due_at <= :now)"),
                         {"now": self.clock()},
                     )
                 ).scalar_one()
@@ -1326,6 +1411,65 @@ class Engine:
                 {"now": now, "days": self.config.retention_days, "n": limit},
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class _WorkLoop:
+    """The ``workflows.work`` job running in this process (one per plugin facade)."""
+
+    busy: bool = False
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_LOOPS: weakref.WeakKeyDictionary[sdk.Services, _WorkLoop] = weakref.WeakKeyDictionary()
+LINGER_SECONDS = 1.0
+"""How long a work job that ran out of due runs stays, looking for new ones, before it ends."""
+LINGER_POLL_SECONDS = 0.005
+"""How often a lingering work job asks PostgreSQL whether a run became due."""
+
+
+async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
+    """The ``workflows.work`` job: claim and run due runs, at most ``batch`` claims, then hand on
+    to a fresh job. Returns how many claims it ran.
+
+    One job per process does the claiming. A wake-up job that finds one already at work only
+    tells it to look again (``more``) and ends at once, so a burst of wake-ups costs one claim
+    loop, not one per wake-up. When nothing is due the job lingers for :data:`LINGER_SECONDS`,
+    polling PostgreSQL (the truth) every :data:`LINGER_POLL_SECONDS` or woken by another wake-up
+    job, so that a run started right after another does not wait for the queue's next poll.
+    Handing the flag over has no ``await`` between the last look and ``busy = False``: a wake-up
+    is either seen by the running job or starts a new one."""
+    state = _LOOPS.get(services)
+    if state is None:
+        state = _LOOPS[services] = _WorkLoop()
+    if state.busy:
+        state.more.set()
+        return 0
+    state.busy = True
+    engine = Engine(services)
+    loop = asyncio.get_running_loop()
+    done = 0
+    try:
+        idle_until = loop.time() + LINGER_SECONDS
+        while done < batch:
+            state.more.clear()
+            ran = await engine.work(limit=batch - done, parallel=parallel)
+            done += ran
+            if ran or state.more.is_set():
+                idle_until = loop.time() + LINGER_SECONDS
+                continue
+            while not state.more.is_set() and loop.time() < idle_until:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.more.wait(), LINGER_POLL_SECONDS)
+                if state.more.is_set() or await engine.anything_due():
+                    break
+            if loop.time() >= idle_until and not state.more.is_set():
+                break
+    finally:
+        state.busy = False
+    if done >= batch:
+        await engine.wake()
+    return done
 
 
 class _Journal:

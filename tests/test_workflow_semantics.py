@@ -482,6 +482,16 @@ async def test_run_as_an_api_key_acts_with_only_what_both_the_key_and_the_publis
     logs = (await api.get("/api/audit/logs", params={"action": "crm.contact.created"}, headers=t["h"])).json()
     assert [entry["actor"] for entry in logs["items"]] == [f"api_key:{writer['id']}"]
 
+    # Once the chosen key is revoked, its workflow's actions stop (its runs act as the key).
+    assert (await api.delete(f"/api/api-keys/{writer['id']}", headers=t["owner"])).status_code in (200, 204)
+    after = await start(api, t, allowed, {"name": "After"})
+    await engine(kernel).work()
+    body = await detail(api, t, after)
+    assert body["execution"]["status"] == "failed", body
+    error = steps_of(body)[("add", "0")]["error"]
+    assert error["status"] == 403
+    assert error["message"] == f"the workflow runs as API key {writer['id']}, which is revoked, expired or deleted"
+
     # A key that is not this tenant's, is revoked or does not exist cannot be chosen.
     theirs = await new_key(api, other["owner"], scopes=["crm.contacts.write"])
     revoked = await new_key(api, t["owner"], scopes=["crm.contacts.write"])

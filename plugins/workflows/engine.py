@@ -47,7 +47,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -918,12 +918,28 @@ class Engine:
     async def _act(self, run: _Run, node: Node, iteration: str, attempt: int, config: Any) -> Any:
         """Run another plugin's action through ``services.nodes`` (its permission checked
         against the run's principal), with a journal for checkpoints inside the step."""
+        actor = await self._actor_now(run)
         journal = _Journal(self, run, node, iteration)
         await journal.load()
         return await self.services.nodes.run(
             node.node, tenant_id=run.tenant_id, execution_id=run.execution_id, step_id=node.id, attempt=attempt,
-            actor=run.actor, config=config, journal=journal, iteration=iteration,
+            actor=actor, config=config, journal=journal, iteration=iteration,
         )
+
+    async def _actor_now(self, run: _Run) -> sdk.Actor:
+        """Who an action step acts as: a run acting as an API key has no more than the key holds
+        now (one revoked, expired or narrowed since the publish stops or narrows its runs)."""
+        principal = run.actor.principal
+        if principal is None or principal.kind != "api_key":
+            return run.actor
+        key = await self.services.members.api_key(run.tenant_id, principal.id)
+        if key is None:
+            raise StepError(f"the workflow runs as API key {principal.id}, which is revoked, expired or deleted",
+                            kind="permission", status=403)
+        if principal.permissions <= key.permissions:
+            return run.actor
+        narrowed = replace(principal, permissions=principal.permissions & key.permissions)
+        return replace(run.actor, principal=narrowed)
 
     def _pure(self, node: Node, config: Any, records: Mapping[str, _Rec], run: _Run) -> tuple[Any, list[str]]:
         key = node.node

@@ -82,8 +82,8 @@ WORK_BATCH = 200
 ever, and other jobs in the queue get their turn)."""
 
 
-WORK_PARALLEL = 8
-"""Runs one work job drives at once (it refills its slots once half of them are free)."""
+WORK_PARALLEL = 32
+"""Runs one work job drives at once (the process's only claiming job; tenants' own limits apply)."""
 
 
 async def _work(ctx: sdk.JobContext) -> None:

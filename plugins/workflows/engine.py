@@ -5,7 +5,9 @@ PostgreSQL is the truth; Redis only wakes workers.
 - **Start.** :meth:`Engine.start` inserts the execution in status ``queued`` (due now) in the
   caller's transaction: the row *is* the start job (outbox style). After the commit,
   :meth:`Engine.wake` enqueues a ``workflows.work`` job; if Redis lost it (or was down), the
-  ``workflows.sweep`` schedule finds the due row and enqueues one again.
+  ``workflows.sweep`` schedule finds the due row and enqueues one again. One job per process
+  claims (:func:`work_job`): other wake-ups join it, and it lingers polling PostgreSQL a moment
+  after the last due run, so wake-ups of one process within :data:`WAKE_WINDOW_SECONDS` share a job.
 - **Claim.** :meth:`Engine.claim` takes one due execution (queued, a parked run whose wake-up
   time came, or a running one whose lease expired) with ``FOR UPDATE SKIP LOCKED``, fairly across
   tenants: tenants are tried least recently served first, skipping a tenant at its concurrency
@@ -295,8 +297,35 @@ def _jsonable(value: Any) -> Any:
     return msgspec.to_builtins(value, enc_hook=str)
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A top-level step row read as JSON (the batched claim's shape of a ``workflows_steps`` row)."""
+
+    node_id: str
+    status: str
+    output: Any
+    ports: list[str] | None
+    attempts: int
+    wake_at: datetime | None
+    error: Any
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> _Checkpoint:
+        wake = raw.get("wake_at")
+        return cls(raw["node_id"], raw["status"], raw.get("output"), raw.get("ports"), int(raw.get("attempts") or 0),
+                   datetime.fromisoformat(wake) if wake else None, raw.get("error"))
+
+
 # ---- the engine ------------------------------------------------------------------------------
 
+
+WAKE_WINDOW_SECONDS = 0.1
+"""Immediate wake-ups one process asks for within this window share one job (see :meth:`Engine.wake`)."""
+_PROCESS = uuid.uuid4().hex[:12]
+_WOKEN: weakref.WeakKeyDictionary[sdk.Services, int] = weakref.WeakKeyDictionary()
+"""The last window each plugin facade (one per kernel) enqueued its wake-up job in."""
+REFILL = 4
+"""A work job claims again once this many of its slots are free (or half of them, if fewer)."""
 
 _PLANS: dict[uuid.UUID, Plan] = {}
 """Plans by version id (versions never change); bounded, see :func:`_cache_plan`."""
@@ -436,11 +465,25 @@ class Engine:
         )
         return new_id
 
-    async def wake(self, at: datetime | None = None) -> None:
+    async def wake(self, at: datetime | None = None, *, coalesce: bool = True) -> None:
         """Ask a worker to claim work now (or ``at``). Losing this is harmless: the sweeper finds
-        due runs in PostgreSQL."""
+        due runs in PostgreSQL.
+
+        An immediate wake-up is coalesced with the others this process asks for in the same
+        :data:`WAKE_WINDOW_SECONDS`: the queue refuses a second job of the same window. That is
+        safe because the window's job runs after this run was committed, or started less than a
+        window before, and :func:`work_job` then claims, or lingers polling PostgreSQL for longer
+        than a window. ``coalesce=False``: always a fresh job (a work job handing on)."""
+        dedup = window = None
+        if at is None and coalesce:
+            window = int(time.time() / WAKE_WINDOW_SECONDS)
+            if _WOKEN.get(self.services) == window:
+                return  # this window's job is queued already: no need to ask Redis again
+            dedup = f"{_PROCESS}:{window}"
         try:
-            await self.services.jobs.enqueue(WORK_JOB, at=at)
+            await self.services.jobs.enqueue(WORK_JOB, at=at, dedup_key=dedup)
+            if window is not None:
+                _WOKEN[self.services] = window
         except Exception:  # Redis down: the sweeper will find the row
             log.warning("could not enqueue a wake-up; the sweeper will find the run", exc_info=True)
 
@@ -504,15 +547,12 @@ class Engine:
                     continue
                 await session.execute(
                     text(
+                        "with served as (update workflows_tenants set last_served_at = :now where tenant_id = :t) "
                         "update workflows_executions set status = 'running', lease_owner = :me, lease_until = :lease, "
                         "due_at = :lease, claims = claims + 1, started_at = coalesce(started_at, :now) "
                         "where tenant_id = :t and id = any(:ids)"
                     ),
                     {"me": self.worker_id, "lease": lease, "now": now, "t": tenant.tenant_id, "ids": ids},
-                )
-                await session.execute(
-                    text("update workflows_tenants set last_served_at = :now where tenant_id = :t"),
-                    {"now": now, "t": tenant.tenant_id},
                 )
                 claimed += [(tenant.tenant_id, i) for i in ids]
             # Read the runs in this transaction too (the engine's policy opens their rows here):
@@ -538,9 +578,9 @@ class Engine:
     async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
         done = 0
         while limit is None or done < limit:
-            # Refill once at most half the slots are busy: one claim transaction then serves
-            # several runs instead of one claim per finished run.
-            while running and len(running) > parallel // 2:
+            # Refill once a few slots are free: one claim transaction then serves several runs
+            # instead of one claim per finished run.
+            while running and len(running) > parallel - min(REFILL, max(1, parallel // 2)):
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running.difference_update(finished)
                 for task in finished:
@@ -600,32 +640,24 @@ class Engine:
         plan is not cached yet (versions never change)."""
         # (tenant, id) pairs, joined so that the (tenant_id, ...) keys' indexes serve the lookups.
         pairs = {"ts": [t for t, _ in claimed], "ids": [i for _, i in claimed]}
+        # One statement: each run with its version and its top-level checkpoints (as JSON).
         runs = (
             await session.execute(
                 text(
                     "select e.*, case when v.id = any(:known) then null else v.graph end as graph, v.settings, "
-                    "v.run_as from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
+                    "v.run_as, (select jsonb_agg(jsonb_build_object('node_id', s.node_id, 'status', s.status, "
+                    "'output', s.output, 'ports', s.ports, 'attempts', s.attempts, 'wake_at', s.wake_at, "
+                    "'error', s.error)) from workflows_steps s where s.tenant_id = e.tenant_id "
+                    "and s.execution_id = e.id and s.iteration = :top) as checkpoints "
+                    "from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
                     "join workflows_executions e on e.tenant_id = c.t and e.id = c.id "
                     "join workflows_versions v on v.tenant_id = e.tenant_id and v.id = e.version_id "
                     "where e.lease_owner = :me and e.status = 'running'"
                 ),
-                {**pairs, "me": self.worker_id, "known": list(_PLANS)},
+                {**pairs, "me": self.worker_id, "known": list(_PLANS), "top": TOP},
             )
         ).all()
-        steps = (
-            await session.execute(
-                text(
-                    "select s.execution_id, s.node_id, s.status, s.output, s.ports, s.attempts, s.wake_at, s.error "
-                    "from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
-                    "join workflows_steps s on s.tenant_id = c.t and s.execution_id = c.id where s.iteration = :top"
-                ),
-                {**pairs, "top": TOP},
-            )
-        ).all()
-        by_run: dict[uuid.UUID, list[Any]] = {}
-        for step in steps:
-            by_run.setdefault(step.execution_id, []).append(step)
-        return {e.id: (e, by_run.get(e.id, [])) for e in runs}
+        return {e.id: (e, [_Checkpoint.of(c) for c in e.checkpoints or ()]) for e in runs}
 
     async def _load(self, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> _Run | None:
         fetched = self._prefetched.pop(execution_id, None)
@@ -1438,9 +1470,10 @@ class _WorkLoop:
 
 
 _LOOPS: weakref.WeakKeyDictionary[sdk.Services, _WorkLoop] = weakref.WeakKeyDictionary()
-LINGER_SECONDS = 1.0
-"""How long a work job that ran out of due runs stays, looking for new ones, before it ends."""
-LINGER_POLL_SECONDS = 0.005
+LINGER_SECONDS = 0.5
+"""How long a work job that ran out of due runs stays, looking for new ones, before it ends;
+longer than :data:`WAKE_WINDOW_SECONDS` (coalesced wake-ups rely on it)."""
+LINGER_POLL_SECONDS = 0.01
 """How often a lingering work job asks PostgreSQL whether a run became due."""
 
 
@@ -1484,7 +1517,7 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
     finally:
         state.busy = False
     if done >= batch:
-        await engine.wake()
+        await engine.wake(coalesce=False)
     return done
 
 

@@ -89,6 +89,10 @@ async def one_run(
         if row["status"] in ("succeeded", "failed", "cancelled"):
             if row["status"] == "succeeded":
                 samples[-1] = (items, samples[-1][1])
+            else:
+                error = await db.fetchval("select error from workflows_executions where id = $1", execution_id)
+                claims = await db.fetchval("select claims from workflows_executions where id = $1", execution_id)
+                print(f"run {execution_id} {row['status']} after {claims} claims: {error}", flush=True)
             return samples, time.perf_counter() - started, str(row["status"])
         await asyncio.sleep(every)  # the sampling interval of a measurement, not a synchronisation
 

@@ -482,6 +482,16 @@ async def test_run_as_an_api_key_acts_with_only_what_both_the_key_and_the_publis
     logs = (await api.get("/api/audit/logs", params={"action": "crm.contact.created"}, headers=t["h"])).json()
     assert [entry["actor"] for entry in logs["items"]] == [f"api_key:{writer['id']}"]
 
+    # Once the chosen key is revoked, its workflow's actions stop (its runs act as the key).
+    assert (await api.delete(f"/api/api-keys/{writer['id']}", headers=t["owner"])).status_code in (200, 204)
+    after = await start(api, t, allowed, {"name": "After"})
+    await engine(kernel).work()
+    body = await detail(api, t, after)
+    assert body["execution"]["status"] == "failed", body
+    error = steps_of(body)[("add", "0")]["error"]
+    assert error["status"] == 403
+    assert error["message"] == f"the workflow runs as API key {writer['id']}, which is revoked, expired or deleted"
+
     # A key that is not this tenant's, is revoked or does not exist cannot be chosen.
     theirs = await new_key(api, other["owner"], scopes=["crm.contacts.write"])
     revoked = await new_key(api, t["owner"], scopes=["crm.contacts.write"])
@@ -583,3 +593,37 @@ async def test_approvals_are_decided_only_within_their_tenant_and_with_the_permi
     body = await detail(api, t, eid)
     assert body["execution"]["status"] == "succeeded"
     assert body["execution"]["output"] == {"by": f"api_key:{approver['id']}"}
+
+
+async def test_a_sub_workflow_that_cannot_start_fails_its_step_instead_of_the_worker(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    t = await tenant(api)
+    unpublished = await draft(api, t["h"], [node("start", "workflows.manual")], [])
+    plain = await publish(api, t["h"], [node("start", "workflows.manual"),
+                                        node("call", "workflows.sub_workflow", workflow_id=unpublished)],
+                          [edge("start", "call")])
+    handled = await publish(api, t["h"], [
+        node("start", "workflows.manual"),
+        node("call", "workflows.sub_workflow", workflow_id=unpublished, _extra={"on_error": "port"}),
+        node("fallback", "workflows.set", values={"why": "{{ steps.call.output.error.status }}"}),
+    ], [edge("start", "call"), edge("call", "fallback", "error")])
+    detached = await publish(api, t["h"], [
+        node("start", "workflows.manual"),
+        node("call", "workflows.sub_workflow", workflow_id=unpublished, wait=False, _extra={"on_error": "continue"}),
+    ], [edge("start", "call")])
+    failing, going_on, not_waiting = (await start(api, t, plain), await start(api, t, handled),
+                                      await start(api, t, detached))
+    await engine(kernel).work()
+
+    body = await detail(api, t, failing)
+    assert body["execution"]["status"] == "failed", body
+    error = body["execution"]["error"]
+    assert error["node"] == "call" and error["status"] == 409
+    assert error["message"] == f"the sub-workflow could not start: workflow {unpublished} has no published version"
+    body = await detail(api, t, going_on)
+    assert body["execution"]["status"] == "succeeded" and body["execution"]["output"] == {"why": 409}
+    body = await detail(api, t, not_waiting)
+    assert body["execution"]["status"] == "succeeded", body
+    assert steps_of(body)[("call", "0")]["status"] == "failed"
+    assert await runs_of(api, t, unpublished) == []

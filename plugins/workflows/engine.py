@@ -49,7 +49,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -975,12 +975,28 @@ class Engine:
     async def _act(self, run: _Run, node: Node, iteration: str, attempt: int, config: Any) -> Any:
         """Run another plugin's action through ``services.nodes`` (its permission checked
         against the run's principal), with a journal for checkpoints inside the step."""
+        actor = await self._actor_now(run)
         journal = _Journal(self, run, node, iteration)
         await journal.load()
         return await self.services.nodes.run(
             node.node, tenant_id=run.tenant_id, execution_id=run.execution_id, step_id=node.id, attempt=attempt,
-            actor=run.actor, config=config, journal=journal, iteration=iteration,
+            actor=actor, config=config, journal=journal, iteration=iteration,
         )
+
+    async def _actor_now(self, run: _Run) -> sdk.Actor:
+        """Who an action step acts as: a run acting as an API key has no more than the key holds
+        now (one revoked, expired or narrowed since the publish stops or narrows its runs)."""
+        principal = run.actor.principal
+        if principal is None or principal.kind != "api_key":
+            return run.actor
+        key = await self.services.members.api_key(run.tenant_id, principal.id)
+        if key is None:
+            raise StepError(f"the workflow runs as API key {principal.id}, which is revoked, expired or deleted",
+                            kind="permission", status=403)
+        if principal.permissions <= key.permissions:
+            return run.actor
+        narrowed = replace(principal, permissions=principal.permissions & key.permissions)
+        return replace(run.actor, principal=narrowed)
 
     def _pure(self, node: Node, config: Any, records: Mapping[str, _Rec], run: _Run) -> tuple[Any, list[str]]:
         key = node.node
@@ -1092,21 +1108,45 @@ class Engine:
         child_id = uuid.uuid5(run.execution_id, f"{node.id}:{attempt}")
 
         async def spawn(session: AsyncSession) -> None:
-            await self.start(
-                session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
-                payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
-                parent=(run.execution_id, node.id) if sub.wait else None,
-            )
+            try:
+                await self.start(
+                    session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
+                    payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
+                    parent=(run.execution_id, node.id) if sub.wait else None,
+                )
+            except sdk.Problem as exc:  # refused before writing: unknown, unpublished, plan spent
+                error = StepError(f"the sub-workflow could not start: {classify(exc).message}", kind="sub_workflow",
+                                  status=exc.status)
+                if not sub.wait:
+                    raise error from None
+                # The step fails in this same write (its pending checkpoint, or its row when it is
+                # already written) and the run is due again at once, to go on along the step's
+                # error handling.
+                now = self.clock()
+                waiting.update(status="failed", output=None, error=_json(error.as_dict()), finished_at=now)
+                await session.execute(
+                    text("update workflows_steps set status = 'failed', output = null, error = cast(:e as jsonb), "
+                         "finished_at = :now where execution_id = :id and node_id = :n and iteration = '0' "
+                         "and status = 'waiting'"),
+                    {"e": waiting["error"], "now": now, "id": run.execution_id, "n": node.id},
+                )
+                parking.due = now
 
         out = {"execution_id": str(child_id)}
         if not sub.wait:
             rows.append(self._row(run, node, TOP, "succeeded", input=config, output=out, ports=[MAIN],
                                   attempts=attempt))
-            await self._flush(run, rows, spawn)
+            try:
+                await self._flush(run, rows, spawn)
+            except StepError:
+                rows.pop()  # rolled back with the refused start
+                raise
             await self.wake()
             return _Rec("succeeded", out, [MAIN], attempt)
-        rows.append(self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt))
-        raise _Park(None, prepare=spawn)
+        waiting = self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt)
+        rows.append(waiting)
+        parking = _Park(None, prepare=spawn)
+        raise parking
 
     async def _resume(self, run: _Run, node: Node, rec: _Rec, rows: list[dict[str, Any]]) -> _Rec:
         """A parked step still waiting when its run was claimed again."""
@@ -1269,6 +1309,7 @@ class Engine:
         wait = park.wait
 
         async def parked(session: AsyncSession) -> None:
+            nonlocal due
             moved = await session.execute(
                 text(
                     "update workflows_executions set status = 'waiting', due_at = :due, lease_owner = null, "
@@ -1282,6 +1323,13 @@ class Engine:
                 raise _LeaseLost
             if park.prepare is not None:
                 await park.prepare(session)
+                if park.due is not None and (due is None or park.due < due):
+                    # A refused sub-workflow failed its step: the run is due again at once.
+                    due = park.due
+                    await session.execute(
+                        text("update workflows_executions set due_at = :due where tenant_id = :t and id = :id"),
+                        {"due": due, "t": run.tenant_id, "id": run.execution_id},
+                    )
 
         await self._flush(run, run.writes, parked, fenced_by_prepare=True)
         if park.prepare is not None:

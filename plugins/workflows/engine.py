@@ -561,12 +561,20 @@ class Engine:
                 self._prefetched.update(await self._fetch_many(session, claimed))
         return claimed
 
-    async def work(self, *, limit: int | None = None, parallel: int = 1) -> int:
+    async def work(
+        self, *, limit: int | None = None, parallel: int = 1, nudge: asyncio.Event | None = None,
+        on_limit: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """Claim and run due runs until none is left (or ``limit`` ran); ``parallel`` at once.
-        Returns how many claims ran."""
+        Returns how many claims ran.
+
+        ``nudge``: set when new runs may be due; while runs are in flight and the last claim found
+        nothing, it makes the loop claim again without waiting for a run to end (it is cleared
+        when taken). ``on_limit``: called once ``limit`` claims were made, before waiting for the
+        runs still in flight."""
         running: set[asyncio.Task[str | None]] = set()
         try:
-            return await self._work(running, limit, parallel)
+            return await self._work(running, limit, parallel, nudge, on_limit)
         except BaseException:
             # The worker is going away (a job timeout, shutdown): its runs stop where they are and
             # their leases expire, so another worker resumes them from their checkpoints.
@@ -575,7 +583,10 @@ class Engine:
             await asyncio.gather(*running, return_exceptions=True)
             raise
 
-    async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
+    async def _work(
+        self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int,
+        nudge: asyncio.Event | None, on_limit: Callable[[], Awaitable[None]] | None,
+    ) -> int:
         done = 0
         while limit is None or done < limit:
             # Refill once a few slots are free: one claim transaction then serves several runs
@@ -588,17 +599,31 @@ class Engine:
             free = parallel - len(running)
             if limit is not None:
                 free = min(free, limit - done)
+            if nudge is not None:
+                nudge.clear()  # this claim covers every run committed before it
             batch = await self.claim_many(free)
             if not batch:
                 if not running:
                     break
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running.difference_update(finished)
-                for task in finished:
-                    task.result()
+                waiting: set[asyncio.Future[Any]] = set(running)
+                waiter: asyncio.Future[Any] | None = None
+                if nudge is not None:
+                    waiter = asyncio.ensure_future(nudge.wait())
+                    waiting.add(waiter)
+                try:
+                    ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if waiter is not None:
+                        waiter.cancel()
+                for future in ended:
+                    if future is not waiter:
+                        running.discard(future)  # type: ignore[arg-type]
+                        future.result()
                 continue
             done += len(batch)
             running.update(asyncio.create_task(self.run(*claimed)) for claimed in batch)
+        if on_limit is not None and limit is not None and done >= limit:
+            await on_limit()
         while running:
             finished, running_left = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             running.clear()
@@ -1468,9 +1493,10 @@ class Engine:
 
 @dataclass
 class _WorkLoop:
-    """The ``workflows.work`` job running in this process (one per plugin facade)."""
+    """The ``workflows.work`` job claiming in this process (one per plugin facade)."""
 
-    busy: bool = False
+    owner: object | None = None
+    """A token of the job that claims now, ``None`` when none does."""
     more: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -1482,7 +1508,7 @@ LINGER_POLL_SECONDS = 0.01
 """How often a lingering work job asks PostgreSQL whether a run became due."""
 
 
-async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
+async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine: Engine | None = None) -> int:
     """The ``workflows.work`` job: claim and run due runs, at most ``batch`` claims, then hand on
     to a fresh job. Returns how many claims it ran.
 
@@ -1491,23 +1517,33 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
     loop, not one per wake-up. When nothing is due the job lingers for :data:`LINGER_SECONDS`,
     polling PostgreSQL (the truth) every :data:`LINGER_POLL_SECONDS` or woken by another wake-up
     job, so that a run started right after another does not wait for the queue's next poll.
-    Handing the flag over has no ``await`` between the last look and ``busy = False``: a wake-up
-    is either seen by the running job or starts a new one."""
+    Giving the claim up has no ``await`` between the last look at ``more`` and ``owner = None``:
+    a wake-up is either seen by the claiming job or makes its own job the claiming one. While
+    runs are in flight a wake-up makes it claim at once (``nudge``), so a slow action does not
+    hold new runs back; a job whose batch is spent hands the claiming on before it waits for its
+    last runs."""
     state = _LOOPS.get(services)
     if state is None:
         state = _LOOPS[services] = _WorkLoop()
-    if state.busy:
+    if state.owner is not None:
         state.more.set()
         return 0
-    state.busy = True
-    engine = Engine(services)
+    me = state.owner = object()
+    engine = engine or Engine(services)
     loop = asyncio.get_running_loop()
     done = 0
+
+    async def hand_on() -> None:
+        # The batch is spent: a fresh job claims from now on while this one waits for its runs.
+        if state.owner is me:
+            state.owner = None
+        await engine.wake(coalesce=False)
+
     try:
         idle_until = loop.time() + LINGER_SECONDS
         while done < batch:
             state.more.clear()
-            ran = await engine.work(limit=batch - done, parallel=parallel)
+            ran = await engine.work(limit=batch - done, parallel=parallel, nudge=state.more, on_limit=hand_on)
             done += ran
             if ran or state.more.is_set():
                 idle_until = loop.time() + LINGER_SECONDS
@@ -1520,9 +1556,8 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int) -> int:
             if loop.time() >= idle_until and not state.more.is_set():
                 break
     finally:
-        state.busy = False
-    if done >= batch:
-        await engine.wake(coalesce=False)
+        if state.owner is me:
+            state.owner = None
     return done
 
 

@@ -34,7 +34,7 @@ from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
 from tests.conftest import eventually, new_tenant, open_client, other_process, settings_for
 from tests.plugin_factory import FakePlugin, installed, plugin_source, unique
-from tests.test_access import at, new_key, problem
+from tests.test_access import at, join, new_key, problem
 from tests.test_workflows import detail, edge, engine, node, steps_of
 
 HANG = """
@@ -627,3 +627,33 @@ async def test_a_sub_workflow_that_cannot_start_fails_its_step_instead_of_the_wo
     assert body["execution"]["status"] == "succeeded", body
     assert steps_of(body)[("call", "0")]["status"] == "failed"
     assert await runs_of(api, t, unpublished) == []
+
+
+async def test_a_run_acts_with_no_more_than_its_publisher_holds_now(api: AsyncTestClient[Any], kernel: Kernel) -> None:
+    t = await tenant(api, "crm")
+    admin = await join(api, t, "admin")
+    as_admin = at(t, admin["access_token"])
+    admin["user_id"] = (await api.get("/api/auth/me", headers=as_admin)).json()["id"]
+    wid = await publish(api, as_admin, *CONTACT)
+    first = await start(api, t, wid, {"name": "Before"})
+    await engine(kernel).work()
+    assert (await detail(api, t, first))["execution"]["status"] == "succeeded"
+
+    # The publisher becomes a viewer: the version's stored permissions no longer hold.
+    demoted = await api.put(f"/api/tenant/members/{admin['user_id']}", json={"role": "viewer"}, headers=t["owner"])
+    assert demoted.status_code == 200, demoted.text
+    second = await start(api, t, wid, {"name": "Demoted"})
+    await engine(kernel).work()
+    error = steps_of(await detail(api, t, second))[("add", "0")]["error"]
+    assert error["status"] == 403 and "crm.contacts.write" in error["message"]
+
+    # Removed from the tenant: the run's actions stop.
+    removed = await api.delete(f"/api/tenant/members/{admin['user_id']}", headers=t["owner"])
+    assert removed.status_code == 204, removed.text
+    third = await start(api, t, wid, {"name": "Gone"})
+    await engine(kernel).work()
+    error = steps_of(await detail(api, t, third))[("add", "0")]["error"]
+    assert error == {"message": f"the workflow runs as its publisher user:{admin['user_id']}, who is no longer a "
+                                "member", "type": "permission", "transient": False, "status": 403}
+    names = [c["first_name"] for c in (await api.get("/api/crm/contacts", headers=t["h"])).json()["contacts"]]
+    assert names == ["Before"]

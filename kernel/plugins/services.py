@@ -28,7 +28,7 @@ from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit, emit_many
 from kernel.identity.access import is_member
-from kernel.identity.models import ApiKeyRow
+from kernel.identity.models import ApiKeyRow, MembershipRow
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
 from kernel.plugins.nodes import Nodes
@@ -265,6 +265,20 @@ class Members:
         grants = await self._kernel.access.grants(tenant_id)
         permissions = grants.get(row.role, frozenset()) if row.role else frozenset(row.scopes or ())
         return Principal(kind="api_key", id=row.id, tenant_id=tenant_id, role=row.role, permissions=permissions)
+
+    async def member(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
+        """The principal a member of the tenant acts as now (their role's current permissions),
+        or ``None`` when the user is not a member."""
+        assert self._kernel is not None
+        async with self._kernel.db.tenant(tenant_id) as session:
+            role = (
+                await session.execute(select(MembershipRow.role).where(MembershipRow.user_id == user_id).limit(1))
+            ).scalar_one_or_none()
+        if role is None:
+            return None
+        grants = await self._kernel.access.grants(tenant_id)
+        return Principal(kind="user", id=user_id, tenant_id=tenant_id, role=role,
+                         permissions=grants.get(role, frozenset()))
 
 
 class Tenants:

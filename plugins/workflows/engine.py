@@ -957,18 +957,23 @@ class Engine:
         )
 
     async def _actor_now(self, run: _Run) -> sdk.Actor:
-        """Who an action step acts as: a run acting as an API key has no more than the key holds
-        now (one revoked, expired or narrowed since the publish stops or narrows its runs)."""
+        """Who an action step acts as: never more than its principal holds now. A run acting as an
+        API key revoked, expired or deleted since the publish, or as a publisher who is no longer
+        a member, fails the step; a narrowed key or a lesser role narrows the run."""
         principal = run.actor.principal
-        if principal is None or principal.kind != "api_key":
+        if principal is None or not principal.permissions:
+            return run.actor  # nothing to narrow: it may run only nodes that need no permission
+        if principal.kind == "api_key":
+            now = await self.services.members.api_key(run.tenant_id, principal.id)
+            gone = f"the workflow runs as API key {principal.id}, which is revoked, expired or deleted"
+        else:
+            now = await self.services.members.member(run.tenant_id, principal.id)
+            gone = f"the workflow runs as its publisher user:{principal.id}, who is no longer a member"
+        if now is None:
+            raise StepError(gone, kind="permission", status=403)
+        if principal.permissions <= now.permissions:
             return run.actor
-        key = await self.services.members.api_key(run.tenant_id, principal.id)
-        if key is None:
-            raise StepError(f"the workflow runs as API key {principal.id}, which is revoked, expired or deleted",
-                            kind="permission", status=403)
-        if principal.permissions <= key.permissions:
-            return run.actor
-        narrowed = replace(principal, permissions=principal.permissions & key.permissions)
+        narrowed = replace(principal, permissions=principal.permissions & now.permissions)
         return replace(run.actor, principal=narrowed)
 
     def _pure(self, node: Node, config: Any, records: Mapping[str, _Rec], run: _Run) -> tuple[Any, list[str]]:

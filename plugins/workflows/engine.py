@@ -1465,7 +1465,9 @@ LINGER_SECONDS = 0.5
 """How long a work job that ran out of due runs stays, looking for new ones, before it ends;
 longer than :data:`WAKE_WINDOW_SECONDS` (coalesced wake-ups rely on it)."""
 LINGER_POLL_SECONDS = 0.01
-"""How often a lingering work job asks PostgreSQL whether a run became due."""
+"""How soon a lingering work job asks PostgreSQL again whether a run became due (the pause
+doubles while none comes, up to :data:`LINGER_POLL_MAX_SECONDS`)."""
+LINGER_POLL_MAX_SECONDS = 0.08
 
 
 async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine: Engine | None = None) -> int:
@@ -1475,7 +1477,7 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine:
     One job per process does the claiming. A wake-up job that finds one already at work only
     tells it to look again (``more``) and ends at once, so a burst of wake-ups costs one claim
     loop, not one per wake-up. When nothing is due the job lingers for :data:`LINGER_SECONDS`,
-    polling PostgreSQL (the truth) every :data:`LINGER_POLL_SECONDS` or woken by another wake-up
+    polling PostgreSQL (the truth) from :data:`LINGER_POLL_SECONDS` on or woken by another wake-up
     job, so that a run started right after another does not wait for the queue's next poll.
     Giving the claim up has no ``await`` between the last look at ``more`` and ``owner = None``:
     a wake-up is either seen by the claiming job or makes its own job the claiming one. While
@@ -1501,19 +1503,23 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine:
 
     try:
         idle_until = loop.time() + LINGER_SECONDS
+        pause = LINGER_POLL_SECONDS
         while done < batch:
             state.more.clear()
             ran = await engine.work(limit=batch - done, parallel=parallel, nudge=state.more, on_limit=hand_on)
             done += ran
             if ran or state.more.is_set():
                 idle_until = loop.time() + LINGER_SECONDS
+                pause = LINGER_POLL_SECONDS
                 continue
             if loop.time() >= idle_until:
                 break  # no await since ``more`` was last looked at
-            # Linger: claim again after a poll interval, or at once when a wake-up comes. A claim
-            # that finds nothing due is as cheap as a probe (one statement).
+            # Linger: claim again after a pause (doubling up to LINGER_POLL_MAX_SECONDS while
+            # nothing comes), or at once when a wake-up comes. A claim that finds nothing due is
+            # as cheap as a probe (one statement).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.more.wait(), LINGER_POLL_SECONDS)
+                await asyncio.wait_for(state.more.wait(), pause)
+            pause = min(pause * 2, LINGER_POLL_MAX_SECONDS)
     finally:
         if state.owner is me:
             state.owner = None

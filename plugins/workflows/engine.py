@@ -283,6 +283,28 @@ _UPSERT_STEP = text(
     "wake_at = excluded.wake_at"
 )
 _MOVE_TICK = text("update workflows_schedules set next_run_at = :next where id = :id and next_run_at = :tick")
+_CLAIM = text(
+    "with picked as (select e.id, e.workflow_id, e.concurrency, e.due_at, case when e.concurrency is null then 0 "
+    "else (select count(*) from workflows_executions r where r.tenant_id = e.tenant_id "
+    "and r.workflow_id = e.workflow_id and r.status = 'running' and r.lease_until > :now) end as wf_running "
+    "from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
+    "order by e.due_at limit :k for update of e skip locked), "
+    "ranked as (select id, concurrency, wf_running, row_number() over (partition by workflow_id "
+    "order by due_at, id) as n from picked), "
+    "claimed as (update workflows_executions x set status = 'running', lease_owner = :me, lease_until = :lease, "
+    "due_at = :lease, claims = x.claims + 1, started_at = coalesce(x.started_at, :now) from ranked "
+    "where x.tenant_id = :t and x.id = ranked.id "
+    "and (ranked.concurrency is null or ranked.wf_running + ranked.n <= ranked.concurrency) returning x.*), "
+    "served as (update workflows_tenants set last_served_at = :now where tenant_id = :t "
+    "and exists (select 1 from claimed)) "
+    "select c.*, case when v.id = any(:known) then null else v.graph end as graph, v.settings, v.run_as, "
+    "(select jsonb_agg(jsonb_build_object('node_id', s.node_id, 'status', s.status, 'output', s.output, "
+    "'ports', s.ports, 'attempts', s.attempts, 'wake_at', s.wake_at, 'error', s.error)) from workflows_steps s "
+    "where s.tenant_id = c.tenant_id and s.execution_id = c.id and s.iteration = :top) as checkpoints "
+    "from claimed c join workflows_versions v on v.tenant_id = c.tenant_id and v.id = c.version_id "
+    "order by c.created_at, c.id"
+)
+"""A tenant's claim (see :meth:`Engine.claim_many`)."""
 _FENCE = text(
     "update workflows_executions set lease_until = :lease, due_at = :lease where tenant_id = :t and id = :id "
     "and status = 'running' and lease_owner = :me"
@@ -523,42 +545,19 @@ class Engine:
                 slots = min(share, wanted - len(claimed), tenant.concurrency - tenant.running)
                 if slots <= 0:
                     continue
-                rows = (
+                # One statement per tenant: pick its due rows (locked), keep a workflow's own
+                # limit (a row past it stays due), take them, mark the tenant served, and read each
+                # taken run with its version and top-level checkpoints.
+                runs = (
                     await session.execute(
-                        text(
-                            "select e.id, e.workflow_id, e.concurrency, case when e.concurrency is null then 0 else "
-                            "(select count(*) from workflows_executions r where r.tenant_id = e.tenant_id "
-                            "and r.workflow_id = e.workflow_id and r.status = 'running' and r.lease_until > :now) "
-                            "end wf_running from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
-                            "order by e.due_at limit :k for update of e skip locked"
-                        ),
-                        {"t": tenant.tenant_id, "now": now, "k": slots},
+                        _CLAIM,
+                        {"t": tenant.tenant_id, "now": now, "k": slots, "me": self.worker_id, "lease": lease,
+                         "known": list(_PLANS), "top": TOP},
                     )
                 ).all()
-                taken: dict[uuid.UUID, int] = {}
-                ids = []
-                for row in rows:
-                    if row.concurrency is not None:
-                        if row.wf_running + taken.get(row.workflow_id, 0) >= row.concurrency:
-                            continue  # its workflow is at its limit; the row stays due
-                        taken[row.workflow_id] = taken.get(row.workflow_id, 0) + 1
-                    ids.append(row.id)
-                if not ids:
-                    continue
-                await session.execute(
-                    text(
-                        "with served as (update workflows_tenants set last_served_at = :now where tenant_id = :t) "
-                        "update workflows_executions set status = 'running', lease_owner = :me, lease_until = :lease, "
-                        "due_at = :lease, claims = claims + 1, started_at = coalesce(started_at, :now) "
-                        "where tenant_id = :t and id = any(:ids)"
-                    ),
-                    {"me": self.worker_id, "lease": lease, "now": now, "t": tenant.tenant_id, "ids": ids},
-                )
-                claimed += [(tenant.tenant_id, i) for i in ids]
-            # Read the runs in this transaction too (the engine's policy opens their rows here):
-            # two statements for the whole batch, not two per run.
-            if claimed:
-                self._prefetched.update(await self._fetch_many(session, claimed))
+                for e in runs:
+                    self._prefetched[e.id] = (e, [_Checkpoint.of(c) for c in e.checkpoints or ()])
+                    claimed.append((tenant.tenant_id, e.id))
         return claimed
 
     async def work(
@@ -657,32 +656,6 @@ class Engine:
             )
         ).all()
         return e, steps
-
-    async def _fetch_many(
-        self, session: AsyncSession, claimed: list[tuple[uuid.UUID, uuid.UUID]]
-    ) -> dict[uuid.UUID, Any]:
-        """:meth:`_fetch` for a batch of claimed runs; the version's graph is only read when its
-        plan is not cached yet (versions never change)."""
-        # (tenant, id) pairs, joined so that the (tenant_id, ...) keys' indexes serve the lookups.
-        pairs = {"ts": [t for t, _ in claimed], "ids": [i for _, i in claimed]}
-        # One statement: each run with its version and its top-level checkpoints (as JSON).
-        runs = (
-            await session.execute(
-                text(
-                    "select e.*, case when v.id = any(:known) then null else v.graph end as graph, v.settings, "
-                    "v.run_as, (select jsonb_agg(jsonb_build_object('node_id', s.node_id, 'status', s.status, "
-                    "'output', s.output, 'ports', s.ports, 'attempts', s.attempts, 'wake_at', s.wake_at, "
-                    "'error', s.error)) from workflows_steps s where s.tenant_id = e.tenant_id "
-                    "and s.execution_id = e.id and s.iteration = :top) as checkpoints "
-                    "from unnest(cast(:ts as uuid[]), cast(:ids as uuid[])) as c(t, id) "
-                    "join workflows_executions e on e.tenant_id = c.t and e.id = c.id "
-                    "join workflows_versions v on v.tenant_id = e.tenant_id and v.id = e.version_id "
-                    "where e.lease_owner = :me and e.status = 'running'"
-                ),
-                {**pairs, "me": self.worker_id, "known": list(_PLANS), "top": TOP},
-            )
-        ).all()
-        return {e.id: (e, [_Checkpoint.of(c) for c in e.checkpoints or ()]) for e in runs}
 
     async def _load(self, tenant_id: uuid.UUID, execution_id: uuid.UUID) -> _Run | None:
         fetched = self._prefetched.pop(execution_id, None)
@@ -1402,19 +1375,6 @@ class Engine:
                 ).scalar_one()
             )
 
-    async def anything_due(self) -> bool:
-        """Whether some run is due now (a cheap probe; :meth:`claim_many` decides what may run)."""
-        async with self.services.data.untenanted() as session:
-            await session.execute(text(ENGINE_SETTING))
-            return bool(
-                (
-                    await session.execute(
-                        text("select exists (select 1 from workflows_executions where due_at <= :now)"),
-                        {"now": self.clock()},
-                    )
-                ).scalar_one()
-            )
-
     async def sweep(self) -> int:
         """The safety net: fire due schedule ticks, wake workers for due runs (a lost wake-up, a
         flushed Redis, an expired lease), drop runs past retention. Returns the due count."""
@@ -1548,13 +1508,12 @@ async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine:
             if ran or state.more.is_set():
                 idle_until = loop.time() + LINGER_SECONDS
                 continue
-            while not state.more.is_set() and loop.time() < idle_until:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.more.wait(), LINGER_POLL_SECONDS)
-                if state.more.is_set() or await engine.anything_due():
-                    break
-            if loop.time() >= idle_until and not state.more.is_set():
-                break
+            if loop.time() >= idle_until:
+                break  # no await since ``more`` was last looked at
+            # Linger: claim again after a poll interval, or at once when a wake-up comes. A claim
+            # that finds nothing due is as cheap as a probe (one statement).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.more.wait(), LINGER_POLL_SECONDS)
     finally:
         if state.owner is me:
             state.owner = None

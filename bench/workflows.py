@@ -46,9 +46,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from redis.asyncio import Redis
 
 from kernel.app import load_app_plugins
 from kernel.db import migrate
@@ -109,8 +111,51 @@ async def _setup(api: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
     return h, body["tenant"]["id"], hook.json()["path"]
 
 
+async def _counts(db: asyncpg.Connection, redis: Any) -> tuple[int, int]:
+    """PostgreSQL transactions (every database) and Redis commands so far."""
+    xacts = await db.fetchval("select sum(xact_commit + xact_rollback) from pg_stat_database")
+    commands = int((await redis.info("stats"))["total_commands_processed"]) if redis is not None else 0
+    return int(xacts or 0), commands
+
+
+class CpuMeter:
+    """CPU seconds (user + system) each process of the platform spends, to say where the time of a
+    round goes: the API, the worker, PostgreSQL (the postmaster, its backends, and the ones it
+    reaped), Redis and this bench (its HTTP client)."""
+
+    def __init__(self, groups: dict[str, list[int]], postmaster: int | None) -> None:
+        self.groups = groups
+        self.postmaster = postmaster
+
+    def _process_seconds(self, pid: int, *, reaped: bool = False) -> float:
+        try:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+        except psutil.Error:
+            return 0.0
+        seconds = float(times.user + times.system)
+        if reaped:
+            seconds += times.children_user + times.children_system
+        return seconds
+
+    def snapshot(self) -> dict[str, float]:
+        out = {name: sum(self._process_seconds(p) for p in pids) for name, pids in self.groups.items()}
+        if self.postmaster is not None:
+            total = self._process_seconds(self.postmaster, reaped=True)
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.postmaster).children():
+                    total += self._process_seconds(child.pid)
+            out["postgres"] = total
+        return out
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 async def _workflow_round(
-    api: httpx.AsyncClient, db: asyncpg.Connection, tenant_id: str, path: str, n: int, concurrency: int
+    api: httpx.AsyncClient, db: asyncpg.Connection, tenant_id: str, path: str, n: int, concurrency: int,
+    meter: CpuMeter | None = None, redis: Any = None,
 ) -> dict[str, Any]:
     ids: list[str] = []
     answer: list[float] = []
@@ -128,11 +173,15 @@ async def _workflow_round(
                 return
             ids.append(response.json()["execution_id"])
 
+    cpu_before = meter.snapshot() if meter is not None else {}
+    counts_before = await _counts(db, redis)
     before = await db.fetchval("select now()")
     started = time.perf_counter()
     await asyncio.gather(*(fire(i) for i in range(n)))
     sent = time.perf_counter() - started
+    polls = 0
     while True:
+        polls += 1
         left = await db.fetchval(
             "select count(*) from workflows_executions where id = any($1::uuid[]) and status not in "
             "('succeeded', 'failed', 'cancelled')", ids,
@@ -140,6 +189,9 @@ async def _workflow_round(
         if not left:
             break
         await asyncio.sleep(0.02)
+    cpu = CpuMeter.spent(cpu_before, meter.snapshot()) if meter is not None else {}
+    await asyncio.sleep(1.1)  # PostgreSQL flushes its transaction counters within a second
+    counts = [b - a for a, b in zip(counts_before, await _counts(db, redis), strict=True)]
     rows = await db.fetch(
         "select e.status, e.created_at, e.finished_at, (select min(s.started_at) from workflows_steps s "
         "where s.execution_id = e.id) as first_step from workflows_executions e where e.id = any($1::uuid[])",
@@ -157,6 +209,9 @@ async def _workflow_round(
         "answer_p99": _pct(answer, 0.99),
         "first_p50": _pct(first, 0.5) if first else float("nan"),
         "first_p99": _pct(first, 0.99) if first else float("nan"),
+        "cpu_ms": {name: seconds * 1000 / max(len(rows), 1) for name, seconds in cpu.items()},
+        "pg_xacts": (counts[0] - polls - 2) / max(len(rows), 1),  # less the bench's own statements
+        "redis_commands": counts[1] / max(len(rows), 1),
     }
 
 
@@ -307,7 +362,15 @@ async def main(args: argparse.Namespace) -> None:
             )
         processes.append(worker)
         await asyncio.to_thread(_wait_healthy, url, processes[0], api_log)
+        redis_pid = getattr(getattr(embedded, "_redis", None), "pid", None)
+        pg = getattr(embedded, "_pg", None)
+        meter = CpuMeter(
+            {"api": [processes[0].pid], "worker": [worker.pid], "redis": [redis_pid] if redis_pid else [],
+             "bench": [os.getpid()]},
+            pg.get_postmaster_info().pid if pg is not None else None,
+        )
         db = await asyncpg.connect(_dsn(database_url))
+        counter = Redis.from_url(redis_url)
         limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as api:
             h, tenant_id, path = await _setup(api)
@@ -316,20 +379,22 @@ async def main(args: argparse.Namespace) -> None:
             await _workflow_round(api, db, tenant_id, path, min(100, args.executions), args.concurrency)  # warm-up
             await _arq_round(redis_url, 200, 10)
             results, floors, latencies = [], [], []
-            profiler = None
+            profilers: list[subprocess.Popen[bytes]] = []
             for round_no in range(1, args.rounds + 1):
                 if args.profile and round_no == 1:
                     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                    profiler = subprocess.Popen(  # noqa: ASYNC220
-                        [spy, "record", "--pid", str(worker.pid), "--subprocesses", "--format", "raw",
-                         "--output", str(data_dir / "worker.spy"), "--rate", "200", "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )
-                result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency)
-                if profiler is not None:
+                    for name, pid in (("worker", worker.pid), ("api", processes[0].pid)):
+                        profilers.append(subprocess.Popen(  # noqa: ASYNC220
+                            [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
+                             "--output", str(data_dir / f"{name}.spy"), "--rate", "200", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        ))
+                result = await _workflow_round(api, db, tenant_id, path, args.executions, args.concurrency, meter,
+                                               counter)
+                for profiler in profilers:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(60)
-                    profiler = None
+                profilers = []
                 floor = await _arq_round(redis_url, args.executions, 10)
                 latency = await _latency_round(api, db, path, args.latency_runs)
                 results.append(result)
@@ -344,6 +409,7 @@ async def main(args: argparse.Namespace) -> None:
                     flush=True,
                 )
         await db.close()
+        await counter.aclose()
 
         def med(key: str) -> float:
             return statistics.median(r[key] for r in results)
@@ -355,12 +421,21 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  webhook answer (202 with the id)          p50 {med('answer_p50') * 1000:6.1f} ms   "
               f"p99 {med('answer_p99') * 1000:6.1f} ms")
         print(f"  raw arq no-op jobs (same Redis, floor)    {statistics.median(floors):8.1f} jobs/s")
+        print(f"  ratio to the arq floor                    {med('per_second') / statistics.median(floors):8.3f}")
+        names = list(results[0]["cpu_ms"])
+        cpu = {n: statistics.median(r["cpu_ms"].get(n, 0.0) for r in results) for n in names}
+        print("  CPU ms per execution, by process:         " + ", ".join(f"{n} {v:.2f}" for n, v in cpu.items())
+              + f"; total {sum(cpu.values()):.2f} (2 cores give {2000 / max(med('per_second'), 1e-9):.2f} ms "
+              "per execution at this rate)")
+        print(f"  per execution: {statistics.median(r['pg_xacts'] for r in results):.1f} PostgreSQL transactions, "
+              f"{statistics.median(r['redis_commands'] for r in results):.1f} Redis commands (everything running)")
         print(f"  one run at a time ({args.latency_runs} per round):")
         lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
         print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")
         print(f"    trigger -> finished                     p50 {lat[2]:6.1f} ms   p99 {lat[3]:6.1f} ms")
-        if args.profile and (data_dir / "worker.spy").exists():
-            _top_frames(data_dir / "worker.spy")
+        for name in ("worker", "api"):
+            if args.profile and (data_dir / f"{name}.spy").exists():
+                _top_frames(data_dir / f"{name}.spy", name)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -376,8 +451,8 @@ async def main(args: argparse.Namespace) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _top_frames(path: Path, top: int = 25) -> None:
-    """Where the worker's time goes, from py-spy's raw output: the project's functions (and the
+def _top_frames(path: Path, process: str, top: int = 25) -> None:
+    """Where a process's time goes, from py-spy's raw output: the project's functions (and the
     driver and queue libraries under them) by share of samples, inclusive, and the leaves."""
     inclusive: dict[str, int] = {}
     leaves: dict[str, int] = {}
@@ -393,8 +468,8 @@ def _top_frames(path: Path, top: int = 25) -> None:
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
     ours = ("engine.py", "triggers.py", "deliveries.py", "outbox.py", "worker.py:", "nodes.py", "expressions.py",
-            "services.py", "sandbox.py")
-    print(f"\nworker, py-spy ({total} samples): the project's functions by share of samples (inclusive)")
+            "services.py", "sandbox.py", "routes.py", "middleware", "audit", "limiter", "facade.py")
+    print(f"\n{process}, py-spy ({total} samples): the project's functions by share of samples (inclusive)")
     chosen = [(n, c) for n, c in inclusive.items() if any(o in n for o in ours)]
     for name, count in sorted(chosen, key=lambda kv: -kv[1])[:top]:
         print(f"  {count / total * 100:5.1f}%  {name}")

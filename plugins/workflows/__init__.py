@@ -18,7 +18,7 @@ import msgspec
 
 from kernel import sdk
 from plugins.workflows.ai_nodes import AI_NODES
-from plugins.workflows.engine import Engine
+from plugins.workflows.engine import Engine, work_job
 from plugins.workflows.models import Base
 from plugins.workflows.node_routes import NODE_ROUTES
 from plugins.workflows.nodes import NODES
@@ -82,10 +82,12 @@ WORK_BATCH = 200
 ever, and other jobs in the queue get their turn)."""
 
 
+WORK_PARALLEL = 32
+"""Runs one work job drives at once (the process's only claiming job; tenants' own limits apply)."""
+
+
 async def _work(ctx: sdk.JobContext) -> None:
-    engine = Engine(ctx.services)
-    if await engine.work(limit=WORK_BATCH, parallel=4) >= WORK_BATCH:
-        await engine.wake()
+    await work_job(ctx.services, batch=WORK_BATCH, parallel=WORK_PARALLEL)
 
 
 async def _sweep(ctx: sdk.JobContext) -> None:

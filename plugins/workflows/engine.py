@@ -5,7 +5,9 @@ PostgreSQL is the truth; Redis only wakes workers.
 - **Start.** :meth:`Engine.start` inserts the execution in status ``queued`` (due now) in the
   caller's transaction: the row *is* the start job (outbox style). After the commit,
   :meth:`Engine.wake` enqueues a ``workflows.work`` job; if Redis lost it (or was down), the
-  ``workflows.sweep`` schedule finds the due row and enqueues one again.
+  ``workflows.sweep`` schedule finds the due row and enqueues one again. One job per process
+  claims (:func:`work_job`): other wake-ups join it, and it lingers polling PostgreSQL a moment
+  after the last due run, so wake-ups of one process within :data:`WAKE_WINDOW_SECONDS` share a job.
 - **Claim.** :meth:`Engine.claim` takes one due execution (queued, a parked run whose wake-up
   time came, or a running one whose lease expired) with ``FOR UPDATE SKIP LOCKED``, fairly across
   tenants: tenants are tried least recently served first, skipping a tenant at its concurrency
@@ -44,9 +46,10 @@ import os
 import random
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -280,6 +283,28 @@ _UPSERT_STEP = text(
     "wake_at = excluded.wake_at"
 )
 _MOVE_TICK = text("update workflows_schedules set next_run_at = :next where id = :id and next_run_at = :tick")
+_CLAIM = text(
+    "with picked as (select e.id, e.workflow_id, e.concurrency, e.due_at, case when e.concurrency is null then 0 "
+    "else (select count(*) from workflows_executions r where r.tenant_id = e.tenant_id "
+    "and r.workflow_id = e.workflow_id and r.status = 'running' and r.lease_until > :now) end as wf_running "
+    "from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
+    "order by e.due_at limit :k for update of e skip locked), "
+    "ranked as (select id, concurrency, wf_running, row_number() over (partition by workflow_id "
+    "order by due_at, id) as n from picked), "
+    "claimed as (update workflows_executions x set status = 'running', lease_owner = :me, lease_until = :lease, "
+    "due_at = :lease, claims = x.claims + 1, started_at = coalesce(x.started_at, :now) from ranked "
+    "where x.tenant_id = :t and x.id = ranked.id "
+    "and (ranked.concurrency is null or ranked.wf_running + ranked.n <= ranked.concurrency) returning x.*), "
+    "served as (update workflows_tenants set last_served_at = :now where tenant_id = :t "
+    "and exists (select 1 from claimed)) "
+    "select c.*, case when v.id = any(:known) then null else v.graph end as graph, v.settings, v.run_as, "
+    "(select jsonb_agg(jsonb_build_object('node_id', s.node_id, 'status', s.status, 'output', s.output, "
+    "'ports', s.ports, 'attempts', s.attempts, 'wake_at', s.wake_at, 'error', s.error)) from workflows_steps s "
+    "where s.tenant_id = c.tenant_id and s.execution_id = c.id and s.iteration = :top) as checkpoints "
+    "from claimed c join workflows_versions v on v.tenant_id = c.tenant_id and v.id = c.version_id "
+    "order by c.created_at, c.id"
+)
+"""A tenant's claim (see :meth:`Engine.claim_many`)."""
 _FENCE = text(
     "update workflows_executions set lease_until = :lease, due_at = :lease where tenant_id = :t and id = :id "
     "and status = 'running' and lease_owner = :me"
@@ -294,8 +319,35 @@ def _jsonable(value: Any) -> Any:
     return msgspec.to_builtins(value, enc_hook=str)
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A top-level step row read as JSON (the batched claim's shape of a ``workflows_steps`` row)."""
+
+    node_id: str
+    status: str
+    output: Any
+    ports: list[str] | None
+    attempts: int
+    wake_at: datetime | None
+    error: Any
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> _Checkpoint:
+        wake = raw.get("wake_at")
+        return cls(raw["node_id"], raw["status"], raw.get("output"), raw.get("ports"), int(raw.get("attempts") or 0),
+                   datetime.fromisoformat(wake) if wake else None, raw.get("error"))
+
+
 # ---- the engine ------------------------------------------------------------------------------
 
+
+WAKE_WINDOW_SECONDS = 0.1
+"""Immediate wake-ups one process asks for within this window share one job (see :meth:`Engine.wake`)."""
+_PROCESS = uuid.uuid4().hex[:12]
+_WOKEN: weakref.WeakKeyDictionary[sdk.Services, int] = weakref.WeakKeyDictionary()
+"""The last window each plugin facade (one per kernel) enqueued its wake-up job in."""
+REFILL = 4
+"""A work job claims again once this many of its slots are free (or half of them, if fewer)."""
 
 _PLANS: dict[uuid.UUID, Plan] = {}
 """Plans by version id (versions never change); bounded, see :func:`_cache_plan`."""
@@ -368,6 +420,7 @@ class Engine:
         parent: tuple[uuid.UUID, str] | None = None,
         retry_of: uuid.UUID | None = None,
         metered: bool = True,
+        version: tuple[uuid.UUID, int, Any] | None = None,
     ) -> uuid.UUID | None:
         """Create a run of ``workflow_id`` (its published version, or ``version_number``) in the
         caller's transaction, queued and due now; call :meth:`wake` after the commit.
@@ -375,57 +428,58 @@ class Engine:
         404 for an unknown workflow, 409 when it has no published version, 402 (the
         ``workflows.executions`` entitlement) when the plan's monthly runs are spent. With
         ``execution_id`` (an event's or a schedule tick's deterministic id), a second start of the
-        same id does nothing and answers ``None``."""
-        # One round trip: the workflow, and the version asked for (or the published one).
-        row = (
-            await session.execute(
-                text(
-                    "select d.published_version, v.id, v.number, v.settings from workflows_definitions d "
-                    "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
-                    "and v.number = coalesce(cast(:n as integer), d.published_version) where d.id = :w"
-                ),
-                {"w": workflow_id, "n": version_number},
-            )
-        ).first()
-        if row is None:
-            raise sdk.NotFound(f"workflow {workflow_id} not found")
-        if version_number is None and row.published_version is None:
-            raise sdk.Conflict(f"workflow {workflow_id} has no published version")
-        if row.id is None:
-            raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
-        number, version = row.number, row
+        same id does nothing and answers ``None``.
+
+        ``version``: ``(id, number, settings)`` of the version to run, when the caller read it in
+        this transaction already (the webhook trigger does), saving a round trip."""
+        if version is None:
+            # One round trip: the workflow, and the version asked for (or the published one).
+            row = (
+                await session.execute(
+                    text(
+                        "select d.published_version, v.id, v.number, v.settings from workflows_definitions d "
+                        "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+                        "and v.number = coalesce(cast(:n as integer), d.published_version) where d.id = :w"
+                    ),
+                    {"w": workflow_id, "n": version_number},
+                )
+            ).first()
+            if row is None:
+                raise sdk.NotFound(f"workflow {workflow_id} not found")
+            if version_number is None and row.published_version is None:
+                raise sdk.Conflict(f"workflow {workflow_id} has no published version")
+            if row.id is None:
+                raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
+            version = (row.id, row.number, row.settings)
+        version_id, number, raw_settings = version
         if metered:
             await self.services.entitlements.check(tenant_id, "workflows.executions")
-        settings = msgspec.convert(version.settings, WorkflowSettings)
+        settings = msgspec.convert(raw_settings, WorkflowSettings)
         concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
         new_id = execution_id or sdk.uuid7()
+        # One statement: the run, and the tenant's row the claim walks (kept in step with its limits).
         inserted = await session.execute(
             text(
+                "with tenant as (insert into workflows_tenants (tenant_id, id, concurrency, retention_days) "
+                "values (:t, :t, :c, :r) on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
+                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
+                "or workflows_tenants.retention_days is distinct from excluded.retention_days) "
                 "insert into workflows_executions (tenant_id, id, created_at, workflow_id, version_id, version_number, "
                 "status, trigger_kind, trigger, due_at, deadline_at, concurrency, parent_execution_id, parent_node, "
                 "retry_of, started_by) values (:t, :id, :now, :w, :v, :n, 'queued', :kind, cast(:trigger as jsonb), "
                 ":now, :deadline, :conc, :parent, :parent_node, :retry_of, :by) on conflict do nothing returning id"
             ),
             {
-                "t": tenant_id, "id": new_id, "now": now, "w": workflow_id, "v": version.id, "n": number,
+                "t": tenant_id, "id": new_id, "now": now, "w": workflow_id, "v": version_id, "n": number,
                 "kind": trigger_kind, "trigger": _json(payload if payload is not None else {}),
                 "deadline": now + timedelta(seconds=settings.timeout_seconds), "conc": settings.concurrency,
                 "parent": parent[0] if parent else None, "parent_node": parent[1] if parent else None,
-                "retry_of": retry_of, "by": started_by,
+                "retry_of": retry_of, "by": started_by, "c": concurrency, "r": retention,
             },
         )
         if inserted.first() is None:
             return None
-        await session.execute(
-            text(
-                "insert into workflows_tenants (tenant_id, id, concurrency, retention_days) values (:t, :t, :c, :r) "
-                "on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
-                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
-                "or workflows_tenants.retention_days is distinct from excluded.retention_days"
-            ),
-            {"t": tenant_id, "c": concurrency, "r": retention},
-        )
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
             payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number,
@@ -433,11 +487,25 @@ class Engine:
         )
         return new_id
 
-    async def wake(self, at: datetime | None = None) -> None:
+    async def wake(self, at: datetime | None = None, *, coalesce: bool = True) -> None:
         """Ask a worker to claim work now (or ``at``). Losing this is harmless: the sweeper finds
-        due runs in PostgreSQL."""
+        due runs in PostgreSQL.
+
+        An immediate wake-up is coalesced with the others this process asks for in the same
+        :data:`WAKE_WINDOW_SECONDS`: the queue refuses a second job of the same window. That is
+        safe because the window's job runs after this run was committed, or started less than a
+        window before, and :func:`work_job` then claims, or lingers polling PostgreSQL for longer
+        than a window. ``coalesce=False``: always a fresh job (a work job handing on)."""
+        dedup = window = None
+        if at is None and coalesce:
+            window = int(time.time() / WAKE_WINDOW_SECONDS)
+            if _WOKEN.get(self.services) == window:
+                return  # this window's job is queued already: no need to ask Redis again
+            dedup = f"{_PROCESS}:{window}"
         try:
-            await self.services.jobs.enqueue(WORK_JOB, at=at)
+            await self.services.jobs.enqueue(WORK_JOB, at=at, dedup_key=dedup)
+            if window is not None:
+                _WOKEN[self.services] = window
         except Exception:  # Redis down: the sweeper will find the row
             log.warning("could not enqueue a wake-up; the sweeper will find the run", exc_info=True)
 
@@ -477,52 +545,35 @@ class Engine:
                 slots = min(share, wanted - len(claimed), tenant.concurrency - tenant.running)
                 if slots <= 0:
                     continue
-                rows = (
+                # One statement per tenant: pick its due rows (locked), keep a workflow's own
+                # limit (a row past it stays due), take them, mark the tenant served, and read each
+                # taken run with its version and top-level checkpoints.
+                runs = (
                     await session.execute(
-                        text(
-                            "select e.id, e.workflow_id, e.concurrency, case when e.concurrency is null then 0 else "
-                            "(select count(*) from workflows_executions r where r.tenant_id = e.tenant_id "
-                            "and r.workflow_id = e.workflow_id and r.status = 'running' and r.lease_until > :now) "
-                            "end wf_running from workflows_executions e where e.tenant_id = :t and e.due_at <= :now "
-                            "order by e.due_at limit :k for update of e skip locked"
-                        ),
-                        {"t": tenant.tenant_id, "now": now, "k": slots},
+                        _CLAIM,
+                        {"t": tenant.tenant_id, "now": now, "k": slots, "me": self.worker_id, "lease": lease,
+                         "known": list(_PLANS), "top": TOP},
                     )
                 ).all()
-                taken: dict[uuid.UUID, int] = {}
-                ids = []
-                for row in rows:
-                    if row.concurrency is not None:
-                        if row.wf_running + taken.get(row.workflow_id, 0) >= row.concurrency:
-                            continue  # its workflow is at its limit; the row stays due
-                        taken[row.workflow_id] = taken.get(row.workflow_id, 0) + 1
-                    ids.append(row.id)
-                if not ids:
-                    continue
-                await session.execute(
-                    text(
-                        "update workflows_executions set status = 'running', lease_owner = :me, lease_until = :lease, "
-                        "due_at = :lease, claims = claims + 1, started_at = coalesce(started_at, :now) "
-                        "where tenant_id = :t and id = any(:ids)"
-                    ),
-                    {"me": self.worker_id, "lease": lease, "now": now, "t": tenant.tenant_id, "ids": ids},
-                )
-                await session.execute(
-                    text("update workflows_tenants set last_served_at = :now where tenant_id = :t"),
-                    {"now": now, "t": tenant.tenant_id},
-                )
-                claimed += [(tenant.tenant_id, i) for i in ids]
-            # Read the runs in this transaction too (the engine's policy opens their rows here).
-            for tenant_id, execution_id in claimed:
-                self._prefetched[execution_id] = await self._fetch(session, tenant_id, execution_id)
+                for e in runs:
+                    self._prefetched[e.id] = (e, [_Checkpoint.of(c) for c in e.checkpoints or ()])
+                    claimed.append((tenant.tenant_id, e.id))
         return claimed
 
-    async def work(self, *, limit: int | None = None, parallel: int = 1) -> int:
+    async def work(
+        self, *, limit: int | None = None, parallel: int = 1, nudge: asyncio.Event | None = None,
+        on_limit: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
         """Claim and run due runs until none is left (or ``limit`` ran); ``parallel`` at once.
-        Returns how many claims ran."""
+        Returns how many claims ran.
+
+        ``nudge``: set when new runs may be due; while runs are in flight and the last claim found
+        nothing, it makes the loop claim again without waiting for a run to end (it is cleared
+        when taken). ``on_limit``: called once ``limit`` claims were made, before waiting for the
+        runs still in flight."""
         running: set[asyncio.Task[str | None]] = set()
         try:
-            return await self._work(running, limit, parallel)
+            return await self._work(running, limit, parallel, nudge, on_limit)
         except BaseException:
             # The worker is going away (a job timeout, shutdown): its runs stop where they are and
             # their leases expire, so another worker resumes them from their checkpoints.
@@ -531,10 +582,15 @@ class Engine:
             await asyncio.gather(*running, return_exceptions=True)
             raise
 
-    async def _work(self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int) -> int:
+    async def _work(
+        self, running: set[asyncio.Task[str | None]], limit: int | None, parallel: int,
+        nudge: asyncio.Event | None, on_limit: Callable[[], Awaitable[None]] | None,
+    ) -> int:
         done = 0
         while limit is None or done < limit:
-            while len(running) >= parallel:
+            # Refill once a few slots are free: one claim transaction then serves several runs
+            # instead of one claim per finished run.
+            while running and len(running) > parallel - min(REFILL, max(1, parallel // 2)):
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running.difference_update(finished)
                 for task in finished:
@@ -542,17 +598,31 @@ class Engine:
             free = parallel - len(running)
             if limit is not None:
                 free = min(free, limit - done)
+            if nudge is not None:
+                nudge.clear()  # this claim covers every run committed before it
             batch = await self.claim_many(free)
             if not batch:
                 if not running:
                     break
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running.difference_update(finished)
-                for task in finished:
-                    task.result()
+                waiting: set[asyncio.Future[Any]] = set(running)
+                waiter: asyncio.Future[Any] | None = None
+                if nudge is not None:
+                    waiter = asyncio.ensure_future(nudge.wait())
+                    waiting.add(waiter)
+                try:
+                    ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if waiter is not None:
+                        waiter.cancel()
+                for future in ended:
+                    if future is not waiter:
+                        running.discard(future)  # type: ignore[arg-type]
+                        future.result()
                 continue
             done += len(batch)
             running.update(asyncio.create_task(self.run(*claimed)) for claimed in batch)
+        if on_limit is not None and limit is not None and done >= limit:
+            await on_limit()
         while running:
             finished, running_left = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             running.clear()
@@ -596,6 +666,12 @@ class Engine:
                 return None
         e, steps = fetched
         plan = _PLANS.get(e.version_id)
+        if plan is None and e.graph is None:  # the cache was cleared since the batch was read
+            async with self.services.data.tenant(tenant_id) as session:
+                fetched = await self._fetch(session, tenant_id, execution_id)
+            if fetched is None:
+                return None
+            e, steps = fetched
         if plan is None:
             plan = plan_of(
                 msgspec.convert(e.graph, Graph), msgspec.convert(e.settings, WorkflowSettings),
@@ -669,16 +745,26 @@ class Engine:
         }
 
     async def _flush(
-        self, run: _Run, rows: list[dict[str, Any]], prepare: Callable[[AsyncSession], Awaitable[None]] | None = None
+        self, run: _Run, rows: list[dict[str, Any]], prepare: Callable[[AsyncSession], Awaitable[None]] | None = None,
+        *, fenced_by_prepare: bool = False,
     ) -> None:
-        """Write checkpoints (and ``prepare``'s changes) in one transaction fenced by the lease."""
+        """Write checkpoints (and ``prepare``'s changes) in one transaction fenced by the lease.
+
+        ``fenced_by_prepare``: ``prepare`` runs first and its first statement updates the run's row
+        under the fence's conditions, raising :class:`_LeaseLost` when it matched nothing (one
+        statement fewer). Either way the run's row is locked before its steps, the order cancel
+        takes them in."""
         async with run.lock, self.services.data.tenant(run.tenant_id) as session:
-            fenced = await session.execute(_FENCE, self._fence(run))
-            if fenced.rowcount == 0:  # type: ignore[attr-defined]
-                raise _LeaseLost
+            if fenced_by_prepare:
+                assert prepare is not None
+                await prepare(session)
+            else:
+                fenced = await session.execute(_FENCE, self._fence(run))
+                if fenced.rowcount == 0:  # type: ignore[attr-defined]
+                    raise _LeaseLost
             if rows:
                 await session.execute(_UPSERT_STEP, rows)
-            if prepare is not None:
+            if prepare is not None and not fenced_by_prepare:
                 await prepare(session)
         rows.clear()
 
@@ -822,19 +908,31 @@ class Engine:
         started = self.clock()
         rows.append(self._row(run, node, iteration, "running", input=config, attempts=attempt, started=started))
         await self._flush(run, rows)
-        timeout = node.timeout_seconds
+        timeout, run_bound = node.timeout_seconds, False
         if run.deadline is not None:
             left = (run.deadline - self.clock()).total_seconds()
-            timeout = left if timeout is None else min(timeout, left)
+            run_bound = timeout is None or left < timeout
+            timeout = left if run_bound else timeout
+        limit = asyncio.timeout(max(timeout, 0.001) if timeout is not None else None)
         try:
-            async with asyncio.timeout(max(timeout, 0.001) if timeout is not None else None):
+            async with limit:
                 output = await self._act(run, node, iteration, attempt, config)
             output = _jsonable(output)
             self._check_size(output)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return await self._failed(run, node, iteration, attempt, classify(exc), rows, config, in_body, started)
+            error = classify(exc)
+            if isinstance(exc, TimeoutError) and limit.expired():
+                if run_bound:  # the run's own deadline came first: the run ends, no retry
+                    detail = {"message": f"the run exceeded its timeout of {run.plan.settings.timeout_seconds:g} s"
+                              f" (in step {node.id!r})", "type": "timeout"}
+                    rows.append(self._row(run, node, iteration, "failed", error=detail, input=config,
+                                          attempts=attempt, started=started))
+                    raise _Fail({**detail, "node": node.id}) from None
+                error = StepError(f"step {node.id!r} exceeded its timeout of {node.timeout_seconds:g} s",
+                                  transient=True, kind="timeout")
+            return await self._failed(run, node, iteration, attempt, error, rows, config, in_body, started)
         rows.append(self._row(run, node, iteration, "succeeded", output=output, ports=[MAIN], input=config,
                               attempts=attempt, started=started))
         return _Rec("succeeded", output, [MAIN], attempt)
@@ -850,12 +948,33 @@ class Engine:
     async def _act(self, run: _Run, node: Node, iteration: str, attempt: int, config: Any) -> Any:
         """Run another plugin's action through ``services.nodes`` (its permission checked
         against the run's principal), with a journal for checkpoints inside the step."""
+        actor = await self._actor_now(run)
         journal = _Journal(self, run, node, iteration)
         await journal.load()
         return await self.services.nodes.run(
             node.node, tenant_id=run.tenant_id, execution_id=run.execution_id, step_id=node.id, attempt=attempt,
-            actor=run.actor, config=config, journal=journal, iteration=iteration,
+            actor=actor, config=config, journal=journal, iteration=iteration,
         )
+
+    async def _actor_now(self, run: _Run) -> sdk.Actor:
+        """Who an action step acts as: never more than its principal holds now. A run acting as an
+        API key revoked, expired or deleted since the publish, or as a publisher who is no longer
+        a member, fails the step; a narrowed key or a lesser role narrows the run."""
+        principal = run.actor.principal
+        if principal is None or not principal.permissions:
+            return run.actor  # nothing to narrow: it may run only nodes that need no permission
+        if principal.kind == "api_key":
+            now = await self.services.members.api_key(run.tenant_id, principal.id)
+            gone = f"the workflow runs as API key {principal.id}, which is revoked, expired or deleted"
+        else:
+            now = await self.services.members.member(run.tenant_id, principal.id)
+            gone = f"the workflow runs as its publisher user:{principal.id}, who is no longer a member"
+        if now is None:
+            raise StepError(gone, kind="permission", status=403)
+        if principal.permissions <= now.permissions:
+            return run.actor
+        narrowed = replace(principal, permissions=principal.permissions & now.permissions)
+        return replace(run.actor, principal=narrowed)
 
     def _pure(self, node: Node, config: Any, records: Mapping[str, _Rec], run: _Run) -> tuple[Any, list[str]]:
         key = node.node
@@ -967,21 +1086,45 @@ class Engine:
         child_id = uuid.uuid5(run.execution_id, f"{node.id}:{attempt}")
 
         async def spawn(session: AsyncSession) -> None:
-            await self.start(
-                session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
-                payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
-                parent=(run.execution_id, node.id) if sub.wait else None,
-            )
+            try:
+                await self.start(
+                    session, tenant_id=run.tenant_id, workflow_id=sub.workflow_id, trigger_kind="sub_workflow",
+                    payload=_jsonable(sub.input), started_by=f"workflow:{run.execution_id}", execution_id=child_id,
+                    parent=(run.execution_id, node.id) if sub.wait else None,
+                )
+            except sdk.Problem as exc:  # refused before writing: unknown, unpublished, plan spent
+                error = StepError(f"the sub-workflow could not start: {classify(exc).message}", kind="sub_workflow",
+                                  status=exc.status)
+                if not sub.wait:
+                    raise error from None
+                # The step fails in this same write (its pending checkpoint, or its row when it is
+                # already written) and the run is due again at once, to go on along the step's
+                # error handling.
+                now = self.clock()
+                waiting.update(status="failed", output=None, error=_json(error.as_dict()), finished_at=now)
+                await session.execute(
+                    text("update workflows_steps set status = 'failed', output = null, error = cast(:e as jsonb), "
+                         "finished_at = :now where execution_id = :id and node_id = :n and iteration = '0' "
+                         "and status = 'waiting'"),
+                    {"e": waiting["error"], "now": now, "id": run.execution_id, "n": node.id},
+                )
+                parking.due = now
 
         out = {"execution_id": str(child_id)}
         if not sub.wait:
             rows.append(self._row(run, node, TOP, "succeeded", input=config, output=out, ports=[MAIN],
                                   attempts=attempt))
-            await self._flush(run, rows, spawn)
+            try:
+                await self._flush(run, rows, spawn)
+            except StepError:
+                rows.pop()  # rolled back with the refused start
+                raise
             await self.wake()
             return _Rec("succeeded", out, [MAIN], attempt)
-        rows.append(self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt))
-        raise _Park(None, prepare=spawn)
+        waiting = self._row(run, node, TOP, "waiting", input=config, output=out, attempts=attempt)
+        rows.append(waiting)
+        parking = _Park(None, prepare=spawn)
+        raise parking
 
     async def _resume(self, run: _Run, node: Node, rec: _Rec, rows: list[dict[str, Any]]) -> _Rec:
         """A parked step still waiting when its run was claimed again."""
@@ -1144,18 +1287,29 @@ class Engine:
         wait = park.wait
 
         async def parked(session: AsyncSession) -> None:
-            if park.prepare is not None:
-                await park.prepare(session)
-            await session.execute(
+            nonlocal due
+            moved = await session.execute(
                 text(
                     "update workflows_executions set status = 'waiting', due_at = :due, lease_owner = null, "
-                    "lease_until = null, wait_event = :we, wait_path = :wp, wait_key = :wk where id = :id"
+                    "lease_until = null, wait_event = :we, wait_path = :wp, wait_key = :wk where tenant_id = :t "
+                    "and id = :id and status = 'running' and lease_owner = :me"
                 ),
                 {"due": due, "we": wait[0] if wait else None, "wp": wait[1] if wait else None,
-                 "wk": wait[2] if wait else None, "id": run.execution_id},
+                 "wk": wait[2] if wait else None, "t": run.tenant_id, "id": run.execution_id, "me": self.worker_id},
             )
+            if moved.rowcount == 0:  # type: ignore[attr-defined]
+                raise _LeaseLost
+            if park.prepare is not None:
+                await park.prepare(session)
+                if park.due is not None and (due is None or park.due < due):
+                    # A refused sub-workflow failed its step: the run is due again at once.
+                    due = park.due
+                    await session.execute(
+                        text("update workflows_executions set due_at = :due where tenant_id = :t and id = :id"),
+                        {"due": due, "t": run.tenant_id, "id": run.execution_id},
+                    )
 
-        await self._flush(run, run.writes, parked)
+        await self._flush(run, run.writes, parked, fenced_by_prepare=True)
         if park.prepare is not None:
             await self.wake()  # a child run may be due
         if due is not None:
@@ -1168,15 +1322,18 @@ class Engine:
         async def finished(session: AsyncSession) -> None:
             nonlocal wake_parent
             now = self.clock()
-            await session.execute(
+            ended = await session.execute(
                 text(
                     "update workflows_executions set status = :s, output = cast(:o as jsonb), "
                     "error = cast(:e as jsonb), "
                     "finished_at = :now, due_at = null, lease_owner = null, lease_until = null, wait_event = null "
-                    "where id = :id"
+                    "where tenant_id = :t and id = :id and status = 'running' and lease_owner = :me"
                 ),
-                {"s": status, "o": _json(output), "e": _json(error), "now": now, "id": run.execution_id},
+                {"s": status, "o": _json(output), "e": _json(error), "now": now, "t": run.tenant_id,
+                 "id": run.execution_id, "me": self.worker_id},
             )
+            if ended.rowcount == 0:  # type: ignore[attr-defined]
+                raise _LeaseLost
             await self.services.changes.emit(
                 session, tenant_id=run.tenant_id, event=f"workflows.execution.{status}",
                 payload={"id": str(run.execution_id), "workflow_id": str(run.workflow_id),
@@ -1197,7 +1354,7 @@ class Engine:
                 except sdk.Problem as exc:
                     log.warning("error workflow of %s not started: %s", run.workflow_id, exc)
 
-        await self._flush(run, run.writes, finished)
+        await self._flush(run, run.writes, finished, fenced_by_prepare=True)
         if wake_parent:
             await self.wake()
         return status
@@ -1292,6 +1449,81 @@ class Engine:
                 {"now": now, "days": self.config.retention_days, "n": limit},
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class _WorkLoop:
+    """The ``workflows.work`` job claiming in this process (one per plugin facade)."""
+
+    owner: object | None = None
+    """A token of the job that claims now, ``None`` when none does."""
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_LOOPS: weakref.WeakKeyDictionary[sdk.Services, _WorkLoop] = weakref.WeakKeyDictionary()
+LINGER_SECONDS = 0.5
+"""How long a work job that ran out of due runs stays, looking for new ones, before it ends;
+longer than :data:`WAKE_WINDOW_SECONDS` (coalesced wake-ups rely on it)."""
+LINGER_POLL_SECONDS = 0.01
+"""How soon a lingering work job asks PostgreSQL again whether a run became due (the pause
+doubles while none comes, up to :data:`LINGER_POLL_MAX_SECONDS`)."""
+LINGER_POLL_MAX_SECONDS = 0.08
+
+
+async def work_job(services: sdk.Services, *, batch: int, parallel: int, engine: Engine | None = None) -> int:
+    """The ``workflows.work`` job: claim and run due runs, at most ``batch`` claims, then hand on
+    to a fresh job. Returns how many claims it ran.
+
+    One job per process does the claiming. A wake-up job that finds one already at work only
+    tells it to look again (``more``) and ends at once, so a burst of wake-ups costs one claim
+    loop, not one per wake-up. When nothing is due the job lingers for :data:`LINGER_SECONDS`,
+    polling PostgreSQL (the truth) from :data:`LINGER_POLL_SECONDS` on or woken by another wake-up
+    job, so that a run started right after another does not wait for the queue's next poll.
+    Giving the claim up has no ``await`` between the last look at ``more`` and ``owner = None``:
+    a wake-up is either seen by the claiming job or makes its own job the claiming one. While
+    runs are in flight a wake-up makes it claim at once (``nudge``), so a slow action does not
+    hold new runs back; a job whose batch is spent hands the claiming on before it waits for its
+    last runs."""
+    state = _LOOPS.get(services)
+    if state is None:
+        state = _LOOPS[services] = _WorkLoop()
+    if state.owner is not None:
+        state.more.set()
+        return 0
+    me = state.owner = object()
+    engine = engine or Engine(services)
+    loop = asyncio.get_running_loop()
+    done = 0
+
+    async def hand_on() -> None:
+        # The batch is spent: a fresh job claims from now on while this one waits for its runs.
+        if state.owner is me:
+            state.owner = None
+        await engine.wake(coalesce=False)
+
+    try:
+        idle_until = loop.time() + LINGER_SECONDS
+        pause = LINGER_POLL_SECONDS
+        while done < batch:
+            state.more.clear()
+            ran = await engine.work(limit=batch - done, parallel=parallel, nudge=state.more, on_limit=hand_on)
+            done += ran
+            if ran or state.more.is_set():
+                idle_until = loop.time() + LINGER_SECONDS
+                pause = LINGER_POLL_SECONDS
+                continue
+            if loop.time() >= idle_until:
+                break  # no await since ``more`` was last looked at
+            # Linger: claim again after a pause (doubling up to LINGER_POLL_MAX_SECONDS while
+            # nothing comes), or at once when a wake-up comes. A claim that finds nothing due is
+            # as cheap as a probe (one statement).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.more.wait(), pause)
+            pause = min(pause * 2, LINGER_POLL_MAX_SECONDS)
+    finally:
+        if state.owner is me:
+            state.owner = None
+    return done
 
 
 class _Journal:

@@ -124,6 +124,11 @@ class WebhookTriggerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     hmac_header: str = "x-signature"
     hmac_algorithm: Literal["sha256", "sha1", "sha512"] = "sha256"
     hmac_prefix: str = ""
+    hmac_encoding: Literal["hex", "base64"] = "hex"
+    hmac_timestamp_header: str | None = None
+    """A header with the signing time (Unix seconds): required, and refused when over 5 minutes off."""
+    hmac_template: Annotated[str, msgspec.Meta(min_length=6, max_length=200)] = "{body}"
+    """What the sender signed: ``{body}``, and ``{timestamp}`` for the timestamp header's value."""
     respond: Literal["id", "result"] = "id"
     """``id``: answer 202 at once with the execution id; ``result``: wait for the output."""
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 10.0

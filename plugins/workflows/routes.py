@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from litestar import Request, Response, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post, put
 
 from kernel import sdk
 from plugins.workflows import schemas as s
@@ -155,6 +155,16 @@ async def create_webhook(
     return s.WebhookOut(endpoint_id=created.id, path=created.path)
 
 
+@put("/api/workflows/secrets/{name:str}", opt={"permission": "workflows.definitions.write"}, tags=_TAGS,
+     status_code=204)
+async def store_secret(
+    request: Request[Any, Any, Any], tenant: sdk.Tenant, services: sdk.Services, name: str, data: s.SecretIn
+) -> None:
+    """Store (or replace) a signing key that webhook triggers name as ``secret``; write-only,
+    audited by name."""
+    await services.vault.put(tenant.id, name, data.value, actor=sdk.Actor.of_request(request))
+
+
 # ---- runs --------------------------------------------------------------------------------------
 
 
@@ -209,8 +219,12 @@ async def cancel_execution(
     request: Request[Any, Any, Any], tenant: sdk.Tenant, services: sdk.Services, execution_id: uuid.UUID
 ) -> s.ExecutionOut:
     """Cancel a queued, waiting or running run (a running step is cancelled); finished: 409."""
+    engine = Engine(services)
     async with services.data.tenant(tenant.id) as session:
-        return await service.cancel(Engine(services), session, _log(services, request, tenant), execution_id)
+        out = await service.cancel(engine, session, _log(services, request, tenant), execution_id)
+    if out.parent_execution_id is not None:
+        await engine.wake()  # its parent's step failed and the parent is queued again
+    return out
 
 
 @post("/api/workflows/executions/{execution_id:uuid}/retry", opt={"permission": "workflows.executions.write"},
@@ -273,7 +287,7 @@ async def decide_approval(
 
 ROUTES = [
     list_workflows, create_workflow, import_workflow, get_workflow, update_workflow, delete_workflow,
-    publish_workflow, list_versions, get_version, export_workflow, create_webhook, run_workflow,
+    publish_workflow, list_versions, get_version, export_workflow, create_webhook, store_secret, run_workflow,
     list_executions, get_execution, cancel_execution, retry_execution, bulk_retry, list_approvals,
     decide_approval,
 ]

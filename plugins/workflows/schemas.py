@@ -215,3 +215,9 @@ class WebhookOut(msgspec.Struct, frozen=True):
     endpoint_id: uuid.UUID
     path: str
     """``/hooks/workflows/<token>``: shown only now (``POST`` again to rotate)."""
+
+
+class SecretIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    """A webhook trigger's signing key (``whsec_...`` for Standard Webhooks): stored sealed in the
+    vault, never shown again."""

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.workflows import schemas as s
-from plugins.workflows.engine import TERMINAL, Engine, PlanError, plan_of
+from plugins.workflows.engine import TERMINAL, Engine, PlanError, plan_of, resume_parent
 from plugins.workflows.graph import Graph, WorkflowSettings
 from plugins.workflows.models import Approval, Definition, Execution, ScheduleRow, Step, Version
 from plugins.workflows.triggers import next_tick
@@ -217,7 +217,12 @@ async def delete_workflow(session: AsyncSession, log: sdk.ChangeLog, workflow_id
     return endpoint
 
 
-def _run_as(principal: sdk.Principal | None, settings: WorkflowSettings) -> dict[str, Any]:
+async def _run_as(
+    services: sdk.Services, tenant_id: uuid.UUID, principal: sdk.Principal | None, settings: WorkflowSettings
+) -> dict[str, Any]:
+    """Who the version's runs act as: its publisher, or the chosen API key (``settings.run_as``)
+    with only the permissions both the key and the publisher hold, so that choosing a key never
+    lets a workflow do more than the member who published it may."""
     if principal is None:
         raise sdk.Forbidden("publishing needs an authenticated member or API key")
     run_as: dict[str, Any] = {
@@ -225,8 +230,14 @@ def _run_as(principal: sdk.Principal | None, settings: WorkflowSettings) -> dict
         "permissions": sorted(principal.permissions),
     }
     if settings.run_as is not None:
-        # A chosen API key: runs act as it, never with more than the publisher could do.
-        run_as.update(kind="api_key", id=str(settings.run_as))
+        key = await services.members.api_key(tenant_id, settings.run_as)
+        if key is None:
+            raise sdk.Unprocessable(
+                "settings.run_as is not an active API key of this tenant",
+                errors=[sdk.FieldError("settings.run_as", "no such active API key")],
+            )
+        run_as.update(kind="api_key", id=str(key.id), role=key.role, publisher=str(principal.id),
+                      permissions=sorted(principal.permissions & key.permissions))
     return run_as
 
 
@@ -265,7 +276,8 @@ async def publish(
     version = Version(
         tenant_id=log.tenant_id, id=sdk.uuid7(), workflow_id=row.id, number=number, graph=row.graph,
         settings=row.settings, trigger_key=spec.key, trigger_event=event,
-        run_as=_run_as(log.actor.principal, settings), published_by=log.name, created_at=sdk.utcnow(),
+        run_as=await _run_as(services, log.tenant_id, log.actor.principal, settings), published_by=log.name,
+        created_at=sdk.utcnow(),
     )
     session.add(version)
     row.published_version = number
@@ -384,31 +396,48 @@ async def execution_detail(session: AsyncSession, execution_id: uuid.UUID) -> s.
     )
 
 
+_DESCENDANTS = text(
+    "with recursive kids as (select id from workflows_executions where parent_execution_id = :id "
+    "union select e.id from workflows_executions e join kids k on e.parent_execution_id = k.id) "
+    "select e.id from workflows_executions e join kids k on k.id = e.id "
+    "where e.status not in ('succeeded', 'failed', 'cancelled') for update of e"
+)
+
+
 async def cancel(engine: Engine, session: AsyncSession, log: sdk.ChangeLog, execution_id: uuid.UUID) -> s.ExecutionOut:
     """Cancel a run in any unfinished state (a running step's task is cancelled by its worker's
-    heartbeat); a finished run answers 409."""
+    heartbeat), and with it every unfinished sub-workflow run it waits for, at any depth; a
+    finished run answers 409. A sub-workflow run cancelled on its own fails its parent's step."""
     e = await _execution(session, execution_id, lock=True)
     if e.status in TERMINAL:
         raise sdk.Conflict(f"execution {execution_id} already {e.status}")
     now = sdk.utcnow()
-    e.status, e.finished_at, e.due_at, e.lease_owner, e.lease_until = "cancelled", now, None, None, None
-    e.error = {"message": f"cancelled by {log.name}", "type": "cancelled"}
+    children = list((await session.scalars(_DESCENDANTS, {"id": execution_id})).all())
+    runs = [e, *(await session.scalars(select(Execution).where(Execution.id.in_(children)))).all()]
+    for run in runs:
+        run.status, run.finished_at, run.due_at, run.lease_owner, run.lease_until = "cancelled", now, None, None, None
+        run.error = ({"message": f"cancelled by {log.name}", "type": "cancelled"} if run is e else
+                     {"message": f"cancelled with its parent run {execution_id}", "type": "cancelled"})
+    ids = [run.id for run in runs]
     await session.execute(
-        update(Step).where(Step.execution_id == execution_id, Step.status.in_(("running", "waiting", "retrying")))
+        update(Step).where(Step.execution_id.in_(ids), Step.status.in_(("running", "waiting", "retrying")))
         .values(status="cancelled", finished_at=now)
     )
     await session.execute(
-        update(Approval).where(Approval.execution_id == execution_id, Approval.status == "pending")
+        update(Approval).where(Approval.execution_id.in_(ids), Approval.status == "pending")
         .values(status="cancelled")
     )
+    if e.parent_execution_id is not None and e.parent_node is not None:
+        await resume_parent(session, (e.parent_execution_id, e.parent_node), "cancelled", None, e.error, now)
     await session.flush()
     await log.audit(session, action="workflows.execution.cancel", resource_type="workflows.execution",
-                    resource_id=execution_id)
-    await engine.services.changes.emit(
-        session, tenant_id=log.tenant_id, event="workflows.execution.cancelled",
-        payload={"id": str(e.id), "workflow_id": str(e.workflow_id), "version": e.version_number,
-                 "trigger_kind": e.trigger_kind, "error": e.error},
-    )
+                    resource_id=execution_id, details={"cascaded": [str(i) for i in children]} if children else None)
+    for run in runs:
+        await engine.services.changes.emit(
+            session, tenant_id=log.tenant_id, event="workflows.execution.cancelled",
+            payload={"id": str(run.id), "workflow_id": str(run.workflow_id), "version": run.version_number,
+                     "trigger_kind": run.trigger_kind, "error": run.error},
+        )
     return execution_out(e)
 
 

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from cronsim import CronSim
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.workflows import nodes as control
@@ -64,13 +65,22 @@ async def on_event(ctx: sdk.EventContext) -> None:
     engine = Engine(ctx.services)
     woke = False
     async with ctx.services.data.tenant(ctx.tenant_id) as session:
-        waiting = (
+        # One round trip: the runs waiting for this event, and the published versions it starts.
+        found = (
             await session.execute(
-                text("select id, wait_path, wait_key from workflows_executions where status = 'waiting' "
-                     "and wait_event = :e"),
+                text("select true as waiting, id, wait_path, wait_key, null::uuid as workflow_id, "
+                     "null::integer as number, null::uuid as version_id, null::text as trigger_key, "
+                     "null::jsonb as graph, null::jsonb as settings from workflows_executions "
+                     "where status = 'waiting' and wait_event = :e "
+                     "union all select false, null, null, null, v.workflow_id, v.number, v.id, v.trigger_key, "
+                     "v.graph, v.settings from workflows_versions v "
+                     "join workflows_definitions d on d.tenant_id = v.tenant_id and d.id = v.workflow_id "
+                     "and d.published_version = v.number where d.active and v.trigger_event = :e"),
                 {"e": ctx.event},
             )
         ).all()
+        waiting = [r for r in found if r.waiting]
+        listeners = [r for r in found if not r.waiting]
         now = engine.clock()
         for row in waiting:
             if _key_text(_dig(ctx.payload, row.wait_path or "id")) != row.wait_key:
@@ -88,14 +98,6 @@ async def on_event(ctx: sdk.EventContext) -> None:
                 {"now": now, "id": row.id},
             )
             woke = True
-        listeners = (
-            await session.execute(
-                text("select v.workflow_id, v.number, v.trigger_key, v.graph from workflows_versions v "
-                     "join workflows_definitions d on d.tenant_id = v.tenant_id and d.id = v.workflow_id "
-                     "and d.published_version = v.number where d.active and v.trigger_event = :e"),
-                {"e": ctx.event},
-            )
-        ).all()
         specs: dict[str, sdk.NodeSpec] = {}
         if any(r.trigger_key not in control.TRIGGER_KEYS for r in listeners):
             specs = {node.key: node.spec for node in await ctx.services.nodes.catalogue(ctx.tenant_id)}
@@ -109,6 +111,7 @@ async def on_event(ctx: sdk.EventContext) -> None:
                     session, tenant_id=ctx.tenant_id, workflow_id=row.workflow_id, trigger_kind="event",
                     payload=ctx.payload, started_by=f"event:{ctx.event}", version_number=row.number,
                     execution_id=uuid.uuid5(event_id, str(row.workflow_id)),
+                    version=(row.version_id, row.number, row.settings),
                 )
             except sdk.PaymentRequired as exc:
                 log.warning("workflow %s not started by %s: %s", row.workflow_id, ctx.event, exc)
@@ -139,24 +142,72 @@ def _matches(key: str, config: dict[str, Any], payload: dict[str, Any], specs: d
         return False
 
 
-async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
-    """A delivery to a workflow's webhook URL."""
-    services = hook.services
-    async with services.data.tenant(hook.tenant_id) as session:
-        row = (
-            await session.execute(
-                text("select d.id, d.active, v.number, v.graph from workflows_definitions d "
-                     "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
-                     "and v.number = d.published_version where d.webhook_endpoint_id = :ep"),
-                {"ep": hook.endpoint_id},
-            )
-        ).first()
+_HOOK_CONFIGS: dict[uuid.UUID, control.WebhookTriggerConfig] = {}
+"""Webhook trigger configs by version id (versions never change); bounded like the engine's plans."""
+
+
+async def _hooked(session: AsyncSession, endpoint_id: uuid.UUID) -> tuple[Any, control.WebhookTriggerConfig]:
+    """The workflow answering at ``endpoint_id`` (its published version) and its trigger's config;
+    the version's graph is read only when its config is not cached yet."""
+    row = (
+        await session.execute(
+            text("select d.id, d.active, v.id as version_id, v.number, v.settings, "
+                 "case when v.id = any(:known) then null else v.graph end as graph from workflows_definitions d "
+                 "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+                 "and v.number = d.published_version where d.webhook_endpoint_id = :ep"),
+            {"ep": endpoint_id, "known": list(_HOOK_CONFIGS)},
+        )
+    ).first()
     if row is None or row.number is None or not row.active:
         raise sdk.NotFound("no active workflow answers at this URL")
-    trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == "workflows.webhook"), None)
-    if trigger is None:
-        raise sdk.Conflict("the workflow's published version has no webhook trigger")
-    config = msgspec.convert(trigger.get("config") or {}, control.WebhookTriggerConfig)
+    config = _HOOK_CONFIGS.get(row.version_id)
+    if config is None:
+        graph = row.graph
+        if graph is None:  # the cache was cleared since the statement was sent
+            graph = (
+                await session.execute(text("select graph from workflows_versions where id = :v"),
+                                      {"v": row.version_id})
+            ).scalar_one()
+        trigger = next((n for n in graph.get("nodes", []) if n.get("node") == "workflows.webhook"), None)
+        if trigger is None:
+            raise sdk.Conflict("the workflow's published version has no webhook trigger")
+        config = msgspec.convert(trigger.get("config") or {}, control.WebhookTriggerConfig)
+        if len(_HOOK_CONFIGS) > 1000:
+            _HOOK_CONFIGS.clear()
+        _HOOK_CONFIGS[row.version_id] = config
+    return row, config
+
+
+def _payload(hook: sdk.InboundWebhook, config: control.WebhookTriggerConfig) -> dict[str, Any]:
+    try:
+        body: Any = msgspec.json.decode(hook.body) if hook.body else None
+    except msgspec.DecodeError:
+        body = hook.body.decode("utf-8", errors="replace")
+    return {
+        "body": body, "method": hook.method, "query": dict(hook.query),
+        "headers": {k: v for k, v in hook.headers.items()
+                    if k not in _HIDDEN_HEADERS and k != config.hmac_header.lower()},
+    }
+
+
+async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
+    """A delivery to a workflow's webhook URL.
+
+    Unsigned hooks (the common case) take one transaction: the workflow is looked up and its run
+    inserted together. A signed one is verified between the lookup and the run's transaction, so
+    no transaction stays open while the vault is read."""
+    services = hook.services
+    engine = Engine(services)
+    started: uuid.UUID | None = None
+    execution_id: uuid.UUID | None = None
+    async with services.data.tenant(hook.tenant_id) as session:
+        row, config = await _hooked(session, hook.endpoint_id)
+        version = (row.version_id, row.number, row.settings)
+        if config.verify == "none":
+            started = await engine.start(
+                session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook",
+                payload=_payload(hook, config), started_by="webhook", version_number=row.number, version=version,
+            )
     if config.verify != "none":
         if config.secret is None:
             raise sdk.InvalidSignature("webhook signature cannot be verified")
@@ -165,24 +216,23 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
         else:
             await hook.verify_hmac(config.secret, sdk.HmacScheme(
                 header=config.hmac_header, algorithm=config.hmac_algorithm, prefix=config.hmac_prefix,
+                encoding=config.hmac_encoding, timestamp_header=config.hmac_timestamp_header,
+                template=config.hmac_template,
             ))
-    try:
-        body: Any = msgspec.json.decode(hook.body) if hook.body else None
-    except msgspec.DecodeError:
-        body = hook.body.decode("utf-8", errors="replace")
-    payload = {
-        "body": body, "method": hook.method, "query": dict(hook.query),
-        "headers": {k: v for k, v in hook.headers.items()
-                    if k not in _HIDDEN_HEADERS and k != config.hmac_header.lower()},
-    }
-    engine = Engine(services)
-    async with services.data.tenant(hook.tenant_id) as session:
-        execution_id = await engine.start(
-            session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook", payload=payload,
-            started_by="webhook", version_number=row.number,
-        )
+        # A verified Standard Webhooks message id names its run: a redelivery (the sender retrying
+        # within the signature's tolerance) starts nothing new and is answered with the first run.
+        message_id = hook.headers.get("webhook-id") if config.verify == "standard" else None
+        execution_id = uuid.uuid5(hook.endpoint_id, f"webhook-id:{message_id}") if message_id else None
+        async with services.data.tenant(hook.tenant_id) as session:
+            started = await engine.start(
+                session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook",
+                payload=_payload(hook, config), started_by="webhook", version_number=row.number,
+                execution_id=execution_id, version=version,
+            )
+    if started is not None:
+        execution_id = started
+        await engine.wake()
     assert execution_id is not None
-    await engine.wake()
     if config.respond == "id":
         return sdk.WebhookReply(status=202, content={"execution_id": str(execution_id), "status": "queued"})
     loop = asyncio.get_running_loop()

@@ -126,7 +126,7 @@ def _statuses(handler: HTTPRouteHandler, method: str, operation: dict[str, Any])
     statuses = {429, 503}  # the rate limit is app-wide; every route may need PostgreSQL or Redis
     if permission != PUBLIC or module is not None:
         statuses |= {400, 404}  # the tenant: a bad X-Tenant-ID, an unknown tenant, a disabled module
-    if permission != PUBLIC or handler.opt.get("rate_limit") == "auth":
+    if permission != PUBLIC or handler.opt.get("rate_limit") == "auth" or handler.opt.get("credentials"):
         statuses.add(401)  # a public auth route checks the credentials it is given
     if permission != PUBLIC:
         statuses.add(403)  # also for an X-Tenant-ID of another tenant

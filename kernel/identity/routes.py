@@ -49,7 +49,7 @@ AUTH_LIMIT = {"permission": PUBLIC, "rate_limit": "auth"}
 # A refresh token is 256 random bits and a replayed one ends its session family, so guessing is
 # no threat worth the strict per-address limit; it takes the general one, since every console page
 # load and every user behind one office address refreshes.
-REFRESH_LIMIT = {"permission": PUBLIC}
+REFRESH_LIMIT = {"permission": PUBLIC, "credentials": True}  # it checks the token it is given: 401
 
 
 def _user(request: Req) -> Principal:

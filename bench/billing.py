@@ -2,7 +2,7 @@
 
 Runs against the embedded PostgreSQL and Redis (temporary directory) through the plugin's
 service layer (``Billing`` on ``kernel.services("billing")``, the same code the HTTP handlers
-call, without HTTP; see ``--http`` below for the ingest through the endpoint), in one process:
+call, without HTTP; ``bench/billing_http.py`` takes the ingest through the endpoint), in one process:
 
 1. **ingest**: batches of 1,000 events through ``Billing.ingest`` (idempotent insert + rollup
    update in one statement), ``--writers`` concurrent writers, fresh transaction ids; then the

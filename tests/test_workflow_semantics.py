@@ -172,9 +172,9 @@ async def test_a_run_over_its_timeout_ends_failed_mid_step_and_while_parked(
     nodes = [node("start", "workflows.manual"), node("slow", f"{hang_plugin}.hang")]
     wid = await publish(api, t["h"], nodes, [edge("start", "slow")], timeout_seconds=60)
     eid = await start(api, t, wid)
-    # The engine's clock stands 58 s after the start: the run has 2 s left (a margin for a loaded
-    # machine to claim it) when its step hangs.
-    await engine(kernel, ahead=58).work()
+    # The engine's clock stands 52 s after the start: the run has 8 s left (a wide margin for a
+    # loaded machine to claim it and start the step) when its step hangs.
+    await engine(kernel, ahead=52).work()
     body = await detail(api, t, eid)
     assert body["execution"]["status"] == "failed", body
     error = body["execution"]["error"]

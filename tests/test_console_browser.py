@@ -248,7 +248,12 @@ async def test_integrations_journey(
     await tab.nav("Webhooks")
     hook_url = f"{outside.url}/api/echo"
     await page.get_by_label("Endpoint URL").fill(hook_url)
-    await page.get_by_label("Event types").select_option(["kernel.api_key.created"])
+    # The event types are a multiple-selection listbox: a click toggles an option, no Ctrl needed.
+    event_types = page.get_by_role("listbox", name="Event types")
+    await expect(event_types).to_have_attribute("aria-multiselectable", "true")
+    created = event_types.get_by_role("option", name="kernel.api_key.created", exact=True)
+    await created.click()
+    await expect(created).to_have_attribute("aria-selected", "true")
     await page.get_by_label("Filter (JSON)").fill("{not json")
     await page.get_by_role("button", name="Subscribe").click()
     await expect(page.get_by_label("Filter (JSON)")).to_have_attribute("aria-invalid", "true")

@@ -248,7 +248,12 @@ async def test_integrations_journey(
     await tab.nav("Webhooks")
     hook_url = f"{outside.url}/api/echo"
     await page.get_by_label("Endpoint URL").fill(hook_url)
-    await page.get_by_label("Event types").select_option(["kernel.api_key.created"])
+    # The event types are a multiple-selection listbox: a click toggles an option, no Ctrl needed.
+    event_types = page.get_by_role("listbox", name="Event types")
+    await expect(event_types).to_have_attribute("aria-multiselectable", "true")
+    created = event_types.get_by_role("option", name="kernel.api_key.created", exact=True)
+    await created.click()
+    await expect(created).to_have_attribute("aria-selected", "true")
     await page.get_by_label("Filter (JSON)").fill("{not json")
     await page.get_by_role("button", name="Subscribe").click()
     await expect(page.get_by_label("Filter (JSON)")).to_have_attribute("aria-invalid", "true")
@@ -312,8 +317,18 @@ async def test_integrations_journey(
     await page.get_by_role("button", name="Rename Wrong key").click()
     await page.get_by_label("New name of Wrong key").fill("Old key")
     await page.get_by_role("button", name="Save name").click()
+    # Deleting asks in a modal alert dialog: Escape leaves the connection alone, "Delete" deletes it.
     await page.get_by_role("button", name="Delete Old key").click()
-    await page.get_by_role("button", name="Really delete Old key").click()
+    confirm = page.get_by_role("alertdialog", name="Delete Old key?")
+    await expect(confirm).to_be_visible()
+    await expect(confirm.get_by_role("button", name="Cancel")).to_be_focused()
+    await tab.check("42-connections-confirm-delete")  # axe and the CSP with the dialog open
+    await page.keyboard.press("Escape")
+    await expect(confirm).to_have_count(0)
+    await expect(page.get_by_role("button", name="Delete Old key")).to_be_focused()
+    await expect(page.locator('tr[data-connection="Old key"]')).to_have_count(1)
+    await page.get_by_role("button", name="Delete Old key").click()
+    await confirm.get_by_role("button", name="Delete").click()
     await expect(page.locator('tr[data-connection="Old key"]')).to_have_count(0)
 
     # A published workflow uses "Local API": deleting it is refused, naming the workflow.
@@ -335,7 +350,7 @@ async def test_integrations_journey(
     published = await http.post(f"/api/workflows/{made.json()['id']}/publish", headers=headers)
     assert published.status_code == 201, published.text
     await page.get_by_role("button", name="Delete Local API").click()
-    await page.get_by_role("button", name="Really delete Local API").click()
+    await page.get_by_role("alertdialog", name="Delete Local API?").get_by_role("button", name="Delete").click()
     users = page.get_by_role("list", name="What uses Local API")
     await expect(users).to_contain_text("workflow 'Calls the local API' (version 1)")
     await tab.check("43-connections-in-use")

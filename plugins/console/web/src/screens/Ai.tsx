@@ -1,6 +1,7 @@
 // AI: provider keys, usage by day and model (a chart), budgets, prompt templates with versions,
 // and a chat that streams the answer (server-sent events from POST /api/ai/chat).
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { ConfirmButton } from "../Confirm";
 import { useState, type FormEvent } from "react";
 import { NavLink, Route, Routes } from "react-router";
 import { api, stream, type Pagination } from "../api";
@@ -73,9 +74,14 @@ function Keys() {
         {keys.data?.map((k) => (
           <li key={k.provider}>
             <strong>{k.provider}</strong> ····{k.last_four} {k.api_base ? <span className="muted">{k.api_base}</span> : null}{" "}
-            <button type="button" className="danger" onClick={() => remove.mutate(k.provider)}>
-              Delete {k.provider} key
-            </button>
+            <ConfirmButton
+              label={`Delete ${k.provider} key`}
+              title={`Delete the ${k.provider} key?`}
+              confirm="Delete"
+              onConfirm={() => remove.mutate(k.provider)}
+            >
+              <p>Calls to {k.provider} fail until another key is stored.</p>
+            </ConfirmButton>
           </li>
         ))}
       </ul>

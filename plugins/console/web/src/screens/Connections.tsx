@@ -2,6 +2,7 @@
 // The create form is generated from the credential type's JSON Schema (the module-settings form);
 // secrets are typed as passwords and only ever come back masked.
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { ConfirmButton } from "../Confirm";
 import { useState } from "react";
 import { useSearchParams } from "react-router";
 import { ApiError, api, type JsonSchema, type Pagination } from "../api";
@@ -128,7 +129,6 @@ function Row({ connection }: { connection: Connection }) {
   const client = useQueryClient();
   const [renaming, setRenaming] = useState(false);
   const [name, setName] = useState(connection.name);
-  const [confirming, setConfirming] = useState(false);
   const refresh = () => client.invalidateQueries({ queryKey: ["connections"] });
   const test = useMutation({
     mutationFn: () => api<CheckResult>(`/api/connections/${connection.id}/test`, { method: "POST" }),
@@ -144,7 +144,6 @@ function Row({ connection }: { connection: Connection }) {
   const remove = useMutation({
     mutationFn: () => api(`/api/connections/${connection.id}`, { method: "DELETE" }),
     onSuccess: refresh,
-    onError: () => setConfirming(false),
   });
   const usedBy = remove.error instanceof ApiError ? (remove.error.problem.used_by as string[] | undefined) : undefined;
   const check = connection.last_check;
@@ -199,15 +198,15 @@ function Row({ connection }: { connection: Connection }) {
           <button type="button" className="ghost" onClick={() => setRenaming(true)} disabled={renaming}>
             Rename {connection.name}
           </button>
-          {confirming ? (
-            <button type="button" onClick={() => remove.mutate()} disabled={remove.isPending}>
-              Really delete {connection.name}
-            </button>
-          ) : (
-            <button type="button" className="ghost" onClick={() => setConfirming(true)}>
-              Delete {connection.name}
-            </button>
-          )}
+          <ConfirmButton
+            label={`Delete ${connection.name}`}
+            title={`Delete ${connection.name}?`}
+            confirm="Delete"
+            isDisabled={remove.isPending}
+            onConfirm={() => remove.mutate()}
+          >
+            <p>Its secrets are erased. A published workflow that uses it keeps the deletion from going through.</p>
+          </ConfirmButton>
         </span>
         {remove.error ? (
           <div role="alert" className="error">

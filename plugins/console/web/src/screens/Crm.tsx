@@ -1,6 +1,7 @@
 // CRM: contacts, companies and deals (search, filters, sort, paging), contact edit with the
 // stale-edit (412) case, the deal pipeline board with drag between stages, CSV import.
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { ConfirmButton } from "../Confirm";
 import { useEffect, useState, type DragEvent, type FormEvent } from "react";
 import { Link, NavLink, Route, Routes, useNavigate, useParams } from "react-router";
 import {
@@ -287,9 +288,7 @@ function ContactDetail() {
         <button type="submit" disabled={save.isPending}>
           Save contact
         </button>{" "}
-        <button type="button" className="danger" onClick={() => remove.mutate()}>
-          Delete contact
-        </button>
+        <ConfirmButton label="Delete contact" title={`Delete ${c.first_name} ${c.last_name}`.trim() + "?"} confirm="Delete" onConfirm={() => remove.mutate()} />
       </form>
       <p className="muted">
         Version {c.version}, {c.company_name ? `at ${c.company_name}, ` : ""}updated {new Date(c.updated_at).toLocaleString()}

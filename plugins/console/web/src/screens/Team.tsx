@@ -1,5 +1,6 @@
 // Members, invitations, roles and API keys of the tenant.
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { ConfirmButton } from "../Confirm";
 import { useState, type FormEvent } from "react";
 import { api, type Pagination } from "../api";
 import { ErrorNote, Field, Loading, Pager, Secret, Section, formValues } from "../ui";
@@ -137,9 +138,14 @@ function Members() {
                   <td>{m.last_login_at ? new Date(m.last_login_at).toLocaleString() : "never"}</td>
                   <td>
                     {m.role === "owner" ? null : (
-                      <button type="button" className="danger" onClick={() => remove.mutate(m.user_id)}>
-                        Remove {m.email}
-                      </button>
+                      <ConfirmButton
+                        label={`Remove ${m.email}`}
+                        title={`Remove ${m.email}?`}
+                        confirm="Remove"
+                        onConfirm={() => remove.mutate(m.user_id)}
+                      >
+                        <p>They lose access to this tenant at once; an invitation brings them back.</p>
+                      </ConfirmButton>
                     )}
                   </td>
                 </tr>
@@ -273,9 +279,14 @@ function ApiKeys() {
                   <td>{k.revoked_at ? "revoked" : (k.last_used_at ?? "never")}</td>
                   <td>
                     {k.revoked_at ? null : (
-                      <button type="button" className="danger" onClick={() => revoke.mutate(k.id)}>
-                        Revoke {k.name}
-                      </button>
+                      <ConfirmButton
+                        label={`Revoke ${k.name}`}
+                        title={`Revoke ${k.name}?`}
+                        confirm="Revoke"
+                        onConfirm={() => revoke.mutate(k.id)}
+                      >
+                        <p>Whatever uses this key is refused from now on. A revoked key cannot be restored.</p>
+                      </ConfirmButton>
                     )}
                   </td>
                 </tr>

@@ -3,6 +3,7 @@
 // log attempt by attempt (request and response), redelivering what finished.
 import { keepPreviousData, useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
+import { ListBox, ListBoxItem, type Selection } from "react-aria-components";
 import { Link, Route, Routes, useParams } from "react-router";
 import { ApiError, api, type Pagination } from "../api";
 import { ErrorNote, Field, Loading, Pager, Secret, Section, formValues } from "../ui";
@@ -59,6 +60,7 @@ function NewSubscription() {
     queryFn: async () => (await api<{ event_types: EventType[] }>("/api/events/types")).event_types,
   });
   const [filterError, setFilterError] = useState<string | null>(null);
+  const [chosen, setChosen] = useState<Selection>(new Set());
   const create = useMutation({
     mutationFn: (body: Record<string, unknown>) =>
       api<Subscription & { secret: string }>("/api/webhooks/subscriptions", { method: "POST", body }),
@@ -68,7 +70,7 @@ function NewSubscription() {
     event.preventDefault();
     const form = event.currentTarget;
     const v = formValues(form);
-    const chosen = Array.from((form.elements.namedItem("event_types") as HTMLSelectElement).selectedOptions, (o) => o.value);
+    const types = chosen === "all" ? (catalogue.data ?? []).map((e) => e.name) : Array.from(chosen, String);
     const patterns = (v.patterns ?? "")
       .split(/[\s,]+/)
       .map((p) => p.trim())
@@ -83,8 +85,9 @@ function NewSubscription() {
         return;
       }
     }
-    create.mutate({ url: v.url, event_types: [...chosen, ...patterns], filter, description: v.description ?? "" });
+    create.mutate({ url: v.url, event_types: [...types, ...patterns], filter, description: v.description ?? "" });
   };
+  const eventTypesError = create.error instanceof ApiError ? create.error.fieldError("event_types") : undefined;
   const filterMessage = filterError ?? (create.error instanceof ApiError ? create.error.fieldError("filter") : undefined);
   return (
     <Section title="New subscription">
@@ -92,27 +95,33 @@ function NewSubscription() {
       <form onSubmit={submit}>
         <Field label="Endpoint URL" name="url" type="url" error={create.error} required placeholder="https://example.com/hooks" />
         <div className="field">
-          <label htmlFor="webhook-event-types">Event types</label>
-          <select
-            id="webhook-event-types"
-            name="event_types"
-            multiple
-            size={8}
-            aria-describedby="webhook-event-types-hint"
-            aria-invalid={create.error instanceof ApiError && Boolean(create.error.fieldError("event_types"))}
+          <span id="webhook-event-types-label" className="label">
+            Event types
+          </span>
+          {/* A multiple-selection listbox: a click or Space toggles an option, no Ctrl needed. */}
+          <ListBox
+            aria-labelledby="webhook-event-types-label"
+            aria-describedby={eventTypesError ? "webhook-event-types-error" : "webhook-event-types-hint"}
+            className="listbox"
+            data-invalid={eventTypesError ? true : undefined}
+            selectionMode="multiple"
+            selectedKeys={chosen}
+            onSelectionChange={setChosen}
+            items={catalogue.data ?? []}
+            renderEmptyState={() => <span className="muted">{catalogue.isPending ? "Loading…" : "No event types."}</span>}
           >
-            {catalogue.data?.map((e) => (
-              <option key={e.name} value={e.name} title={e.description}>
-                {e.name}
-              </option>
-            ))}
-          </select>
+            {(e) => (
+              <ListBoxItem id={e.name} textValue={e.name} className="listbox-item">
+                <span title={e.description}>{e.name}</span>
+              </ListBoxItem>
+            )}
+          </ListBox>
           <small id="webhook-event-types-hint" className="hint">
-            From the event catalogue; hold Ctrl (or ⌘) to choose several.
+            From the event catalogue; choose one or more.
           </small>
-          {create.error instanceof ApiError && create.error.fieldError("event_types") ? (
-            <small className="field-error" role="alert">
-              {create.error.fieldError("event_types")}
+          {eventTypesError ? (
+            <small id="webhook-event-types-error" className="field-error" role="alert">
+              {eventTypesError}
             </small>
           ) : null}
         </div>

@@ -20,7 +20,10 @@ How it holds:
 * :class:`EgressClient` follows redirects itself (at most ``max_redirects``), drops credentials
   when the origin changes, caps the whole exchange at ``timeout`` seconds and the body at
   ``max_bytes`` (streamed: it stops reading past the cap), and never reads proxy variables from
-  the environment (``trust_env=False``).
+  the environment (``trust_env=False``). It hands its requests straight to the transport (not
+  through ``httpx.AsyncClient.send``), so no cookie set by one call's target rides along with
+  another call; parsed URLs are kept per text (a value, not a judgement: every request is still
+  resolved and judged).
 
 A refused URL raises :class:`EgressRefused`, a 422 problem naming the caller's field; a target that
 fails (timeout, connection error, too large, too many redirects) raises :class:`EgressFailed`, 502.

@@ -120,6 +120,10 @@ def _allowed_handler(state: Listeners) -> Any:
             state.hosts_seen.append(headers.get("host", ""))
             if path.startswith("/redirect?to="):
                 writer.write(_answer(302, extra=f"location: {path.removeprefix('/redirect?to=')}\r\n"))
+            elif path == "/set-cookie":
+                writer.write(_answer(200, b"{}", extra="set-cookie: session=tenant-a; Path=/\r\n"))
+            elif path == "/cookie":
+                writer.write(_answer(200, b'{"cookie": "%s"}' % headers.get("cookie", "").encode()))
             elif path == "/loop":
                 writer.write(_answer(302, extra="location: /loop\r\n"))
             elif path == "/big":
@@ -301,6 +305,19 @@ async def test_an_allowlisted_listener_answers_with_the_name_in_host(
     mapped = await client.get(f"http://[::ffff:{ALLOWED}]:{state.port}/")
     assert mapped.status_code == 200
     assert state.forbidden_connections == 0
+
+
+async def test_no_cookie_is_kept_from_one_call_for_the_next(
+    world: tuple[Listeners, Zone, EgressClient],
+) -> None:
+    # One client serves every tenant: a cookie one target sets must not ride along with a later
+    # call (another tenant's) to the same host.
+    state, zone, client = world
+    _names(zone)
+    first = await client.get(f"http://allowed.test:{state.port}/set-cookie")
+    assert first.headers["set-cookie"].startswith("session=tenant-a")
+    second = await client.get(f"http://allowed.test:{state.port}/cookie")
+    assert second.json() == {"cookie": ""}
 
 
 async def test_dns_rebinding_cannot_move_the_connection(world: tuple[Listeners, Zone, EgressClient]) -> None:

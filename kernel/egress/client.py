@@ -20,7 +20,10 @@ How it holds:
 * :class:`EgressClient` follows redirects itself (at most ``max_redirects``), drops credentials
   when the origin changes, caps the whole exchange at ``timeout`` seconds and the body at
   ``max_bytes`` (streamed: it stops reading past the cap), and never reads proxy variables from
-  the environment (``trust_env=False``).
+  the environment (``trust_env=False``). It hands its requests straight to the transport (not
+  through ``httpx.AsyncClient.send``), so no cookie set by one call's target rides along with
+  another call; parsed URLs are kept per text (a value, not a judgement: every request is still
+  resolved and judged).
 
 A refused URL raises :class:`EgressRefused`, a 422 problem naming the caller's field; a target that
 fails (timeout, connection error, too large, too many redirects) raises :class:`EgressFailed`, 502.
@@ -51,6 +54,9 @@ _CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 _USER_AGENT = "BusinessOS-egress/1"
 _POOLED_HOSTS = 256
 _CHARSET = re.compile(r"charset=\"?([\w.:-]+)", re.IGNORECASE)
+_PARSED_URLS = 1024
+"""How many parsed URLs (and pinned forms of them) are kept: parsing one costs tens of
+microseconds, and a webhook or connector calls the same few URLs again and again."""
 
 
 class EgressRefused(Unprocessable):
@@ -81,6 +87,23 @@ class _Refusal(Exception):
         self.reason = reason
 
 
+class _UrlCache:
+    """Parsed URLs by their text, bounded (emptied when full). A URL is a value: sharing one parsed
+    object between calls changes nothing but the cost."""
+
+    def __init__(self) -> None:
+        self._urls: dict[Any, httpx.URL] = {}
+
+    def get(self, key: Any) -> httpx.URL | None:
+        return self._urls.get(key)
+
+    def put(self, key: Any, url: httpx.URL) -> httpx.URL:
+        if len(self._urls) >= _PARSED_URLS:
+            self._urls.clear()
+        self._urls[key] = url
+        return url
+
+
 def _host(url: httpx.URL) -> str:
     """The host as it goes on the wire: IDNA-encoded names, IPv6 without brackets."""
     return url.raw_host.decode("ascii").lower()
@@ -105,6 +128,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         self._verify = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
         self._new_pool = pool or (lambda context: httpx.AsyncHTTPTransport(verify=context, trust_env=False))
         self._pools: dict[str, httpx.AsyncBaseTransport] = {}
+        self._pinned_urls = _UrlCache()
         # Past _POOLED_HOSTS names, calls go through one pool without keep-alive.
         self._unpooled = httpx.AsyncHTTPTransport(
             verify=self._verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
@@ -153,9 +177,13 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         host = _host(request.url)
         if request.url.scheme == "https" and literal_address(host) is None:
             extensions["sni_hostname"] = host  # the certificate is checked for the name
+        # The pinned URL depends only on the URL and the address judged just now, so its parsed
+        # form is kept (the judgement above is not: it runs on every request).
+        key = (str(request.url), address)
+        url = self._pinned_urls.get(key) or self._pinned_urls.put(key, request.url.copy_with(host=str(address)))
         pinned = httpx.Request(
             request.method,
-            request.url.copy_with(host=str(address)),
+            url,
             headers=headers,
             stream=request.stream,
             extensions=extensions,
@@ -217,6 +245,8 @@ class EgressClient:
         self.max_redirects = max_redirects
         self.max_bytes = max_bytes
         self._client: httpx.AsyncClient | None = None
+        self._urls = _UrlCache()
+        self._timeouts = httpx.Timeout(timeout).as_dict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EgressClient:
@@ -312,6 +342,22 @@ class EgressClient:
         except TimeoutError:
             raise EgressFailed(f"{field}: no complete answer within {limit:g} s", extra={"url": url}) from None
 
+    def _build(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None, params: Mapping[str, str] | None,
+        content: bytes | str | None, json: Any,
+    ) -> httpx.Request:
+        """The request ``httpx_client.build_request`` would make (its default headers, our
+        timeouts), with the URL parsed once per distinct text and no cookies."""
+        target = self._urls.get(url) or self._urls.put(url, httpx.URL(url))
+        if params:
+            target = target.copy_merge_params(params)
+        merged = self.httpx_client.headers.copy()
+        if headers:
+            merged.update(headers)
+        return httpx.Request(
+            method, target, headers=merged, content=content, json=json, extensions={"timeout": self._timeouts}
+        )
+
     async def _exchange(
         self, method: str, url: str, *, field: str, headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None, content: bytes | str | None, json: Any, max_bytes: int, max_redirects: int,
@@ -319,12 +365,16 @@ class EgressClient:
     ) -> EgressResponse:
         client = self.httpx_client
         try:
-            request = client.build_request(method, url, headers=headers, params=params, content=content, json=json)
+            request = self._build(method, url, headers=headers, params=params, content=content, json=json)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
             raise EgressRefused(url, f"not a valid URL ({error})", field=field) from None
         for hop in range(max_redirects + 1):
             try:
-                response = await client.send(request, stream=True)
+                # Straight to the transport: redirects, the deadline and the size cap are ours, and
+                # no cookie jar is kept between calls (one tenant's receiver must not set cookies
+                # that go with another tenant's calls).
+                response = await self.transport.handle_async_request(request)
+                response.request = request
             except _Refusal as refusal:
                 reason = refusal.reason if hop == 0 else f"redirected to {refusal.url}: {refusal.reason}"
                 raise EgressRefused(url, reason, field=field) from None

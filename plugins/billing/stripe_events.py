@@ -48,6 +48,8 @@ async def receive(
 ) -> dict[str, Any]:
     """Verify and apply one delivery; answers what Stripe is told (200 unless the signature
     fails: 400, or Stripe is not configured: 503). ``only_tenant``: the alias endpoint's tenant."""
+    import stripe
+
     from plugins.billing.stripe_provider import configured
 
     provider = configured()
@@ -55,7 +57,7 @@ async def receive(
         raise StripeUnavailable("Stripe webhooks are not configured on this installation")
     try:
         event = provider.event(payload, signature)
-    except Exception:  # a bad signature, an old timestamp or a malformed body: the sender learns no more
+    except (stripe.SignatureVerificationError, ValueError):  # a bad or old signature, a malformed body
         raise sdk.BadRequest("the Stripe-Signature header does not verify this payload", errors=[
             sdk.FieldError(field="Stripe-Signature", message="a valid signature of the body")]) from None
     kind = event.get("type")

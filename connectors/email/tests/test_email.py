@@ -7,7 +7,7 @@ import base64
 import email
 import email.policy
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,11 @@ from litestar.testing import AsyncTestClient
 
 from connectors.conftest import connector_settings, make_connection, tenant_with
 from connectors.email.nodes import MAX_ATTACHMENT_BYTES, NODES, Attachment, SendEmailConfig
-from connectors.email.tests.smtp_servers import PASSWORD, USER, SmtpServers, running_smtp
+from connectors.email.tests.smtp_servers import PASSWORD, USER, SmtpServers
 from kernel import sdk
 from kernel.testing import Settings, node_context, open_client, open_services
 
 SEND = NODES[0].run
-
-
-@pytest.fixture(scope="module")
-def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServers]:
-    """The servers, with their CA trusted the way an operator adds one (``SSL_CERT_FILE``)."""
-    with running_smtp(tmp_path_factory.mktemp("smtp")) as servers, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSL_CERT_FILE", str(servers.ca))
-        yield servers
 
 
 @pytest.fixture(scope="module")

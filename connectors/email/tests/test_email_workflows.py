@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,8 @@ from connectors.conftest import (
     tenant_with,
     workflow_settings,
 )
-from connectors.email.tests.smtp_servers import PASSWORD, USER, Arrival, SmtpServers, running_smtp
+from connectors.email.tests.smtp_servers import PASSWORD, USER, Arrival, SmtpServers
 from kernel.testing import Settings, TestWorker, open_client, running_worker
-
-
-@pytest.fixture(scope="module")
-def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServers]:
-    """The servers, their CA trusted the way an operator adds one (``SSL_CERT_FILE``)."""
-    with running_smtp(tmp_path_factory.mktemp("smtp-wf")) as servers, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSL_CERT_FILE", str(servers.ca))
-        yield servers
 
 
 @pytest.fixture(scope="module")

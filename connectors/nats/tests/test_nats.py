@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +14,13 @@ from litestar.testing import AsyncTestClient
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from connectors.conftest import connector_settings, make_connection, recorded_events, tenant_with
-from connectors.nats.consumers import REFRESH_VARIABLE, ConsumerSettings, consumer_name, record_message
+from connectors.nats.consumers import ConsumerSettings, consumer_name, record_message
 from connectors.nats.nodes import NODES, MessageConfig, PublishConfig, message_matches, subject_matches
-from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer, running_nats
+from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer
 from kernel import sdk
 from kernel.testing import Settings, eventually, node_context, open_client, open_services
 
 PUBLISH = NODES[0].run
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    with running_nats(tmp_path_factory.mktemp("nats")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def quick_refresh() -> Iterator[None]:
-    """Consumers follow settings changes within moments (the default is 30 s)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(REFRESH_VARIABLE, "0.1")
-        yield
 
 
 @pytest.fixture(scope="module")

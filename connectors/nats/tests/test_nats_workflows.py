@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +32,9 @@ from connectors.conftest import (
     tenant_with,
     workflow_settings,
 )
-from connectors.nats.consumers import REFRESH_VARIABLE, ConsumerSettings, consumer_name, record_message
-from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer, running_nats
+from connectors.nats.consumers import ConsumerSettings, consumer_name, record_message
+from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer
 from kernel.testing import Settings, TestWorker, eventually, open_client, open_services, running_worker
-
-
-@pytest.fixture(scope="module")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    with running_nats(tmp_path_factory.mktemp("nats-wf")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def quick_refresh() -> Iterator[None]:
-    """Consumers follow settings changes within moments (the default is every 30 s)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(REFRESH_VARIABLE, "0.1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,12 @@ from connectors.slack.nodes import (
     SlackEventConfig,
     event_matches,
 )
-from connectors.slack.tests.fake_slack import GOOD_TOKEN, FakeSlack, running_slack
+from connectors.slack.tests.fake_slack import GOOD_TOKEN, FakeSlack
 from kernel import sdk
 from kernel.testing import Settings, node_context, open_client, open_services
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 RUNNERS = {spec.key: spec.run for spec in NODES}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeSlack]:
-    """The fake Web API, set as the operator's Slack API URL for this module."""
-    with running_slack() as slack, pytest.MonkeyPatch.context() as patch:
-        patch.setenv(API_URL_VARIABLE, slack.url)
-        yield slack
 
 
 @pytest.fixture(scope="module")

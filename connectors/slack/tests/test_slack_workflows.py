@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,10 @@ from connectors.conftest import (
     tenant_with,
     workflow_settings,
 )
-from connectors.slack.credentials import API_URL_VARIABLE
-from connectors.slack.tests.fake_slack import GOOD_TOKEN, FakeSlack, running_slack
+from connectors.slack.tests.fake_slack import GOOD_TOKEN, FakeSlack
 from kernel.testing import Settings, TestWorker, eventually, open_client, open_services, running_worker
 
 SIGNING_SECRET = "e2e-signing-secret-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeSlack]:
-    with running_slack() as slack, pytest.MonkeyPatch.context() as patch:
-        patch.setenv(API_URL_VARIABLE, slack.url)
-        yield slack
 
 
 @pytest.fixture(scope="module")

@@ -411,12 +411,29 @@ class AccessService:
                 await session.execute(
                     update(ApiKeyRow).where(ApiKeyRow.id == cached.id).values(last_used_at=now)
                 )
-        grants = await self.grants(cached.tenant_id)
-        permissions = grants.get(cached.role, frozenset()) if cached.role else frozenset(cached.scopes or ())
-        return Principal(
-            kind="api_key",
-            id=cached.id,
-            tenant_id=cached.tenant_id,
-            role=cached.role,
-            permissions=permissions,
-        )
+        return await self._key_principal(cached)
+
+    async def _key_principal(self, row: ApiKeyRow) -> Principal:
+        """What a key acts as: its role's current permissions, or its scopes."""
+        grants = await self.grants(row.tenant_id)
+        permissions = grants.get(row.role, frozenset()) if row.role else frozenset(row.scopes or ())
+        return Principal(kind="api_key", id=row.id, tenant_id=row.tenant_id, role=row.role, permissions=permissions)
+
+    async def key_by_id(self, tenant_id: uuid.UUID, key_id: uuid.UUID) -> Principal | None:
+        """The principal the tenant's API key ``key_id`` acts as now, or ``None`` when the tenant
+        has no such key or it is revoked or expired (for work that runs as a key, not a request)."""
+        async with self.db.tenant(tenant_id) as session:
+            row = (await session.execute(select(ApiKeyRow).where(ApiKeyRow.id == key_id))).scalar_one_or_none()
+        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
+            return None
+        return await self._key_principal(row)
+
+    async def member_principal(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
+        """The principal a member acts as now (their role's current permissions), or ``None``
+        when the user is not a member (the role is cached like every member check)."""
+        role = await self.role_of(tenant_id, user_id)
+        if role is None:
+            return None
+        grants = await self.grants(tenant_id)
+        permissions = grants.get(role, frozenset())
+        return Principal(kind="user", id=user_id, tenant_id=tenant_id, role=role, permissions=permissions)

@@ -17,19 +17,16 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import msgspec
 from litestar.connection import ASGIConnection
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.audit.log import RequestMeta, request_meta
 from kernel.audit.log import record as audit_record
 from kernel.connections.facade import Connections
-from kernel.db.models import utcnow
 from kernel.db.reader import Reader
 from kernel.entitlements import Entitlements
 from kernel.events.outbox import emit, emit_many
 from kernel.http.ratelimit import ApiCalls
 from kernel.identity.access import is_member
-from kernel.identity.models import ApiKeyRow, MembershipRow
 from kernel.identity.principal import Principal, principal_of
 from kernel.jobs.facade import Jobs
 from kernel.plugins.nodes import Nodes
@@ -258,28 +255,13 @@ class Members:
         """The principal an API key of the tenant acts as (its scopes, or its role's current
         permissions), or ``None`` when the tenant has no such key or it is revoked or expired."""
         assert self._kernel is not None
-        async with self._kernel.db.tenant(tenant_id) as session:
-            row = (await session.execute(select(ApiKeyRow).where(ApiKeyRow.id == key_id))).scalar_one_or_none()
-        now = utcnow()
-        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
-            return None
-        grants = await self._kernel.access.grants(tenant_id)
-        permissions = grants.get(row.role, frozenset()) if row.role else frozenset(row.scopes or ())
-        return Principal(kind="api_key", id=row.id, tenant_id=tenant_id, role=row.role, permissions=permissions)
+        return await self._kernel.access.key_by_id(tenant_id, key_id)
 
     async def member(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
         """The principal a member of the tenant acts as now (their role's current permissions),
         or ``None`` when the user is not a member."""
         assert self._kernel is not None
-        async with self._kernel.db.tenant(tenant_id) as session:
-            role = (
-                await session.execute(select(MembershipRow.role).where(MembershipRow.user_id == user_id).limit(1))
-            ).scalar_one_or_none()
-        if role is None:
-            return None
-        grants = await self._kernel.access.grants(tenant_id)
-        return Principal(kind="user", id=user_id, tenant_id=tenant_id, role=role,
-                         permissions=grants.get(role, frozenset()))
+        return await self._kernel.access.member_principal(tenant_id, user_id)
 
 
 class Tenants:

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from served import operator_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -137,13 +138,7 @@ def main() -> None:
                 if arguments.billing:
                     # The plan's rate limit now applies (Free: 60 a minute per principal): the
                     # bench's tenants go on Enterprise, through an operator as an installer would.
-                    email, password = "ops@bench.example", f"pw-{uuid.uuid4().hex}"
-                    subprocess.run(
-                        [sys.executable, "-m", "kernel.cli", "operators", "create", email],
-                        env=env, input=f"{password}\n", text=True, check=True, capture_output=True,
-                    )
-                    login = client.post("/api/admin/auth/login", json={"email": email, "password": password})
-                    operator = {"Authorization": f"Bearer {login.raise_for_status().json()['access_token']}"}
+                    operator = operator_headers(client, env)
 
                 def tenant_key(budget: bool) -> dict[str, str]:
                     """A new tenant with the provider key and an API key (and a large budget)."""

@@ -20,26 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import msgspec
+from served import operator_headers, served
 
 BATCH = 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _body(prefix: str) -> bytes:
@@ -82,35 +71,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    data_dir = Path(tempfile.mkdtemp(prefix="bos-bench-billing-http-"))
-    port = _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-        "BUSINESSOS_DATA_DIR": str(data_dir), "BUSINESSOS_PLUGINS": "billing",
-        "BUSINESSOS_AUTH_RATE_LIMIT_PER_MINUTE": "1000000", "BUSINESSOS_LOG_LEVEL": "WARNING",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "kernel.cli", "serve", "--port", str(port), "--no-jobs"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with served({"BUSINESSOS_PLUGINS": "billing"}) as (base, env, _):
         with httpx.Client(base_url=base, timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("serve did not become healthy")
-                time.sleep(0.2)
-            email, password = "ops@bench.example", f"pw-{uuid.uuid4().hex}"
-            subprocess.run([sys.executable, "-m", "kernel.cli", "operators", "create", email], env=env,
-                           input=f"{password}\n", text=True, check=True, capture_output=True)
-            login = client.post("/api/admin/auth/login", json={"email": email, "password": password})
-            operator = {"Authorization": f"Bearer {login.raise_for_status().json()['access_token']}"}
+            operator = operator_headers(client, env)
             slug = f"bench-{uuid.uuid4().hex[:8]}"
             owner = {"email": f"owner@{slug}.example", "password": f"pw-{uuid.uuid4().hex}"}
             made = client.post("/api/tenants", json={"name": "Bench", "slug": slug, "owner": owner})
@@ -130,17 +93,13 @@ def main() -> None:
             rounds["new events"].append(asyncio.run(_round(base, auth, bodies, args.writers, 200, "accepted")))
             rounds["all duplicates"].append(asyncio.run(_round(base, auth, bodies, args.writers, 200, "duplicates")))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} events/s" for k, v in rounds.items()))
-        baseline = statistics.median(rounds[refused])
-        print(f"\nPOST /api/billing/usage, {args.batches} batches of {BATCH} per round, {args.writers} writers, "
-              f"medians of {args.rounds} rounds:")
-        for name, values in rounds.items():
-            median = statistics.median(values)
-            print(f"  {name:36s} {median:10,.0f} events/s   ratio to baseline {median / baseline:5.2f}")
-        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    baseline = statistics.median(rounds[refused])
+    print(f"\nPOST /api/billing/usage, {args.batches} batches of {BATCH} per round, {args.writers} writers, "
+          f"medians of {args.rounds} rounds:")
+    for name, values in rounds.items():
+        median = statistics.median(values)
+        print(f"  {name:36s} {median:10,.0f} events/s   ratio to baseline {median / baseline:5.2f}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

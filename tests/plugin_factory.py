@@ -15,10 +15,14 @@ import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from litestar.testing import AsyncTestClient
 
 __all__ = ["FakePlugin", "installed", "plugin_source", "table_plugin", "tenant_table_migration", "unique"]
 
@@ -200,3 +204,39 @@ def installed(root: Path, *plugins: FakePlugin) -> Iterator[Path]:
         for name in [m for m in sys.modules if m.split(".")[0] in packages]:
             del sys.modules[name]
         importlib.invalidate_caches()
+
+
+@asynccontextmanager
+async def event_platform(
+    settings: Any, root: Path, plugin: FakePlugin, **changes: Any
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """``plugin`` installed and migrated, an API client allowing only it, and a worker reading the
+    event deliveries' queue (1 s sweeps; ``changes`` adjust the settings further)."""
+    import asyncio
+
+    import msgspec
+
+    from kernel.app import load_app_plugins
+    from kernel.db import migrate
+    from kernel.events.deliveries import QUEUE
+    from kernel.jobs.worker import build_worker
+    from tests.conftest import open_client
+
+    with installed(root, plugin):
+        plugins = load_app_plugins(frozenset({plugin.name}))
+        found = plugins.get(plugin.name)
+        assert found is not None and found.active, found
+        assert settings.database_url and settings.redis_url
+        await migrate.upgrade(settings, settings.database_url, plugins.migration_folders())
+        scoped = msgspec.structs.replace(
+            settings, plugins_allowlist=frozenset({plugin.name}), event_sweep_seconds=1, **changes
+        )
+        # The API enqueues redeliveries on the worker's one queue, so the worker reads that one.
+        worker = build_worker(scoped, plugins, settings.redis_url, queue=QUEUE, cron_jobs=False)
+        running = asyncio.create_task(worker.main())
+        try:
+            async with open_client(scoped, plugins) as client:
+                yield client
+        finally:
+            await worker.close()
+            running.cancel()

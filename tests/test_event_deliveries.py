@@ -3,23 +3,17 @@ the deliveries API and redelivery, for two tenants."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from kernel.app import load_app_plugins
-from kernel.db import migrate
-from kernel.events.deliveries import QUEUE
-from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
-from tests.conftest import eventually, new_tenant, open_client
-from tests.plugin_factory import FakePlugin, installed, table_plugin, unique
+from tests.conftest import eventually, new_tenant
+from tests.plugin_factory import FakePlugin, event_platform, table_plugin, unique
 
 
 def delivery_plugin(name: str) -> FakePlugin:
@@ -94,23 +88,8 @@ def delivery_plugin(name: str) -> FakePlugin:
 async def platform(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, AsyncTestClient[Any]]]:
     """The plugin installed, an API client and a running worker (3 attempts, 1 s sweeps)."""
     name = unique("dlv")
-    with installed(tmp_path, delivery_plugin(name)):
-        plugins = load_app_plugins(frozenset({name}))
-        assert plugins.get(name) and plugins.get(name).active, plugins.get(name)  # type: ignore[union-attr]
-        assert settings.database_url and settings.redis_url
-        await migrate.upgrade(settings, settings.database_url, plugins.migration_folders())
-        scoped = msgspec.structs.replace(
-            settings, plugins_allowlist=frozenset({name}), event_max_attempts=3, event_sweep_seconds=1
-        )
-        # The API enqueues redeliveries on the worker's one queue, so the worker reads that one.
-        worker = build_worker(scoped, plugins, settings.redis_url, queue=QUEUE, cron_jobs=False)
-        running = asyncio.create_task(worker.main())
-        try:
-            async with open_client(scoped, plugins) as client:
-                yield name, client
-        finally:
-            await worker.close()
-            running.cancel()
+    async with event_platform(settings, tmp_path, delivery_plugin(name), event_max_attempts=3) as client:
+        yield name, client
 
 
 async def _deliveries(client: AsyncTestClient[Any], tenant: dict[str, Any], **params: str) -> list[dict[str, Any]]:

@@ -3,22 +3,16 @@ other plugins' and the kernel's, one delivery each, and nothing of other tenants
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from kernel.app import load_app_plugins
-from kernel.db import migrate
-from kernel.events.deliveries import QUEUE
-from kernel.jobs.worker import build_worker
 from kernel.settings import Settings
-from tests.conftest import eventually, new_tenant, open_client
-from tests.plugin_factory import FakePlugin, installed, table_plugin, unique
+from tests.conftest import eventually, new_tenant
+from tests.plugin_factory import FakePlugin, event_platform, table_plugin, unique
 
 
 def listener_plugin(name: str) -> FakePlugin:
@@ -72,20 +66,8 @@ def listener_plugin(name: str) -> FakePlugin:
 @pytest.fixture
 async def platform(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, AsyncTestClient[Any]]]:
     name = unique("any")
-    with installed(tmp_path, listener_plugin(name)):
-        plugins = load_app_plugins(frozenset({name}))
-        assert plugins.get(name) and plugins.get(name).active, plugins.get(name)  # type: ignore[union-attr]
-        assert settings.database_url and settings.redis_url
-        await migrate.upgrade(settings, settings.database_url, plugins.migration_folders())
-        scoped = msgspec.structs.replace(settings, plugins_allowlist=frozenset({name}), event_sweep_seconds=1)
-        worker = build_worker(scoped, plugins, settings.redis_url, queue=QUEUE, cron_jobs=False)
-        running = asyncio.create_task(worker.main())
-        try:
-            async with open_client(scoped, plugins) as client:
-                yield name, client
-        finally:
-            await worker.close()
-            running.cancel()
+    async with event_platform(settings, tmp_path, listener_plugin(name)) as client:
+        yield name, client
 
 
 async def test_a_handler_of_every_event_hears_each_event_of_its_tenant_once(

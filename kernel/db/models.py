@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,8 +23,15 @@ NAMING_CONVENTION = {
 }
 
 
+_last_uuid7 = 0
+_uuid7_lock = threading.Lock()
+
+
 def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of the index."""
+    """A time-ordered UUID (RFC 9562 version 7): new rows land at the end of the index. Within a
+    process the values also increase strictly (RFC 9562's monotonic method): two made in the same
+    millisecond keep the order they were made in, which code sorting by id relies on."""
+    global _last_uuid7
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80
@@ -31,6 +39,10 @@ def uuid7() -> uuid.UUID:
     value |= ((rand >> 62) & 0xFFF) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
+    with _uuid7_lock:
+        if value <= _last_uuid7:
+            value = _last_uuid7 + 1
+        _last_uuid7 = value
     return uuid.UUID(int=value)
 
 

@@ -73,6 +73,8 @@ def _dsn(url: str) -> str:
 
 
 def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 

@@ -393,6 +393,82 @@ async def test_event_triggers_start_on_another_plugins_events_that_pass_their_fi
     assert (await api.get("/api/workflows/executions", headers=other["h"])).json()["pagination"]["total"] == 0
 
 
+async def test_events_handled_together_start_and_resume_each_matching_run_once(
+    api: AsyncTestClient[Any], kernel: Kernel, sem_settings: Settings
+) -> None:
+    """Events that pile up while no worker runs reach the trigger handler as one batch (one
+    statement for all of them): each still starts the runs its filters pass, once, and resumes the
+    run waiting for it."""
+    t = await tenant(api, "crm")
+    vip = await publish(api, t["h"], [
+        node("start", "workflows.event", event="crm.contact.created",
+             filter="{{ (trigger.email or '').endswith('@vip.example') }}"),
+        node("greet", "workflows.set", values={"who": "{{ trigger.first_name }}"}),
+    ], [edge("start", "greet")])
+    every = await publish(api, t["h"], [
+        node("start", "workflows.event", event="crm.contact.created"),
+        node("greet", "workflows.set", values={"who": "{{ trigger.first_name }}"}),
+    ], [edge("start", "greet")])
+    waiter = await publish(api, t["h"], [
+        node("start", "workflows.manual"),
+        node("wait", "workflows.wait_event", event="crm.contact.created", path="email", key="{{ trigger.email }}"),
+        node("after", "workflows.set", values={"got": "{{ steps.wait.output.payload.first_name }}"}),
+    ], [edge("start", "wait"), edge("wait", "after")])
+    waiting = await start(api, t, waiter, {"email": "nina@plain.example"})
+    await engine(kernel).work()
+    assert (await detail(api, t, waiting))["execution"]["status"] == "waiting"
+
+    people = [("Vera", "vera@vip.example"), ("Otto", "otto@plain.example"), ("Nina", "nina@plain.example"),
+              ("Vik", "vik@vip.example"), ("Nil", None)]
+    for first, email in people:  # no worker yet: the events wait in the outbox together
+        made = await api.post("/api/crm/contacts", json={"first_name": first, "email": email}, headers=t["h"])
+        assert made.status_code == 201, made.text
+
+    worker = build_worker(sem_settings, load_app_plugins(sem_settings.plugins_allowlist), sem_settings.redis_url or "",
+                          queue=QUEUE, cron_jobs=False)
+    running = asyncio.create_task(worker.main())
+    try:
+        async def handled() -> bool:
+            # A batch starts every workflow an event triggers in one transaction: once each
+            # event's unfiltered run exists, so does every filtered one.
+            runs = await runs_of(api, t, every)
+            body = await detail(api, t, waiting)
+            return (len(runs) == len(people) and all(r["status"] == "succeeded" for r in runs)
+                    and body["execution"]["status"] == "succeeded")
+
+        await eventually(handled, timeout=90)
+    finally:
+        await worker.close()
+        running.cancel()
+    assert sorted(str(r["output"]) for r in await runs_of(api, t, every)) == sorted(
+        str({"who": first}) for first, _ in people
+    )
+    vips = await runs_of(api, t, vip)
+    assert sorted(str(r["output"]) for r in vips) == sorted(str({"who": w}) for w in ("Vera", "Vik"))
+    assert steps_of(await detail(api, t, waiting))[("after", "0")]["output"] == {"got": "Nina"}
+
+
+async def test_a_runs_own_events_cannot_start_or_resume_runs(api: AsyncTestClient[Any]) -> None:
+    """A workflow started by ``workflows.execution.succeeded`` would start itself for ever: saving
+    one is refused, naming the field, as is waiting for such an event."""
+    t = await tenant(api)
+    graphs = [
+        ("start", [node("start", "workflows.event", event="workflows.execution.succeeded")], []),
+        ("wait", [node("start", "workflows.manual"), node("wait", "workflows.wait_event",
+                                                         event="workflows.execution.failed")],
+         [edge("start", "wait")]),
+    ]
+    for bad, nodes, edges in graphs:
+        body = {"name": "loop", "graph": {"nodes": nodes, "edges": edges}, "settings": {}}
+        response = await api.post("/api/workflows", json=body, headers=t["h"])
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        fields = [e["field"] for e in response.json()["errors"]]
+        assert fields == [f"nodes.{bad}.config.event"], response.text
+    listed = await api.get("/api/workflows", headers=t["h"])
+    assert listed.json()["pagination"]["total"] == 0
+
+
 # ---- retry -------------------------------------------------------------------------------------
 
 

@@ -1058,6 +1058,9 @@ class Engine:
             raise _Park(wake)
         if key == "workflows.wait_event":
             wait = msgspec.convert(config, control.WaitEventConfig, strict=False)
+            if wait.event.startswith(control.RUN_EVENTS):
+                raise StepError(f"a run cannot wait for {wait.event!r} (the engine's own events resume nothing)",
+                                kind="config")
             timeout = now + timedelta(seconds=wait.timeout_seconds) if wait.timeout_seconds else None
             rows.append(self._row(run, node, TOP, "waiting", input=config, attempts=attempt, wake_at=timeout))
             raise _Park(timeout, wait=(wait.event, wait.path, _key_text(wait.key)))
@@ -1317,6 +1320,17 @@ class Engine:
         return "waiting"
 
     async def _finish(self, run: _Run, status: str, *, output: Any = None, error: Any = None) -> str:
+        if run.parent is None and not (
+            status == "failed" and run.plan.settings.error_workflow and run.trigger_kind != "error"
+        ):
+            # The common end (nothing else to start or resume): committed with the other runs
+            # ending at the same moment, in one transaction per tenant.
+            async with run.lock:
+                ending = _Ending(run, status, _json(output), _json(error), error, self.worker_id, self.clock())
+                if not await _finisher(self.services).end(ending):
+                    raise _LeaseLost
+            run.writes.clear()
+            return status
         wake_parent = False
 
         async def finished(session: AsyncSession) -> None:
@@ -1449,6 +1463,112 @@ class Engine:
                 {"now": now, "days": self.config.retention_days, "n": limit},
             )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Ending:
+    """A run's end waiting for :class:`_Finisher` to commit it."""
+
+    run: _Run
+    status: str
+    output: str | None
+    error: str | None
+    error_value: Any
+    owner: str
+    now: datetime
+    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+_END_MANY = text(
+    "update workflows_executions e set status = u.status, output = cast(u.output as jsonb), "
+    "error = cast(u.error as jsonb), finished_at = u.now, due_at = null, lease_owner = null, lease_until = null, "
+    "wait_event = null from unnest(cast(:ids as uuid[]), cast(:statuses as text[]), cast(:outputs as text[]), "
+    "cast(:errors as text[]), cast(:owners as text[]), cast(:nows as timestamptz[])) "
+    "as u(id, status, output, error, owner, now) "
+    "where e.tenant_id = :t and e.id = u.id and e.status = 'running' and e.lease_owner = u.owner returning e.id"
+)
+
+
+class _Finisher:
+    """Group commit of runs' ends, per process and plugin facade.
+
+    A run that ends hands its last checkpoints and status over and waits for their commit. When no
+    write is in flight it goes at once; while one is, the ends arriving meanwhile are gathered and
+    written together when it is done: one transaction per tenant (the runs' rows fenced by each
+    one's lease in one statement, their steps in one, their events in one). A burst of runs thus
+    costs a few transactions instead of one each, and a lone run waits for nobody."""
+
+    def __init__(self, services: sdk.Services) -> None:
+        self.services = services
+        self.pending: list[_Ending] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def end(self, ending: _Ending) -> bool:
+        """Commit ``ending``; ``False`` when the run's lease was lost (nothing written for it)."""
+        self.pending.append(ending)
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write_pending())
+        return await ending.done
+
+    async def _write_pending(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                by_tenant: dict[uuid.UUID, list[_Ending]] = {}
+                for ending in batch:
+                    by_tenant.setdefault(ending.run.tenant_id, []).append(ending)
+                await asyncio.gather(*(self._write(tenant, endings) for tenant, endings in by_tenant.items()))
+        finally:
+            self.writer = None
+
+    async def _write(self, tenant_id: uuid.UUID, endings: list[_Ending]) -> None:
+        endings.sort(key=lambda e: e.run.execution_id.bytes)  # rows locked in one order
+        try:
+            async with self.services.data.tenant(tenant_id) as session:
+                ended = set(
+                    (
+                        await session.execute(
+                            _END_MANY,
+                            {"t": tenant_id, "ids": [e.run.execution_id for e in endings],
+                             "statuses": [e.status for e in endings], "outputs": [e.output for e in endings],
+                             "errors": [e.error for e in endings], "owners": [e.owner for e in endings],
+                             "nows": [e.now for e in endings]},
+                        )
+                    ).scalars()
+                )
+                kept = [e for e in endings if e.run.execution_id in ended]
+                steps = [row for e in kept for row in e.run.writes]
+                if steps:
+                    await session.execute(_UPSERT_STEP, steps)
+                if kept:
+                    await self.services.changes.emit_many(
+                        session, tenant_id=tenant_id,
+                        events=[(f"workflows.execution.{e.status}", {
+                            "id": str(e.run.execution_id), "workflow_id": str(e.run.workflow_id),
+                            "version": e.run.version_number, "trigger_kind": e.run.trigger_kind,
+                            "error": e.error_value,
+                        }) for e in kept],
+                    )
+        except BaseException as exc:
+            for ending in endings:
+                if not ending.done.done():
+                    ending.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("write cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for ending in endings:
+            if not ending.done.done():
+                ending.done.set_result(ending.run.execution_id in ended)
+
+
+_FINISHERS: weakref.WeakKeyDictionary[sdk.Services, _Finisher] = weakref.WeakKeyDictionary()
+
+
+def _finisher(services: sdk.Services) -> _Finisher:
+    found = _FINISHERS.get(services)
+    if found is None:
+        found = _FINISHERS[services] = _Finisher(services)
+    return found
 
 
 @dataclass

@@ -178,6 +178,12 @@ async def _fail(ctx: sdk.NodeContext, config: FailConfig) -> Any:
 
 PURE_KEYS = frozenset({"workflows.set", "workflows.if", "workflows.switch", "workflows.merge", "workflows.fail"})
 """Nodes without side effects: the engine checkpoints them with the next write, not before."""
+RUN_EVENTS = "workflows.execution."
+"""The engine's own events (a run started, ended): they start and resume no run, or a workflow
+listening to them would feed itself; the error workflow and the sub-workflow step are the ways to
+act on another run's end."""
+
+
 PARKING_KEYS = frozenset({"workflows.delay", "workflows.wait_event", "workflows.approval", "workflows.sub_workflow"})
 TRIGGER_KEYS = frozenset({"workflows.manual", "workflows.webhook", "workflows.schedule", "workflows.event"})
 CONTROL_KEYS = PURE_KEYS | PARKING_KEYS | {"workflows.for_each"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,7 +34,7 @@ from plugins.workflows import nodes as control
 from plugins.workflows.engine import TERMINAL, Engine, _key_text
 from plugins.workflows.expressions import ExpressionError, render
 
-__all__ = ["EVENT_HANDLER", "WEBHOOK_ROUTE", "next_tick", "on_event", "on_webhook"]
+__all__ = ["EVENT_HANDLER", "WEBHOOK_ROUTE", "next_tick", "on_event", "on_events", "on_webhook"]
 
 log = logging.getLogger("businessos.workflows")
 
@@ -62,63 +63,96 @@ def _dig(payload: Any, path: str) -> Any:
 
 async def on_event(ctx: sdk.EventContext) -> None:
     """Resume the runs waiting for this event and start the workflows it triggers."""
-    engine = Engine(ctx.services)
+    await on_events([ctx])
+
+
+async def on_events(batch: Sequence[sdk.EventContext]) -> None:
+    """:func:`on_event` for several events of one tenant, in one transaction: one round trip finds
+    the runs waiting for any of them and the published versions any of them starts. Most events
+    (a run's own ``workflows.execution.*``, say) match nothing and cost only that statement."""
+    if not batch:
+        return
+    first = batch[0]
+    engine = Engine(first.services)
     woke = False
-    async with ctx.services.data.tenant(ctx.tenant_id) as session:
-        # One round trip: the runs waiting for this event, and the published versions it starts.
+    async with first.services.data.tenant(first.tenant_id) as session:
         found = (
             await session.execute(
-                text("select true as waiting, id, wait_path, wait_key, null::uuid as workflow_id, "
+                text("select true as waiting, wait_event as event, id, wait_path, wait_key, null::uuid as workflow_id, "
                      "null::integer as number, null::uuid as version_id, null::text as trigger_key, "
                      "null::jsonb as graph, null::jsonb as settings from workflows_executions "
-                     "where status = 'waiting' and wait_event = :e "
-                     "union all select false, null, null, null, v.workflow_id, v.number, v.id, v.trigger_key, "
-                     "v.graph, v.settings from workflows_versions v "
+                     "where status = 'waiting' and wait_event = any(:e) "
+                     "union all select false, v.trigger_event, null, null, null, v.workflow_id, v.number, v.id, "
+                     "v.trigger_key, v.graph, v.settings from workflows_versions v "
                      "join workflows_definitions d on d.tenant_id = v.tenant_id and d.id = v.workflow_id "
-                     "and d.published_version = v.number where d.active and v.trigger_event = :e"),
-                {"e": ctx.event},
+                     "and d.published_version = v.number where d.active and v.trigger_event = any(:e)"),
+                {"e": sorted({ctx.event for ctx in batch})},
             )
         ).all()
-        waiting = [r for r in found if r.waiting]
-        listeners = [r for r in found if not r.waiting]
-        now = engine.clock()
-        for row in waiting:
-            if _key_text(_dig(ctx.payload, row.wait_path or "id")) != row.wait_key:
-                continue
-            await session.execute(
-                text("update workflows_steps set status = 'succeeded', output = cast(:o as jsonb), ports = :p, "
-                     "finished_at = :now where execution_id = :id and node_key = 'workflows.wait_event' "
-                     "and iteration = '0' and status = 'waiting'"),
-                {"o": msgspec.json.encode({"event": ctx.event, "payload": ctx.payload}).decode(), "p": ["main"],
-                 "now": now, "id": row.id},
-            )
-            await session.execute(
-                text("update workflows_executions set status = 'queued', due_at = :now, wait_event = null "
-                     "where id = :id and status = 'waiting'"),
-                {"now": now, "id": row.id},
-            )
-            woke = True
+        if not found:
+            return
         specs: dict[str, sdk.NodeSpec] = {}
-        if any(r.trigger_key not in control.TRIGGER_KEYS for r in listeners):
-            specs = {node.key: node.spec for node in await ctx.services.nodes.catalogue(ctx.tenant_id)}
-        for row in listeners:
-            trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == row.trigger_key), None)
-            if trigger is None or not _matches(row.trigger_key, trigger.get("config") or {}, ctx.payload, specs):
-                continue
-            event_id = ctx.event_id or uuid.uuid5(uuid.NAMESPACE_URL, msgspec.json.encode(ctx.payload).decode())
-            try:
-                started = await engine.start(
-                    session, tenant_id=ctx.tenant_id, workflow_id=row.workflow_id, trigger_kind="event",
-                    payload=ctx.payload, started_by=f"event:{ctx.event}", version_number=row.number,
-                    execution_id=uuid.uuid5(event_id, str(row.workflow_id)),
-                    version=(row.version_id, row.number, row.settings),
-                )
-            except sdk.PaymentRequired as exc:
-                log.warning("workflow %s not started by %s: %s", row.workflow_id, ctx.event, exc)
-                continue
-            woke = woke or started is not None
+        if any(not r.waiting and r.trigger_key not in control.TRIGGER_KEYS for r in found):
+            specs = {node.key: node.spec for node in await first.services.nodes.catalogue(first.tenant_id)}
+        resumed: set[uuid.UUID] = set()
+        for ctx in batch:
+            rows = [r for r in found if r.event == ctx.event]
+            woke = await _resume_waiting(session, engine, ctx, [r for r in rows if r.waiting], resumed) or woke
+            woke = await _start_listeners(session, engine, ctx, [r for r in rows if not r.waiting], specs) or woke
     if woke:
         await engine.wake()
+
+
+async def _resume_waiting(
+    session: AsyncSession, engine: Engine, ctx: sdk.EventContext, waiting: Sequence[Any], resumed: set[uuid.UUID]
+) -> bool:
+    """Resume the runs parked in ``workflows.wait_event`` whose correlation key this event carries."""
+    now = engine.clock()
+    woke = False
+    for row in waiting:
+        if row.id in resumed or _key_text(_dig(ctx.payload, row.wait_path or "id")) != row.wait_key:
+            continue
+        await session.execute(
+            text("update workflows_steps set status = 'succeeded', output = cast(:o as jsonb), ports = :p, "
+                 "finished_at = :now where execution_id = :id and node_key = 'workflows.wait_event' "
+                 "and iteration = '0' and status = 'waiting'"),
+            {"o": msgspec.json.encode({"event": ctx.event, "payload": ctx.payload}).decode(), "p": ["main"],
+             "now": now, "id": row.id},
+        )
+        await session.execute(
+            text("update workflows_executions set status = 'queued', due_at = :now, wait_event = null "
+                 "where id = :id and status = 'waiting'"),
+            {"now": now, "id": row.id},
+        )
+        resumed.add(row.id)
+        woke = True
+    return woke
+
+
+async def _start_listeners(
+    session: AsyncSession, engine: Engine, ctx: sdk.EventContext, listeners: Sequence[Any],
+    specs: dict[str, sdk.NodeSpec],
+) -> bool:
+    """Start a run of each published version this event triggers (its filter passing); the run's
+    id derives from the event's, so a redelivery starts nothing new."""
+    woke = False
+    for row in listeners:
+        trigger = next((n for n in row.graph.get("nodes", []) if n.get("node") == row.trigger_key), None)
+        if trigger is None or not _matches(row.trigger_key, trigger.get("config") or {}, ctx.payload, specs):
+            continue
+        event_id = ctx.event_id or uuid.uuid5(uuid.NAMESPACE_URL, msgspec.json.encode(ctx.payload).decode())
+        try:
+            started = await engine.start(
+                session, tenant_id=ctx.tenant_id, workflow_id=row.workflow_id, trigger_kind="event",
+                payload=ctx.payload, started_by=f"event:{ctx.event}", version_number=row.number,
+                execution_id=uuid.uuid5(event_id, str(row.workflow_id)),
+                version=(row.version_id, row.number, row.settings),
+            )
+        except sdk.PaymentRequired as exc:
+            log.warning("workflow %s not started by %s: %s", row.workflow_id, ctx.event, exc)
+            continue
+        woke = woke or started is not None
+    return woke
 
 
 def _matches(key: str, config: dict[str, Any], payload: dict[str, Any], specs: dict[str, sdk.NodeSpec]) -> bool:
@@ -256,5 +290,12 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
         pause = min(pause * 2, 0.2)
 
 
-EVENT_HANDLER = sdk.EventHandler(event="*", handler=on_event, name="triggers")
+def _may_trigger(event: str) -> bool:
+    return not event.startswith(control.RUN_EVENTS)
+
+
+EVENT_HANDLER = sdk.EventHandler(
+    event="*", handler=on_event, name="triggers", batch=on_events, accepts=_may_trigger
+)
+"""Every event but the engine's own (``nodes.RUN_EVENTS``), which no trigger or wait may name."""
 WEBHOOK_ROUTE = sdk.WebhookRoute(name="trigger", handler=on_webhook, description="Starts a workflow run")

@@ -25,6 +25,7 @@ import msgspec
 from kernel import sdk
 from plugins.workflows import expressions
 from plugins.workflows.graph import Graph, WorkflowSettings
+from plugins.workflows.nodes import RUN_EVENTS
 
 __all__ = ["SCOPE_NAMES", "validate"]
 
@@ -63,6 +64,7 @@ def validate(
             triggers.append(node.id)
         errors.extend(_config_errors(node.id, node.config, entry))
         errors.extend(_expression_errors(node.id, node.config, ids, settings))
+        errors.extend(_own_event_errors(node.id, node.node, node.config))
     if len(triggers) != 1:
         found = ", ".join(triggers) if triggers else "none"
         errors.append(sdk.FieldError("nodes", f"a workflow has exactly one trigger node (found: {found})"))
@@ -70,6 +72,19 @@ def validate(
     if len(triggers) == 1:
         errors.extend(_shape_errors(graph, ids, triggers[0]))
     return errors
+
+
+def _own_event_errors(node_id: str, key: str, config: dict[str, Any]) -> list[sdk.FieldError]:
+    event = config.get("event")
+    if key not in ("workflows.event", "workflows.wait_event") or not isinstance(event, str):
+        return []
+    if event.startswith(RUN_EVENTS):
+        return [sdk.FieldError(
+            f"nodes.{node_id}.config.event",
+            f"{event!r} cannot start or resume a run (a run would trigger itself): use the workflow's "
+            "settings.error_workflow or a workflows.sub_workflow step",
+        )]
+    return []
 
 
 def _edge_errors(

@@ -52,3 +52,28 @@ async def test_a_wake_up_joins_the_claiming_job_which_takes_the_new_run_while_a_
         body = await detail(api, t, str(eid))
         assert body["execution"]["status"] == "succeeded", body["execution"]
         assert body["execution"]["claims"] == 1
+
+
+async def test_a_start_in_flight_does_not_keep_the_tenants_due_runs_from_being_claimed(
+    api: AsyncTestClient[Any], kernel: Kernel
+) -> None:
+    """Claims skip a tenant whose row another transaction holds: a start still open (a webhook's
+    transaction not committed yet) must not hold it, or a burst of starts starves the claims."""
+    t = await tenant(api, "wfjob")
+    wid = await publish(api, t, [node("start", "workflows.manual"), node("a", "workflows.set", values={"x": 1})],
+                        [{"source": "start", "target": "a"}])
+    due = uuid.UUID(await run(api, t, wid))
+    services = kernel.services("workflows")
+    tenant_id = uuid.UUID(t["id"])
+    claiming = engine(kernel)
+    async with services.data.tenant(tenant_id) as session:
+        pending = await engine(kernel).start(
+            session, tenant_id=tenant_id, workflow_id=uuid.UUID(wid), trigger_kind="manual", payload={},
+            started_by="test",
+        )
+        claimed = await asyncio.wait_for(claiming.claim_many(10), 30)
+        assert claimed == [(tenant_id, due)]  # the pending one is not committed yet: unseen
+    assert await claiming.run(tenant_id, due) == "succeeded"
+    assert await claiming.work() == 1
+    for eid in (due, pending):
+        assert (await detail(api, t, str(eid)))["execution"]["status"] == "succeeded"

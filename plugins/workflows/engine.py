@@ -459,12 +459,15 @@ class Engine:
         now = self.clock()
         new_id = execution_id or sdk.uuid7()
         # One statement: the run, and the tenant's row the claim walks (kept in step with its limits).
+        # The row is created or changed only when it is missing or its limits moved, so that a
+        # start locks it in no other case: a claim skips a tenant whose row is locked, and a burst
+        # of starts would otherwise keep the tenant's runs from being claimed until it ended.
         inserted = await session.execute(
             text(
                 "with tenant as (insert into workflows_tenants (tenant_id, id, concurrency, retention_days) "
-                "values (:t, :t, :c, :r) on conflict (tenant_id, id) do update set concurrency = excluded.concurrency, "
-                "retention_days = excluded.retention_days where workflows_tenants.concurrency <> excluded.concurrency "
-                "or workflows_tenants.retention_days is distinct from excluded.retention_days) "
+                "values (:t, :t, :c, :r) on conflict (tenant_id, id) do nothing), "
+                "moved as (update workflows_tenants set concurrency = :c, retention_days = :r "
+                "where tenant_id = :t and id = :t and (concurrency <> :c or retention_days is distinct from :r)) "
                 "insert into workflows_executions (tenant_id, id, created_at, workflow_id, version_id, version_number, "
                 "status, trigger_kind, trigger, due_at, deadline_at, concurrency, parent_execution_id, parent_node, "
                 "retry_of, started_by) values (:t, :id, :now, :w, :v, :n, 'queued', :kind, cast(:trigger as jsonb), "

@@ -24,7 +24,8 @@ Fixtures:
 
 The helpers the fixtures are made of (:func:`open_client`, :func:`new_tenant`,
 :func:`eventually`, ...) are public too, for tests that need two tenants or their own app;
-:func:`open_services` and :func:`node_context` run a node the way the workflow engine would.
+:func:`open_services` and :func:`node_context` run a node the way the workflow engine would;
+:func:`start_worker_process` runs ``businessos worker`` as a process a test can SIGKILL.
 
 The module is loaded explicitly rather than through a ``pytest11`` entry point: an entry point
 would add these fixtures to every pytest run of any environment where BusinessOS is installed.

@@ -62,6 +62,7 @@ class Kernel:
         self.ai = AIProxy(self.db, self.box, self.settings, self.bus, self.entitlements)
         self.retrieval = RetrievalService(self.db, self.ai)
         self.entitlements.attach(self.services)
+        self.modules.attach(self.services)
         self.deliveries = Deliveries(self)
         self.operators = OperatorService(self.db, self.redis, self.keys, self.tenants)
         self.egress = EgressClient.from_settings(self.settings)

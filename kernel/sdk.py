@@ -65,6 +65,7 @@ from kernel.plugins.contract import (
     NodeSpec,
     Permission,
     Schedule,
+    SettingsCheck,
     StepJournal,
 )
 from kernel.plugins.hookspecs import hookimpl
@@ -141,6 +142,7 @@ __all__ = [
     "Secret",
     "SecretUnreadable",
     "Services",
+    "SettingsCheck",
     "StepJournal",
     "TemplateFailed",
     "TemplateSandbox",

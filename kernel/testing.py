@@ -24,7 +24,8 @@ Fixtures:
 
 The helpers the fixtures are made of (:func:`open_client`, :func:`new_tenant`,
 :func:`eventually`, ...) are public too, for tests that need two tenants or their own app;
-:func:`open_services` and :func:`node_context` run a node the way the workflow engine would.
+:func:`open_services` and :func:`node_context` run a node the way the workflow engine would;
+:func:`start_worker_process` runs ``businessos worker`` as a process a test can SIGKILL.
 
 The module is loaded explicitly rather than through a ``pytest11`` entry point: an entry point
 would add these fixtures to every pytest run of any environment where BusinessOS is installed.
@@ -35,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +91,7 @@ __all__ = [
     "running_servers",
     "running_worker",
     "settings_for",
+    "start_worker_process",
 ]
 
 # litellm would fetch its price list from the internet at import; tests use the bundled one.
@@ -300,6 +304,13 @@ async def running_worker(settings: Settings) -> AsyncIterator[TestWorker]:
         await asyncio.gather(*in_hand, return_exceptions=True)
         worker.tasks.clear()  # cancelled above: close() would re-raise their cancellation
         await worker.close()
+
+
+def start_worker_process(env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``businessos worker`` as a process of its own (``env`` is its whole environment), its output
+    appended to ``log``: for tests that SIGKILL a worker and start another, as a crash would."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=dict(env), stdout=out, stderr=out)
 
 
 # -- fixtures ----------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -39,7 +38,7 @@ from kernel.db import migrate
 from kernel.embedded import EmbeddedServices
 from kernel.runtime import open_kernel
 from kernel.settings import load_settings
-from kernel.testing import open_client
+from kernel.testing import open_client, start_worker_process
 from plugins.workflows.engine import Engine
 from tests.conftest import SECRET, _dsn, new_tenant, settings_for
 from tests.plugin_factory import FakePlugin, installed, plugin_source, unique
@@ -122,11 +121,6 @@ def effect_plugin(name: str) -> FakePlugin:
     return FakePlugin(name=name, source=plugin_source(name, body))
 
 
-def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "kernel.cli", "worker"], env=env, stdout=out, stderr=out)
-
-
 async def test_runs_end_once_each_through_worker_kills_a_redis_flush_and_a_postgres_restart(scratch: Path) -> None:
     name = unique("chaos")
     redis = RedisServer(scratch)
@@ -182,7 +176,7 @@ async def test_runs_end_once_each_through_worker_kills_a_redis_flush_and_a_postg
                 wid = made.json()["id"]
                 assert (await api.post(f"/api/workflows/{wid}/publish", headers=h)).status_code == 201
 
-                worker = _start_worker(env, log)
+                worker = start_worker_process(env, log)
                 ids: list[str] = []
                 for i in range(RUNS):
                     started = await api.post(f"/api/workflows/{wid}/run", json={"input": {"n": i}}, headers=h)
@@ -216,7 +210,7 @@ async def test_runs_end_once_each_through_worker_kills_a_redis_flush_and_a_postg
                     worker.send_signal(signal.SIGKILL)
                     worker.wait()
                     kills += 1
-                    worker = _start_worker(env, log)
+                    worker = start_worker_process(env, log)
                 await until_applied(600)
                 flush = await asyncio.create_subprocess_exec("redis-cli", "-s", str(redis.socket), "flushall")
                 await flush.wait()

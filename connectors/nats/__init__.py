@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors.nats.consumers import NatsSettings, connection_users, lifespan
+from connectors.nats.consumers import NatsSettings, check_settings, connection_users, lifespan
 from connectors.nats.credentials import CREDENTIALS
 from connectors.nats.models import Base
 from connectors.nats.nodes import NODES, NatsMessageReceived
@@ -42,6 +42,11 @@ def businessos_event_types() -> Sequence[sdk.EventType]:
 @sdk.hookimpl
 def businessos_settings_schema() -> type[NatsSettings]:
     return NatsSettings
+
+
+@sdk.hookimpl
+def businessos_settings_check() -> sdk.SettingsCheck:
+    return check_settings
 
 
 @sdk.hookimpl

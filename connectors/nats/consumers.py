@@ -41,6 +41,7 @@ __all__ = [
     "ConsumerSettings",
     "Consumers",
     "NatsSettings",
+    "check_settings",
     "connection_users",
     "consumer_name",
     "lifespan",
@@ -83,6 +84,21 @@ async def connection_users(services: sdk.Services, tenant_id: uuid.UUID, connect
         for config in settings.consumers
         if config.connection == connection_id
     ]
+
+
+async def check_settings(services: sdk.Services, tenant_id: uuid.UUID, settings: NatsSettings) -> list[sdk.FieldError]:
+    """Each consumer's ``connection`` must be a NATS connection of this tenant (another tenant's id
+    reads as unknown): refused at save rather than a consumer that silently never starts."""
+    owners = await services.connections.plugins_of(tenant_id, {config.connection for config in settings.consumers})
+    errors = []
+    for index, config in enumerate(settings.consumers):
+        owner = owners.get(config.connection)
+        if owner != "nats":
+            problem = f"no connection {config.connection}" if owner is None else (
+                f"connection {config.connection} is a {owner} connection, not nats"
+            )
+            errors.append(sdk.FieldError(f"consumers[{index}].connection", problem))
+    return errors
 
 
 def consumer_name(tenant_id: uuid.UUID, config: ConsumerSettings) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from sqlalchemy import delete, select, text, update
@@ -25,6 +26,9 @@ from kernel.plugins.loader import PluginRecord, PluginSet
 from kernel.vault.models import VaultSecretRow
 from kernel.webhooks.models import WebhookEndpointRow
 
+if TYPE_CHECKING:
+    from kernel.plugins.services import Services
+
 __all__ = ["ModuleService"]
 
 TOPIC = "modules"
@@ -44,8 +48,14 @@ class ModuleService:
         self.plugins = plugins
         self.bus = bus
         self._cache: TTLCache[str, object] = TTLCache(ttl)
+        self._services: Callable[[str], Services] | None = None
         if bus is not None:
             bus.register(TOPIC, self._cache)
+
+    def attach(self, services: Callable[[str], Services]) -> None:
+        """Give the service the kernel's facade factory (the kernel exists only after it), for
+        the plugins' settings checks."""
+        self._services = services
 
     def _plugin(self, name: str) -> PluginRecord:
         record = self.plugins.get(name)
@@ -239,7 +249,8 @@ class ModuleService:
         meta: RequestMeta | None = None,
     ) -> dict[str, Any]:
         """Replace ``name``'s settings; audited as ``module.settings.updated`` (secret-looking keys
-        redacted) in the same transaction."""
+        redacted) in the same transaction. The body must fit the plugin's schema, then pass its
+        ``businessos_settings_check`` when it has one (422 naming the fields otherwise)."""
         record = self._plugin(name)
         if record.settings_schema is None:
             raise NotFound(f"module {name!r} has no settings")
@@ -249,6 +260,11 @@ class ModuleService:
             raise Unprocessable(
                 f"invalid settings for module {name!r}: {exc}", errors=[_field_error(str(exc))]
             ) from None
+        if record.settings_check is not None:
+            assert self._services is not None, "ModuleService.attach was not called"
+            errors = list(await record.settings_check(self._services(name), tenant_id, value))
+            if errors:
+                raise Unprocessable(f"invalid settings for module {name!r}", errors=errors)
         settings = msgspec.to_builtins(value)
         async with self.db.tenant(tenant_id) as session:
             previous = (

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 if TYPE_CHECKING:
+    from kernel.errors import FieldError
     from kernel.plugins.services import Actor, Services
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "NodeSpec",
     "Permission",
     "Schedule",
+    "SettingsCheck",
     "StepJournal",
 ]
 
@@ -107,6 +109,16 @@ class EventHandler:
     """Optional: runs several deliveries of this handler for one tenant in one call (what
     ``handler`` does for each, with fewer round trips). Its exception fails them all; each is then
     retried on its own, with ``handler``. Both must be idempotent per event id."""
+
+
+class SettingsCheck(Protocol):
+    """``await check(services, tenant_id, settings)``: what the settings schema alone cannot judge
+    (a connection id that must be one of the tenant's own, say). ``settings`` is the plugin's
+    Struct, already valid in shape; the answer is the field errors (empty: they may be saved)."""
+
+    def __call__(
+        self, services: Services, tenant_id: uuid.UUID, settings: Any, /
+    ) -> Awaitable[Sequence[FieldError]]: ...
 
 
 class StepJournal(Protocol):

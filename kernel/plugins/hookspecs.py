@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         NodeSpec,
         Permission,
         Schedule,
+        SettingsCheck,
     )
     from kernel.webhooks.contract import WebhookRoute
 
@@ -102,6 +103,15 @@ def businessos_settings_schema() -> type[msgspec.Struct]:
 
     Every field needs a default. Tenants read and write these settings through
     ``GET/PUT /api/modules/<plugin>/settings``; the body is validated against this Struct.
+    """
+
+
+@hookspec
+def businessos_settings_check() -> SettingsCheck:
+    """Return ``async check(services, tenant_id, settings) -> list[sdk.FieldError]``: the rules of
+    the plugin's settings its schema cannot state (ids that must name the tenant's own rows or
+    connections). ``PUT /api/modules/<plugin>/settings`` calls it with the body converted to the
+    schema's Struct; any error answers 422 naming its fields, and nothing is saved.
     """
 
 

@@ -39,6 +39,7 @@ from kernel.plugins.contract import (
     NodeSpec,
     Permission,
     Schedule,
+    SettingsCheck,
 )
 from kernel.webhooks.contract import WEBHOOK_NAME, WebhookRoute
 
@@ -76,6 +77,7 @@ class PluginRecord:
     event_handlers: list[EventHandler] = field(default_factory=list)
     nodes: list[NodeSpec] = field(default_factory=list)
     settings_schema: type[msgspec.Struct] | None = None
+    settings_check: SettingsCheck | None = None
     lifespan: LifespanFactory | None = None
     cli_commands: list[Any] = field(default_factory=list)
     webhooks: list[WebhookRoute] = field(default_factory=list)
@@ -216,6 +218,7 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
         "businessos_event_handlers",
         "businessos_workflow_nodes",
         "businessos_settings_schema",
+        "businessos_settings_check",
         "businessos_lifespan",
         "businessos_cli_commands",
         "businessos_webhook_routes",
@@ -272,6 +275,11 @@ def _collect(record: PluginRecord, manager: pluggy.PluginManager) -> None:
                             msgspec.convert({}, value)
                         except msgspec.ValidationError as exc:
                             record.disable(f"settings schema needs defaults for every field: {exc}")
+                case "businessos_settings_check":
+                    if not callable(value):
+                        record.disable("businessos_settings_check must return an async callable")
+                    else:
+                        record.settings_check = value
                 case "businessos_lifespan":
                     record.lifespan = value
                 case "businessos_cli_commands":

@@ -13,12 +13,12 @@ import pytest
 from litestar.testing import AsyncTestClient
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from connectors.conftest import connector_settings, make_connection, recorded_events, tenant_with
+from connectors.conftest import make_connection, recorded_events, tenant_with
 from connectors.nats.consumers import ConsumerSettings, consumer_name, record_message
 from connectors.nats.nodes import NODES, MessageConfig, PublishConfig, message_matches, subject_matches
 from connectors.nats.tests.nats_server import PASSWORD, USER, NatsServer
 from kernel import sdk
-from kernel.testing import Settings, eventually, node_context, open_client, open_services
+from kernel.testing import Settings, eventually, node_context, open_client, open_services, platform_settings
 
 PUBLISH = NODES[0].run
 
@@ -27,8 +27,10 @@ PUBLISH = NODES[0].run
 async def nats_settings(
     businessos_servers: tuple[str, str], businessos_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    return await connector_settings(
-        businessos_servers, businessos_database_url, Path(tmp_path_factory.mktemp("natsdata")), "nats"
+    # http too: its connections are of another plugin's type, which a nats consumer may not name.
+    return await platform_settings(
+        businessos_database_url, businessos_servers[1], Path(tmp_path_factory.mktemp("natsdata")), {"nats", "http"},
+        BUSINESSOS_EGRESS_ALLOW_NETWORKS="127.0.0.1/32",
     )
 
 
@@ -122,6 +124,38 @@ async def test_another_tenants_connection_cannot_be_used(
             await PUBLISH(
                 node_context(services, other["uuid"]), PublishConfig(connection=theirs, subject="x.y", payload=1)
             )
+
+
+async def test_consumer_settings_naming_a_connection_not_the_tenants_own_nats_one_are_refused(
+    api: AsyncTestClient[Any], nats_server: NatsServer
+) -> None:
+    _, theirs = await _connected(api, nats_server, "nats-a")
+    tenant, mine = await _connected(api, nats_server, "nats-b")
+    assert (await api.post("/api/modules/http/enable", headers=tenant["h"])).status_code == 200
+    web = await make_connection(api, tenant, "http.bearer", {"token": "t0ken"}, name="web")
+    path = "/api/modules/nats/settings"
+
+    def consumers(*connections: Any) -> dict[str, Any]:
+        return {"consumers": [{"connection": str(c), "stream": "ORDERS"} for c in connections]}
+
+    accepted = await api.put(path, json=consumers(mine), headers=tenant["h"])
+    assert accepted.status_code == 200, accepted.text
+    stored = (await api.get(path, headers=tenant["h"])).json()["settings"]
+    assert [c["connection"] for c in stored["consumers"]] == [str(mine)]
+
+    cases = {
+        "another tenant's": (theirs, f"no connection {theirs}"),
+        "unknown": (uuid.uuid4(), "no connection "),
+        "another plugin's": (web["id"], f"connection {web['id']} is a http connection, not nats"),
+    }
+    for case, (connection, message) in cases.items():
+        refused = await api.put(path, json=consumers(mine, connection), headers=tenant["h"])
+        assert refused.status_code == 422, (case, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        [error] = refused.json()["errors"]
+        assert error["field"] == "consumers[1].connection", (case, error)
+        assert error["message"].startswith(message), (case, error)
+        assert (await api.get(path, headers=tenant["h"])).json()["settings"] == stored, case
 
 
 async def test_consumer_records_each_message_once_then_acknowledges_it(

@@ -148,13 +148,12 @@ async def test_a_durable_consumer_starts_one_execution_per_message_even_when_one
     theirs = await publish_workflow(api, other, [
         step("start", "nats.message_received"), step("seen", "workflows.set", values={"s": "{{ trigger.subject }}"}),
     ])
-    # Tenant B names tenant A's connection in its own consumer settings: saved (only the shape is
-    # checked), but the connection is not found in B's tenant, so nothing is ever consumed for B.
+    # Tenant B cannot name tenant A's connection in its own consumer settings: refused at save.
     stolen = ConsumerSettings(connection=uuid.UUID(connection), stream=stream, ack_wait_seconds=1.0)
-    saved = await api.put("/api/modules/nats/settings", headers=other["h"], json={
+    refused = await api.put("/api/modules/nats/settings", headers=other["h"], json={
         "consumers": [{"connection": connection, "stream": stream, "ack_wait_seconds": 1.0}],
     })
-    assert saved.status_code == 200, saved.text
+    assert refused.status_code == 422, refused.text
 
     # A process of the platform took two messages and died before acknowledging them: the first
     # after it had recorded it (the event is in the outbox), the second before.

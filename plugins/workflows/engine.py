@@ -1509,7 +1509,10 @@ class _Finisher:
     async def end(self, ending: _Ending) -> bool:
         """Commit ``ending``; ``False`` when the run's lease was lost (nothing written for it)."""
         self.pending.append(ending)
-        if self.writer is None:
+        writer = self.writer
+        if writer is None or writer.done() or writer.get_loop() is not asyncio.get_running_loop():
+            # (a writer of a loop that has gone away, in tests, never comes back)
+            self.pending = [e for e in self.pending if e.done.get_loop() is asyncio.get_running_loop()]
             self.writer = asyncio.create_task(self._write_pending())
         return await ending.done
 
@@ -1522,7 +1525,8 @@ class _Finisher:
                     by_tenant.setdefault(ending.run.tenant_id, []).append(ending)
                 await asyncio.gather(*(self._write(tenant, endings) for tenant, endings in by_tenant.items()))
         finally:
-            self.writer = None
+            if self.writer is asyncio.current_task():
+                self.writer = None
 
     async def _write(self, tenant_id: uuid.UUID, endings: list[_Ending]) -> None:
         endings.sort(key=lambda e: e.run.execution_id.bytes)  # rows locked in one order

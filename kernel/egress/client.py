@@ -43,6 +43,7 @@ import httpx
 import msgspec
 
 from kernel.egress.addresses import Address, AddressPolicy, literal_address
+from kernel.egress.pool import AiohttpPool
 from kernel.egress.resolver import Resolver, SystemResolver, resolver_for
 from kernel.errors import FieldError, Problem, Unprocessable
 from kernel.settings import Settings
@@ -120,13 +121,14 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         verify: ssl.SSLContext | bool = True,
         pool: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
-        """``pool`` builds the transport that holds one host name's connections (default: httpx's
-        own); whatever it is must honour the ``sni_hostname`` extension and ignore proxies."""
+        """``pool`` builds the transport that holds one host name's connections (default:
+        :class:`~kernel.egress.pool.AiohttpPool`); whatever it is must honour the ``sni_hostname``
+        extension, ignore proxies and keep no cookies."""
         self.policy = policy
         self.resolver = resolver
         # One context for every pool (loading the CA bundle per host would cost milliseconds each).
         self._verify = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
-        self._new_pool = pool or (lambda context: httpx.AsyncHTTPTransport(verify=context, trust_env=False))
+        self._new_pool = pool or AiohttpPool
         self._pools: dict[str, httpx.AsyncBaseTransport] = {}
         self._pinned_urls = _UrlCache()
         # Past _POOLED_HOSTS names, calls go through one pool without keep-alive.

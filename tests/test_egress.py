@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import ssl
 import tempfile
@@ -128,6 +129,9 @@ def _allowed_handler(state: Listeners) -> Any:
                 writer.write(_answer(302, extra="location: /loop\r\n"))
             elif path == "/big":
                 writer.write(_answer(200, b"x" * 300_000))
+            elif path == "/gzip":  # 300 kB that travel as 300 bytes, with a header given twice
+                extra = "content-encoding: gzip\r\nx-part: one\r\nx-part: two\r\n"
+                writer.write(_answer(200, gzip.compress(b"z" * 300_000), extra=extra))
             elif path == "/chunked":
                 writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
                 for _ in range(30):
@@ -347,6 +351,20 @@ async def test_caps_on_size_redirects_and_time(world: tuple[Listeners, Zone, Egr
     with pytest.raises(EgressFailed, match="within"):
         await client.get(f"{base}/stall", seconds=0.3)
     assert state.forbidden_connections == 0
+
+
+async def test_a_compressed_answer_is_decoded_once_and_capped_at_its_decoded_size(
+    world: tuple[Listeners, Zone, EgressClient],
+) -> None:
+    # The pool under the pinned transport must hand the body over as it came: httpx decodes it, so
+    # the size cap holds against a compression bomb, and a body decoded twice would be garbage.
+    state, zone, client = world
+    _names(zone)
+    with pytest.raises(EgressFailed, match="larger than"):
+        await client.get(f"http://allowed.test:{state.port}/gzip")  # cap 200 000, decoded 300 000
+    answer = await client.get(f"http://allowed.test:{state.port}/gzip", max_bytes=400_000)
+    assert answer.content == b"z" * 300_000
+    assert answer.headers.get_list("x-part") == ["one", "two"]
 
 
 async def test_proxy_variables_are_ignored(

@@ -16,7 +16,9 @@ How it holds:
   A/AAAA record is non-public, then sends to the judged address with the original ``Host`` header
   and TLS SNI/certificate name. No second lookup happens, so a DNS answer that changes (rebinding)
   cannot move the connection. Kept-alive connections are pooled per host name, so a connection
-  made (and its certificate checked) for one name never serves another on the same address.
+  made (and its certificate checked) for one name never serves another on the same address; the
+  pool itself is aiohttp (``kernel.egress.pool``: a fraction of httpcore's CPU per request), and
+  only moves bytes to the address it is given.
 * :class:`EgressClient` follows redirects itself (at most ``max_redirects``), drops credentials
   when the origin changes, caps the whole exchange at ``timeout`` seconds and the body at
   ``max_bytes`` (streamed: it stops reading past the cap), and never reads proxy variables from

@@ -104,7 +104,7 @@ class AiohttpPool(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(str(error) or "read timed out", request=request) from error
         except aiohttp.ClientConnectorError as error:  # refused, unreachable, TLS handshake
             raise httpx.ConnectError(str(error), request=request) from error
-        except aiohttp.ClientResponseError as error:  # an answer aiohttp could not parse
+        except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError) as error:  # no answer it could read
             raise httpx.RemoteProtocolError(str(error), request=request) from error
         except (aiohttp.ClientError, OSError) as error:
             raise httpx.NetworkError(str(error) or type(error).__name__, request=request) from error

@@ -19,7 +19,8 @@ delivery, per floor event and per raw POST (steadier than rates on a busy machin
 per delivery of every process on the path (this one, the receiver, PostgreSQL, Redis) and the
 load average.
 
-    python bench/webhook_deliveries.py [--events 2000] [--runs 3] [--subscriptions 1]
+    python bench/webhook_deliveries.py [--events 2000] [--runs 3] [--subscriptions 1] [--receiver raw|aiohttp]
+        [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -339,8 +340,16 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=1)
     parser.add_argument("--receiver", choices=("raw", "aiohttp"), default="raw",
                         help="the receiving server: a bare asyncio protocol (default) or aiohttp")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the event loop of this process, which runs the worker (`businessos worker` runs on "
+                             "uvloop)")
     args = parser.parse_args()
-    asyncio.run(run(args.events, args.runs, args.subscriptions, args.receiver))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(args.events, args.runs, args.subscriptions, args.receiver))
+    else:
+        asyncio.run(run(args.events, args.runs, args.subscriptions, args.receiver))
 
 
 if __name__ == "__main__":

@@ -426,9 +426,10 @@ class Engine:
         caller's transaction, queued and due now; call :meth:`wake` after the commit.
 
         404 for an unknown workflow, 409 when it has no published version, 402 (the
-        ``workflows.executions`` entitlement) when the plan's monthly runs are spent. With
-        ``execution_id`` (an event's or a schedule tick's deterministic id), a second start of the
-        same id does nothing and answers ``None``.
+        ``workflows.executions`` entitlement) when the plan's monthly runs are spent; a refused
+        start leaves nothing in the transaction. With ``execution_id`` (an event's or a schedule
+        tick's deterministic id), a second start of the same id does nothing and answers ``None``,
+        without asking the plan.
 
         ``version``: ``(id, number, settings)`` of the version to run, when the caller read it in
         this transaction already (the webhook trigger does), saving a round trip."""
@@ -452,8 +453,6 @@ class Engine:
                 raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
             version = (row.id, row.number, row.settings)
         version_id, number, raw_settings = version
-        if metered:
-            await self.services.entitlements.check(tenant_id, "workflows.executions")
         settings = msgspec.convert(raw_settings, WorkflowSettings)
         concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
@@ -483,6 +482,16 @@ class Engine:
         )
         if inserted.first() is None:
             return None
+        if metered:
+            # Asked only once the run is new: a second start of the same id (a redelivered webhook
+            # or event) answers ``None`` even when the month's runs are spent, and is not counted
+            # again. A refusal takes the row back out, so the caller's transaction may go on.
+            try:
+                await self.services.entitlements.check(tenant_id, "workflows.executions")
+            except sdk.Problem:
+                await session.execute(text("delete from workflows_executions where tenant_id = :t and id = :id"),
+                                      {"t": tenant_id, "id": new_id})
+                raise
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
             payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number,

@@ -114,11 +114,11 @@ async def _setup(api: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
     return h, body["tenant"]["id"], hook.json()["path"]
 
 
-async def _counts(db: asyncpg.Connection, redis: Any) -> tuple[int, int]:
-    """PostgreSQL transactions (every database) and Redis commands so far."""
-    xacts = await db.fetchval("select sum(xact_commit + xact_rollback) from pg_stat_database")
+async def _counts(db: asyncpg.Connection, redis: Any) -> tuple[int, int, int]:
+    """PostgreSQL transactions and sessions opened (every database) and Redis commands so far."""
+    row = await db.fetchrow("select sum(xact_commit + xact_rollback) as x, sum(sessions) as s from pg_stat_database")
     commands = int((await redis.info("stats"))["total_commands_processed"]) if redis is not None else 0
-    return int(xacts or 0), commands
+    return int(row["x"] or 0), commands, int(row["s"] or 0)
 
 
 class CpuMeter:
@@ -251,6 +251,7 @@ async def _workflow_round(
         "cpu_ms": {name: seconds * 1000 / max(len(rows), 1) for name, seconds in cpu.items()},
         "pg_xacts": (counts[0] - polls - 2) / max(len(rows), 1),  # less the bench's own statements
         "redis_commands": counts[1] / max(len(rows), 1),
+        "pg_sessions": counts[2] / max(len(rows), 1),
     }
 
 
@@ -469,7 +470,8 @@ async def main(args: argparse.Namespace) -> None:
               + f"; total {sum(cpu.values()):.2f} (2 cores give {2000 / max(med('per_second'), 1e-9):.2f} ms "
               "per execution at this rate)")
         print(f"  per execution: {statistics.median(r['pg_xacts'] for r in results):.1f} PostgreSQL transactions, "
-              f"{statistics.median(r['redis_commands'] for r in results):.1f} Redis commands (everything running)")
+              f"{statistics.median(r['redis_commands'] for r in results):.1f} Redis commands (everything running), "
+              f"{statistics.median(r['pg_sessions'] for r in results):.2f} PostgreSQL connections opened")
         print(f"  one run at a time ({args.latency_runs} per round):")
         lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
         print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")

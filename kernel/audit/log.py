@@ -301,8 +301,15 @@ class AuditWriter:
         caller does not withdraw an entry already handed over."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._waiting.setdefault(tenant_id, []).append((entry, _encoded(entry), done))
-        if tenant_id not in self._writers:
+        waiting = self._waiting.setdefault(tenant_id, [])
+        writer = self._writers.get(tenant_id)
+        if writer is not None and writer.get_loop() is not loop:
+            # The writer belonged to an event loop that is gone (tests run several loops in one
+            # process): nobody waits in it any more.
+            waiting[:] = [w for w in waiting if w[2].get_loop() is loop]
+            writer = None
+        waiting.append((entry, _encoded(entry), done))
+        if writer is None:
             self._writers[tenant_id] = loop.create_task(self._write(tenant_id), name=f"audit-writer-{tenant_id}")
         await asyncio.shield(done)
 
@@ -321,9 +328,10 @@ class AuditWriter:
             self._waiting.pop(tenant_id, None)
             raise
         finally:
-            self._writers.pop(tenant_id, None)
-            if not self._waiting.get(tenant_id):
-                self._waiting.pop(tenant_id, None)
+            if self._writers.get(tenant_id) is asyncio.current_task():
+                self._writers.pop(tenant_id, None)
+                if not self._waiting.get(tenant_id):
+                    self._waiting.pop(tenant_id, None)
 
     async def _commit(self, tenant_id: uuid.UUID, batch: list[_Waiting]) -> None:
         try:

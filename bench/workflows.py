@@ -114,11 +114,11 @@ async def _setup(api: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
     return h, body["tenant"]["id"], hook.json()["path"]
 
 
-async def _counts(db: asyncpg.Connection, redis: Any) -> tuple[int, int]:
-    """PostgreSQL transactions (every database) and Redis commands so far."""
-    xacts = await db.fetchval("select sum(xact_commit + xact_rollback) from pg_stat_database")
+async def _counts(db: asyncpg.Connection, redis: Any) -> tuple[int, int, int]:
+    """PostgreSQL transactions and sessions opened (every database) and Redis commands so far."""
+    row = await db.fetchrow("select sum(xact_commit + xact_rollback) as x, sum(sessions) as s from pg_stat_database")
     commands = int((await redis.info("stats"))["total_commands_processed"]) if redis is not None else 0
-    return int(xacts or 0), commands
+    return int(row["x"] or 0), commands, int(row["s"] or 0)
 
 
 class CpuMeter:
@@ -231,6 +231,11 @@ async def _workflow_round(
     cpu = CpuMeter.spent(cpu_before, meter.snapshot()) if meter is not None else {}
     await asyncio.sleep(1.1)  # PostgreSQL flushes its transaction counters within a second
     counts = [b - a for a, b in zip(counts_before, await _counts(db, redis), strict=True)]
+    # Rows one transaction inserted share its xmin: how many webhook audit rows each commit carried.
+    audited = await db.fetchrow(
+        "select count(*) as n, count(distinct xmin::text) as xacts from audit_logs where action = 'webhook.received' "
+        "and occurred_at >= $1", before,
+    )
     rows = await db.fetch(
         "select e.status, e.created_at, e.finished_at, (select min(s.started_at) from workflows_steps s "
         "where s.execution_id = e.id) as first_step from workflows_executions e where e.id = any($1::uuid[])",
@@ -251,6 +256,8 @@ async def _workflow_round(
         "cpu_ms": {name: seconds * 1000 / max(len(rows), 1) for name, seconds in cpu.items()},
         "pg_xacts": (counts[0] - polls - 2) / max(len(rows), 1),  # less the bench's own statements
         "redis_commands": counts[1] / max(len(rows), 1),
+        "pg_sessions": counts[2] / max(len(rows), 1),
+        "audit_batch": audited["n"] / max(audited["xacts"], 1),
     }
 
 
@@ -469,7 +476,9 @@ async def main(args: argparse.Namespace) -> None:
               + f"; total {sum(cpu.values()):.2f} (2 cores give {2000 / max(med('per_second'), 1e-9):.2f} ms "
               "per execution at this rate)")
         print(f"  per execution: {statistics.median(r['pg_xacts'] for r in results):.1f} PostgreSQL transactions, "
-              f"{statistics.median(r['redis_commands'] for r in results):.1f} Redis commands (everything running)")
+              f"{statistics.median(r['redis_commands'] for r in results):.1f} Redis commands (everything running), "
+              f"{statistics.median(r['pg_sessions'] for r in results):.2f} PostgreSQL connections opened; "
+              f"{statistics.median(r['audit_batch'] for r in results):.1f} webhook audit rows per commit")
         print(f"  one run at a time ({args.latency_runs} per round):")
         lat = [statistics.median(x[i] for x in latencies) * 1000 for i in range(4)]
         print(f"    trigger -> first step                   p50 {lat[0]:6.1f} ms   p99 {lat[1]:6.1f} ms")

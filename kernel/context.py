@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from kernel.ai.proxy import AIProxy
 from kernel.ai.retrieval.service import RetrievalService
+from kernel.audit.log import AuditWriter
 from kernel.cache import InvalidationBus
 from kernel.connections.service import ConnectionService
 from kernel.crypto import SecretBox
@@ -29,6 +30,7 @@ from kernel.plugins.services import Services
 from kernel.settings import Settings
 from kernel.tenants.schemas import Tenant
 from kernel.tenants.service import TenantService
+from kernel.webhooks.service import Endpoints
 
 __all__ = ["TENANT_HEADER", "Kernel", "current_tenant", "get_kernel", "provide_tenant"]
 
@@ -56,6 +58,10 @@ class Kernel:
     operators: OperatorService = field(init=False)
     egress: EgressClient = field(init=False)
     connections: ConnectionService = field(init=False)
+    webhooks: Endpoints = field(init=False)
+    """What inbound webhook tokens open (cached)."""
+    audit: AuditWriter = field(init=False)
+    """Audit rows outside a caller's transaction, group-committed."""
     _services: dict[str, Services] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +73,8 @@ class Kernel:
         self.operators = OperatorService(self.db, self.redis, self.keys, self.tenants)
         self.egress = EgressClient.from_settings(self.settings)
         self.connections = ConnectionService(self)
+        self.webhooks = Endpoints(self.db, self.bus)
+        self.audit = AuditWriter(self.db)
 
     def services(self, plugin: str) -> Services:
         """The facade handed to ``plugin``'s code (one per plugin and process)."""

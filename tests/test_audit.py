@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from kernel.app import load_app_plugins
-from kernel.audit.log import GENESIS, RequestMeta, chain_hash, record
+from kernel.audit.log import GENESIS, Entry, RequestMeta, chain_hash, record
 from kernel.audit.service import AuditService, _canonical_row
 from kernel.db.urls import runtime_url
 from kernel.settings import Settings
@@ -367,6 +367,44 @@ async def test_concurrent_writers_leave_a_gap_free_valid_chain(
             # Verification in small batches agrees.
             small = await AuditService(kernel.db).verify(tenant_id, batch=3)
             assert (small.valid, small.rows) == (True, len(seqs))
+
+
+async def test_the_writer_commits_the_entries_waiting_together_in_one_transaction_in_order(
+    plugged: tuple[Settings, str], owner: asyncpg.Connection
+) -> None:
+    """``kernel.audit.append`` (group commit): entries handed over while none is being written
+    share one transaction, keep their order in a valid chain and are committed when it returns;
+    one that cannot be encoded fails only its own caller."""
+    s, _ = plugged
+    async with open_client(s, load_app_plugins(s.plugins_allowlist)) as client:
+        tenant = await new_tenant(client)
+        tenant_id = uuid.UUID(tenant["id"])
+        async with other_process(s) as kernel:
+            looped: dict[str, Any] = {}
+            looped["self"] = looped
+
+            def entry(i: int, details: dict[str, Any]) -> Entry:
+                return Entry(actor="webhook:w", action="test.grouped", resource_id=str(i),
+                             meta=RequestMeta(request_id=f"r{i}"), details=details)
+
+            before = kernel.audit.transactions
+            outcomes = await asyncio.gather(
+                *(kernel.audit.append(tenant_id, entry(i, {"i": i})) for i in range(25)),
+                kernel.audit.append(tenant_id, entry(99, looped)),
+                return_exceptions=True,
+            )
+            assert outcomes[:25] == [None] * 25 and isinstance(outcomes[25], RecursionError)
+            assert kernel.audit.transactions - before == 1
+            rows = await owner.fetch(
+                "select resource_id, request_id, details from audit_logs where tenant_id = $1 "
+                "and action = 'test.grouped' order by seq", tenant_id,
+            )
+            assert [(r["resource_id"], r["request_id"]) for r in rows] == [(str(i), f"r{i}") for i in range(25)]
+            # Nothing else waiting: written at once, alone.
+            await kernel.audit.append(tenant_id, Entry(actor="webhook:w", action="test.alone"))
+            assert kernel.audit.transactions - before == 2
+            report = await verify(client, tenant)
+            assert report["valid"] is True and report["rows"] >= 26
 
 
 async def test_an_altered_row_is_named_by_verify(

@@ -28,7 +28,7 @@ from kernel import sdk
 from kernel.app import load_app_plugins
 from kernel.identity.tokens import OpaqueSecret
 from kernel.settings import Settings
-from tests.conftest import new_tenant, open_client, settings_for
+from tests.conftest import eventually, new_tenant, open_client, settings_for
 from tests.plugin_factory import FakePlugin, installed, plugin_source, tenant_table_migration, unique
 from tests.test_modules import migrated
 
@@ -308,6 +308,56 @@ async def test_unknown_revoked_rotated_and_disabled_endpoints_answer_the_same_40
         assert await status(a["paths"]["slack"]) == 404
         assert (await client.get(f"/api/{name}/endpoints", headers=a["headers"])).json() == []
         assert await status(f"/hooks/{name}/{b_token}", b) == 200
+
+
+async def test_another_process_stops_accepting_a_cached_endpoint_once_it_is_rotated_revoked_or_purged(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What a token opens is cached per process; a change made in one process reaches the cache of
+    another through the invalidation bus, well before the entries' time to live."""
+    async with two_tenants(settings, tmp_path) as (name, client, a, b):
+        body = b'{"n": 1}'
+        async with open_client(scoped(settings, tmp_path, name)) as other:
+
+            async def status(path: str, tenant: Tenant = a) -> int:
+                headers = standard_headers(tenant["secrets"]["standard"], body)
+                return (await other.post(path, content=body, headers=headers)).status_code
+
+            async def refused(path: str) -> bool:
+                return await status(path) == 404
+
+            path = a["paths"]["standard"]
+            assert await status(path) == 200  # now cached in the other process
+            listed = (await client.get(f"/api/{name}/endpoints", headers=a["headers"])).json()
+            endpoint = next(e for e in listed if e["name"] == "standard")
+            rotated = await client.post(f"/api/{name}/endpoints/{endpoint['id']}/rotate", headers=a["headers"])
+            new_path = rotated.json()["path"]
+            await eventually(lambda: refused(path))
+            assert await status(new_path) == 200
+            assert (await client.delete(f"/api/{name}/endpoints/{endpoint['id']}", headers=a["headers"])).is_success
+            await eventually(lambda: refused(new_path))
+
+            # Purged with the module's data: gone there too once the module is back.
+            slack = a["paths"]["slack"]
+            signed = slack_headers(a["secrets"]["slack"], body)
+            assert (await other.post(slack, content=body, headers=signed)).status_code == 204
+            await client.post(f"/api/modules/{name}/disable", headers=a["headers"])
+            assert (await client.delete(f"/api/modules/{name}/data", headers=a["headers"])).is_success
+            await client.post(f"/api/modules/{name}/enable", headers=a["headers"])
+            secret = await client.put(
+                f"/api/{name}/secrets/standard.secret", json={"value": a["secrets"]["standard"]}, headers=a["headers"]
+            )
+            assert secret.status_code == 204
+            fresh = (await client.post(f"/api/{name}/endpoints", json={"name": "standard"}, headers=a["headers"]))
+            fresh_path = fresh.json()["path"]
+
+            async def enabled_again() -> bool:
+                return await status(fresh_path) == 200
+
+            await eventually(enabled_again)  # the other process has seen the module enabled again
+            signed = slack_headers(a["secrets"]["slack"], body)
+            assert (await other.post(slack, content=body, headers=signed)).status_code == 404
+            assert await status(b["paths"]["standard"], b) == 200
 
 
 async def test_deliveries_are_rate_limited_per_token(settings: Settings, tmp_path: Path) -> None:

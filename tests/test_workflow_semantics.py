@@ -279,6 +279,46 @@ async def test_standard_webhooks_signatures_are_verified_and_bad_ones_record_not
     assert len(await runs_of(api, t, wid)) == 2
 
 
+async def test_a_webhook_url_follows_its_workflow_republished_or_deactivated(api: AsyncTestClient[Any]) -> None:
+    """Each delivery answers for the workflow as it is now, though the process remembers what
+    answered at the URL: another published version (which may verify otherwise) and deactivation
+    are seen by the next delivery."""
+    t = await tenant(api)
+    secret = whsec()
+    stored = await api.put("/api/workflows/secrets/inbound.std", json={"value": secret}, headers=t["h"])
+    assert stored.status_code == 204, stored.text
+    wid, path = await hooked(api, t)
+    body = b'{"n": 1}'
+    plain = {"content-type": "application/json"}
+
+    async def deliver(headers: dict[str, str]) -> int:
+        return (await api.post(path, content=body, headers=headers)).status_code
+
+    async def change(**fields: Any) -> None:
+        current = (await api.get(f"/api/workflows/{wid}", headers=t["h"])).json()
+        patched = await api.patch(f"/api/workflows/{wid}", json={**fields, "version": current["version"]},
+                                  headers=t["h"])
+        assert patched.status_code == 200, patched.text
+
+    async def republish(**trigger: Any) -> None:
+        await change(graph={"nodes": [node("start", "workflows.webhook", **trigger),
+                                      node("echo", "workflows.set", values={"n": "{{ trigger.body.n }}"})],
+                            "edges": [edge("start", "echo")]})
+        assert (await api.post(f"/api/workflows/{wid}/publish", headers=t["h"])).status_code == 201
+
+    assert [await deliver(plain), await deliver(plain)] == [202, 202]
+    await republish(verify="standard", secret="inbound.std")  # now it must be signed
+    refused(await api.post(path, content=body, headers=plain))
+    assert [await deliver(standard_headers(secret, body)), await deliver(standard_headers(secret, body))] == [202, 202]
+    await republish()  # and now it need not be
+    assert await deliver(plain) == 202
+    assert sorted(r["version"] for r in await runs_of(api, t, wid)) == [1, 1, 2, 2, 3]
+    await change(active=False)
+    assert await deliver(plain) == 404
+    await change(active=True)
+    assert await deliver(plain) == 202
+
+
 async def test_hmac_signatures_are_verified_with_an_optional_timestamp(api: AsyncTestClient[Any]) -> None:
     t = await tenant(api)
     secret = f"gh-{uuid.uuid4().hex}"

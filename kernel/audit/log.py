@@ -20,11 +20,17 @@ concurrent writers; the row commits or rolls back with the caller's change.
 
 Secret-looking keys in ``before``/``after``/``details`` are replaced by ``"[redacted]"`` at any
 depth before anything is stored or hashed.
+
+An audit row that belongs to no change of the caller's (a webhook delivery's outcome) goes through
+:class:`AuditWriter` (``kernel.audit``): group commit, one transaction for every row of a tenant
+waiting at that moment, each caller returning once its row is committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -38,13 +44,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.db.models import uuid7
+from kernel.errors import translate
 
 if TYPE_CHECKING:
+    from kernel.db.engine import Database
     from kernel.plugins.services import Actor
 
 __all__ = [
     "GENESIS",
     "REDACTED",
+    "AuditWriter",
     "Entry",
     "RequestMeta",
     "audit",
@@ -58,6 +67,8 @@ __all__ = [
     "request_actor",
     "request_meta",
 ]
+
+log = logging.getLogger("businessos.audit")
 
 GENESIS = b"\x00" * 32
 REDACTED = "[redacted]"
@@ -200,6 +211,20 @@ async def record_for_plugin(
 async def record_many(session: AsyncSession, tenant_id: uuid.UUID, entries: Sequence[Entry]) -> None:
     """Append ``entries``, in order, in ``session``'s transaction (scoped to ``tenant_id``): one
     lock, one read of the chain's end and one multi-row insert, however many there are."""
+    await _append(session, tenant_id, entries, [_encoded(e) for e in entries])
+
+
+_Json = tuple[str | None, str | None, str | None]
+
+
+def _encoded(entry: Entry) -> _Json:
+    """``before``, ``after`` and ``details`` as (redacted) JSON text."""
+    return _json(entry.before), _json(entry.after), _json(entry.details)
+
+
+async def _append(
+    session: AsyncSession, tenant_id: uuid.UUID, entries: Sequence[Entry], encoded: Sequence[_Json]
+) -> None:
     if not entries:
         return
     await session.execute(
@@ -212,9 +237,9 @@ async def record_many(session: AsyncSession, tenant_id: uuid.UUID, entries: Sequ
             _LAST_AND_NORMAL,
             {
                 "t": tenant_id,
-                "before": [_json(e.before) for e in entries],
-                "after": [_json(e.after) for e in entries],
-                "details": [_json(e.details) for e in entries],
+                "before": [e[0] for e in encoded],
+                "after": [e[1] for e in encoded],
+                "details": [e[2] for e in encoded],
             },
         )
     ).one()
@@ -245,6 +270,91 @@ async def record_many(session: AsyncSession, tenant_id: uuid.UUID, entries: Sequ
         rows.append({**row, "occurred_at": occurred_at, "prev_hash": prev, "hash": digest})
         prev = digest
     await session.execute(_INSERT, rows)
+
+
+_Waiting = tuple[Entry, _Json, "asyncio.Future[None]"]
+
+
+class AuditWriter:
+    """Audit rows written in transactions of their own, with group commit (``kernel.audit``).
+
+    One writer task per tenant takes every entry waiting for that tenant (up to
+    :attr:`max_batch`) and appends them with one lock, one read of the chain's end and one insert
+    in one transaction; :meth:`append` returns once its entry is committed, or raises what
+    failed it. When nothing is being written an entry is written at once; entries that arrive
+    while a transaction runs share the next one. A batch that fails for another reason than an
+    unreachable database is written again one entry at a time, so one bad entry fails only its
+    own caller.
+    """
+
+    max_batch = 500
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._waiting: dict[uuid.UUID, list[_Waiting]] = {}
+        self._writers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.transactions = 0
+        """Transactions written so far (for tests and benchmarks)."""
+
+    async def append(self, tenant_id: uuid.UUID, entry: Entry) -> None:
+        """Append ``entry`` to ``tenant_id``'s chain; returns when it is committed. Cancelling the
+        caller does not withdraw an entry already handed over."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        waiting = self._waiting.setdefault(tenant_id, [])
+        writer = self._writers.get(tenant_id)
+        if writer is not None and writer.get_loop() is not loop:
+            # The writer belonged to an event loop that is gone (tests run several loops in one
+            # process): nobody waits in it any more.
+            waiting[:] = [w for w in waiting if w[2].get_loop() is loop]
+            writer = None
+        waiting.append((entry, _encoded(entry), done))
+        if writer is None:
+            self._writers[tenant_id] = loop.create_task(self._write(tenant_id), name=f"audit-writer-{tenant_id}")
+        await asyncio.shield(done)
+
+    async def _write(self, tenant_id: uuid.UUID) -> None:
+        batch: list[_Waiting] = []
+        try:
+            while waiting := self._waiting.get(tenant_id):
+                batch = waiting[: self.max_batch]
+                del waiting[: self.max_batch]
+                await self._commit(tenant_id, batch)
+                batch = []
+        except BaseException as exc:  # cancelled (shutting down): nobody waits for ever
+            for _, _, done in [*batch, *self._waiting.get(tenant_id, [])]:
+                if not done.done():
+                    done.set_exception(RuntimeError(f"audit writer stopped: {type(exc).__name__}"))
+            self._waiting.pop(tenant_id, None)
+            raise
+        finally:
+            if self._writers.get(tenant_id) is asyncio.current_task():
+                self._writers.pop(tenant_id, None)
+                if not self._waiting.get(tenant_id):
+                    self._waiting.pop(tenant_id, None)
+
+    async def _commit(self, tenant_id: uuid.UUID, batch: list[_Waiting]) -> None:
+        try:
+            await self._transaction(tenant_id, batch)
+        except Exception as exc:
+            problem = translate(exc)
+            if len(batch) == 1 or (problem is not None and problem.status == 503):
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                return
+            log.warning("a batch of %d audit rows failed (%s); writing them one by one", len(batch), exc)
+            for waiting in batch:
+                await self._commit(tenant_id, [waiting])
+            return
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+    async def _transaction(self, tenant_id: uuid.UUID, batch: list[_Waiting]) -> None:
+        self.transactions += 1
+        async with self._db.tenant(tenant_id) as session:
+            await _append(session, tenant_id, [w[0] for w in batch], [w[1] for w in batch])
 
 
 async def audit(

@@ -6,11 +6,15 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util.concurrency import await_
 
 from kernel.db.reader import Reader, begin_statement, end, open_read_pool
 
@@ -38,14 +42,15 @@ class Database:
             pool_size=pool_size,
             max_overflow=pool_size,
             # A connection the server closed (a restart, an idle timeout) is found and replaced at
-            # checkout, so the first requests after PostgreSQL comes back succeed instead of
-            # failing on a dead socket; it costs one round trip per checkout.
-            pool_pre_ping=True,
+            # checkout (see _ping), so the first requests after PostgreSQL comes back succeed
+            # instead of failing on a dead socket; it costs one round trip per checkout.
+            pool_pre_ping=False,
             pool_recycle=1800,
             pool_timeout=10,
             # An unreachable server fails the request (503) in seconds, not asyncpg's 60.
             connect_args={"server_settings": {"application_name": "businessos"}, "timeout": 5},
         )
+        event.listen(self.engine.sync_engine, "checkout", _ping)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
@@ -99,3 +104,16 @@ class Database:
             await self._read_pool.close()
             self._read_pool = None
         await self.engine.dispose()
+
+
+def _ping(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """The pool's pre-ping, in one round trip: ``select`` (no columns) on the simple protocol.
+
+    SQLAlchemy's own asyncpg pre-ping wraps a prepared ``;`` in BEGIN and ROLLBACK (three round
+    trips and a transaction per checkout). A failure invalidates the pool's older connections, as
+    the built-in pre-ping does; the pool then tries a fresh connection."""
+    connection: asyncpg.Connection = record.driver_connection
+    try:
+        await_(connection.execute("select"))
+    except Exception as exc:
+        raise InvalidatePoolError(f"connection found dead at checkout: {type(exc).__name__}") from exc

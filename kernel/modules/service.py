@@ -25,6 +25,7 @@ from kernel.modules.schemas import Module
 from kernel.plugins.loader import PluginRecord, PluginSet
 from kernel.vault.models import VaultSecretRow
 from kernel.webhooks.models import WebhookEndpointRow
+from kernel.webhooks.service import TOPIC as WEBHOOK_TOPIC
 
 if TYPE_CHECKING:
     from kernel.plugins.services import Services
@@ -220,6 +221,8 @@ class ModuleService:
                 details={"deleted": deleted, "settings_reset": bool(settings.rowcount)},  # type: ignore[attr-defined]
             )
             await publish(session, tenant_id, ModulePurged(actor=actor, module=name, deleted=deleted))
+        if WebhookEndpointRow.__tablename__ in deleted and self.bus is not None:
+            await self.bus.publish(WEBHOOK_TOPIC, "*")  # what the deleted tokens opened, cached anywhere
         return deleted
 
     async def get_settings(self, tenant_id: uuid.UUID, name: str) -> dict[str, Any]:

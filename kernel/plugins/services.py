@@ -443,7 +443,7 @@ class Services:
         self.ai = AI(kernel, plugin)
         self.tenants = Tenants(kernel, plugin)
         self.vault = Vault(kernel.db, kernel.box, plugin)
-        self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin)
+        self.webhooks = Webhooks(kernel.db, kernel.plugins, plugin, kernel.webhooks)
         self.entitlements = Entitlements(kernel.entitlements, plugin)
         self.jobs = Jobs(kernel, plugin)
         self.http = kernel.egress

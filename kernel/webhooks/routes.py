@@ -7,6 +7,10 @@ declares the endpoint's route, and is enabled for an active tenant (else the sam
 request from the token's rate-limit bucket, run the plugin's handler with the raw body, and audit
 the delivery (``webhook.received``) with its outcome. Every 404 is the same answer, so a sender
 learns nothing about tokens it does not hold.
+
+What a token opens, the tenant and its modules come from per-process caches that every change
+drops at once (``kernel.webhooks``, ``kernel.tenants``, ``kernel.modules``). The audit row is
+committed before the answer goes out, through the group-committing ``kernel.audit`` writer.
 """
 
 from __future__ import annotations
@@ -19,15 +23,14 @@ import msgspec
 from litestar import Request, Response, route
 from redis.exceptions import RedisError
 
-from kernel.audit.log import record, request_meta
+from kernel.audit.log import Entry, request_meta
 from kernel.context import Kernel
 from kernel.errors import NotFound, Problem, TooManyRequests
 from kernel.http.ratelimit import DEFAULT_PERIOD, EXEMPT_POLICY, RATE_LIMIT_OPT, check, ip_bucket
 from kernel.identity.auth import SKIP_AUTHENTICATION
 from kernel.identity.permissions import PUBLIC
 from kernel.webhooks.contract import InboundWebhook, WebhookReply
-from kernel.webhooks.models import WebhookEndpointRow
-from kernel.webhooks.service import HOOKS_PREFIX, find_endpoint
+from kernel.webhooks.service import HOOKS_PREFIX, LiveEndpoint
 
 __all__ = ["receive_webhook"]
 
@@ -69,15 +72,13 @@ def _response(reply: WebhookReply | None) -> Response[Any]:
 
 
 async def _audit(
-    kernel: Kernel, request: Request[Any, Any, Any], endpoint: WebhookEndpointRow, status: int, result: str
+    kernel: Kernel, request: Request[Any, Any, Any], endpoint: LiveEndpoint, status: int, result: str
 ) -> None:
-    async with kernel.db.tenant(endpoint.tenant_id) as session:
-        await record(
-            session, tenant_id=endpoint.tenant_id, actor=f"webhook:{endpoint.id}", action="webhook.received",
-            resource_type="webhook.endpoint", resource_id=str(endpoint.id), result=result,
-            meta=request_meta(request),
-            details={"plugin": endpoint.plugin, "name": endpoint.name, "status": status, "method": request.method},
-        )
+    await kernel.audit.append(endpoint.tenant_id, Entry(
+        actor=f"webhook:{endpoint.id}", action="webhook.received", resource_type="webhook.endpoint",
+        resource_id=str(endpoint.id), result=result, meta=request_meta(request),
+        details={"plugin": endpoint.plugin, "name": endpoint.name, "status": status, "method": request.method},
+    ))
 
 
 @route(
@@ -91,7 +92,7 @@ async def receive_webhook(plugin: str, token: str, request: Request[Any, Any, An
     state = request.scope["state"]
     record_ = kernel.plugins.get(plugin)
     routes = {w.name: w for w in record_.webhooks} if record_ is not None and record_.active else {}
-    endpoint = await find_endpoint(kernel.db, plugin, token) if routes and len(token) <= _MAX_TOKEN else None
+    endpoint = await kernel.webhooks.find(plugin, token) if routes and len(token) <= _MAX_TOKEN else None
     if endpoint is None:
         await _count_bad_token(kernel, state.get("client_ip"))
         raise _gone()

@@ -67,6 +67,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Plan",
+    "StaleTrigger",
     "StepError",
     "plan_of",
 ]
@@ -130,6 +131,10 @@ def classify(exc: BaseException) -> StepError:
     if isinstance(exc, sdk.EgressFailed | OSError | ConnectionError):
         return StepError(str(exc) or type(exc).__name__, transient=True, kind="network")
     return StepError(f"{type(exc).__name__}: {exc}", kind="exception")
+
+
+class StaleTrigger(Exception):
+    """What a caller of :meth:`Engine.start` remembered of a workflow no longer holds (see ``endpoint``)."""
 
 
 class _Park(Exception):
@@ -311,6 +316,36 @@ _FENCE = text(
 )
 
 
+_TENANT_ROW = (
+    "with tenant as (insert into workflows_tenants (tenant_id, id, concurrency, retention_days) "
+    "values (:t, :t, :c, :r) on conflict (tenant_id, id) do nothing), "
+    "moved as (update workflows_tenants set concurrency = :c, retention_days = :r "
+    "where tenant_id = :t and id = :t and (concurrency <> :c or retention_days is distinct from :r)) "
+    "insert into workflows_executions (tenant_id, id, created_at, workflow_id, version_id, version_number, "
+    "status, trigger_kind, trigger, due_at, deadline_at, concurrency, parent_execution_id, parent_node, "
+    "retry_of, started_by) "
+)
+_START = text(
+    _TENANT_ROW + "values (:t, :id, :now, :w, :v, :n, 'queued', :kind, cast(:trigger as jsonb), "
+    ":now, :deadline, :conc, :parent, :parent_node, :retry_of, :by) on conflict do nothing returning id"
+)
+"""A run and the tenant's row the claim walks (see :meth:`Engine.start`)."""
+_ANSWERS = (
+    "select 1 from workflows_definitions d where d.id = cast(:w as uuid) and d.active "
+    "and d.published_version = cast(:n as integer) and d.webhook_endpoint_id = cast(:ep as uuid)"
+)
+_START_AT_ENDPOINT = text(
+    # A select rather than values, to carry the condition: its values are cast, as nothing else types them.
+    _TENANT_ROW + "select cast(:t as uuid), cast(:id as uuid), cast(:now as timestamptz), cast(:w as uuid), "
+    "cast(:v as uuid), cast(:n as integer), 'queued', cast(:kind as text), cast(:trigger as jsonb), "
+    "cast(:now as timestamptz), cast(:deadline as timestamptz), cast(:conc as integer), cast(:parent as uuid), "
+    "cast(:parent_node as text), cast(:retry_of as uuid), cast(:by as text) "
+    f"where exists ({_ANSWERS}) on conflict do nothing returning id"
+)
+""":data:`_START` only while the workflow runs that version at that webhook endpoint."""
+_ANSWERS_AT = text(_ANSWERS)
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value, enc_hook=str).decode()
 
@@ -421,17 +456,22 @@ class Engine:
         retry_of: uuid.UUID | None = None,
         metered: bool = True,
         version: tuple[uuid.UUID, int, Any] | None = None,
+        endpoint: uuid.UUID | None = None,
     ) -> uuid.UUID | None:
         """Create a run of ``workflow_id`` (its published version, or ``version_number``) in the
         caller's transaction, queued and due now; call :meth:`wake` after the commit.
 
         404 for an unknown workflow, 409 when it has no published version, 402 (the
-        ``workflows.executions`` entitlement) when the plan's monthly runs are spent. With
-        ``execution_id`` (an event's or a schedule tick's deterministic id), a second start of the
-        same id does nothing and answers ``None``.
+        ``workflows.executions`` entitlement) when the plan's monthly runs are spent; a refused
+        start leaves nothing in the transaction. With ``execution_id`` (an event's or a schedule
+        tick's deterministic id), a second start of the same id does nothing and answers ``None``,
+        without asking the plan.
 
         ``version``: ``(id, number, settings)`` of the version to run, when the caller read it in
-        this transaction already (the webhook trigger does), saving a round trip."""
+        this transaction already, saving a round trip. With ``endpoint`` as well (the webhook
+        trigger, from what it remembers), the run is inserted only while the workflow is active,
+        publishes that version and answers at that webhook endpoint, checked in the same statement;
+        otherwise :class:`StaleTrigger` is raised and nothing is written."""
         if version is None:
             # One round trip: the workflow, and the version asked for (or the published one).
             row = (
@@ -452,8 +492,6 @@ class Engine:
                 raise sdk.NotFound(f"workflow {workflow_id} has no version {version_number}")
             version = (row.id, row.number, row.settings)
         version_id, number, raw_settings = version
-        if metered:
-            await self.services.entitlements.check(tenant_id, "workflows.executions")
         settings = msgspec.convert(raw_settings, WorkflowSettings)
         concurrency, retention = await self.limits(tenant_id)
         now = self.clock()
@@ -463,26 +501,30 @@ class Engine:
         # start locks it in no other case: a claim skips a tenant whose row is locked, and a burst
         # of starts would otherwise keep the tenant's runs from being claimed until it ended.
         inserted = await session.execute(
-            text(
-                "with tenant as (insert into workflows_tenants (tenant_id, id, concurrency, retention_days) "
-                "values (:t, :t, :c, :r) on conflict (tenant_id, id) do nothing), "
-                "moved as (update workflows_tenants set concurrency = :c, retention_days = :r "
-                "where tenant_id = :t and id = :t and (concurrency <> :c or retention_days is distinct from :r)) "
-                "insert into workflows_executions (tenant_id, id, created_at, workflow_id, version_id, version_number, "
-                "status, trigger_kind, trigger, due_at, deadline_at, concurrency, parent_execution_id, parent_node, "
-                "retry_of, started_by) values (:t, :id, :now, :w, :v, :n, 'queued', :kind, cast(:trigger as jsonb), "
-                ":now, :deadline, :conc, :parent, :parent_node, :retry_of, :by) on conflict do nothing returning id"
-            ),
+            _START if endpoint is None else _START_AT_ENDPOINT,
             {
                 "t": tenant_id, "id": new_id, "now": now, "w": workflow_id, "v": version_id, "n": number,
                 "kind": trigger_kind, "trigger": _json(payload if payload is not None else {}),
                 "deadline": now + timedelta(seconds=settings.timeout_seconds), "conc": settings.concurrency,
                 "parent": parent[0] if parent else None, "parent_node": parent[1] if parent else None,
-                "retry_of": retry_of, "by": started_by, "c": concurrency, "r": retention,
+                "retry_of": retry_of, "by": started_by, "c": concurrency, "r": retention, "ep": endpoint,
             },
         )
         if inserted.first() is None:
+            if endpoint is not None and (await session.execute(_ANSWERS_AT, {"w": workflow_id, "n": number,
+                                                                             "ep": endpoint})).first() is None:
+                raise StaleTrigger(f"workflow {workflow_id} no longer runs version {number} at endpoint {endpoint}")
             return None
+        if metered:
+            # Asked only once the run is new: a second start of the same id (a redelivered webhook
+            # or event) answers ``None`` even when the month's runs are spent, and is not counted
+            # again. A refusal takes the row back out, so the caller's transaction may go on.
+            try:
+                await self.services.entitlements.check(tenant_id, "workflows.executions")
+            except sdk.Problem:
+                await session.execute(text("delete from workflows_executions where tenant_id = :t and id = :id"),
+                                      {"t": tenant_id, "id": new_id})
+                raise
         await self.services.changes.emit(
             session, tenant_id=tenant_id, event="workflows.execution.started",
             payload={"id": str(new_id), "workflow_id": str(workflow_id), "version": number,

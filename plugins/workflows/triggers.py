@@ -20,6 +20,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel import sdk
 from plugins.workflows import nodes as control
-from plugins.workflows.engine import TERMINAL, Engine, _key_text
+from plugins.workflows.engine import TERMINAL, Engine, StaleTrigger, _key_text
 from plugins.workflows.expressions import ExpressionError, render
 
 __all__ = ["EVENT_HANDLER", "WEBHOOK_ROUTE", "next_tick", "on_event", "on_events", "on_webhook"]
@@ -178,21 +179,36 @@ def _matches(key: str, config: dict[str, Any], payload: dict[str, Any], specs: d
 
 _HOOK_CONFIGS: dict[uuid.UUID, control.WebhookTriggerConfig] = {}
 """Webhook trigger configs by version id (versions never change); bounded like the engine's plans."""
+_HOOK_SQL = text(
+    "select d.id, d.active, v.id as version_id, v.number, v.settings, "
+    "case when v.id = any(:known) then null else v.graph end as graph from workflows_definitions d "
+    "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
+    "and v.number = d.published_version where d.webhook_endpoint_id = :ep"
+)
 
 
-async def _hooked(session: AsyncSession, endpoint_id: uuid.UUID) -> tuple[Any, control.WebhookTriggerConfig]:
+@dataclass(frozen=True)
+class _Hook:
+    """The workflow that answered at an endpoint: its published version and trigger config."""
+
+    workflow_id: uuid.UUID
+    version: tuple[uuid.UUID, int, Any]
+    """(id, number, settings) of the version."""
+    config: control.WebhookTriggerConfig
+
+
+_HOOKS: dict[uuid.UUID, _Hook] = {}
+"""What answered at each endpoint lately (by endpoint id), so a delivery need not read it first:
+the run's insert checks that it still holds (:meth:`Engine.start`'s ``endpoint``) and a delivery
+that finds it changed forgets it and reads it again. Bounded like the engine's plans."""
+
+
+async def _hooked(session: AsyncSession, endpoint_id: uuid.UUID) -> _Hook:
     """The workflow answering at ``endpoint_id`` (its published version) and its trigger's config;
     the version's graph is read only when its config is not cached yet."""
-    row = (
-        await session.execute(
-            text("select d.id, d.active, v.id as version_id, v.number, v.settings, "
-                 "case when v.id = any(:known) then null else v.graph end as graph from workflows_definitions d "
-                 "left join workflows_versions v on v.tenant_id = d.tenant_id and v.workflow_id = d.id "
-                 "and v.number = d.published_version where d.webhook_endpoint_id = :ep"),
-            {"ep": endpoint_id, "known": list(_HOOK_CONFIGS)},
-        )
-    ).first()
+    row = (await session.execute(_HOOK_SQL, {"ep": endpoint_id, "known": list(_HOOK_CONFIGS)})).first()
     if row is None or row.number is None or not row.active:
+        _HOOKS.pop(endpoint_id, None)
         raise sdk.NotFound("no active workflow answers at this URL")
     config = _HOOK_CONFIGS.get(row.version_id)
     if config is None:
@@ -209,7 +225,11 @@ async def _hooked(session: AsyncSession, endpoint_id: uuid.UUID) -> tuple[Any, c
         if len(_HOOK_CONFIGS) > 1000:
             _HOOK_CONFIGS.clear()
         _HOOK_CONFIGS[row.version_id] = config
-    return row, config
+    found = _Hook(row.id, (row.version_id, row.number, row.settings), config)
+    if len(_HOOKS) > 1000:
+        _HOOKS.clear()
+    _HOOKS[endpoint_id] = found
+    return found
 
 
 def _payload(hook: sdk.InboundWebhook, config: control.WebhookTriggerConfig) -> dict[str, Any]:
@@ -227,21 +247,43 @@ def _payload(hook: sdk.InboundWebhook, config: control.WebhookTriggerConfig) -> 
 async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
     """A delivery to a workflow's webhook URL.
 
-    Unsigned hooks (the common case) take one transaction: the workflow is looked up and its run
-    inserted together. A signed one is verified between the lookup and the run's transaction, so
-    no transaction stays open while the vault is read."""
+    When this process remembers what answers at the endpoint, an unsigned hook takes one
+    transaction with one statement for the run (which checks that the workflow still runs that
+    version there), and a signed one is verified first and then takes that transaction. Otherwise
+    the workflow is read first: for an unsigned hook in the run's transaction, for a signed one in
+    a transaction of its own before the verification (no transaction stays open while the vault
+    is read)."""
+    known = _HOOKS.get(hook.endpoint_id)
+    if known is not None:
+        try:
+            return await _deliver(hook, known)
+        except (StaleTrigger, sdk.InvalidSignature):
+            # Republished, deactivated or moved since, or signed for what answers there now (a new
+            # version may verify otherwise): read it again.
+            _HOOKS.pop(hook.endpoint_id, None)
+    try:
+        return await _deliver(hook, None)
+    except StaleTrigger:  # changed between the read and the run's transaction of a signed hook
+        raise sdk.Conflict("the workflow changed while this delivery was verified; send it again") from None
+
+
+async def _deliver(hook: sdk.InboundWebhook, known: _Hook | None) -> sdk.WebhookReply:
     services = hook.services
     engine = Engine(services)
     started: uuid.UUID | None = None
     execution_id: uuid.UUID | None = None
-    async with services.data.tenant(hook.tenant_id) as session:
-        row, config = await _hooked(session, hook.endpoint_id)
-        version = (row.version_id, row.number, row.settings)
-        if config.verify == "none":
-            started = await engine.start(
-                session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook",
-                payload=_payload(hook, config), started_by="webhook", version_number=row.number, version=version,
-            )
+    found = known
+    if found is None or found.config.verify == "none":
+        async with services.data.tenant(hook.tenant_id) as session:
+            if found is None:
+                found = await _hooked(session, hook.endpoint_id)
+            if found.config.verify == "none":
+                started = await engine.start(
+                    session, tenant_id=hook.tenant_id, workflow_id=found.workflow_id, trigger_kind="webhook",
+                    payload=_payload(hook, found.config), started_by="webhook", version_number=found.version[1],
+                    version=found.version, endpoint=hook.endpoint_id if known is not None else None,
+                )
+    config = found.config
     if config.verify != "none":
         if config.secret is None:
             raise sdk.InvalidSignature("webhook signature cannot be verified")
@@ -259,9 +301,9 @@ async def on_webhook(hook: sdk.InboundWebhook) -> sdk.WebhookReply:
         execution_id = uuid.uuid5(hook.endpoint_id, f"webhook-id:{message_id}") if message_id else None
         async with services.data.tenant(hook.tenant_id) as session:
             started = await engine.start(
-                session, tenant_id=hook.tenant_id, workflow_id=row.id, trigger_kind="webhook",
-                payload=_payload(hook, config), started_by="webhook", version_number=row.number,
-                execution_id=execution_id, version=version,
+                session, tenant_id=hook.tenant_id, workflow_id=found.workflow_id, trigger_kind="webhook",
+                payload=_payload(hook, config), started_by="webhook", version_number=found.version[1],
+                execution_id=execution_id, version=found.version, endpoint=hook.endpoint_id,
             )
     if started is not None:
         execution_id = started

@@ -350,6 +350,11 @@ class _Receiver(BaseHTTPRequestHandler):
         self.send_header("content-length", "0")
         self.end_headers()
 
+    def do_GET(self) -> None:  # the connection check's target
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -367,6 +372,8 @@ async def test_traces_reach_an_otlp_receiver_through_the_instrumentations(settin
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
             "OTEL_SERVICE_NAME": "businessos-test",
+            # The http connector's connection check makes an egress call, to this receiver.
+            "BUSINESSOS_PLUGINS": "http", "BUSINESSOS_EGRESS_ALLOW_NETWORKS": "127.0.0.1/32",
         }
         async with api_servers(settings, tmp_path, env=env) as urls, httpx.AsyncClient(base_url=urls[0]) as client:
             slug = f"otel-{uuid.uuid4().hex[:8]}"
@@ -374,6 +381,15 @@ async def test_traces_reach_an_otlp_receiver_through_the_instrumentations(settin
                 "name": "Otel", "slug": slug,
                 "owner": {"email": f"o-{slug}@example.com", "password": f"pw-{uuid.uuid4().hex}"}})
             assert made.status_code == 201, made.text
+            owner = {"Authorization": f"Bearer {made.json()['access_token']}", "X-Tenant-ID": slug}
+            enabled = await client.post("/api/modules/http/enable", headers=owner)
+            assert enabled.status_code == 200, enabled.text
+            check_url = f"http://127.0.0.1:{receiver.server_address[1]}/ok"
+            connection = await client.post("/api/connections", headers=owner, json={
+                "type": "http.bearer", "name": "receiver", "credentials": {"token": "t", "check_url": check_url}})
+            assert connection.status_code == 201, connection.text
+            tested = await client.post(f"/api/connections/{connection.json()['id']}/test", headers=owner)
+            assert tested.status_code == 200, tested.text
 
             def scopes() -> set[str]:
                 found = set()
@@ -387,7 +403,7 @@ async def test_traces_reach_an_otlp_receiver_through_the_instrumentations(settin
 
             async def exported() -> bool:
                 return {"opentelemetry.instrumentation.asgi", "opentelemetry.instrumentation.sqlalchemy",
-                        "opentelemetry.instrumentation.redis"} <= scopes()
+                        "opentelemetry.instrumentation.redis", "opentelemetry.instrumentation.httpx"} <= scopes()
 
             await eventually(exported, timeout=20)
     finally:

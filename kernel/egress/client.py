@@ -48,6 +48,7 @@ from kernel.egress.addresses import Address, AddressPolicy, literal_address
 from kernel.egress.pool import AiohttpPool
 from kernel.egress.resolver import Resolver, SystemResolver, resolver_for
 from kernel.errors import FieldError, Problem, Unprocessable
+from kernel.observability.tracing import trace_transport
 from kernel.settings import Settings
 
 __all__ = ["EgressClient", "EgressFailed", "EgressRefused", "EgressResponse", "PinnedTransport"]
@@ -245,6 +246,7 @@ class EgressClient:
         (a private CA; tests). ``pool``: see :class:`PinnedTransport`."""
         self.policy = AddressPolicy(allow_networks)
         self.transport = PinnedTransport(self.policy, resolver or SystemResolver(), verify=verify, pool=pool)
+        trace_transport(self.transport)
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.max_bytes = max_bytes

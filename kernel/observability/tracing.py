@@ -5,7 +5,8 @@ With ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
 OTLP/HTTP (protobuf) through the maintained instrumentations, no span written by hand: Litestar's
 OpenTelemetry plugin (the ASGI instrumentation: one server span per request), SQLAlchemy (a span
 per statement on the ORM engine; the raw asyncpg read path of hot lists is not traced), Redis and
-httpx (AI provider calls through litellm). The exporter reads the standard ``OTEL_*`` variables
+httpx (every call through the egress client: webhooks, connectors, AI provider calls, one client
+span each, see :func:`trace_transport`). The exporter reads the standard ``OTEL_*`` variables
 (headers, timeouts, ``OTEL_SERVICE_NAME``, ``OTEL_BSP_*``). Without the extra, a warning says so
 once and the API runs untraced.
 """
@@ -16,7 +17,7 @@ import logging
 import os
 from typing import Any
 
-__all__ = ["litestar_plugins", "trace_engine", "tracing_configured"]
+__all__ = ["litestar_plugins", "trace_engine", "trace_transport", "tracing_configured"]
 
 log = logging.getLogger("businessos.tracing")
 
@@ -77,3 +78,18 @@ def trace_engine(engine: Any) -> None:
     # Its package declares SQLAlchemy < 2.1; the engine events it hooks are unchanged in 2.1 (the
     # suite's trace test shows the statement spans arriving), so the version check is skipped.
     instrumentor.instrument(engine=engine.sync_engine, tracer_provider=_tracer_provider(), skip_dep_check=True)
+
+
+def trace_transport(transport: Any) -> None:
+    """A client span for each request ``transport`` (an httpx transport) sends, when tracing is on.
+
+    httpx's instrumentation patches httpx's own transport classes; the egress client's pinned
+    transport hands requests to its own pool (aiohttp), so it is instrumented as an instance, as
+    the instrumentation does for one client (``instrument_client``)."""
+    if not tracing_configured() or _tracer_provider() is None:
+        return
+    import httpx
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    carrier = httpx.AsyncClient(transport=transport)  # only carries the transport to the instrumentation
+    HTTPXClientInstrumentor.instrument_client(carrier, tracer_provider=_tracer_provider())

@@ -18,7 +18,7 @@ from kernel import sdk
 manifest = sdk.Manifest(
     name="nats",
     version="0.1.0",
-    kernel_api=">=1.1,<2",
+    kernel_api=">=1.2,<2",
     title="NATS",
     description="Publish NATS messages and start workflows from JetStream durable consumers.",
 )

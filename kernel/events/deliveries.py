@@ -18,9 +18,10 @@ rows). PostgreSQL holds the state, Redis only the queue:
   a crash between commit and enqueue, a worker that died mid-run and left its lease to expire).
 
 Retries and redeliveries are single jobs with ids ``delivery:<id>:<attempt>``; batches are
-``deliveries:<first id>:<attempt>``. Results are not kept: a copy of a job still queued is
-refused, a later attempt or a redelivery is not, and a copy that runs anyway finds its rows
-claimed or finished and skips them. An event is done when none of its deliveries is
+``deliveries:<first id>:<attempt>``, the sweeper's with ``:swept<n>`` after it (one set per sweep
+period: a job that a dead worker took keeps its id in arq for minutes). Results are not kept: a
+copy of a job still queued is refused, a later attempt or a redelivery is not, and a copy that
+runs anyway finds its rows claimed or finished and skips them. An event is done when none of its deliveries is
 ``pending`` or ``running``.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -285,16 +287,18 @@ class Deliveries:
 
     @staticmethod
     async def enqueue_batches(
-        queue: ArqRedis, queue_name: str, deliveries: Sequence[tuple[uuid.UUID, uuid.UUID]], attempt: int = 1
+        queue: ArqRedis, queue_name: str, deliveries: Sequence[tuple[uuid.UUID, uuid.UUID]], attempt: int = 1,
+        tag: str = "",
     ) -> None:
         """Put ``(tenant_id, delivery_id)`` on the queue in jobs of :data:`BATCH_SIZE`, grouped by
-        tenant so that a batch handler gets as many of its tenant's events at once as it can."""
+        tenant so that a batch handler gets as many of its tenant's events at once as it can.
+        ``tag`` ends the job ids (the sweeper's, see :meth:`sweep`)."""
         ordered = sorted(deliveries, key=lambda item: item[0].bytes)
         for start in range(0, len(ordered), BATCH_SIZE):
             chunk = ordered[start:start + BATCH_SIZE]
             await queue.enqueue_job(
                 BATCH_JOB, [f"{tenant_id}:{delivery_id}" for tenant_id, delivery_id in chunk],
-                _job_id=f"deliveries:{chunk[0][1]}:{attempt}", _queue_name=queue_name,
+                _job_id=f"deliveries:{chunk[0][1]}:{attempt}{tag}", _queue_name=queue_name,
             )
 
     # -- running --------------------------------------------------------------------------------
@@ -486,11 +490,16 @@ class Deliveries:
                     {"h": list(self.handlers), "g": grace, "n": _SWEEP_BATCH},
                 )
             ).all()
-        if len(rows) == 1:  # the job id of a single one names its attempt: a copy queued is refused
-            await self.enqueue(queue, queue_name, rows[0].tenant_id, rows[0].id, rows[0].attempts + 1)
-        elif rows:
+        if rows:
+            # Job ids of their own, one set per sweep period: a row still pending past the grace
+            # may belong to a job that a worker took and died with before claiming it. arq keeps
+            # such a job's id (its in-progress mark outlives the dead worker by the longest job
+            # timeout), and a copy under the same id would be refused for minutes. A copy that
+            # runs beside the original finds its rows claimed and skips them.
+            tag = f":swept{int(time.time() // max(grace, 1.0))}"
             await self.enqueue_batches(
-                queue, queue_name, [(row.tenant_id, row.id) for row in rows], min(r.attempts for r in rows) + 1
+                queue, queue_name, [(row.tenant_id, row.id) for row in rows], min(r.attempts for r in rows) + 1,
+                tag=tag,
             )
         return len(rows)
 
